@@ -1,0 +1,140 @@
+"""Exceptions raised by watcherd.
+
+WatcherdError
+ ├── ConfigError          one bad config value; carries key_path and reason
+ ├── ConfigErrors         every ConfigError found in one load (exit 2)
+ ├── ValidationError      a value rejected by Azure ML's rules (recurrence, cron, schedule)
+ ├── NotFound             unknown schedule, pipeline, run or datastore id (also LookupError)
+ ├── Conflict             refused by the current state (409): says why
+ ├── InvalidTransition    refused run state change; says from → to (also a Conflict)
+ ├── StateError           the state database cannot be opened or written
+ │    └── AlreadyRunning  another daemon holds the state directory's lock
+ ├── TransientError       retrying may help: timeout, 429, 503, reset
+ │    ├── PollUnavailable
+ │    └── DispatchUnavailable
+ └── PermanentError       retrying won't help: 4xx, missing container, bad argv
+      ├── PollRejected
+      └── DispatchRejected
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyRunning",
+    "ConfigError",
+    "ConfigErrors",
+    "Conflict",
+    "DispatchRejected",
+    "DispatchUnavailable",
+    "InvalidTransition",
+    "NotFound",
+    "PermanentError",
+    "PollRejected",
+    "PollUnavailable",
+    "StateError",
+    "TransientError",
+    "ValidationError",
+    "WatcherdError",
+]
+
+
+class WatcherdError(Exception):
+    """Base of every error watcherd raises on purpose."""
+
+
+class ConfigError(WatcherdError):
+    """One problem in a config file or request body, at `key_path`."""
+
+    def __init__(self, key_path: str, reason: str) -> None:
+        super().__init__(f"{key_path}: {reason}" if key_path else reason)
+        self.key_path = key_path
+        self.reason = reason
+
+
+class ConfigErrors(WatcherdError):
+    """All the problems found in one load, so users fix them in one pass."""
+
+    def __init__(self, errors: list[ConfigError], source: str = "config") -> None:
+        self.errors = list(errors)
+        n = len(self.errors)
+        lines = [f"{source}: {n} problem{'s' if n != 1 else ''}"]
+        lines += [f"  {e}" for e in self.errors]
+        super().__init__("\n".join(lines))
+
+
+class ValidationError(WatcherdError, ValueError):
+    """A value refused by Azure ML's validation rules; `message` is Azure ML's text verbatim.
+
+    `key` names the offending key relative to the object being validated (e.g. "frequency"),
+    so callers can build a full key path.
+    """
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+
+
+class NotFound(WatcherdError, LookupError):
+    """An unknown id or name."""
+
+    def __init__(self, kind: str, ident: str) -> None:
+        super().__init__(f"{kind} {ident!r} not found")
+        self.kind = kind
+        self.ident = ident
+
+
+class Conflict(WatcherdError):
+    """A request the current state refuses (HTTP 409); `code` is a stable snake_case word."""
+
+    def __init__(self, message: str, code: str = "conflict") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidTransition(Conflict):
+    """A refused run status change."""
+
+    def __init__(self, run_id: str, from_status: str, to_status: str) -> None:
+        super().__init__(
+            f"run {run_id}: cannot go from {from_status} to {to_status}", "invalid_transition"
+        )
+        self.run_id = run_id
+        self.from_status = from_status
+        self.to_status = to_status
+
+
+class StateError(WatcherdError):
+    """The state database cannot be opened, migrated or written."""
+
+
+class AlreadyRunning(StateError):
+    """Another daemon holds the lock on this state directory."""
+
+
+class TransientError(WatcherdError):
+    """A failure that retrying may fix; `retry_after` (seconds) is a server's hint."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PollUnavailable(TransientError):
+    """A datastore could not be reached or listed this time."""
+
+
+class DispatchUnavailable(TransientError):
+    """A run target could not be reached or answered 408/429/5xx."""
+
+
+class PermanentError(WatcherdError):
+    """A failure that retrying will not fix."""
+
+
+class PollRejected(PermanentError):
+    """A datastore refused the listing (missing container, no permission)."""
+
+
+class DispatchRejected(PermanentError):
+    """A run target refused the run (4xx, bad argv, missing program)."""
