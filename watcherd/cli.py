@@ -1,0 +1,112 @@
+"""The `watcherd` command line: argv in, exit code out (0 ok, 1 runtime, 2 usage/config)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = ["main"]
+
+_MANAGE = ("schedules", "pipelines", "experiments", "runs")
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"watcherd: {msg}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="watcherd",
+        description="Self-hosted scheduler for pipeline runs (Azure ML Schedule, locally).",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    r = sub.add_parser("run", help="run the daemon in the foreground")
+    r.add_argument("--config", help="config file (default: $WATCHERD_CONFIG, ./watcherd.toml)")
+    c = sub.add_parser("check-config", help="validate a config file and show next fire times")
+    c.add_argument("--config")
+    c.add_argument("--json", action="store_true")
+    sub.add_parser("watch", help="dev mode: run a command for each file written in DIR",
+                   add_help=False)
+    for name in _MANAGE:
+        sub.add_parser(name, help=f"manage {name} of a running daemon", add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "watch":
+        from watcherd.watch import main as watch_main
+
+        return watch_main(args[1:])
+    if args and args[0] in _MANAGE:
+        from watcherd.cli_manage import main as manage_main
+
+        return manage_main(args)
+    parser = _parser()
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as exc:
+        return int(exc.code or 0) if exc.code in (0, None) else 2
+    if ns.command == "run":
+        return _run(ns.config, os.environ)
+    if ns.command == "check-config":
+        return _check(ns.config, ns.json, os.environ)
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _load(arg: str | None, env: Mapping[str, str]) -> object:
+    from watcherd import config as config_mod
+    from watcherd.errors import ConfigErrors
+
+    path = config_mod.find_config_path(arg, env, Path.cwd())
+    try:
+        return config_mod.load(path, env)
+    except ConfigErrors as exc:
+        sys.stderr.write(str(exc) + "\n")
+        return None
+
+
+def _run(arg: str | None, env: Mapping[str, str]) -> int:
+    from watcherd import logs
+    from watcherd.daemon import run_daemon
+    from watcherd.models import Config
+
+    cfg = _load(arg, env)
+    if not isinstance(cfg, Config):
+        return 2
+    logs.configure(cfg.daemon.log_format, cfg.secrets)
+    assert cfg.path is not None
+    try:
+        return asyncio.run(run_daemon(cfg.path, env, cfg=cfg))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _check(arg: str | None, as_json: bool, env: Mapping[str, str]) -> int:
+    from watcherd import checkconfig
+    from watcherd import config as config_mod
+    from watcherd.errors import ConfigErrors
+
+    path = config_mod.find_config_path(arg, env, Path.cwd())
+    now = datetime.now(UTC)
+    try:
+        cfg = config_mod.load(path, env)
+    except ConfigErrors as exc:
+        report = checkconfig.build_report(exc, now=now, stored={})
+    else:
+        stored = checkconfig.read_stored(cfg)
+        report = checkconfig.build_report(cfg, now=now, stored=stored)
+    text = checkconfig.format_json(report) if as_json else checkconfig.format_text(report)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 2 if report.errors else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Daemon lifecycle: lock, state, engine, API, signals, sd_notify, reload and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+
+from watcherd import config as config_mod
+from watcherd.clock import Clock, SystemClock
+from watcherd.engine import Engine
+from watcherd.errors import AlreadyRunning, ConfigErrors, StateError
+from watcherd.manager import Manager
+from watcherd.models import Config, DatastoreTrigger, Status
+from watcherd.notify import Notifier
+from watcherd.state import Store
+
+__all__ = ["Daemon", "run_daemon"]
+
+log = structlog.get_logger(__name__)
+
+ShutdownTrigger = Callable[[], Awaitable[object]]
+
+
+def _token(cfg: Config) -> tuple[str, Path]:
+    """The API token: from the config, else generated once into state_dir/token (0600)."""
+    path = cfg.daemon.state_dir / "token"
+    if cfg.daemon.token:
+        return cfg.daemon.token, path
+    try:
+        text = path.read_text().strip()
+        if text:
+            return text, path
+    except FileNotFoundError:
+        pass
+    tok = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(tok + "\n")
+    return tok, path
+
+
+def _write_json(path: Path, data: Mapping[str, object], mode: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+class Daemon:
+    """One running watcherd."""
+
+    def __init__(
+        self, config_path: Path, env: Mapping[str, str], *, clock: Clock | None = None
+    ) -> None:
+        self.config_path = config_path
+        self.env = dict(env)
+        self.clock = clock or SystemClock()
+        self.notifier = Notifier(env)
+        self.url: str | None = None
+        self.engine: Engine | None = None
+        self._stop = asyncio.Event()
+        self._reloads: asyncio.Queue[None] = asyncio.Queue()
+
+    async def run(self, cfg: Config, *, shutdown_trigger: ShutdownTrigger | None = None) -> int:
+        async with AsyncExitStack() as stack:
+            try:
+                store = Store(cfg.daemon.state_dir)
+            except AlreadyRunning as exc:
+                log.error("already_running", error=str(exc))
+                return 1
+            except (StateError, OSError) as exc:
+                log.error("state_unavailable", error=str(exc))
+                return 1
+            stack.callback(store.close)
+            token, token_path = _token(cfg)
+            self.engine = engine = Engine(cfg, store, self.clock)
+            try:
+                await engine.prepare()
+            except ConfigErrors as exc:
+                log.error("config_invalid", errors=[str(e) for e in exc.errors])
+                return 2
+            manager = Manager(engine)
+            if cfg.daemon.api:
+                from watcherd.api.app import make_app, serve
+
+                app = make_app(manager, token=token, bind=cfg.daemon.api,
+                               api_hosts=cfg.daemon.api_hosts)
+                self.url = await serve(app, cfg.daemon.api, stack)
+                self._write_discovery(cfg, token_path)
+            self._install_signals(stack, shutdown_trigger is None)
+            async with asyncio.TaskGroup() as tg:
+                engine_task = tg.create_task(engine.run())
+                await engine.started.wait()
+                self.notifier.ready(self._summary())
+                log.info("daemon_ready", url=self.url, schedules=len(engine.schedules),
+                         state_dir=str(cfg.daemon.state_dir))
+                helpers = [
+                    tg.create_task(self._reload_loop()),
+                    tg.create_task(self._watchdog()),
+                    tg.create_task(self._retention()),
+                ]
+                if shutdown_trigger is not None:
+                    helpers.append(tg.create_task(self._trigger_stop(shutdown_trigger)))
+                await self._stop.wait()
+                log.info("daemon_stopping")
+                self.notifier.stopping()
+                for h in helpers:
+                    h.cancel()
+                engine.stop()
+                await engine_task
+            log.info("daemon_stopped")
+        self.notifier.close()
+        return 0
+
+    async def _trigger_stop(self, trigger: ShutdownTrigger) -> None:
+        await trigger()
+        self._stop.set()
+
+    def _install_signals(self, stack: AsyncExitStack, install: bool) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._reloads.put_nowait, None)
+            stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        if not install:
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_stop_signal, sig)
+                stack.callback(loop.remove_signal_handler, sig)
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            log.warning("forced_exit", signal=sig.name)
+            os._exit(1)  # a second signal forces the exit
+        log.info("signal_received", signal=sig.name)
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reloads.put_nowait(None)
+
+    def _write_discovery(self, cfg: Config, token_path: Path) -> None:
+        assert self.url is not None
+        _write_json(cfg.daemon.state_dir / "config.json",
+                    {"url": self.url, "token_file": str(token_path.resolve())}, 0o600)
+        runtime = self.env.get("RUNTIME_DIRECTORY")
+        if runtime:
+            with contextlib.suppress(OSError):
+                _write_json(Path(runtime.split(":")[0]) / "config.json", {"url": self.url},
+                            0o644)
+
+    def _summary(self) -> str:
+        eng = self.engine
+        if eng is None:
+            return "starting"
+        active = sum(1 for s in eng.schedules.values() if s.status is Status.ACTIVE)
+        text = (f"{active} active schedules, {eng.runner.total_running()} running, "
+                f"{eng.runner.total_queued()} queued")
+        if eng.reload_error:
+            text += f"; last reload rejected: {eng.reload_error.splitlines()[0]}"
+        return text
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reloads.get()
+            await self._reload()
+
+    async def _reload(self) -> None:
+        assert self.engine is not None
+        self.notifier.reloading()
+        log.info("reload_started", config=str(self.config_path))
+        try:
+            new = await asyncio.to_thread(config_mod.load, self.config_path, self.env)
+            await self.engine.reload(new)
+            self.engine.reload_error = None
+            log.info("reload_done", schedules=len(self.engine.schedules))
+        except ConfigErrors as exc:
+            self.engine.reload_error = str(exc)
+            log.error("reload_rejected", errors=[str(e) for e in exc.errors])
+        except Exception as exc:  # never let a reload take the daemon down
+            self.engine.reload_error = repr(exc)
+            log.exception("reload_failed")
+        self.notifier.send("READY=1", f"STATUS={self._summary()}")
+
+    def healthy(self) -> bool:
+        """Every poller finished an attempt within max(3 × interval, 5 min) (SPEC §9)."""
+        eng = self.engine
+        if eng is None:
+            return False
+        now = self.clock.monotonic()
+        for sid, st in eng.poll.items():
+            s = eng.schedules.get(sid)
+            if s is None or not isinstance(s.trigger, DatastoreTrigger):
+                continue
+            limit = max(3 * s.trigger.polling_interval, timedelta(minutes=5)).total_seconds()
+            since = st.last_mono if st.last_mono is not None else eng.started_mono
+            if now - since > limit:
+                return False
+        return True
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if not interval:
+            await asyncio.Event().wait()
+        assert interval is not None
+        while True:
+            await asyncio.sleep(interval / 2)
+            if self.healthy():
+                self.notifier.watchdog()
+                self.notifier.status(self._summary())
+            else:
+                log.error("watchdog_withheld", reason="a poller has not finished a poll attempt")
+
+    async def _retention(self) -> None:
+        assert self.engine is not None
+        store = self.engine.store
+        while True:
+            cfg = self.engine.config
+            before = self.clock.now() - cfg.daemon.retention
+            try:
+                n = await store.call(store.prune, before)
+                if n:
+                    log.info("runs_pruned", count=n)
+            except StateError as exc:
+                log.error("prune_failed", error=str(exc))
+            await self.clock.sleep(3600)
+
+
+async def run_daemon(
+    config_path: Path,
+    env: Mapping[str, str],
+    *,
+    cfg: Config | None = None,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    clock: Clock | None = None,
+) -> int:
+    """Run a daemon until a signal (or `shutdown_trigger`); returns the exit code."""
+    cfg = cfg or config_mod.load(config_path, env)
+    return await Daemon(config_path, env, clock=clock).run(cfg, shutdown_trigger=shutdown_trigger)

@@ -1,0 +1,454 @@
+"""The engine: applies a config to the state database and owns timers, pollers and the runner.
+
+`Engine.prepare()` syncs the config with the stored schedules (SPEC §2 rules), catches up
+missed slots and arms every schedule; `Engine.run()` then owns every long-lived task in one
+TaskGroup until `stop()`. It is also the ChangeSink and PollHealth of the pollers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import structlog
+
+from watcherd import config as config_mod
+from watcherd.clock import Clock
+from watcherd.dispatch import Dispatcher, FileRef, RunContext
+from watcherd.dispatch.command import CommandDispatcher
+from watcherd.errors import ConfigError, ConfigErrors
+from watcherd.metrics import Metrics
+from watcherd.models import (
+    BlobDatastore,
+    Config,
+    CronTrigger,
+    DatastoreTrigger,
+    LocalDatastore,
+    RecurrenceTrigger,
+    Run,
+    Schedule,
+    Source,
+    Status,
+)
+from watcherd.pollers import FileChange
+from watcherd.runner import Plan, Runner
+from watcherd.state import NewRun, Store, StoredSchedule, parse_iso
+from watcherd.timers import Timers, slot_dedup
+from watcherd.timetable import anchor_for, creation_fire, trigger_key
+
+__all__ = ["Engine", "PollStatus", "display_name"]
+
+log = structlog.get_logger(__name__)
+
+EPS = timedelta(microseconds=1)
+
+
+def display_name(name: bytes) -> str:
+    """A file name for people: invalid UTF-8 bytes shown as \\xNN."""
+    return name.decode("utf-8", "backslashreplace")
+
+
+@dataclasses.dataclass(slots=True)
+class PollStatus:
+    """The last poll attempt of one datastore schedule."""
+
+    attempts: int = 0
+    ok: bool = False
+    error: str | None = None
+    last_mono: float | None = None
+    files: int = 0
+
+
+class Engine:
+    """The scheduling core of one daemon."""
+
+    def __init__(
+        self, config: Config, store: Store, clock: Clock, metrics: Metrics | None = None
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.schedules: dict[str, Schedule] = {}
+        self.rows: dict[str, StoredSchedule] = {}
+        self.pipeline_status: dict[str, Status] = {}
+        self.poll: dict[str, PollStatus] = {}
+        self._dispatchers = _LazyDispatchers(command=CommandDispatcher())
+        self.runner = Runner(
+            store=store, clock=clock, metrics=self.metrics, resolve=self._resolve,
+            dispatchers=self._dispatchers, max_concurrent=config.daemon.max_concurrent_runs,
+        )
+        self.timers = Timers(
+            store=store, clock=clock, metrics=self.metrics, runner=self.runner,
+            slot_run=self._slot_run,
+        )
+        self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._pending_pollers: list[tuple[str, _Runnable]] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self.started = asyncio.Event()
+        self.started_mono = clock.monotonic()
+        self.reload_error: str | None = None
+
+    # ── config → state ───────────────────────────────────────────────────────
+
+    async def prepare(self) -> None:
+        """Load stored state, apply the config, requeue interrupted runs, arm timers."""
+        await self.runner.load()
+        await self._apply(self.config, first=True)
+
+    async def reload(self, new: Config) -> None:
+        """Apply a new config (SIGHUP); raises ConfigErrors and keeps the old one."""
+        await self._apply(new, first=False)
+
+    async def _apply(self, new: Config, *, first: bool) -> None:
+        now = self.clock.now()
+        rows = {r.id: r for r in await self.store.call(self.store.schedules)}
+        pipes = await self.store.call(self.store.pipeline_rows)
+        api = self._parse_api(new, rows)
+        errors = config_mod.check_compat(new, api.values())
+        declared = {s.id: s for s in new.schedules}
+        for s in new.schedules:
+            other = next((r for r in rows.values() if r.name == s.name and r.id != s.id
+                          and r.source == Source.API.value), None)
+            if other is not None:
+                errors.append(ConfigError(
+                    f"schedules[{new.schedules.index(s)}].name",
+                    f"{s.name!r} is already the name of API-created schedule {other.id}"))
+        if errors:
+            raise ConfigErrors(errors)
+        # pipelines: the file's status wins only when it changed since last seen (SPEC §2)
+        pstatus: dict[str, Status] = {}
+        for p in new.pipelines.values():
+            stored = pipes.get(p.id)
+            if stored is None or stored[1] != p.status.value:
+                pstatus[p.id] = p.status
+            else:
+                pstatus[p.id] = Status(stored[0])
+            await self.store.call(self.store.upsert_pipeline, p.id, p.name,
+                                  pstatus[p.id].value, p.status.value)
+        new_rows: dict[str, StoredSchedule] = {}
+        schedules: dict[str, Schedule] = {}
+        for s in new.schedules:
+            sched, row = self._declared(s, rows.get(s.id), new, now)
+            schedules[s.id], new_rows[s.id] = sched, row
+        for sid, row in rows.items():
+            if sid in declared:
+                continue
+            if row.source == Source.API.value and sid in api:
+                schedules[sid] = api[sid]
+                new_rows[sid] = row
+            elif row.source in (Source.FILE.value, Source.REMOVED.value):
+                new_rows[sid] = dataclasses.replace(
+                    row, source=Source.REMOVED.value, status=Status.DISABLED.value,
+                    updated_at=now if row.source != Source.REMOVED.value else row.updated_at)
+        changed = [r for sid, r in new_rows.items() if rows.get(sid) != r]
+        await self.store.call(self.store.put_schedules, changed)
+        old = self.schedules
+        self.config = new
+        self.pipeline_status = pstatus
+        self.rows = new_rows
+        self.schedules = schedules
+        self.runner.max_concurrent = new.daemon.max_concurrent_runs
+        for sid in list(old):
+            if sid not in schedules or old[sid] != schedules[sid] or first:
+                self._disarm(sid)
+        for sid, s in schedules.items():
+            if first or old.get(sid) != s or rows.get(sid) != new_rows[sid]:
+                await self._arm(s)
+
+    def _parse_api(self, cfg: Config, rows: dict[str, StoredSchedule]) -> dict[str, Schedule]:
+        out: dict[str, Schedule] = {}
+        for sid, row in rows.items():
+            if row.source != Source.API.value:
+                continue
+            try:
+                s = config_mod.parse_schedule(
+                    row.spec, config=cfg, key_prefix=f"api schedule {row.name!r}",
+                    source=Source.API,
+                )
+            except (ConfigErrors, ConfigError) as exc:
+                raise ConfigErrors([ConfigError(
+                    f"schedules.{row.name}",
+                    f"API-created schedule {row.name!r} ({sid}) no longer fits the config: {exc}",
+                )]) from exc
+            out[sid] = dataclasses.replace(s, id=sid, status=Status(row.status))
+        return out
+
+    def _declared(
+        self, s: Schedule, row: StoredSchedule | None, cfg: Config, now: datetime
+    ) -> tuple[Schedule, StoredSchedule]:
+        spec = config_mod.schedule_to_dict(s, cfg)
+        if row is None:
+            status = s.status
+        elif row.file_status != s.status.value or row.source == Source.REMOVED.value:
+            status = s.status
+        else:
+            status = Status(row.status)
+        sched = dataclasses.replace(s, status=status, source=Source.FILE)
+        tkey = anchor = cursor = None
+        if isinstance(s.trigger, RecurrenceTrigger | CronTrigger):
+            tkey = trigger_key(s.trigger)
+            if row is not None and row.trigger_key == tkey and row.anchor and row.cursor:
+                anchor, cursor = row.anchor, row.cursor
+                if row.status != status.value and status is Status.ACTIVE:
+                    cursor = now  # enabling never fires by itself
+            else:
+                anchor, cursor = self._new_timer(sched, now, cfg)
+        new = StoredSchedule(
+            id=s.id, name=s.name, source=Source.FILE.value, status=status.value,
+            file_status=s.status.value, spec=spec, trigger_key=tkey, anchor=anchor,
+            cursor=cursor, created_at=row.created_at if row else now,
+            updated_at=now if row is None or row.spec != spec or row.status != status.value
+            else row.updated_at,
+        )
+        return sched, new
+
+    def _new_timer(self, s: Schedule, now: datetime, cfg: Config) -> tuple[datetime, datetime]:
+        """Anchor and cursor of a created or re-triggered time schedule (SPEC §3.1)."""
+        t = s.trigger
+        assert isinstance(t, RecurrenceTrigger | CronTrigger)
+        anchor = anchor_for(t, now)
+        pipeline = cfg.pipeline_by_id(s.pipeline)
+        active = s.status is Status.ACTIVE and pipeline is not None and (
+            self.pipeline_status.get(pipeline.id, pipeline.status) is Status.ACTIVE
+        )
+        if not active:
+            return anchor, now
+        if creation_fire(t, anchor) is not None:
+            return anchor, anchor - EPS
+        return anchor, max(anchor - EPS, now - EPS)
+
+    # ── arming ───────────────────────────────────────────────────────────────
+
+    async def _arm(self, s: Schedule) -> None:
+        if s.status is not Status.ACTIVE:
+            return
+        if isinstance(s.trigger, DatastoreTrigger):
+            self._start_poller(s)
+            return
+        row = self.rows[s.id]
+        assert row.anchor is not None and row.cursor is not None
+        cursor = await self.timers.catch_up(s, row.anchor, row.cursor)
+        if cursor != row.cursor:
+            self.rows[s.id] = dataclasses.replace(row, cursor=cursor)
+        self.timers.arm(s, row.anchor, cursor)
+
+    def _disarm(self, sid: str) -> None:
+        self.timers.disarm(sid)
+        task = self._pollers.pop(sid, None)
+        if task is not None:
+            task.cancel()
+        self.poll.pop(sid, None)
+
+    def _start_poller(self, s: Schedule) -> None:
+        assert isinstance(s.trigger, DatastoreTrigger)
+        ds = self.config.datastores[s.trigger.datastore]
+        kw = dict(schedule=s, sink=self, health=self, clock=self.clock,
+                  max_pending=self.config.daemon.max_pending, metrics=self.metrics)
+        poller: _Runnable
+        if isinstance(ds, LocalDatastore):
+            from watcherd.pollers.local import LocalPoller
+
+            poller = LocalPoller(datastore=ds, **kw)  # type: ignore[arg-type]
+        else:
+            from watcherd.pollers.blob import BlobPoller
+
+            poller = BlobPoller(datastore=ds, **kw)  # type: ignore[arg-type]
+        self.poll[s.id] = PollStatus()
+        if self._tg is None:
+            self._pending_pollers.append((s.id, poller))
+        else:
+            self._pollers[s.id] = self._tg.create_task(poller.run())
+
+    # ── the ChangeSink of the pollers ────────────────────────────────────────
+
+    async def load_snapshot(self, schedule_id: str, baseline_key: str) -> dict[bytes, str] | None:
+        return await self.store.call(self.store.load_snapshot, schedule_id, baseline_key)
+
+    async def commit(
+        self,
+        schedule_id: str,
+        baseline_key: str,
+        upserts: Sequence[tuple[bytes, str]],
+        deletes: Sequence[bytes],
+        fire: Sequence[FileChange],
+    ) -> int:
+        s = self.schedules.get(schedule_id)
+        runs: list[NewRun] = []
+        now = self.clock.now()
+        if s is not None and fire and self._runnable(s):
+            assert isinstance(s.trigger, DatastoreTrigger)
+            params = self._params(s)
+            for ch in fire:
+                runs.append(NewRun(
+                    schedule_id=s.id, pipeline_id=s.pipeline, experiment=s.experiment_name,
+                    dedup=f"file:{ch.name.hex()}:{ch.version}",
+                    trigger={"kind": "file", "datastore": s.trigger.datastore,
+                             "path": display_name(ch.name), "version": ch.version},
+                    parameters=params, path=ch.name,
+                ))
+                if ch.modified is not None:
+                    self.metrics.detection_lag.labels(schedule=s.name).observe(
+                        max(0.0, (now - ch.modified).total_seconds()))
+        ids = await self.store.call(
+            self.store.commit_changes, schedule_id, baseline_key, list(upserts), list(deletes),
+            runs, now,
+        )
+        for ch in fire if s is not None else ():
+            log.info("file_changed", schedule=s.name if s else schedule_id,
+                     path=display_name(ch.name), version=ch.version, runs=len(ids))
+        await self.runner.enqueue(ids)
+        return len(ids)
+
+    def pending(self, schedule_id: str) -> int:
+        return self.runner.queued(schedule_id)
+
+    async def wait_below(self, schedule_id: str, limit: int) -> None:
+        await self.runner.wait_queued_below(schedule_id, limit)
+
+    def poll_finished(
+        self, schedule_id: str, *, ok: bool, duration: float, files: int, error: str | None
+    ) -> None:
+        st = self.poll.setdefault(schedule_id, PollStatus())
+        st.attempts += 1
+        st.ok, st.error, st.files = ok, error, files
+        st.last_mono = self.clock.monotonic()
+
+    # ── runs ─────────────────────────────────────────────────────────────────
+
+    def _runnable(self, s: Schedule) -> bool:
+        return s.status is Status.ACTIVE and (
+            self.pipeline_status.get(s.pipeline) is Status.ACTIVE
+        )
+
+    def _params(self, s: Schedule, extra: dict[str, str] | None = None) -> dict[str, str]:
+        p = self.config.pipeline_by_id(s.pipeline)
+        out = dict(p.parameters) if p else {}
+        out.update(s.pipeline_parameters)
+        out.update(extra or {})
+        return out
+
+    def _slot_run(self, s: Schedule, slot: datetime) -> NewRun | None:
+        current = self.schedules.get(s.id, s)
+        if not self._runnable(current):
+            return None
+        return NewRun(
+            schedule_id=s.id, pipeline_id=s.pipeline, experiment=s.experiment_name,
+            dedup=slot_dedup(slot),
+            trigger={"kind": "time", "slot": slot.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            parameters=self._params(s),
+        )
+
+    def manual_run(self, s: Schedule, *, by: str, path: bytes | None,
+                   parameters: dict[str, str] | None) -> NewRun:
+        trigger: dict[str, object] = {"kind": "manual", "by": by}
+        if path is not None:
+            trigger["path"] = display_name(path)
+        return NewRun(
+            schedule_id=s.id, pipeline_id=s.pipeline, experiment=s.experiment_name,
+            dedup=f"manual:{uuid.uuid4()}", trigger=trigger,
+            parameters=self._params(s, parameters), path=path,
+        )
+
+    def _resolve(self, run: Run) -> Plan | str:
+        p = self.config.pipeline_by_id(run.pipeline_id)
+        if p is None:
+            return f"pipeline {run.pipeline_id} is no longer configured"
+        if p.kind not in ("command", "http", "azureml"):
+            return f"unknown pipeline kind {p.kind}"
+        s = self.schedules.get(run.schedule_id)
+        serial = bool(s and isinstance(s.trigger, RecurrenceTrigger | CronTrigger)
+                      and s.trigger.options.concurrency == "queue")
+
+        def make(r: Run, attempt: int) -> RunContext:
+            file, dpn = self._file_ref(s, r)
+            cosf = (s.continue_on_step_failure if s and s.continue_on_step_failure is not None
+                    else p.continue_on_step_failure)
+            slot = r.trigger.get("slot")
+            when = parse_iso(str(slot)) if slot else (r.queued_at or self.clock.now())
+            extra = {}
+            if r.trigger.get("kind") == "on_failure" and "failed_run" in r.parameters:
+                extra["WATCHERD_FAILED_RUN"] = r.parameters["failed_run"]
+            return RunContext(
+                run=r, pipeline=p, schedule=s, parameters=r.parameters, file=file,
+                data_path_parameter_name=dpn, trigger_time=when or self.clock.now(),
+                continue_on_step_failure=cosf, config_dir=self.config.base_dir,
+                attempt=attempt, extra_env=extra,
+            )
+
+        return Plan(pipeline=p, serial=serial, make_context=make)
+
+    def _file_ref(self, s: Schedule | None, r: Run) -> tuple[FileRef | None, str | None]:
+        if r.path is None or s is None or not isinstance(s.trigger, DatastoreTrigger):
+            return None, None
+        ds = self.config.datastores.get(s.trigger.datastore)
+        if isinstance(ds, LocalDatastore):
+            local = os.path.join(os.fsencode(ds.root), r.path)
+            return FileRef(datastore=ds.name, relative_path=r.path, local_path=local,
+                           version=str(r.trigger.get("version", ""))), \
+                s.trigger.data_path_parameter_name
+        if isinstance(ds, BlobDatastore):
+            from watcherd.pollers.blob import blob_url
+
+            return FileRef(datastore=ds.name, relative_path=r.path,
+                           url=blob_url(ds, r.path.decode("utf-8", "replace")),
+                           version=str(r.trigger.get("version", ""))), \
+                s.trigger.data_path_parameter_name
+        return None, None
+
+    # ── lifecycle ────────────────────────────────────────────────────────────
+
+    async def run(self) -> None:
+        """Own the runner, the timers and the pollers until stop()."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            runner = tg.create_task(self.runner.run())
+            timers = tg.create_task(self.timers.run())
+            for sid, poller in self._pending_pollers:
+                self._pollers[sid] = tg.create_task(poller.run())
+            self._pending_pollers = []
+            self.started_mono = self.clock.monotonic()
+            self.started.set()
+            await self._stop.wait()
+            timers.cancel()
+            for t in self._pollers.values():
+                t.cancel()
+            stopped = await self.runner.drain(self.config.daemon.shutdown_timeout.total_seconds())
+            if stopped:
+                log.warning("runs_stopped_at_shutdown", count=stopped)
+            await runner
+        self._tg = None
+        for d in self._dispatchers.values():
+            await d.aclose()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class _Runnable:
+    async def run(self) -> None: ...
+
+
+class _LazyDispatchers(dict[str, Dispatcher]):
+    """Imports the http and azureml dispatchers (and aiohttp, azure) only when first used."""
+
+    def __missing__(self, kind: str) -> Dispatcher:
+        d: Dispatcher
+        if kind == "http":
+            from watcherd.dispatch.webhook import HttpDispatcher
+
+            d = HttpDispatcher()
+        elif kind == "azureml":
+            from watcherd.dispatch.azureml import AzureMLDispatcher
+
+            d = AzureMLDispatcher()
+        else:
+            raise KeyError(kind)
+        self[kind] = d
+        return d
