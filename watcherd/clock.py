@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
-__all__ = ["MAX_WAIT", "Clock", "SystemClock"]
+__all__ = ["MAX_WAIT", "Clock", "ScaledClock", "SystemClock", "clock_from_env"]
 
 # A single wait is capped so a wall-clock jump (suspend, NTP step) is noticed within a minute;
 # the caller recomputes its deadline, it does not tick.
@@ -66,3 +66,57 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+
+class ScaledClock(SystemClock):
+    """A clock running `speed` times faster than the real one from a chosen origin.
+
+    A test hook for end-to-end tests of a daemon subprocess (`$WATCHERD_TEST_CLOCK`), so a
+    test can watch hours of Minute slots in seconds; restarts with the same origin continue
+    the same timeline.
+    """
+
+    def __init__(self, origin_real: float, origin: datetime, speed: float) -> None:
+        self.origin_real = origin_real
+        self.origin = origin
+        self.speed = speed
+
+    @classmethod
+    def from_env(cls, value: str) -> ScaledClock:
+        """Parse `<unix seconds>|<ISO instant>|<speed>`."""
+        real, origin, speed = value.split("|")
+        return cls(float(real), datetime.fromisoformat(origin).astimezone(UTC), float(speed))
+
+    def now(self) -> datetime:
+        from datetime import timedelta
+
+        return self.origin + timedelta(seconds=(time.time() - self.origin_real) * self.speed)
+
+    async def sleep_until(self, deadline: datetime, wake: asyncio.Event | None = None) -> bool:
+        while True:
+            remaining = (deadline - self.now()).total_seconds() / self.speed
+            if remaining <= 0:
+                return False
+            step = min(remaining, MAX_WAIT)
+            if wake is None:
+                await asyncio.sleep(step)
+                continue
+            if wake.is_set():
+                return True
+            try:
+                async with asyncio.timeout(step):
+                    await wake.wait()
+                return True
+            except TimeoutError:
+                continue
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds / self.speed))
+
+
+def clock_from_env(env: dict[str, str] | None = None) -> Clock:
+    """The system clock, or a ScaledClock when `$WATCHERD_TEST_CLOCK` is set (tests only)."""
+    import os
+
+    value = (env if env is not None else os.environ).get("WATCHERD_TEST_CLOCK")
+    return ScaledClock.from_env(value) if value else SystemClock()

@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from watcherd import config as config_mod
-from watcherd.clock import Clock, SystemClock
+from watcherd.clock import Clock, clock_from_env
 from watcherd.engine import Engine
 from watcherd.errors import AlreadyRunning, ConfigErrors, StateError
 from watcherd.manager import Manager
@@ -66,7 +66,7 @@ class Daemon:
     ) -> None:
         self.config_path = config_path
         self.env = dict(env)
-        self.clock = clock or SystemClock()
+        self.clock = clock or clock_from_env(dict(env))
         self.notifier = Notifier(env)
         self.url: str | None = None
         self.engine: Engine | None = None

@@ -89,6 +89,7 @@ class Engine:
         )
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._pending_pollers: list[tuple[str, _Runnable]] = []
+        self._fresh: set[str] = set()  # timers just (re)created: nothing was missed
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
@@ -200,6 +201,7 @@ class Engine:
                     cursor = now  # enabling never fires by itself
             else:
                 anchor, cursor = self._new_timer(sched, now, cfg)
+                self._fresh.add(s.id)
         new = StoredSchedule(
             id=s.id, name=s.name, source=Source.FILE.value, status=status.value,
             file_status=s.status.value, spec=spec, trigger_key=tkey, anchor=anchor,
@@ -234,7 +236,11 @@ class Engine:
             return
         row = self.rows[s.id]
         assert row.anchor is not None and row.cursor is not None
-        cursor = await self.timers.catch_up(s, row.anchor, row.cursor)
+        if s.id in self._fresh:
+            self._fresh.discard(s.id)
+            cursor = row.cursor
+        else:
+            cursor = await self.timers.catch_up(s, row.anchor, row.cursor)
         if cursor != row.cursor:
             self.rows[s.id] = dataclasses.replace(row, cursor=cursor)
         self.timers.arm(s, row.anchor, cursor)

@@ -12,7 +12,6 @@ from typing import Any
 import structlog
 
 from watcherd import config as config_mod
-from watcherd.checkconfig import trigger_words
 from watcherd.engine import Engine, display_name
 from watcherd.errors import Conflict, NotFound, ValidationError
 from watcherd.metrics import Metrics
@@ -165,6 +164,8 @@ class Manager:
         return [_z(t) or "" for t in out]
 
     def _schedule_json(self, s: Schedule, last: Mapping[str, Run] | None = None) -> JSON:
+        from watcherd.checkconfig import trigger_words
+
         body = config_mod.schedule_to_dict(s, self.config)
         row = self.engine.rows.get(s.id)
         poll = self.engine.poll.get(s.id)
@@ -243,6 +244,7 @@ class Manager:
                 anchor, cursor = row.anchor, row.cursor
             else:
                 anchor, cursor = eng._new_timer(s, now, self.config)
+                eng._fresh.add(s.id)
         new_row = StoredSchedule(
             id=s.id, name=s.name, source=Source.API.value, status=s.status.value,
             file_status=None, spec=spec, trigger_key=tkey, anchor=anchor, cursor=cursor,
@@ -453,5 +455,3 @@ def _status(value: str) -> Status:
         raise ValidationError(f"status must be Active or Disabled, not {value!r}",
                               "status") from None
 
-
-_ = (iso, display_name)

@@ -1,0 +1,83 @@
+"""In-process engine fixtures: a real SQLite store, the real engine, an injected ManualClock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tomllib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.clocks import ManualClock
+from watcherd import config as config_mod
+from watcherd.engine import Engine
+from watcherd.manager import Manager
+from watcherd.state import Store
+
+
+async def eventually(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Await until `pred()` is truthy, yielding to the loop; fail after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not (value := pred()):
+            await asyncio.sleep(0.01)
+        return value
+
+
+class Harness:
+    """An engine on a ManualClock, with helpers to read its runs."""
+
+    def __init__(self, engine: Engine, clock: ManualClock, store: Store) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.store = store
+        self.manager = Manager(engine)
+
+    def runs(self, schedule: str | None = None) -> list[Any]:
+        sid = None
+        if schedule is not None:
+            sid = next(s.id for s in self.engine.schedules.values() if s.name == schedule)
+        runs, _ = self.store.sync(self.store.list_runs, schedule_id=sid, limit=100000)
+        return list(reversed(runs))
+
+    def slots(self, schedule: str | None = None) -> list[str]:
+        return [str(r.trigger["slot"]) for r in self.runs(schedule) if r.trigger.get("kind") == "time"]
+
+    async def advance(self, **kw: float) -> None:
+        self.clock.advance(**kw)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def settle(self) -> None:
+        """Wait until nothing is Queued or Running."""
+        r = self.engine.runner
+        await eventually(lambda: r.total_queued() == 0 and r.total_running() == 0)
+
+
+def load_config(tmp_path: Path, text: str) -> Any:
+    path = tmp_path / "watcherd.toml"
+    path.write_text(text)
+    tomllib.loads(text)  # a syntax error here is the test's fault
+    return config_mod.load(path, dict(os.environ))
+
+
+@asynccontextmanager
+async def running_engine(
+    tmp_path: Path, text: str, clock: ManualClock, state: Path | None = None
+) -> AsyncIterator[Harness]:
+    cfg = load_config(tmp_path, text)
+    store = Store(state or tmp_path / ".watcherd")
+    engine = Engine(cfg, store, clock)
+    try:
+        await engine.prepare()
+        task = asyncio.ensure_future(engine.run())
+        await engine.started.wait()
+        h = Harness(engine, clock, store)
+        try:
+            yield h
+        finally:
+            engine.stop()
+            await asyncio.wait_for(task, 30)
+    finally:
+        store.close()

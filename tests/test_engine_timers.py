@@ -1,0 +1,149 @@
+"""Time schedules end to end in-process: real SQLite, real commands, an injected clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.clocks import ManualClock
+from tests.engine_helpers import eventually, running_engine
+from watcherd.models import RunStatus
+
+PIPE = """
+[daemon]
+api = ""
+[pipelines.p]
+kind = "command"
+steps = [["true"]]
+"""
+
+
+def _z(*a: int) -> str:
+    return datetime(*a, tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_seed_recurrence_fires_at_creation_then_every_15_minutes(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 25, 10, 0, 7, 250000, tzinfo=UTC))
+    text = PIPE + """
+[[schedules]]
+name = "MyRecurringSchedule"
+pipeline = "p"
+experiment_name = "MyExperiment"
+recurrence = { frequency = "Minute", interval = 15 }
+"""
+    async with running_engine(tmp_path, text, clock) as h:
+        await eventually(lambda: h.slots() == [_z(2026, 11, 25, 10, 0, 7)])
+        await h.advance(minutes=14, seconds=59)
+        await h.settle()
+        assert h.slots() == [_z(2026, 11, 25, 10, 0, 7)]
+        await h.advance(seconds=1)
+        await eventually(lambda: len(h.slots()) == 2)
+        await h.advance(minutes=15)
+        await eventually(lambda: len(h.slots()) == 3)
+        await h.settle()
+        assert h.slots() == [_z(2026, 11, 25, 10, 0, 7), _z(2026, 11, 25, 10, 15, 7),
+                             _z(2026, 11, 25, 10, 30, 7)]
+        assert {r.status for r in h.runs()} == {RunStatus.COMPLETED}
+
+
+async def test_restart_does_not_refire_creation_and_catch_up_all(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC))
+    text = PIPE + """
+[[schedules]]
+name = "s"
+pipeline = "p"
+experiment_name = "E"
+recurrence = { frequency = "Minute", interval = 10 }
+catch_up = "all"
+max_catch_up = 3
+"""
+    async with running_engine(tmp_path, text, clock) as h:
+        await eventually(lambda: len(h.slots()) == 1)
+    clock.advance(minutes=55)  # down for 55 min: slots 10:10 … 10:50 missed (5 of them)
+    async with running_engine(tmp_path, text, clock) as h:
+        await eventually(lambda: len(h.slots()) == 4)
+        await h.settle()
+        assert h.slots() == [_z(2026, 11, 25, 10, 0), _z(2026, 11, 25, 10, 30),
+                             _z(2026, 11, 25, 10, 40), _z(2026, 11, 25, 10, 50)]
+        await h.advance(minutes=5)
+        await eventually(lambda: len(h.slots()) == 5)
+        assert h.slots()[-1] == _z(2026, 11, 25, 11, 0)
+
+
+async def test_past_start_time_does_not_backfill(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 25, 10, 7, 0, tzinfo=UTC))
+    text = PIPE + """
+[[schedules]]
+name = "s"
+pipeline = "p"
+experiment_name = "E"
+recurrence = { frequency = "Minute", interval = 5, start_time = "2026-11-20T00:00:00" }
+"""
+    async with running_engine(tmp_path, text, clock) as h:
+        await h.advance(seconds=1)
+        await h.settle()
+        assert h.slots() == []
+        await h.advance(minutes=3)  # 10:10:01
+        await eventually(lambda: h.slots() == [_z(2026, 11, 25, 10, 10)])
+
+
+async def test_catch_up_none_skips_missed_and_disabled_never_fires(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC))
+    text = PIPE + """
+[[schedules]]
+name = "s"
+pipeline = "p"
+experiment_name = "E"
+recurrence = { frequency = "Minute", interval = 1, start_time = "2026-11-25T10:00:30" }
+
+[[schedules]]
+name = "off"
+pipeline = "p"
+experiment_name = "E"
+status = "Disabled"
+recurrence = { frequency = "Minute", interval = 1 }
+"""
+    async with running_engine(tmp_path, text, clock) as h:
+        await h.advance(seconds=30)
+        await eventually(lambda: len(h.slots("s")) == 1)
+    clock.advance(minutes=10)
+    async with running_engine(tmp_path, text, clock) as h:
+        await h.advance(seconds=1)
+        await h.settle()
+        assert len(h.slots("s")) == 1  # catch_up = "none": nothing back-filled
+        await h.advance(minutes=1)
+        await eventually(lambda: len(h.slots("s")) == 2)
+        assert h.slots("off") == []
+        # enabling never fires by itself
+        await h.manager.set_schedule_status("off", "Active")
+        await h.advance(seconds=1)
+        await h.settle()
+        assert h.slots("off") == []
+
+
+async def test_concurrency_forbid_skips_while_running(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC))
+    gate = tmp_path / "gate"
+    text = f"""
+[daemon]
+api = ""
+[pipelines.slow]
+kind = "command"
+steps = [["sh", "-c", "while [ ! -e '{gate}' ]; do sleep 0.02; done"]]
+
+[[schedules]]
+name = "s"
+pipeline = "slow"
+experiment_name = "E"
+recurrence = {{ frequency = "Minute", interval = 1 }}
+concurrency = "forbid"
+"""
+    async with running_engine(tmp_path, text, clock) as h:
+        await eventually(lambda: h.engine.runner.total_running() == 1)
+        await h.advance(minutes=1)
+        await eventually(lambda: len(h.runs()) == 2)
+        statuses = [r.status for r in h.runs()]
+        assert statuses[1] is RunStatus.SKIPPED
+        gate.touch()
+        await h.settle()
+        assert [r.status for r in h.runs()] == [RunStatus.COMPLETED, RunStatus.SKIPPED]
