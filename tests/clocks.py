@@ -13,6 +13,7 @@ class ManualClock:
         self._now = start or datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
         self._mono = 1000.0
         self._changed = asyncio.Event()
+        self.sleepers = 0  # sleep_until calls in progress
 
     def now(self) -> datetime:
         return self._now
@@ -32,6 +33,13 @@ class ManualClock:
         return self._now
 
     async def sleep_until(self, deadline: datetime, wake: asyncio.Event | None = None) -> bool:
+        self.sleepers += 1
+        try:
+            return await self._sleep_until(deadline, wake)
+        finally:
+            self.sleepers -= 1
+
+    async def _sleep_until(self, deadline: datetime, wake: asyncio.Event | None) -> bool:
         while self._now < deadline:
             if wake is not None and wake.is_set():
                 return True

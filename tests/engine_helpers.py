@@ -52,7 +52,10 @@ class Harness:
     async def settle(self) -> None:
         """Wait until nothing is Queued or Running."""
         r = self.engine.runner
-        await eventually(lambda: r.total_queued() == 0 and r.total_running() == 0)
+        await eventually(
+            lambda: r.total_queued() == 0 and r.total_running() == 0
+            and all(x.status.value not in ("Queued", "Running") for x in self.runs())
+        )
 
 
 def load_config(tmp_path: Path, text: str) -> Any:

@@ -1,0 +1,270 @@
+"""Command pipelines through the real engine: argv safety, steps, env, timeout, retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.clocks import ManualClock
+from tests.engine_helpers import eventually, running_engine
+from tests.harness import DaemonProc, wait_until
+from watcherd.models import RunStatus
+
+PY = sys.executable
+HOSTILE = [
+    "two words",
+    "quote's \"double\"",
+    "$(touch pwned) `touch pwned2`; rm -rf /nonexistent && echo hi | cat",
+    "new\nline",
+    "-leading-dash",
+    "*.glob ~ $HOME ${PATH}",
+]
+
+
+def _dump(out: Path) -> str:
+    code = "import sys,json,os; open(sys.argv[1],'a').write(json.dumps(sys.argv[2:])+'\\n')"
+    return json.dumps([PY, "-c", code, str(out)])
+
+
+def _clock() -> ManualClock:
+    return ManualClock(datetime(2026, 11, 25, 10, 0, tzinfo=UTC))
+
+
+async def test_hostile_parameters_reach_the_command_as_one_argv_element(tmp_path: Path) -> None:
+    out = tmp_path / "argv.jsonl"
+    steps = json.loads(_dump(out)) + ["{p}", "pre-{p}-post"]
+    text = f"""
+[daemon]
+api = ""
+[pipelines.dump]
+kind = "command"
+steps = [{json.dumps(steps)}]
+parameters = {{ p = "default" }}
+[[schedules]]
+name = "manual"
+pipeline = "dump"
+experiment_name = "E"
+status = "Disabled"
+cron = "0 0 1 1 *"
+"""
+    async with running_engine(tmp_path, text, _clock()) as h:
+        for value in HOSTILE:
+            await h.manager.trigger_schedule("manual", parameters={"p": value})
+        await h.settle()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(map(tuple, lines)) == sorted((v, f"pre-{v}-post") for v in HOSTILE)
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+
+
+async def test_steps_env_and_continue_on_step_failure(tmp_path: Path) -> None:
+    out = tmp_path / "env.json"
+    os.environ["WATCHERD_TEST_SECRETISH"] = "must-not-leak"
+    code = ("import os,json,sys; json.dump({k: v for k, v in os.environ.items()}, "
+            "open(sys.argv[1], 'w'))")
+    text = f"""
+[daemon]
+api = ""
+[pipelines.multi]
+kind = "command"
+continue_on_step_failure = true
+env = {{ EXTRA = "x" }}
+steps = [["sh", "-c", "exit 3"], [{json.dumps(PY)}, "-c", {json.dumps(code)}, "{out}"]]
+[pipelines.stop]
+kind = "command"
+steps = [["sh", "-c", "exit 4"], ["sh", "-c", "touch {tmp_path}/never"]]
+[[schedules]]
+name = "a"
+pipeline = "multi"
+experiment_name = "Exp"
+recurrence = {{ frequency = "Hour", interval = 1 }}
+[[schedules]]
+name = "b"
+pipeline = "stop"
+experiment_name = "Exp"
+recurrence = {{ frequency = "Hour", interval = 1 }}
+"""
+    try:
+        async with running_engine(tmp_path, text, _clock()) as h:
+            await eventually(lambda: len(h.runs()) == 2)
+            await h.settle()
+            ra, rb = h.runs("a")[0], h.runs("b")[0]
+    finally:
+        del os.environ["WATCHERD_TEST_SECRETISH"]
+    assert ra.status is RunStatus.FAILED and ra.exit_code == 3  # every step ran, run Failed
+    env = json.loads(out.read_text())
+    assert env["EXTRA"] == "x"
+    assert env["WATCHERD_RUN_ID"] == ra.id
+    assert env["WATCHERD_SCHEDULE_NAME"] == "a"
+    assert env["WATCHERD_EXPERIMENT"] == "Exp"
+    assert env["WATCHERD_TRIGGER_TIME"] == "2026-11-25T10:00:00Z"
+    assert env["WATCHERD_ATTEMPT"] == "1"
+    assert env["WATCHERD_CONTINUE_ON_STEP_FAILURE"] == "true"
+    assert "WATCHERD_TEST_SECRETISH" not in env
+    assert set(env) - {"PATH", "HOME", "LANG", "TZ", "TMPDIR", "EXTRA", "PWD", "SHLVL", "_"} <= {
+        k for k in env if k.startswith(("WATCHERD_", "LC_"))
+    }
+    assert rb.status is RunStatus.FAILED and rb.exit_code == 4
+    assert "step 0 exited 4" in (rb.error or "")
+    assert not (tmp_path / "never").exists()
+
+
+async def test_timeout_fails_the_run_and_kills_the_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    text = f"""
+[daemon]
+api = ""
+[pipelines.hang]
+kind = "command"
+timeout = "300ms"
+steps = [["sh", "-c", "sleep 1000 & echo $! > {pidfile}; wait"]]
+[[schedules]]
+name = "h"
+pipeline = "hang"
+experiment_name = "E"
+recurrence = {{ frequency = "Hour", interval = 1 }}
+"""
+    async with running_engine(tmp_path, text, _clock()) as h:
+        await eventually(lambda: h.runs() and h.runs()[0].status is RunStatus.FAILED, 20)
+        run = h.runs()[0]
+    assert run.error == "timeout after 300ms"
+    grandchild = int(pidfile.read_text())
+    await eventually(lambda: not _alive(grandchild))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+async def test_retry_exit_codes_retry_then_on_failure_runs(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    text = f"""
+[daemon]
+api = ""
+[pipelines.flaky]
+kind = "command"
+retry = {{ attempts = 3, max_delay = "1s" }}
+retry_exit_codes = [75]
+on_failure = "alert"
+steps = [["sh", "-c", "echo x >> {counter}; exit 75"]]
+[pipelines.alert]
+kind = "command"
+steps = [["sh", "-c", "printf %s \\"$WATCHERD_FAILED_RUN\\" > {tmp_path}/failed.json"]]
+[[schedules]]
+name = "f"
+pipeline = "flaky"
+experiment_name = "E"
+recurrence = {{ frequency = "Hour", interval = 1 }}
+"""
+    clock = _clock()
+    async with running_engine(tmp_path, text, clock) as h:
+        for _ in range(2):  # two backoffs on the injected clock: timers + the run sleep
+            await eventually(lambda: clock.sleepers == 2)
+            await h.advance(seconds=2)
+            await eventually(lambda: clock.sleepers == 1)
+        await eventually(lambda: len(h.runs()) == 2)
+        await h.settle()
+        failed, alert = h.runs()
+    assert counter.read_text().count("x") == 3
+    assert failed.status is RunStatus.FAILED and failed.attempt == 3
+    assert "retries exhausted after 3 attempts" in (failed.error or "")
+    assert len(failed.attempts) == 3
+    assert alert.status is RunStatus.COMPLETED and alert.trigger["kind"] == "on_failure"
+    assert json.loads((tmp_path / "failed.json").read_text())["id"] == failed.id
+
+
+def test_sigterm_drains_then_requeues_and_resumes(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    text = f"""
+[daemon]
+api = ""
+shutdown_timeout = "300ms"
+[pipelines.long]
+kind = "command"
+steps = [["sh", "-c", "echo $WATCHERD_ATTEMPT >> {marker}; sleep 30"]]
+[[schedules]]
+name = "l"
+pipeline = "long"
+experiment_name = "E"
+recurrence = {{ frequency = "Day", interval = 1 }}
+"""
+    d = DaemonProc(tmp_path, text)
+    try:
+        d.start()
+        wait_until(lambda: marker.exists())
+        d.signal(signal.SIGTERM)
+        assert d.proc is not None and d.proc.wait(20) == 0
+        (run,) = d.runs()
+        assert run["status"] == "Queued" and run["error"] == "interrupted by shutdown"
+        d.start()
+        wait_until(lambda: marker.read_text().split() == ["1", "2"])
+        (run,) = d.runs()
+        assert run["status"] == "Running" and run["attempt"] == 2
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ('recurrence = { frequency = "minute", interval = 1 }',
+         "schedules[0].recurrence.frequency: Invalid value for frequency, only one of Minute, "
+         "Hour, Day, Week, or Month accepted"),
+        ('recurrence = { frequency = "Minute", interval = 1, hours = [1] }',
+         "schedules[0].recurrence.hours: Can only specify hours if frequency is Week or Day."),
+        ('recurrence = { frequency = "Day", interval = 1, time_zone = "Mars Standard Time" }',
+         "schedules[0].recurrence.time_zone: Time zone is not a valid TimeZone enum."),
+        ('recurrence = { frequency = "Day", interval = 1 }\nfrobnicate = 1',
+         "schedules[0].frobnicate:"),
+    ],
+)
+def test_bad_config_exits_2_with_key_path(tmp_path: Path, snippet: str, expected: str) -> None:
+    from watcherd.cli import main
+
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(f"""
+[pipelines.p]
+kind = "command"
+steps = [["true"]]
+[[schedules]]
+name = "s"
+pipeline = "p"
+experiment_name = "E"
+{snippet}
+""")
+    import subprocess
+
+    res = subprocess.run([PY, "-m", "watcherd", "run", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert expected in res.stderr
+    assert main(["check-config", "--config", str(cfg)]) == 2
+
+
+def test_missing_pipeline_is_a_config_error(tmp_path: Path) -> None:
+    import subprocess
+
+    cfg = tmp_path / "w.toml"
+    cfg.write_text("""
+[[schedules]]
+name = "s"
+pipeline = "nope"
+experiment_name = "E"
+recurrence = { frequency = "Day", interval = 1 }
+""")
+    res = subprocess.run([PY, "-m", "watcherd", "run", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "schedules[0].pipeline:" in res.stderr and "nope" in res.stderr
