@@ -1,0 +1,357 @@
+"""Thin JSON handlers of /api/v1: validate the request → call a Services method → serialise."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from aiohttp import web
+
+from watcherd.api.openapi import openapi_document
+from watcherd.models import RunStatus
+from watcherd.services import Services
+
+__all__ = [
+    "API",
+    "SERVICES",
+    "ApiProblem",
+    "add_routes",
+    "error_response",
+    "json_response",
+]
+
+API = "/api/v1"
+SERVICES: web.AppKey[Services] = web.AppKey("watcherd_services")
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_CLIENTS = frozenset({"cli", "sdk", "web"})  # X-Watcherd-Client values recorded as "by"
+_MAX_KEY = 200
+_RUN_STATUSES = {s.value.lower(): s.value for s in RunStatus}
+_TRIGGER_KEYS = frozenset({"path", "parameters"})
+
+_dumps = partial(json.dumps, ensure_ascii=False, default=str)
+
+
+class ApiProblem(Exception):
+    """A request the handlers refuse before reaching the services (400/422)."""
+
+    def __init__(self, status: int, code: str, message: str, key_path: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.key_path = status, code, message, key_path
+
+
+def error_response(
+    status: int, code: str, message: str, key_path: str | None = None, **extra: Any
+) -> web.Response:
+    """The one error shape: {"error": {"code", "message", "key_path"?, …}}."""
+    err: dict[str, Any] = {"code": code, "message": message}
+    if key_path is not None:
+        err["key_path"] = key_path
+    err.update(extra)
+    headers = {"WWW-Authenticate": 'Bearer realm="watcherd"'} if status == 401 else None
+    return web.json_response({"error": err}, status=status, dumps=_dumps, headers=headers)
+
+
+def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps, headers=headers or None)
+
+
+def _page(items: list[Any], next_cursor: str | None = None) -> web.Response:
+    return json_response({"items": items, "next_cursor": next_cursor})
+
+
+def _svc(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def _ident(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+# ── request parsing ───────────────────────────────────────────────────────────
+
+
+def _bool_param(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ApiProblem(
+        400, "bad_request", f"{name} must be true or false, not {raw!r}", f"query.{name}"
+    )
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise ApiProblem(
+            400, "bad_request", f"{name} must be an integer from {lo} to {hi}", f"query.{name}"
+        )
+    return value
+
+
+def _str_param(request: web.Request, name: str) -> str | None:
+    raw = request.query.get(name)
+    return raw if raw else None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise ApiProblem(422, "invalid", "a JSON object is required", "body")
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiProblem(400, "bad_json", f"invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ApiProblem(422, "invalid", "must be a JSON object", "body")
+    return data
+
+
+def _trigger_args(body: Mapping[str, Any]) -> tuple[str | None, dict[str, str] | None]:
+    for key in body:
+        if key not in _TRIGGER_KEYS:
+            raise ApiProblem(
+                422, "invalid", f"unknown key {key!r} (allowed: path, parameters)", f"body.{key}"
+            )
+    path = body.get("path")
+    if path is not None and not isinstance(path, str):
+        raise ApiProblem(422, "invalid", "must be a string", "body.path")
+    params = body.get("parameters")
+    if params is None:
+        return path, None
+    if not isinstance(params, dict):
+        raise ApiProblem(422, "invalid", "must be an object of strings", "body.parameters")
+    for k, v in params.items():
+        if not isinstance(v, str):
+            raise ApiProblem(422, "invalid", "parameter values are strings", f"body.parameters.{k}")
+    return path, dict(params)
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > _MAX_KEY or not key.isprintable():
+        raise ApiProblem(
+            400, "bad_request", f"Idempotency-Key must be 1 to {_MAX_KEY} printable characters"
+        )
+    return key
+
+
+def _by(request: web.Request) -> str:
+    client = request.headers.get("X-Watcherd-Client", "").lower()
+    return client if client in _CLIENTS else "api"
+
+
+# ── pipelines, experiments, datastores ────────────────────────────────────────
+
+
+async def list_pipelines(request: web.Request) -> web.Response:
+    active_only = _bool_param(request, "active_only", False)
+    return _page(_svc(request).list_pipelines(active_only=active_only))
+
+
+async def get_pipeline(request: web.Request) -> web.Response:
+    return json_response(_svc(request).get_pipeline(_ident(request)))
+
+
+async def enable_pipeline(request: web.Request) -> web.Response:
+    return json_response(await _svc(request).set_pipeline_status(_ident(request), "Active"))
+
+
+async def disable_pipeline(request: web.Request) -> web.Response:
+    return json_response(await _svc(request).set_pipeline_status(_ident(request), "Disabled"))
+
+
+async def list_experiments(request: web.Request) -> web.Response:
+    return _page(_svc(request).list_experiments())
+
+
+def _datastore_items(svc: Services) -> list[dict[str, str]]:
+    # Names and kinds only: roots, containers and credentials stay in the config file.
+    return [{"name": name, "kind": ds.kind} for name, ds in svc.config.datastores.items()]
+
+
+async def list_datastores(request: web.Request) -> web.Response:
+    return _page(_datastore_items(_svc(request)))
+
+
+async def get_datastore(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    for item in _datastore_items(_svc(request)):
+        if item["name"] == name:
+            return json_response(item)
+    raise ApiProblem(404, "not_found", f"datastore {name!r} not found")
+
+
+# ── schedules ─────────────────────────────────────────────────────────────────
+
+
+async def list_schedules(request: web.Request) -> web.Response:
+    active_only = _bool_param(request, "active_only", False)
+    pipeline_id = _str_param(request, "pipeline_id")
+    return _page(_svc(request).list_schedules(active_only=active_only, pipeline_id=pipeline_id))
+
+
+async def create_schedule(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    created = await _svc(request).create_schedule(body)
+    location = f"{API}/schedules/{created.get('id', '')}"
+    return json_response(created, status=201, Location=location)
+
+
+async def get_schedule(request: web.Request) -> web.Response:
+    return json_response(_svc(request).get_schedule(_ident(request)))
+
+
+async def update_schedule(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    return json_response(await _svc(request).update_schedule(_ident(request), body))
+
+
+async def delete_schedule(request: web.Request) -> web.Response:
+    await _svc(request).delete_schedule(_ident(request))
+    return web.Response(status=204)
+
+
+async def enable_schedule(request: web.Request) -> web.Response:
+    return json_response(await _svc(request).set_schedule_status(_ident(request), "Active"))
+
+
+async def disable_schedule(request: web.Request) -> web.Response:
+    return json_response(await _svc(request).set_schedule_status(_ident(request), "Disabled"))
+
+
+async def trigger_schedule(request: web.Request) -> web.Response:
+    key = _idempotency_key(request)
+    path, parameters = _trigger_args(await _json_object(request, optional=True))
+    run = await _svc(request).trigger_schedule(
+        _ident(request),
+        path=path,
+        parameters=parameters,
+        by=_by(request),
+        idempotency_key=key,
+    )
+    return json_response(run, status=202, Location=f"{API}/runs/{run.get('id', '')}")
+
+
+async def next_fire_times(request: web.Request) -> web.Response:
+    n = _int_param(request, "n", 5, 1, 100)
+    return _page(list(_svc(request).next_fire_times(_ident(request), n)))
+
+
+# ── runs ──────────────────────────────────────────────────────────────────────
+
+
+def _status_param(request: web.Request) -> str | None:
+    raw = _str_param(request, "status")
+    if raw is None:
+        return None
+    status = _RUN_STATUSES.get(raw.lower())
+    if status is None:
+        allowed = ", ".join(_RUN_STATUSES.values())
+        raise ApiProblem(400, "bad_request", f"status must be one of {allowed}", "query.status")
+    return status
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    items, cursor = await _svc(request).list_runs(
+        schedule_id=_str_param(request, "schedule_id"),
+        pipeline_id=_str_param(request, "pipeline_id"),
+        status=_status_param(request),
+        limit=_int_param(request, "limit", 50, 1, 1000),
+        cursor=_str_param(request, "cursor"),
+    )
+    return _page(items, cursor)
+
+
+async def get_run(request: web.Request) -> web.Response:
+    return json_response(await _svc(request).get_run(_ident(request)))
+
+
+async def get_run_log(request: web.Request) -> web.Response:
+    body = await _svc(request).get_run_log(_ident(request))
+    return web.Response(body=body, headers={"Content-Type": "text/plain; charset=utf-8"})
+
+
+async def retry_run(request: web.Request) -> web.Response:
+    return json_response(await _svc(request).retry_run(_ident(request)))
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    return json_response(await _svc(request).cancel_run(_ident(request)))
+
+
+# ── operations ────────────────────────────────────────────────────────────────
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, body = _svc(request).readiness()
+    return json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = _svc(request).metrics.render()
+    return web.Response(body=text, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document())
+
+
+_ROUTES: tuple[tuple[str, str, Any, str], ...] = (
+    ("GET", "/pipelines", list_pipelines, "list_pipelines"),
+    ("GET", "/pipelines/{id}", get_pipeline, "get_pipeline"),
+    ("POST", "/pipelines/{id}/enable", enable_pipeline, "enable_pipeline"),
+    ("POST", "/pipelines/{id}/disable", disable_pipeline, "disable_pipeline"),
+    ("GET", "/experiments", list_experiments, "list_experiments"),
+    ("GET", "/datastores", list_datastores, "list_datastores"),
+    ("GET", "/datastores/{name}", get_datastore, "get_datastore"),
+    ("GET", "/schedules", list_schedules, "list_schedules"),
+    ("POST", "/schedules", create_schedule, "create_schedule"),
+    ("GET", "/schedules/{id}", get_schedule, "get_schedule"),
+    ("PATCH", "/schedules/{id}", update_schedule, "update_schedule"),
+    ("DELETE", "/schedules/{id}", delete_schedule, "delete_schedule"),
+    ("POST", "/schedules/{id}/enable", enable_schedule, "enable_schedule"),
+    ("POST", "/schedules/{id}/disable", disable_schedule, "disable_schedule"),
+    ("POST", "/schedules/{id}/trigger", trigger_schedule, "trigger_schedule"),
+    ("GET", "/schedules/{id}/next", next_fire_times, "next_fire_times"),
+    ("GET", "/runs", list_runs, "list_runs"),
+    ("GET", "/runs/{id}", get_run, "get_run"),
+    ("GET", "/runs/{id}/log", get_run_log, "run_log"),
+    ("POST", "/runs/{id}/retry", retry_run, "retry_run"),
+    ("POST", "/runs/{id}/cancel", cancel_run, "cancel_run"),
+    ("GET", "/openapi.json", openapi, "openapi"),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register /api/v1/*, /healthz, /readyz and /metrics on `app`."""
+    router = app.router
+    for method, path, handler, name in _ROUTES:
+        router.add_route(method, API + path, handler, name=name)
+    router.add_get("/healthz", healthz, name="healthz")
+    router.add_get("/readyz", readyz, name="readyz")
+    router.add_get("/metrics", metrics, name="metrics")
