@@ -9,6 +9,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from watcherd.checkconfig import StoredSchedule
 
 __all__ = ["main"]
 
@@ -30,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and show next fire times")
     c.add_argument("--config")
     c.add_argument("--json", action="store_true")
-    sub.add_parser("watch", help="dev mode: run a command for each file written in DIR",
-                   add_help=False)
+    sub.add_parser(
+        "watch", help="dev mode: run a command for each file written in DIR", add_help=False
+    )
     for name in _MANAGE:
         sub.add_parser(name, help=f"manage {name} of a running daemon", add_help=False)
     return p
@@ -43,11 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == "watch":
         from watcherd.watch import main as watch_main
 
-        return watch_main(args[1:])
+        return int(watch_main(args[1:]))
     if args and args[0] in _MANAGE:
         from watcherd.cli_manage import main as manage_main
 
-        return manage_main(args)
+        return int(manage_main(args))
     parser = _parser()
     try:
         ns = parser.parse_args(args)
@@ -101,7 +106,7 @@ def _check(arg: str | None, as_json: bool, env: Mapping[str, str]) -> int:
     except ConfigErrors as exc:
         report = checkconfig.build_report(exc, now=now, stored={})
     else:
-        stored = checkconfig.read_stored(cfg)
+        stored = _read_stored(cfg)
         report = checkconfig.build_report(cfg, now=now, stored=stored)
     text = checkconfig.format_json(report) if as_json else checkconfig.format_text(report)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -110,3 +115,44 @@ def _check(arg: str | None, as_json: bool, env: Mapping[str, str]) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _read_stored(cfg: object) -> dict[str, StoredSchedule]:
+    """Stored anchors and API-created schedules, read-only; {} when there is no state yet."""
+    from watcherd import config as config_mod
+    from watcherd.checkconfig import StoredSchedule
+    from watcherd.errors import WatcherdError
+    from watcherd.models import Config, Source
+    from watcherd.state import Store
+
+    assert isinstance(cfg, Config)
+    if not (cfg.daemon.state_dir / "state.db").exists():
+        return {}
+    try:
+        store = Store(cfg.daemon.state_dir, read_only=True, lock=False)
+    except WatcherdError:
+        return {}
+    try:
+        rows = store.sync(store.schedules)
+    except Exception:  # an unreadable DB only loses the stored anchors
+        return {}
+    finally:
+        store.close()
+    out: dict[str, StoredSchedule] = {}
+    for r in rows:
+        sched = None
+        if r.source == Source.API.value:
+            try:
+                sched = config_mod.parse_schedule(
+                    r.spec, config=cfg, key_prefix="stored", source=Source.API
+                )
+            except WatcherdError:
+                continue
+        out[r.id] = StoredSchedule(
+            id=r.id,
+            anchor=r.anchor or r.created_at,
+            status=r.status,
+            source=r.source,
+            schedule=sched,
+        )
+    return out

@@ -95,8 +95,9 @@ class Daemon:
             if cfg.daemon.api:
                 from watcherd.api.app import make_app, serve
 
-                app = make_app(manager, token=token, bind=cfg.daemon.api,
-                               api_hosts=cfg.daemon.api_hosts)
+                app = make_app(
+                    manager, token=token, bind=cfg.daemon.api, api_hosts=cfg.daemon.api_hosts
+                )
                 self.url = await serve(app, cfg.daemon.api, stack)
                 self._write_discovery(cfg, token_path)
             self._install_signals(stack, shutdown_trigger is None)
@@ -104,8 +105,12 @@ class Daemon:
                 engine_task = tg.create_task(engine.run())
                 await engine.started.wait()
                 self.notifier.ready(self._summary())
-                log.info("daemon_ready", url=self.url, schedules=len(engine.schedules),
-                         state_dir=str(cfg.daemon.state_dir))
+                log.info(
+                    "daemon_ready",
+                    url=self.url,
+                    schedules=len(engine.schedules),
+                    state_dir=str(cfg.daemon.state_dir),
+                )
                 helpers = [
                     tg.create_task(self._reload_loop()),
                     tg.create_task(self._watchdog()),
@@ -155,21 +160,25 @@ class Daemon:
 
     def _write_discovery(self, cfg: Config, token_path: Path) -> None:
         assert self.url is not None
-        _write_json(cfg.daemon.state_dir / "config.json",
-                    {"url": self.url, "token_file": str(token_path.resolve())}, 0o600)
+        _write_json(
+            cfg.daemon.state_dir / "config.json",
+            {"url": self.url, "token_file": str(token_path.resolve())},
+            0o600,
+        )
         runtime = self.env.get("RUNTIME_DIRECTORY")
         if runtime:
             with contextlib.suppress(OSError):
-                _write_json(Path(runtime.split(":")[0]) / "config.json", {"url": self.url},
-                            0o644)
+                _write_json(Path(runtime.split(":")[0]) / "config.json", {"url": self.url}, 0o644)
 
     def _summary(self) -> str:
         eng = self.engine
         if eng is None:
             return "starting"
         active = sum(1 for s in eng.schedules.values() if s.status is Status.ACTIVE)
-        text = (f"{active} active schedules, {eng.runner.total_running()} running, "
-                f"{eng.runner.total_queued()} queued")
+        text = (
+            f"{active} active schedules, {eng.runner.total_running()} running, "
+            f"{eng.runner.total_queued()} queued"
+        )
         if eng.reload_error:
             text += f"; last reload rejected: {eng.reload_error.splitlines()[0]}"
         return text

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import os
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import structlog
 
@@ -80,11 +80,18 @@ class Engine:
         self.poll: dict[str, PollStatus] = {}
         self._dispatchers = _LazyDispatchers(command=CommandDispatcher())
         self.runner = Runner(
-            store=store, clock=clock, metrics=self.metrics, resolve=self._resolve,
-            dispatchers=self._dispatchers, max_concurrent=config.daemon.max_concurrent_runs,
+            store=store,
+            clock=clock,
+            metrics=self.metrics,
+            resolve=self._resolve,
+            dispatchers=self._dispatchers,
+            max_concurrent=config.daemon.max_concurrent_runs,
         )
         self.timers = Timers(
-            store=store, clock=clock, metrics=self.metrics, runner=self.runner,
+            store=store,
+            clock=clock,
+            metrics=self.metrics,
+            runner=self.runner,
             slot_run=self._slot_run,
         )
         self._pollers: dict[str, asyncio.Task[None]] = {}
@@ -112,27 +119,12 @@ class Engine:
         rows = {r.id: r for r in await self.store.call(self.store.schedules)}
         pipes = await self.store.call(self.store.pipeline_rows)
         api = self._parse_api(new, rows)
-        errors = config_mod.check_compat(new, api.values())
-        declared = {s.id: s for s in new.schedules}
-        for s in new.schedules:
-            other = next((r for r in rows.values() if r.name == s.name and r.id != s.id
-                          and r.source == Source.API.value), None)
-            if other is not None:
-                errors.append(ConfigError(
-                    f"schedules[{new.schedules.index(s)}].name",
-                    f"{s.name!r} is already the name of API-created schedule {other.id}"))
+        errors = config_mod.check_compat(new, api.values()) + _name_clashes(new, rows)
         if errors:
             raise ConfigErrors(errors)
-        # pipelines: the file's status wins only when it changed since last seen (SPEC §2)
-        pstatus: dict[str, Status] = {}
-        for p in new.pipelines.values():
-            stored = pipes.get(p.id)
-            if stored is None or stored[1] != p.status.value:
-                pstatus[p.id] = p.status
-            else:
-                pstatus[p.id] = Status(stored[0])
-            await self.store.call(self.store.upsert_pipeline, p.id, p.name,
-                                  pstatus[p.id].value, p.status.value)
+        pstatus = await self._apply_pipelines(new, pipes)
+        self.pipeline_status = pstatus
+        declared = {s.id for s in new.schedules}
         new_rows: dict[str, StoredSchedule] = {}
         schedules: dict[str, Schedule] = {}
         for s in new.schedules:
@@ -146,13 +138,15 @@ class Engine:
                 new_rows[sid] = row
             elif row.source in (Source.FILE.value, Source.REMOVED.value):
                 new_rows[sid] = dataclasses.replace(
-                    row, source=Source.REMOVED.value, status=Status.DISABLED.value,
-                    updated_at=now if row.source != Source.REMOVED.value else row.updated_at)
+                    row,
+                    source=Source.REMOVED.value,
+                    status=Status.DISABLED.value,
+                    updated_at=now if row.source != Source.REMOVED.value else row.updated_at,
+                )
         changed = [r for sid, r in new_rows.items() if rows.get(sid) != r]
         await self.store.call(self.store.put_schedules, changed)
         old = self.schedules
         self.config = new
-        self.pipeline_status = pstatus
         self.rows = new_rows
         self.schedules = schedules
         self.runner.max_concurrent = new.daemon.max_concurrent_runs
@@ -163,6 +157,22 @@ class Engine:
             if first or old.get(sid) != s or rows.get(sid) != new_rows[sid]:
                 await self._arm(s)
 
+    async def _apply_pipelines(
+        self, new: Config, pipes: dict[str, tuple[str, str | None]]
+    ) -> dict[str, Status]:
+        """The file's status wins only when it changed since last seen (SPEC §2)."""
+        pstatus: dict[str, Status] = {}
+        for p in new.pipelines.values():
+            stored = pipes.get(p.id)
+            if stored is None or stored[1] != p.status.value:
+                pstatus[p.id] = p.status
+            else:
+                pstatus[p.id] = Status(stored[0])
+            await self.store.call(
+                self.store.upsert_pipeline, p.id, p.name, pstatus[p.id].value, p.status.value
+            )
+        return pstatus
+
     def _parse_api(self, cfg: Config, rows: dict[str, StoredSchedule]) -> dict[str, Schedule]:
         out: dict[str, Schedule] = {}
         for sid, row in rows.items():
@@ -170,14 +180,21 @@ class Engine:
                 continue
             try:
                 s = config_mod.parse_schedule(
-                    row.spec, config=cfg, key_prefix=f"api schedule {row.name!r}",
+                    row.spec,
+                    config=cfg,
+                    key_prefix=f"api schedule {row.name!r}",
                     source=Source.API,
                 )
             except (ConfigErrors, ConfigError) as exc:
-                raise ConfigErrors([ConfigError(
-                    f"schedules.{row.name}",
-                    f"API-created schedule {row.name!r} ({sid}) no longer fits the config: {exc}",
-                )]) from exc
+                raise ConfigErrors(
+                    [
+                        ConfigError(
+                            f"schedules.{row.name}",
+                            f"API-created schedule {row.name!r} ({sid}) no longer fits "
+                            f"the config: {exc}",
+                        )
+                    ]
+                ) from exc
             out[sid] = dataclasses.replace(s, id=sid, status=Status(row.status))
         return out
 
@@ -203,10 +220,18 @@ class Engine:
                 anchor, cursor = self._new_timer(sched, now, cfg)
                 self._fresh.add(s.id)
         new = StoredSchedule(
-            id=s.id, name=s.name, source=Source.FILE.value, status=status.value,
-            file_status=s.status.value, spec=spec, trigger_key=tkey, anchor=anchor,
-            cursor=cursor, created_at=row.created_at if row else now,
-            updated_at=now if row is None or row.spec != spec or row.status != status.value
+            id=s.id,
+            name=s.name,
+            source=Source.FILE.value,
+            status=status.value,
+            file_status=s.status.value,
+            spec=spec,
+            trigger_key=tkey,
+            anchor=anchor,
+            cursor=cursor,
+            created_at=row.created_at if row else now,
+            updated_at=now
+            if row is None or row.spec != spec or row.status != status.value
             else row.updated_at,
         )
         return sched, new
@@ -217,8 +242,10 @@ class Engine:
         assert isinstance(t, RecurrenceTrigger | CronTrigger)
         anchor = anchor_for(t, now)
         pipeline = cfg.pipeline_by_id(s.pipeline)
-        active = s.status is Status.ACTIVE and pipeline is not None and (
-            self.pipeline_status.get(pipeline.id, pipeline.status) is Status.ACTIVE
+        active = (
+            s.status is Status.ACTIVE
+            and pipeline is not None
+            and (self.pipeline_status.get(pipeline.id, pipeline.status) is Status.ACTIVE)
         )
         if not active:
             return anchor, now
@@ -255,17 +282,23 @@ class Engine:
     def _start_poller(self, s: Schedule) -> None:
         assert isinstance(s.trigger, DatastoreTrigger)
         ds = self.config.datastores[s.trigger.datastore]
-        kw = dict(schedule=s, sink=self, health=self, clock=self.clock,
-                  max_pending=self.config.daemon.max_pending, metrics=self.metrics)
+        kw: dict[str, Any] = dict(
+            schedule=s,
+            sink=self,
+            health=self,
+            clock=self.clock,
+            max_pending=self.config.daemon.max_pending,
+            metrics=self.metrics,
+        )
         poller: _Runnable
         if isinstance(ds, LocalDatastore):
             from watcherd.pollers.local import LocalPoller
 
-            poller = LocalPoller(datastore=ds, **kw)  # type: ignore[arg-type]
+            poller = LocalPoller(datastore=ds, **kw)
         else:
             from watcherd.pollers.blob import BlobPoller
 
-            poller = BlobPoller(datastore=ds, **kw)  # type: ignore[arg-type]
+            poller = BlobPoller(datastore=ds, **kw)
         self.poll[s.id] = PollStatus()
         if self._tg is None:
             self._pending_pollers.append((s.id, poller))
@@ -292,23 +325,43 @@ class Engine:
             assert isinstance(s.trigger, DatastoreTrigger)
             params = self._params(s)
             for ch in fire:
-                runs.append(NewRun(
-                    schedule_id=s.id, pipeline_id=s.pipeline, experiment=s.experiment_name,
-                    dedup=f"file:{ch.name.hex()}:{ch.version}",
-                    trigger={"kind": "file", "datastore": s.trigger.datastore,
-                             "path": display_name(ch.name), "version": ch.version},
-                    parameters=params, path=ch.name,
-                ))
+                runs.append(
+                    NewRun(
+                        schedule_id=s.id,
+                        pipeline_id=s.pipeline,
+                        experiment=s.experiment_name,
+                        dedup=f"file:{ch.name.hex()}:{ch.version}",
+                        trigger={
+                            "kind": "file",
+                            "datastore": s.trigger.datastore,
+                            "path": display_name(ch.name),
+                            "version": ch.version,
+                        },
+                        parameters=params,
+                        path=ch.name,
+                    )
+                )
                 if ch.modified is not None:
                     self.metrics.detection_lag.labels(schedule=s.name).observe(
-                        max(0.0, (now - ch.modified).total_seconds()))
+                        max(0.0, (now - ch.modified).total_seconds())
+                    )
         ids = await self.store.call(
-            self.store.commit_changes, schedule_id, baseline_key, list(upserts), list(deletes),
-            runs, now,
+            self.store.commit_changes,
+            schedule_id,
+            baseline_key,
+            list(upserts),
+            list(deletes),
+            runs,
+            now,
         )
         for ch in fire if s is not None else ():
-            log.info("file_changed", schedule=s.name if s else schedule_id,
-                     path=display_name(ch.name), version=ch.version, runs=len(ids))
+            log.info(
+                "file_changed",
+                schedule=s.name if s else schedule_id,
+                path=display_name(ch.name),
+                version=ch.version,
+                runs=len(ids),
+            )
         await self.runner.enqueue(ids)
         return len(ids)
 
@@ -329,9 +382,7 @@ class Engine:
     # ── runs ─────────────────────────────────────────────────────────────────
 
     def _runnable(self, s: Schedule) -> bool:
-        return s.status is Status.ACTIVE and (
-            self.pipeline_status.get(s.pipeline) is Status.ACTIVE
-        )
+        return s.status is Status.ACTIVE and (self.pipeline_status.get(s.pipeline) is Status.ACTIVE)
 
     def _params(self, s: Schedule, extra: dict[str, str] | None = None) -> dict[str, str]:
         p = self.config.pipeline_by_id(s.pipeline)
@@ -345,21 +396,28 @@ class Engine:
         if not self._runnable(current):
             return None
         return NewRun(
-            schedule_id=s.id, pipeline_id=s.pipeline, experiment=s.experiment_name,
+            schedule_id=s.id,
+            pipeline_id=s.pipeline,
+            experiment=s.experiment_name,
             dedup=slot_dedup(slot),
             trigger={"kind": "time", "slot": slot.strftime("%Y-%m-%dT%H:%M:%SZ")},
             parameters=self._params(s),
         )
 
-    def manual_run(self, s: Schedule, *, by: str, path: bytes | None,
-                   parameters: dict[str, str] | None) -> NewRun:
+    def manual_run(
+        self, s: Schedule, *, by: str, path: bytes | None, parameters: dict[str, str] | None
+    ) -> NewRun:
         trigger: dict[str, object] = {"kind": "manual", "by": by}
         if path is not None:
             trigger["path"] = display_name(path)
         return NewRun(
-            schedule_id=s.id, pipeline_id=s.pipeline, experiment=s.experiment_name,
-            dedup=f"manual:{uuid.uuid4()}", trigger=trigger,
-            parameters=self._params(s, parameters), path=path,
+            schedule_id=s.id,
+            pipeline_id=s.pipeline,
+            experiment=s.experiment_name,
+            dedup=f"manual:{uuid.uuid4()}",
+            trigger=trigger,
+            parameters=self._params(s, parameters),
+            path=path,
         )
 
     def _resolve(self, run: Run) -> Plan | str:
@@ -369,23 +427,36 @@ class Engine:
         if p.kind not in ("command", "http", "azureml"):
             return f"unknown pipeline kind {p.kind}"
         s = self.schedules.get(run.schedule_id)
-        serial = bool(s and isinstance(s.trigger, RecurrenceTrigger | CronTrigger)
-                      and s.trigger.options.concurrency == "queue")
+        serial = bool(
+            s
+            and isinstance(s.trigger, RecurrenceTrigger | CronTrigger)
+            and s.trigger.options.concurrency == "queue"
+        )
 
         def make(r: Run, attempt: int) -> RunContext:
             file, dpn = self._file_ref(s, r)
-            cosf = (s.continue_on_step_failure if s and s.continue_on_step_failure is not None
-                    else p.continue_on_step_failure)
+            cosf = (
+                s.continue_on_step_failure
+                if s and s.continue_on_step_failure is not None
+                else p.continue_on_step_failure
+            )
             slot = r.trigger.get("slot")
             when = parse_iso(str(slot)) if slot else (r.queued_at or self.clock.now())
             extra = {}
             if r.trigger.get("kind") == "on_failure" and "failed_run" in r.parameters:
                 extra["WATCHERD_FAILED_RUN"] = r.parameters["failed_run"]
             return RunContext(
-                run=r, pipeline=p, schedule=s, parameters=r.parameters, file=file,
-                data_path_parameter_name=dpn, trigger_time=when or self.clock.now(),
-                continue_on_step_failure=cosf, config_dir=self.config.base_dir,
-                attempt=attempt, extra_env=extra,
+                run=r,
+                pipeline=p,
+                schedule=s,
+                parameters=r.parameters,
+                file=file,
+                data_path_parameter_name=dpn,
+                trigger_time=when or self.clock.now(),
+                continue_on_step_failure=cosf,
+                config_dir=self.config.base_dir,
+                attempt=attempt,
+                extra_env=extra,
             )
 
         return Plan(pipeline=p, serial=serial, make_context=make)
@@ -396,16 +467,21 @@ class Engine:
         ds = self.config.datastores.get(s.trigger.datastore)
         if isinstance(ds, LocalDatastore):
             local = os.path.join(os.fsencode(ds.root), r.path)
-            return FileRef(datastore=ds.name, relative_path=r.path, local_path=local,
-                           version=str(r.trigger.get("version", ""))), \
-                s.trigger.data_path_parameter_name
+            return FileRef(
+                datastore=ds.name,
+                relative_path=r.path,
+                local_path=local,
+                version=str(r.trigger.get("version", "")),
+            ), s.trigger.data_path_parameter_name
         if isinstance(ds, BlobDatastore):
             from watcherd.pollers.blob import blob_url
 
-            return FileRef(datastore=ds.name, relative_path=r.path,
-                           url=blob_url(ds, r.path.decode("utf-8", "replace")),
-                           version=str(r.trigger.get("version", ""))), \
-                s.trigger.data_path_parameter_name
+            return FileRef(
+                datastore=ds.name,
+                relative_path=r.path,
+                url=blob_url(ds, r.path.decode("utf-8", "replace")),
+                version=str(r.trigger.get("version", "")),
+            ), s.trigger.data_path_parameter_name
         return None, None
 
     # ── lifecycle ────────────────────────────────────────────────────────────
@@ -437,7 +513,20 @@ class Engine:
         self._stop.set()
 
 
-class _Runnable:
+def _name_clashes(new: Config, rows: dict[str, StoredSchedule]) -> list[ConfigError]:
+    """Schedule names are unique across the file and the API."""
+    api_names = {r.name: r.id for r in rows.values() if r.source == Source.API.value}
+    return [
+        ConfigError(
+            f"schedules[{i}].name",
+            f"{s.name!r} is already the name of API-created schedule {api_names[s.name]}",
+        )
+        for i, s in enumerate(new.schedules)
+        if s.name in api_names and api_names[s.name] != s.id
+    ]
+
+
+class _Runnable(Protocol):
     async def run(self) -> None: ...
 
 

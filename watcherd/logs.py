@@ -14,8 +14,16 @@ from watcherd.redact import MASK, make_redactor, redact_url
 __all__ = ["configure", "redaction_processor"]
 
 _SECRET_KEYS = frozenset(
-    {"token", "sas", "sas_token", "connection_string", "authorization", "account_key",
-     "password", "headers"}
+    {
+        "token",
+        "sas",
+        "sas_token",
+        "connection_string",
+        "authorization",
+        "account_key",
+        "password",
+        "headers",
+    }
 )
 
 
@@ -30,8 +38,9 @@ def redaction_processor(secrets: Iterable[str]) -> Callable[..., MutableMapping[
                 value = redact_url(value) if " " not in value else value
             return value
         if isinstance(value, dict):
-            return {k: (MASK if str(k).lower() in _SECRET_KEYS else _clean(v))
-                    for k, v in value.items()}
+            return {
+                k: (MASK if str(k).lower() in _SECRET_KEYS else _clean(v)) for k, v in value.items()
+            }
         if isinstance(value, list | tuple):
             return [_clean(v) for v in value]
         return value
@@ -50,7 +59,9 @@ def redaction_processor(secrets: Iterable[str]) -> Callable[..., MutableMapping[
 
 
 def configure(
-    fmt: str = "auto", secrets: Iterable[str] = (), stream: TextIO | None = None,
+    fmt: str = "auto",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
     level: int = logging.INFO,
 ) -> None:
     """Configure structlog for the process: `auto` is console on a TTY, else JSON lines."""

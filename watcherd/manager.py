@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from watcherd import config as config_mod
-from watcherd.engine import Engine, display_name
+from watcherd.engine import Engine
 from watcherd.errors import Conflict, NotFound, ValidationError
 from watcherd.metrics import Metrics
 from watcherd.models import (
@@ -29,7 +29,7 @@ from watcherd.models import (
     Status,
 )
 from watcherd.redact import redact_url
-from watcherd.state import StoredSchedule, iso
+from watcherd.state import StoredSchedule
 from watcherd.timetable import next_slot, trigger_key
 
 __all__ = ["Manager", "run_json"]
@@ -49,14 +49,23 @@ def run_json(run: Run, schedule_name: str | None = None) -> JSON:
     if run.started_at and run.finished_at:
         duration = round((run.finished_at - run.started_at).total_seconds(), 3)
     return {
-        "id": run.id, "schedule_id": run.schedule_id, "schedule_name": schedule_name,
-        "pipeline_id": run.pipeline_id, "experiment_name": run.experiment_name,
-        "status": run.status.value, "trigger": dict(run.trigger),
-        "parameters": dict(run.parameters), "attempt": run.attempt,
-        "attempts": [dict(a) for a in run.attempts], "error": run.error,
-        "exit_code": run.exit_code, "remote_id": run.remote_id,
-        "queued_at": _z(run.queued_at), "started_at": _z(run.started_at),
-        "finished_at": _z(run.finished_at), "next_attempt_at": _z(run.next_attempt_at),
+        "id": run.id,
+        "schedule_id": run.schedule_id,
+        "schedule_name": schedule_name,
+        "pipeline_id": run.pipeline_id,
+        "experiment_name": run.experiment_name,
+        "status": run.status.value,
+        "trigger": dict(run.trigger),
+        "parameters": dict(run.parameters),
+        "attempt": run.attempt,
+        "attempts": [dict(a) for a in run.attempts],
+        "error": run.error,
+        "exit_code": run.exit_code,
+        "remote_id": run.remote_id,
+        "queued_at": _z(run.queued_at),
+        "started_at": _z(run.started_at),
+        "finished_at": _z(run.finished_at),
+        "next_attempt_at": _z(run.next_attempt_at),
         "duration": duration,
     }
 
@@ -103,18 +112,28 @@ class Manager:
         assert p is not None
         t = p.target
         endpoint = getattr(t, "url", None) or getattr(t, "endpoint", None)
-        scheds = [s.id for s in self.engine.schedules.values()
-                  if s.pipeline == p.id and self._source(s) != Source.REMOVED.value]
+        scheds = [
+            s.id
+            for s in self.engine.schedules.values()
+            if s.pipeline == p.id and self._source(s) != Source.REMOVED.value
+        ]
         runs = [r for r in (last or {}).values() if r.pipeline_id == p.id]
-        newest = max(runs, key=lambda r: r.queued_at or datetime.min.replace(tzinfo=None),
-                     default=None) if runs else None
+        newest = (
+            max(runs, key=lambda r: r.queued_at or datetime.min.replace(tzinfo=None), default=None)
+            if runs
+            else None
+        )
         return {
-            "id": p.id, "name": p.name, "kind": p.kind, "description": p.description,
+            "id": p.id,
+            "name": p.name,
+            "kind": p.kind,
+            "description": p.description,
             "status": self.engine.pipeline_status.get(p.id, p.status).value,
             "parameters": dict(p.parameters),
             "continue_on_step_failure": p.continue_on_step_failure,
             "endpoint": redact_url(endpoint) if endpoint else None,
-            "schedules": scheds, "last_run": run_json(newest) if newest else None,
+            "schedules": scheds,
+            "last_run": run_json(newest) if newest else None,
         }
 
     def list_pipelines(self, active_only: bool = False) -> list[JSON]:
@@ -130,8 +149,11 @@ class Manager:
         pid = self._pipeline_id(ident)
         st = _status(status)
         if st is Status.DISABLED:
-            active = [s for s in self.engine.schedules.values()
-                      if s.pipeline == pid and s.status is Status.ACTIVE]
+            active = [
+                s
+                for s in self.engine.schedules.values()
+                if s.pipeline == pid and s.status is Status.ACTIVE
+            ]
             if active:
                 names = ", ".join(f"{s.name} ({s.id})" for s in active)
                 raise Conflict(
@@ -157,7 +179,8 @@ class Manager:
         armed = self.engine.timers.armed.get(s.id)
         if armed is None or armed.due is None:
             return []
-        out, cur = [], armed.due
+        out: list[datetime] = []
+        cur: datetime | None = armed.due
         while cur is not None and len(out) < max(0, min(n, 100)):
             out.append(cur)
             cur = next_slot(s.trigger, armed.anchor, cur)
@@ -173,16 +196,21 @@ class Manager:
         error = (poll.error if poll and not poll.ok else None) or (armed.error if armed else None)
         lr = (last or {}).get(s.id)
         body.update(
-            id=s.id, status=s.status.value, source=self._source(s),
+            id=s.id,
+            status=s.status.value,
+            source=self._source(s),
             created_at=_z(row.created_at) if row else None,
             updated_at=_z(row.updated_at) if row else None,
             next_fire_times=self.next_fire_times(s.id, 3),
             trigger_words=trigger_words(s, self.config),
-            last_run=run_json(lr, s.name) if lr else None, error=error,
+            last_run=run_json(lr, s.name) if lr else None,
+            error=error,
         )
         return body
 
-    def list_schedules(self, active_only: bool = False, pipeline_id: str | None = None) -> list[JSON]:
+    def list_schedules(
+        self, active_only: bool = False, pipeline_id: str | None = None
+    ) -> list[JSON]:
         last = self.engine.store.sync(self.engine.store.last_runs)
         pid = self._pipeline_id(pipeline_id) if pipeline_id else None
         out = []
@@ -201,15 +229,19 @@ class Manager:
 
     async def create_schedule(self, body: Mapping[str, Any]) -> JSON:
         _reject_readonly(body)
-        s = config_mod.parse_schedule(body, config=self.config, key_prefix="body",
-                                      source=Source.API)
+        s = config_mod.parse_schedule(
+            body, config=self.config, key_prefix="body", source=Source.API
+        )
         if "id" not in body:
             s = dataclasses.replace(s, id=str(uuid.uuid4()))
         if s.id in self.engine.schedules or any(
             x.name == s.name for x in self.engine.schedules.values()
         ):
             raise Conflict(f"a schedule named {s.name!r} or with id {s.id} exists", "exists")
-        if s.status is Status.ACTIVE and self.engine.pipeline_status.get(s.pipeline) is not Status.ACTIVE:
+        if (
+            s.status is Status.ACTIVE
+            and self.engine.pipeline_status.get(s.pipeline) is not Status.ACTIVE
+        ):
             raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
         await self._store(s, None)
         return self.get_schedule(s.id)
@@ -219,12 +251,15 @@ class Manager:
         s = self._schedule(ident)
         if self._source(s) != Source.API.value:
             if set(k for k, v in body.items() if v is not None) - {"status"}:
-                raise Conflict(f"schedule {s.name} is declared in the config file; "
-                               "only its status can change through the API",
-                               "declared_in_config")
+                raise Conflict(
+                    f"schedule {s.name} is declared in the config file; "
+                    "only its status can change through the API",
+                    "declared_in_config",
+                )
         else:
-            new = config_mod.parse_schedule(body, config=self.config, key_prefix="body",
-                                            source=Source.API, existing=s)
+            new = config_mod.parse_schedule(
+                body, config=self.config, key_prefix="body", source=Source.API, existing=s
+            )
             new = dataclasses.replace(new, id=s.id, status=s.status)
             await self._store(new, s)
             s = new
@@ -246,17 +281,23 @@ class Manager:
                 anchor, cursor = eng._new_timer(s, now, self.config)
                 eng._fresh.add(s.id)
         new_row = StoredSchedule(
-            id=s.id, name=s.name, source=Source.API.value, status=s.status.value,
-            file_status=None, spec=spec, trigger_key=tkey, anchor=anchor, cursor=cursor,
-            created_at=row.created_at if row else now, updated_at=now,
+            id=s.id,
+            name=s.name,
+            source=Source.API.value,
+            status=s.status.value,
+            file_status=None,
+            spec=spec,
+            trigger_key=tkey,
+            anchor=anchor,
+            cursor=cursor,
+            created_at=row.created_at if row else now,
+            updated_at=now,
         )
         await eng.store.call(eng.store.put_schedule, new_row)
         eng.rows[s.id] = new_row
         eng.schedules[s.id] = s
         if old is not None:
-            eng._disarm(s.id)
-            if isinstance(s.trigger, DatastoreTrigger) and isinstance(old.trigger, DatastoreTrigger):
-                pass  # the poller's baseline key decides whether a new baseline is needed
+            eng._disarm(s.id)  # a datastore poller's baseline key decides on a new baseline
         await eng._arm(s)
         log.info("schedule_saved", schedule=s.name, id=s.id)
 
@@ -288,8 +329,9 @@ class Manager:
     async def delete_schedule(self, ident: str) -> None:
         s = self._schedule(ident)
         if self._source(s) == Source.FILE.value:
-            raise Conflict(f"schedule {s.name} is declared in the config file",
-                           "declared_in_config")
+            raise Conflict(
+                f"schedule {s.name} is declared in the config file", "declared_in_config"
+            )
         if s.status is Status.ACTIVE:
             raise Conflict(f"schedule {s.name} is Active; disable it first", "schedule_active")
         eng = self.engine
@@ -299,8 +341,12 @@ class Manager:
         eng.rows.pop(s.id, None)
 
     async def trigger_schedule(
-        self, ident: str, *, path: str | None = None,
-        parameters: Mapping[str, str] | None = None, by: str = "api",
+        self,
+        ident: str,
+        *,
+        path: str | None = None,
+        parameters: Mapping[str, str] | None = None,
+        by: str = "api",
         idempotency_key: str | None = None,
     ) -> JSON:
         eng = self.engine
@@ -314,8 +360,11 @@ class Manager:
             opts = s.trigger.options
             active = eng.runner.queued(s.id) + eng.runner.running(s.id)
             if opts.concurrency == "forbid" and active:
-                run = dataclasses.replace(run, status=RunStatus.SKIPPED,
-                                          error="previous run still active (concurrency = forbid)")
+                run = dataclasses.replace(
+                    run,
+                    status=RunStatus.SKIPPED,
+                    error="previous run still active (concurrency = forbid)",
+                )
             elif opts.concurrency == "queue" and eng.runner.queued(s.id) >= opts.max_queued:
                 run = dataclasses.replace(run, status=RunStatus.SKIPPED, error="queue full")
         key = f"{s.id}:{idempotency_key}" if idempotency_key else None
@@ -333,10 +382,11 @@ class Manager:
         prefix = s.trigger.path_on_datastore.strip("/")
         rel = path.lstrip("/")
         if prefix and rel.startswith(prefix + "/"):
-            rel = rel[len(prefix) + 1:]
+            rel = rel[len(prefix) + 1 :]
         if not rel or "/" in rel or rel in (".", ".."):
             raise ValidationError(
-                f"{path!r} is not a file directly in {prefix or 'the datastore root'}", "path")
+                f"{path!r} is not a file directly in {prefix or 'the datastore root'}", "path"
+            )
         name = f"{prefix}/{rel}" if prefix else rel
         ds = self.config.datastores.get(s.trigger.datastore)
         if isinstance(ds, LocalDatastore) and not os.path.isfile(ds.root / name):
@@ -350,8 +400,13 @@ class Manager:
         return s.name if s else None
 
     async def list_runs(
-        self, *, schedule_id: str | None = None, pipeline_id: str | None = None,
-        status: str | None = None, limit: int = 50, cursor: str | None = None,
+        self,
+        *,
+        schedule_id: str | None = None,
+        pipeline_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
     ) -> tuple[list[JSON], str | None]:
         sid = self._schedule(schedule_id).id if schedule_id else None
         pid = self._pipeline_id(pipeline_id) if pipeline_id else None
@@ -364,8 +419,12 @@ class Manager:
             before = int(cursor)
         limit = max(1, min(int(limit), 1000))
         runs, nxt = await self.engine.store.call(
-            self.engine.store.list_runs, schedule_id=sid, pipeline_id=pid, status=status,
-            limit=limit, before_seq=before,
+            self.engine.store.list_runs,
+            schedule_id=sid,
+            pipeline_id=pid,
+            status=status,
+            limit=limit,
+            before_seq=before,
         )
         return [run_json(r, self._name(r.schedule_id)) for r in runs], (
             str(nxt) if nxt is not None else None
@@ -388,12 +447,20 @@ class Manager:
     async def retry_run(self, run_id: str) -> JSON:
         r = await self._run(run_id)
         if r.status not in TERMINAL:
-            raise Conflict(f"run {run_id} is {r.status.value}; only a finished run can be "
-                           "retried", "run_not_finished")
+            raise Conflict(
+                f"run {run_id} is {r.status.value}; only a finished run can be retried",
+                "run_not_finished",
+            )
         ok, _ = await self.engine.store.call(
-            self.engine.store.update_run, run_id, expect=list(TERMINAL),
-            status=RunStatus.QUEUED, attempt=r.attempt + 1, finished_at=None, error=None,
-            queued_at=self.engine.clock.now(), started_at=None,
+            self.engine.store.update_run,
+            run_id,
+            expect=list(TERMINAL),
+            status=RunStatus.QUEUED,
+            attempt=r.attempt + 1,
+            finished_at=None,
+            error=None,
+            queued_at=self.engine.clock.now(),
+            started_at=None,
         )
         if not ok:
             raise Conflict(f"run {run_id} changed meanwhile", "run_changed")
@@ -403,8 +470,10 @@ class Manager:
     async def cancel_run(self, run_id: str) -> JSON:
         r = await self._run(run_id)
         if r.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
-            raise Conflict(f"run {run_id} is {r.status.value}; only Queued or Running runs "
-                           "can be canceled", "run_finished")
+            raise Conflict(
+                f"run {run_id} is {r.status.value}; only Queued or Running runs can be canceled",
+                "run_finished",
+            )
         await self.engine.runner.cancel(run_id)
         await self.engine.runner.wait_run(run_id)
         return await self.get_run(run_id)
@@ -452,6 +521,6 @@ def _status(value: str) -> Status:
     try:
         return Status(value)
     except ValueError:
-        raise ValidationError(f"status must be Active or Disabled, not {value!r}",
-                              "status") from None
-
+        raise ValidationError(
+            f"status must be Active or Disabled, not {value!r}", "status"
+        ) from None

@@ -20,15 +20,22 @@ class Metrics:
         self.detection_lag = Histogram(
             "watcherd_detection_lag_seconds",
             "now - file mtime / Last-Modified when a change is committed",
-            ["schedule"], buckets=_LAG_BUCKETS, registry=r,
+            ["schedule"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
         )
         self.dispatch_lag = Histogram(
-            "watcherd_dispatch_lag_seconds", "Queued commit to dispatch start",
-            buckets=_LAG_BUCKETS, registry=r,
+            "watcherd_dispatch_lag_seconds",
+            "Queued commit to dispatch start",
+            buckets=_LAG_BUCKETS,
+            registry=r,
         )
         self.poll_duration = Histogram(
-            "watcherd_poll_duration_seconds", "Duration of one datastore poll", ["schedule"],
-            buckets=_LAG_BUCKETS, registry=r,
+            "watcherd_poll_duration_seconds",
+            "Duration of one datastore poll",
+            ["schedule"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
         )
         self.poll_files = Gauge(
             "watcherd_poll_files", "Files seen by the last poll", ["schedule"], registry=r
@@ -37,18 +44,24 @@ class Metrics:
             "watcherd_poll_errors", "Failed poll attempts", ["schedule"], registry=r
         )
         self.poll_overruns = Counter(
-            "watcherd_poll_overruns", "Polls that overran their interval", ["schedule"],
+            "watcherd_poll_overruns",
+            "Polls that overran their interval",
+            ["schedule"],
             registry=r,
         )
         self.queue_depth = Gauge("watcherd_queue_depth", "Queued runs", registry=r)
         self.running = Gauge("watcherd_running_runs", "Running runs", registry=r)
         self.timer_lateness = Histogram(
-            "watcherd_timer_lateness_seconds", "Queued commit - due instant",
-            buckets=_LAG_BUCKETS, registry=r,
+            "watcherd_timer_lateness_seconds",
+            "Queued commit - due instant",
+            buckets=_LAG_BUCKETS,
+            registry=r,
         )
         self.slots_not_run = Counter(
-            "watcherd_slots_not_run", "Missed time slots not run (catch_up policy)",
-            ["schedule"], registry=r,
+            "watcherd_slots_not_run",
+            "Missed time slots not run (catch_up policy)",
+            ["schedule"],
+            registry=r,
         )
 
     def render(self) -> bytes:

@@ -81,8 +81,13 @@ class RunStatus(StrEnum):
 
 
 TERMINAL = frozenset(
-    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.SUBMITTED, RunStatus.CANCELED,
-     RunStatus.SKIPPED}
+    {
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+        RunStatus.SUBMITTED,
+        RunStatus.CANCELED,
+        RunStatus.SKIPPED,
+    }
 )
 
 

@@ -160,8 +160,7 @@ class Runner:
                 started = True
         if superseded:
             await self.store.call(self.store.skip_runs, superseded, "superseded", self.clock.now())
-            for rid in superseded:
-                self.metrics.runs.labels(status="Skipped", pipeline="").inc()
+            self.metrics.runs.labels(status="Skipped", pipeline="").inc(len(superseded))
         await self._notify_changed()
 
     def _eligible(self, run: Run, superseded: list[str]) -> Plan | None:

@@ -465,7 +465,8 @@ class Store:
         before_seq: int | None = None,
     ) -> tuple[list[Run], int | None]:
         """Newest first; returns (runs, seq to pass as before_seq for the next page)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         for col, val in (
             ("schedule_id", schedule_id),
             ("pipeline_id", pipeline_id),

@@ -35,14 +35,14 @@ def slots_between(
 def anchor_for(trigger: TimeTrigger, created_at: datetime) -> datetime:
     """start_time as an instant, else the creation/change instant truncated to the second."""
     if isinstance(trigger, RecurrenceTrigger):
-        return recurrence.anchor_for(trigger.recurrence, created_at)  # type: ignore[attr-defined,no-any-return]
-    return cron.anchor_for(trigger.cron, created_at)  # type: ignore[attr-defined,no-any-return]
+        return recurrence.anchor_for(trigger.recurrence, created_at)
+    return cron.anchor_for(trigger.cron, created_at)
 
 
 def creation_fire(trigger: TimeTrigger, anchor: datetime) -> datetime | None:
     """The creation fire's instant, for recurrences without start_time (SPEC §3.1)."""
     if isinstance(trigger, RecurrenceTrigger):
-        return recurrence.creation_fire(trigger.recurrence, anchor)  # type: ignore[attr-defined,no-any-return]
+        return recurrence.creation_fire(trigger.recurrence, anchor)
     return None
 
 
