@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from watcherd.checkconfig import StoredSchedule
+    from watcherd.engine import spec_body
 
 __all__ = ["main"]
 
@@ -121,6 +122,7 @@ def _read_stored(cfg: object) -> dict[str, StoredSchedule]:
     """Stored anchors and API-created schedules, read-only; {} when there is no state yet."""
     from watcherd import config as config_mod
     from watcherd.checkconfig import StoredSchedule
+    from watcherd.engine import spec_body
     from watcherd.errors import WatcherdError
     from watcherd.models import Config, Source
     from watcherd.state import Store

@@ -41,7 +41,7 @@ from watcherd.state import NewRun, Store, StoredSchedule, parse_iso
 from watcherd.timers import Timers, slot_dedup
 from watcherd.timetable import anchor_for, creation_fire, trigger_key
 
-__all__ = ["Engine", "PollStatus", "display_name"]
+__all__ = ["Engine", "PollStatus", "display_name", "spec_body"]
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +143,9 @@ class Engine:
                     status=Status.DISABLED.value,
                     updated_at=now if row.source != Source.REMOVED.value else row.updated_at,
                 )
+                gone = _removed_schedule(new_rows[sid], new)
+                if gone is not None:
+                    schedules[sid] = gone
         changed = [r for sid, r in new_rows.items() if rows.get(sid) != r]
         await self.store.call(self.store.put_schedules, changed)
         old = self.schedules
@@ -180,7 +183,7 @@ class Engine:
                 continue
             try:
                 s = config_mod.parse_schedule(
-                    row.spec,
+                    spec_body(row.spec),
                     config=cfg,
                     key_prefix=f"api schedule {row.name!r}",
                     source=Source.API,
@@ -511,6 +514,22 @@ class Engine:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def spec_body(spec: dict[str, Any]) -> dict[str, Any]:
+    """A stored schedule spec without its read-only keys, ready for parse_schedule."""
+    return {k: v for k, v in spec.items() if k not in ("id", "source")}
+
+
+def _removed_schedule(row: StoredSchedule, cfg: Config) -> Schedule | None:
+    """A schedule removed from the file, kept visible (Disabled) with its history."""
+    try:
+        s = config_mod.parse_schedule(
+            spec_body(row.spec), config=cfg, key_prefix="removed", source=Source.REMOVED
+        )
+    except (ConfigErrors, ConfigError):
+        return None  # e.g. its pipeline is gone too; its runs stay in the database
+    return dataclasses.replace(s, id=row.id, status=Status.DISABLED, source=Source.REMOVED)
 
 
 def _name_clashes(new: Config, rows: dict[str, StoredSchedule]) -> list[ConfigError]:

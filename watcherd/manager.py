@@ -232,8 +232,7 @@ class Manager:
         s = config_mod.parse_schedule(
             body, config=self.config, key_prefix="body", source=Source.API
         )
-        if "id" not in body:
-            s = dataclasses.replace(s, id=str(uuid.uuid4()))
+        s = dataclasses.replace(s, id=str(uuid.uuid4()))
         if s.id in self.engine.schedules or any(
             x.name == s.name for x in self.engine.schedules.values()
         ):
