@@ -40,12 +40,12 @@ def test_references_keep_order_and_repeats() -> None:
         ("}}{{", "}{"),
         ("{not a name} {x.path} { }", "{not a name} {x.path} { }"),
         ("a}b{c", "a}b{c"),
-        ("{f}", "my file; rm -rf / {epochs} $(x) \"q\""),
+        ("{f}", 'my file; rm -rf / {epochs} $(x) "q"'),
         ("{f.url}", "https://acct.blob.core.windows.net/c/a%20b.csv"),
     ],
 )
 def test_expand(template: str, expected: str) -> None:
-    values = {"epochs": "10", "f": "my file; rm -rf / {epochs} $(x) \"q\""}
+    values = {"epochs": "10", "f": 'my file; rm -rf / {epochs} $(x) "q"'}
     urls = {"f": "https://acct.blob.core.windows.net/c/a%20b.csv"}
     assert expand(template, values, urls) == expected
 

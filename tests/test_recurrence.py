@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -28,13 +29,17 @@ LA = ZoneInfo("America/Los_Angeles")
 PST = "Pacific Standard Time"
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[arg-type,misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
-def la(*args: int, fold: int = 0) -> datetime:
+def la(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, *, fold: int = 0
+) -> datetime:
     """A Los Angeles wall time as an aware UTC instant."""
-    return datetime(*args, tzinfo=LA, fold=fold).astimezone(UTC)  # type: ignore[arg-type,misc]
+    return datetime(year, month, day, hour, minute, tzinfo=LA, fold=fold).astimezone(UTC)
 
 
 def run(
@@ -115,11 +120,9 @@ TOD_MINUTE = "Time of day minute value must be between 0 and 59."
         ({"frequency": "Week", "interval": 1, "time_zone": 8}, R9, "time_zone"),
     ],
 )
-def test_rules_in_order_first_failure_wins(
-    kwargs: dict[str, object], message: str, key: str
-) -> None:
+def test_rules_in_order_first_failure_wins(kwargs: dict[str, Any], message: str, key: str) -> None:
     with pytest.raises(ValidationError) as info:
-        make_recurrence(**kwargs)  # type: ignore[arg-type]
+        make_recurrence(**kwargs)
     assert (info.value.message, info.value.key) == (message, key)
     assert str(info.value) == message
 
@@ -154,10 +157,10 @@ def test_rules_in_order_first_failure_wins(
     ],
 )
 def test_construction_checks_come_first(
-    kwargs: dict[str, object], message: str | None, key: str
+    kwargs: dict[str, Any], message: str | None, key: str
 ) -> None:
     with pytest.raises(ValidationError) as info:
-        make_recurrence("minute", 0, **kwargs)  # type: ignore[arg-type]
+        make_recurrence("minute", 0, **kwargs)
     assert info.value.key == key
     if message is not None:
         assert info.value.message == message
@@ -453,8 +456,8 @@ WEEKLY = {"frequency": "Week", "interval": 1}
         ),
     ],
 )
-def test_describe(kwargs: dict[str, object], text: str) -> None:
-    assert describe(make_recurrence(**kwargs)) == text  # type: ignore[arg-type]
+def test_describe(kwargs: dict[str, Any], text: str) -> None:
+    assert describe(make_recurrence(**kwargs)) == text
 
 
 # --- DST (SPEC §3.1) ------------------------------------------------------------------------
@@ -568,7 +571,7 @@ def recurrences(
     draw: st.DrawFn, frequencies: tuple[str, ...] = FREQUENCIES, zones: list[str] = ZONES
 ) -> tuple[Recurrence, datetime]:
     freq = draw(st.sampled_from(frequencies))
-    kwargs: dict[str, object] = {"time_zone": draw(st.sampled_from(zones))}
+    kwargs: dict[str, Any] = {"time_zone": draw(st.sampled_from(zones))}
     if freq in ("Day", "Week"):
         kwargs["hours"] = draw(st.none() | st.lists(st.integers(0, 23), max_size=4))
         kwargs["minutes"] = draw(st.none() | st.lists(st.integers(0, 59), max_size=3))
@@ -578,7 +581,7 @@ def recurrences(
     if start is not None:
         kwargs["start_time"] = start.replace(microsecond=0)
     interval = draw(st.integers(1, 3) | st.integers(4, 40))
-    rec = make_recurrence(freq, interval, **kwargs)  # type: ignore[arg-type]
+    rec = make_recurrence(freq, interval, **kwargs)
     return rec, anchor_for(rec, draw(naive).replace(tzinfo=UTC))
 
 
@@ -614,6 +617,31 @@ def test_no_slot_after_end_time(
     if nxt is None:
         unbounded = next_fire(rec, anchor, after)
         assert unbounded is not None and unbounded > wall_to_utc(end, rec.zone)
+
+
+@SETTINGS
+@given(
+    case=recurrences(),
+    after=afters,
+    span=st.integers(0, 3 * 24 * 60),
+    limit=st.integers(1, 5),
+    end=st.none() | naive,
+)
+def test_fires_between_is_the_tail_of_stepping(
+    case: tuple[Recurrence, datetime],
+    after: datetime,
+    span: int,
+    limit: int,
+    end: datetime | None,
+) -> None:
+    rec, anchor = case
+    until = after + timedelta(minutes=span)
+    stepped: list[datetime] = []
+    nxt = next_fire(rec, anchor, after, end)
+    while nxt is not None and nxt <= until:
+        stepped.append(nxt)
+        nxt = next_fire(rec, anchor, nxt, end)
+    assert fires_between(rec, anchor, after, until, limit, end) == stepped[-limit:]
 
 
 @SETTINGS

@@ -40,6 +40,7 @@ __all__ = [
     "WatcherdError",
     "discover",
     "quote_id",
+    "read_config_json",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8765"

@@ -134,6 +134,8 @@ def build_schedule(
     values = read_table(raw, at, fields, foreign=_foreign(kind, source), skip=skip)
     if values is None or kind is None or len(at.problems.errors) > before:
         return None
+    if any(spec.required and key not in values for key, spec in fields.items()):
+        return None  # a reference to a broken pipeline or datastore, already reported
     trigger = _BUILDERS[kind](values, at, ctx)
     if trigger is None:
         return None

@@ -141,9 +141,9 @@ def _fixed(rule: CronRule, floor: datetime) -> Iterator[datetime]:
             slot = wall_to_utc(wall, rule.zone)
         except OverflowError:
             return
-        if (
-            slot > last
-        ):  # else a collapsed gap, or a fold's first pass while `floor` is in its second
+        # Not above `last`: a collapsed gap, or a fold's first pass while `floor` is in
+        # its second.
+        if slot > last:
             yield slot
             last = slot
 

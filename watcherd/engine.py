@@ -96,7 +96,8 @@ class Engine:
         )
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._pending_pollers: list[tuple[str, _Runnable]] = []
-        self._fresh: set[str] = set()  # timers just (re)created: nothing was missed
+        self._fresh: set[str] = set()
+        self._live_cursor: dict[str, datetime] = {}  # cursors of timers re-armed at run time  # timers just (re)created: nothing was missed
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
@@ -266,9 +267,12 @@ class Engine:
             return
         row = self.rows[s.id]
         assert row.anchor is not None and row.cursor is not None
+        live = self._live_cursor.pop(s.id, None)
         if s.id in self._fresh:
             self._fresh.discard(s.id)
             cursor = row.cursor
+        elif live is not None:  # re-armed while running: nothing was missed
+            cursor = max(live, row.cursor)
         else:
             cursor = await self.timers.catch_up(s, row.anchor, row.cursor)
         if cursor != row.cursor:
@@ -276,6 +280,9 @@ class Engine:
         self.timers.arm(s, row.anchor, cursor)
 
     def _disarm(self, sid: str) -> None:
+        armed = self.timers.armed.get(sid)
+        if armed is not None:
+            self._live_cursor[sid] = armed.cursor
         self.timers.disarm(sid)
         task = self._pollers.pop(sid, None)
         if task is not None:
@@ -462,7 +469,10 @@ class Engine:
                 extra_env=extra,
             )
 
-        return Plan(pipeline=p, serial=serial, make_context=make)
+        return Plan(
+            pipeline=p, schedule_name=s.name if s else run.schedule_id, serial=serial,
+            make_context=make,
+        )
 
     def _file_ref(self, s: Schedule | None, r: Run) -> tuple[FileRef | None, str | None]:
         if r.path is None or s is None or not isinstance(s.trigger, DatastoreTrigger):

@@ -12,12 +12,13 @@ ambiguous (autumn fold) fires once, at its first occurrence (fold=0).
 from __future__ import annotations
 
 import calendar
-import math
 import re
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from enum import Enum
+from functools import lru_cache
 
 from watcherd.errors import ValidationError
 from watcherd.timezones import resolve_zone
@@ -75,23 +76,16 @@ class Recurrence:
         return out
 
 
-# --- validation ---------------------------------------------------------------------------
-
-
-def _fail(message: str, key: str) -> ValidationError:
-    return ValidationError(message, key)
-
-
 def _time_of_day(value: object, hours: object, minutes: object) -> tuple[int, int]:
     if hours is not None or minutes is not None:
-        raise _fail("Can not specify time_of_day and hours or minutes.", "time_of_day")
+        raise ValidationError("Can not specify time_of_day and hours or minutes.", "time_of_day")
     if not isinstance(value, str) or not _TIME_OF_DAY.fullmatch(value):
-        raise _fail("time_of_day should be in the format hh:mm.", "time_of_day")
+        raise ValidationError("time_of_day should be in the format hh:mm.", "time_of_day")
     hour, minute = (int(part) for part in value.split(":"))
     if hour > 23:
-        raise _fail("Time of day hour value must be between 0 and 23.", "time_of_day")
+        raise ValidationError("Time of day hour value must be between 0 and 23.", "time_of_day")
     if minute > 59:
-        raise _fail("Time of day minute value must be between 0 and 59.", "time_of_day")
+        raise ValidationError("Time of day minute value must be between 0 and 59.", "time_of_day")
     return hour, minute
 
 
@@ -99,10 +93,10 @@ def _ints(value: object, top: int, message: str, key: str) -> tuple[int, ...] | 
     if value is None:
         return None
     if not isinstance(value, list | tuple):
-        raise _fail(message, key)
+        raise ValidationError(message, key)
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= top:
-            raise _fail(message, key)
+            raise ValidationError(message, key)
     return tuple(value)
 
 
@@ -114,7 +108,7 @@ def _days(value: object) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list | tuple) or any(d not in WEEK_DAYS for d in value):
-        raise _fail(message, "week_days")
+        raise ValidationError(message, "week_days")
     return tuple(value)
 
 
@@ -144,18 +138,18 @@ def make_recurrence(
     start = None if start_time is None else parse_local_datetime(start_time, "start_time")
 
     if not isinstance(frequency, str) or frequency not in FREQUENCIES:
-        raise _fail(
+        raise ValidationError(
             "Invalid value for frequency, only one of Minute, Hour, Day, Week, or Month accepted",
             "frequency",
         )
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise _fail("Interval must be an integer greater than 0.", "interval")
+        raise ValidationError("Interval must be an integer greater than 0.", "interval")
     if raw_hours is not None and frequency not in ("Day", "Week"):
-        raise _fail("Can only specify hours if frequency is Week or Day.", "hours")
+        raise ValidationError("Can only specify hours if frequency is Week or Day.", "hours")
     if raw_minutes is not None and frequency not in ("Day", "Week"):
-        raise _fail("Can only specify minutes if frequency is Week or Day.", "minutes")
+        raise ValidationError("Can only specify minutes if frequency is Week or Day.", "minutes")
     if week_days is not None and frequency != "Week":
-        raise _fail("Can only specify week days if frequency is Week.", "week_days")
+        raise ValidationError("Can only specify week days if frequency is Week.", "week_days")
     hour_list = _ints(raw_hours, 23, "Hours must be between 0 and 23.", "hours")
     minute_list = _ints(raw_minutes, 59, "Minutes must be between 0 and 59.", "minutes")
     day_list = _days(week_days)
@@ -173,9 +167,6 @@ def make_recurrence(
     )
 
 
-# --- anchors --------------------------------------------------------------------------------
-
-
 def anchor_for(rec: Recurrence, created_at: datetime) -> datetime:
     """The anchor: `start_time` (wall time in the zone, DST rule) or `created_at` to the second."""
     if rec.start_time is not None:
@@ -188,9 +179,6 @@ def creation_fire(rec: Recurrence, anchor: datetime) -> datetime | None:
     return as_utc(anchor, "anchor") if rec.start_time is None else None
 
 
-# --- slots ----------------------------------------------------------------------------------
-
-
 def _has_pattern(rec: Recurrence) -> bool:
     return rec.hours is not None or rec.minutes is not None or rec.week_days is not None
 
@@ -200,19 +188,23 @@ def _anchor_wall(rec: Recurrence, anchor: datetime) -> datetime:
     return rec.start_time if rec.start_time is not None else to_wall(anchor, rec.zone)
 
 
-def _times(rec: Recurrence, aw: datetime) -> list[time]:
-    hours = rec.hours or (aw.hour,)
-    minutes = rec.minutes or (aw.minute,)
-    return sorted({time(h, m) for h in hours for m in minutes})
+def _times(rec: Recurrence, aw: datetime) -> tuple[time, ...]:
+    return _grid(rec.hours or (aw.hour,), rec.minutes or (aw.minute,))
+
+
+@lru_cache(maxsize=256)
+def _grid(hours: tuple[int, ...], minutes: tuple[int, ...]) -> tuple[time, ...]:
+    # Cached: a dense pattern (24 × 60) costs more to build than to search.
+    return tuple(sorted({time(h, m) for h in hours for m in minutes}))
 
 
 def _weekdays(rec: Recurrence, aw: datetime) -> list[int]:
     return sorted({WEEK_DAYS.index(d) for d in rec.week_days or ()} or {aw.weekday()})
 
 
-def _walls(rec: Recurrence, aw: datetime, start: date) -> Iterator[datetime]:
-    """Slot wall times in increasing order, from the period holding `start` (or period 0)."""
-    n = rec.interval
+def _walls(rec: Recurrence, aw: datetime, floor_wall: datetime) -> Iterator[datetime]:
+    """Slot wall times after `floor_wall` in increasing order; periods are jumped to, not walked."""
+    n, start = rec.interval, floor_wall.date()
     if rec.frequency == "Month":
         first = aw.year * 12 + aw.month - 1
         k = max(0, (start.year * 12 + start.month - 1 - first) // n)
@@ -228,22 +220,16 @@ def _walls(rec: Recurrence, aw: datetime, start: date) -> Iterator[datetime]:
     else:
         origin, days, length = aw.date() - timedelta(days=aw.weekday()), _weekdays(rec, aw), 7 * n
     p = max(0, (start - origin).days // length)
-    while True:
-        try:
+    try:
+        while True:
             base = origin + timedelta(days=p * length)
-        except OverflowError:
-            return
-        for offset in days:
-            if offset:
-                try:
-                    day = base + timedelta(days=offset)
-                except OverflowError:
-                    return
-            else:
-                day = base
-            for t in times:
-                yield datetime.combine(day, t)
-        p += 1
+            for day in (base + timedelta(days=offset) for offset in days):
+                if day >= start:
+                    skip = bisect_right(times, floor_wall.time()) if day == start else 0
+                    yield from (datetime.combine(day, t) for t in times[skip:])
+            p += 1
+    except OverflowError:  # past year 9999
+        return
 
 
 def _end_utc(rec: Recurrence, end_time: datetime | None) -> datetime | None:
@@ -274,18 +260,17 @@ def _wall_slots(rec: Recurrence, anchor: datetime, floor: datetime) -> Iterator[
             return
         floor_wall = datetime.min
     last = floor
-    for wall in _walls(rec, _anchor_wall(rec, anchor), floor_wall.date()):
-        # Walls ≤ floor_wall fire at or before `floor` (the DST rule is monotonic): no need
-        # to convert them.
+    for wall in _walls(rec, _anchor_wall(rec, anchor), floor_wall):
+        # Walls ≤ floor_wall fire at or before `floor` (the DST rule is monotonic).
         if wall <= floor_wall:
             continue
         try:
             slot = wall_to_utc(wall, rec.zone)
         except OverflowError:
             return
-        if (
-            slot > last
-        ):  # else a collapsed gap, or a fold's first pass while `floor` is in its second
+        # Not above `last`: a collapsed gap, or a fold's first pass while `floor` is in
+        # its second.
+        if slot > last:
             yield slot
             last = slot
 
@@ -334,9 +319,10 @@ def _window(rec: Recurrence, limit: int) -> timedelta:
         return rec.interval * _ELAPSED[rec.frequency] * (limit + 1)
     if rec.frequency == "Month":
         return timedelta(days=31 * rec.interval * (limit + 1))
+    # About `limit` slots if they were spread evenly; last_slots widens it when they cluster.
     per_period = len(rec.hours or (0,)) * len(rec.minutes or (0,)) * len(rec.week_days or (0,))
     days = rec.interval * (7 if rec.frequency == "Week" else 1)
-    return timedelta(days=days * (math.ceil(limit / per_period) + 1))
+    return timedelta(days=days * (limit + 1) / per_period)
 
 
 def fires_between(
@@ -362,9 +348,6 @@ def fires_between(
     return last_slots(
         lambda x: _slots_after(rec, anchor, x, end), after, until, limit, _window(rec, limit)
     )
-
-
-# --- words ----------------------------------------------------------------------------------
 
 
 def _plural(n: int, unit: str) -> str:

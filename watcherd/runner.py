@@ -36,6 +36,7 @@ class Plan:
     """What the engine resolved for a run from the current config."""
 
     pipeline: Pipeline
+    schedule_name: str
     serial: bool  # the schedule's concurrency is "queue": one run at a time
     make_context: Callable[[Run, int], RunContext]
 
@@ -233,7 +234,7 @@ class Runner:
     async def _execute(self, run: Run, plan: Plan) -> None:
         now = self.clock.now()
         try:
-            with structlog.contextvars.bound_contextvars(run_id=run.id, schedule=run.schedule_id):
+            with structlog.contextvars.bound_contextvars(run_id=run.id, schedule=plan.schedule_name):
                 ok, _ = await self.store.call(
                     self.store.update_run,
                     run.id,

@@ -6,10 +6,11 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import structlog
@@ -117,16 +118,25 @@ def _schedule(**trigger: object) -> Schedule:
     }
     opts.update(trigger)
     return Schedule(
-        id="s-1", name="blobby", pipeline="p-1", experiment_name="exp",
+        id="s-1",
+        name="blobby",
+        pipeline="p-1",
+        experiment_name="exp",
         trigger=DatastoreTrigger(**opts),  # type: ignore[arg-type]
-    )  # fmt: skip
+    )
 
 
 class Harness:
     """A running poller plus the handles a test drives it with."""
 
-    def __init__(self, poller: BlobPoller, sink: RecordingSink, health: RecordingHealth,
-                 clock: ManualClock, metrics: Metrics) -> None:  # fmt: skip
+    def __init__(
+        self,
+        poller: BlobPoller,
+        sink: RecordingSink,
+        health: RecordingHealth,
+        clock: ManualClock,
+        metrics: Metrics,
+    ) -> None:
         self.poller, self.sink, self.health, self.clock = poller, sink, health, clock
         self.metrics = metrics
 
@@ -148,15 +158,22 @@ class Harness:
 
 @asynccontextmanager
 async def running(
-    datastore: BlobDatastore, schedule: Schedule | None = None, sink: RecordingSink | None = None,
+    datastore: BlobDatastore,
+    schedule: Schedule | None = None,
+    sink: RecordingSink | None = None,
     max_pending: int = 10000,
-) -> AsyncIterator[Harness]:  # fmt: skip
+) -> AsyncIterator[Harness]:
     sink = sink or RecordingSink()
     health, clock, metrics = RecordingHealth(), ManualClock(), Metrics()
     poller = BlobPoller(
-        schedule=schedule or _schedule(), datastore=datastore, sink=sink, health=health,
-        clock=clock, max_pending=max_pending, metrics=metrics,
-    )  # fmt: skip
+        schedule=schedule or _schedule(),
+        datastore=datastore,
+        sink=sink,
+        health=health,
+        clock=clock,
+        max_pending=max_pending,
+        metrics=metrics,
+    )
     task = asyncio.create_task(poller.run())
     try:
         yield Harness(poller, sink, health, clock, metrics)
@@ -166,8 +183,11 @@ async def running(
             await task
 
 
+Ctr = tuple[BlobDatastore, ContainerClient]
+
+
 @pytest.fixture
-async def container(azurite: str) -> AsyncIterator[tuple[BlobDatastore, ContainerClient]]:  # noqa: F811
+async def container(azurite: str) -> AsyncIterator[Ctr]:  # noqa: F811
     name = f"t{uuid.uuid4().hex[:16]}"
     async with ContainerClient.from_connection_string(azurite, name) as client:
         await client.create_container()
@@ -185,7 +205,7 @@ async def put(client: ContainerClient, *names: str, data: bytes = b"x", **kw: ob
     await asyncio.gather(*(one(n) for n in names))
 
 
-def _last(logs: list[dict[str, object]], event: str) -> dict[str, object]:
+def _last(logs: Sequence[Mapping[str, Any]], event: str) -> Mapping[str, Any]:
     return [e for e in logs if e["event"] == event][-1]
 
 
@@ -197,7 +217,7 @@ def names(changes: Sequence[FileChange]) -> list[bytes]:
 
 
 @pytest.mark.azurite
-async def test_new_blob_starts_one_change_named_by_blob(container) -> None:
+async def test_new_blob_starts_one_change_named_by_blob(container: Ctr) -> None:
     ds, client = container
     async with running(ds) as h:
         assert await h.first() == (True, 0, None)
@@ -211,7 +231,7 @@ async def test_new_blob_starts_one_change_named_by_blob(container) -> None:
 
 
 @pytest.mark.azurite
-async def test_blob_under_sub_prefix_never_triggers(container) -> None:
+async def test_blob_under_sub_prefix_never_triggers(container: Ctr) -> None:
     ds, client = container
     async with running(ds) as h:
         await h.first()
@@ -221,7 +241,7 @@ async def test_blob_under_sub_prefix_never_triggers(container) -> None:
 
 
 @pytest.mark.azurite
-async def test_reupload_with_new_etag_starts_one_more(container) -> None:
+async def test_reupload_with_new_etag_starts_one_more(container: Ctr) -> None:
     ds, client = container
     async with running(ds) as h:
         await h.first()
@@ -234,7 +254,7 @@ async def test_reupload_with_new_etag_starts_one_more(container) -> None:
 
 
 @pytest.mark.azurite
-async def test_three_blobs_three_changes_and_deletion_fires_nothing(container) -> None:
+async def test_three_blobs_three_changes_and_deletion_fires_nothing(container: Ctr) -> None:
     ds, client = container
     async with running(ds) as h:
         await h.first()
@@ -248,7 +268,7 @@ async def test_three_blobs_three_changes_and_deletion_fires_nothing(container) -
 
 
 @pytest.mark.azurite
-async def test_directory_markers_fire_nothing_but_empty_files_do(container) -> None:
+async def test_directory_markers_fire_nothing_but_empty_files_do(container: Ctr) -> None:
     ds, client = container
     async with running(ds) as h:
         await h.first()
@@ -259,18 +279,25 @@ async def test_directory_markers_fire_nothing_but_empty_files_do(container) -> N
 
 
 @pytest.mark.azurite
-async def test_pattern_and_default_ignores_match_the_file_name(container) -> None:
+async def test_pattern_and_default_ignores_match_the_file_name(container: Ctr) -> None:
     ds, client = container
     schedule = _schedule(pattern=("*.csv", "data-*"))
     async with running(ds, schedule) as h:
         await h.first()
-        await put(client, "incoming/a.csv", "incoming/data-1", "incoming/b.txt",
-                  "incoming/.hidden.csv", "incoming/c.csv.tmp", "incoming/x.csv~")  # fmt: skip
+        await put(
+            client,
+            "incoming/a.csv",
+            "incoming/data-1",
+            "incoming/b.txt",
+            "incoming/.hidden.csv",
+            "incoming/c.csv.tmp",
+            "incoming/x.csv~",
+        )
         assert names(await h.changes()) == [b"incoming/a.csv", b"incoming/data-1"]
 
 
 @pytest.mark.azurite
-async def test_initial_fire_and_container_root(container) -> None:
+async def test_initial_fire_and_container_root(container: Ctr) -> None:
     ds, client = container
     await put(client, "top.csv", "incoming/a.csv")
     async with running(ds, _schedule(path_on_datastore="", initial="fire")) as h:
@@ -280,7 +307,7 @@ async def test_initial_fire_and_container_root(container) -> None:
 
 
 @pytest.mark.azurite
-async def test_restart_keeps_snapshot_and_reports_changes_made_while_down(container) -> None:
+async def test_restart_keeps_snapshot_and_reports_changes_made_while_down(container: Ctr) -> None:
     ds, client = container
     sink = RecordingSink()
     await put(client, "incoming/old")
@@ -293,7 +320,7 @@ async def test_restart_keeps_snapshot_and_reports_changes_made_while_down(contai
 
 
 @pytest.mark.azurite
-async def test_6000_blobs_span_pages_and_each_is_seen_once(container) -> None:
+async def test_6000_blobs_span_pages_and_each_is_seen_once(container: Ctr) -> None:
     ds, client = container
     expected = [f"incoming/f{i:05d}.csv".encode() for i in range(6000)]
     async with running(ds) as h:
@@ -308,7 +335,7 @@ async def test_6000_blobs_span_pages_and_each_is_seen_once(container) -> None:
 
 
 @pytest.mark.azurite
-async def test_missing_container_is_retried_until_it_exists(container) -> None:
+async def test_missing_container_is_retried_until_it_exists(container: Ctr) -> None:
     ds, client = container
     missing = replace(ds, container=f"m{uuid.uuid4().hex[:16]}")
     with structlog.testing.capture_logs() as logs:
@@ -329,7 +356,7 @@ async def test_missing_container_is_retried_until_it_exists(container) -> None:
 
 
 @pytest.mark.azurite
-async def test_backpressure_pauses_without_advancing_the_snapshot(container) -> None:
+async def test_backpressure_pauses_without_advancing_the_snapshot(container: Ctr) -> None:
     ds, client = container
     async with running(ds, max_pending=1) as h:
         await h.first()
@@ -352,8 +379,9 @@ async def test_backpressure_pauses_without_advancing_the_snapshot(container) -> 
 async def test_outage_backs_off_then_recovers_and_reports_each_change_once(
     azurite_server: Azurite,  # noqa: F811
 ) -> None:
-    ds = BlobDatastore(name="lake", container="data",
-                       connection_string=azurite_server.connection_string)  # fmt: skip
+    ds = BlobDatastore(
+        name="lake", container="data", connection_string=azurite_server.connection_string
+    )
     async with ContainerClient.from_connection_string(ds.connection_string or "", "data") as c:
         await c.create_container()
         with structlog.testing.capture_logs() as logs:
@@ -394,8 +422,14 @@ async def test_outage_backs_off_then_recovers_and_reports_each_change_once(
 async def test_overrun_is_logged_counted_and_skips_to_the_next_slot() -> None:
     clock, metrics = ManualClock(), Metrics()
     ds = BlobDatastore(name="lake", container="c", connection_string="UseDevelopmentStorage=true")
-    poller = BlobPoller(schedule=_schedule(), datastore=ds, sink=RecordingSink(),
-                        health=RecordingHealth(), clock=clock, metrics=metrics)  # fmt: skip
+    poller = BlobPoller(
+        schedule=_schedule(),
+        datastore=ds,
+        sink=RecordingSink(),
+        health=RecordingHealth(),
+        clock=clock,
+        metrics=metrics,
+    )
     started = clock.now()
     clock.advance(INTERVAL * 2.5)  # the poll took 2.5 intervals
     with structlog.testing.capture_logs() as logs:
@@ -421,8 +455,12 @@ def test_blob_url_never_carries_credentials() -> None:
     assert blob_url(ds, b"incoming/a b.csv") == (
         "https://acct.blob.core.windows.net/data/incoming/a%20b.csv"
     )
-    sas = BlobDatastore(name="x", container="data", account_url="https://u:p@acct.example/?sig=1",
-                        sas_token="sv=1&sig=abc")  # fmt: skip
+    sas = BlobDatastore(
+        name="x",
+        container="data",
+        account_url="https://u:p@acct.example/?sig=1",
+        sas_token="sv=1&sig=abc",
+    )
     assert blob_url(sas, "a") == "https://acct.example/data/a"
     dev = BlobDatastore(name="x", container="c", connection_string="UseDevelopmentStorage=true")
     assert container_url(dev) == "http://127.0.0.1:10000/devstoreaccount1/c"

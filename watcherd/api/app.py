@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
-import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from aiohttp import web
 
 from watcherd.api import page, routes
@@ -38,7 +38,7 @@ from watcherd.services import Services
 
 __all__ = ["SETTINGS", "ApiSettings", "make_app", "parse_bind", "serve"]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 DEFAULT_PORT = 8765
 SETTINGS: web.AppKey[ApiSettings] = web.AppKey("watcherd_api_settings")
@@ -189,7 +189,7 @@ def _config_errors_response(exc: ConfigErrors) -> web.Response:
     return error_response(422, "invalid", message, first["key_path"], errors=problems)
 
 
-def _map_error(exc: Exception) -> web.Response:
+def _map_error(exc: Exception, request: web.Request) -> web.Response:
     """Translate an exception into the API's error body; never leaks a traceback."""
     if isinstance(exc, ApiProblem):
         return error_response(exc.status, exc.code, exc.message, exc.key_path)
@@ -205,7 +205,7 @@ def _map_error(exc: Exception) -> web.Response:
         return error_response(422, "invalid", exc.message, _rooted(exc.key))
     if isinstance(exc, StateError | TransientError):
         return error_response(503, "unavailable", str(exc))
-    log.error("api_internal_error", exc_info=exc)
+    log.error("api_internal_error", method=request.method, path=request.path, exc_info=exc)
     return error_response(500, "internal_error", "internal error; see the daemon's log")
 
 
@@ -224,7 +224,7 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        return _map_error(exc)
+        return _map_error(exc, request)
 
 
 def make_app(

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from watcherd.api.openapi import openapi_document
+from watcherd.errors import ValidationError
 from watcherd.models import RunStatus
 from watcherd.services import Services
 
@@ -273,13 +274,16 @@ def _status_param(request: web.Request) -> str | None:
 
 
 async def list_runs(request: web.Request) -> web.Response:
-    items, cursor = await _svc(request).list_runs(
-        schedule_id=_str_param(request, "schedule_id"),
-        pipeline_id=_str_param(request, "pipeline_id"),
-        status=_status_param(request),
-        limit=_int_param(request, "limit", 50, 1, 1000),
-        cursor=_str_param(request, "cursor"),
-    )
+    try:
+        items, cursor = await _svc(request).list_runs(
+            schedule_id=_str_param(request, "schedule_id"),
+            pipeline_id=_str_param(request, "pipeline_id"),
+            status=_status_param(request),
+            limit=_int_param(request, "limit", 50, 1, 1000),
+            cursor=_str_param(request, "cursor"),
+        )
+    except ValidationError as exc:  # a bad filter or cursor: a query problem, not a body one
+        raise ApiProblem(400, "bad_request", exc.message, f"query.{exc.key}") from exc
     return _page(items, cursor)
 
 

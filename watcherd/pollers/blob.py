@@ -9,10 +9,7 @@ datastores never loads it.
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import json
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -26,6 +23,9 @@ from watcherd.errors import PollRejected, PollUnavailable, WatcherdError
 from watcherd.metrics import Metrics
 from watcherd.models import BlobDatastore, DatastoreTrigger, Schedule
 from watcherd.pollers import ChangeSink, FileChange, PollHealth
+from watcherd.pollers.matching import NameMatcher
+from watcherd.pollers.snapshot import Snapshot
+from watcherd.pollers.snapshot import baseline_key as snapshot_key
 from watcherd.redact import connection_string_secrets, make_redactor
 from watcherd.retry import backoff_delay
 
@@ -99,21 +99,13 @@ def blob_url(datastore: BlobDatastore, name: str | bytes) -> str:
 
 def baseline_key(datastore: BlobDatastore, trigger: DatastoreTrigger) -> str:
     """Hash of what decides which blobs are watched: a change means a new baseline."""
-    ident = [
+    return snapshot_key(
         "azure_blob",
         container_url(datastore),
         blob_prefix(trigger.path_on_datastore),
-        list(trigger.pattern),
-        list(trigger.ignore_globs),
-    ]
-    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
-
-
-def _matcher(patterns: Sequence[str], ignore: Sequence[str]) -> Callable[[str], bool]:
-    """fnmatchcase over a file name, compiled to one regex per side."""
-    want = re.compile("|".join(fnmatch.translate(p) for p in patterns) or r"(?!)")
-    skip = re.compile("|".join(fnmatch.translate(p) for p in ignore) or r"(?!)")
-    return lambda name: want.match(name) is not None and skip.match(name) is None
+        json.dumps(list(trigger.pattern)),
+        json.dumps(list(trigger.ignore_globs)),
+    )
 
 
 # ── errors ────────────────────────────────────────────────────────────────────
@@ -184,14 +176,13 @@ class BlobPoller:
         self._metrics = metrics
         self._prefix = blob_prefix(self._trigger.path_on_datastore)
         self._key = baseline_key(datastore, self._trigger)
-        self._match = _matcher(self._trigger.pattern, self._trigger.ignore_globs)
+        self._match = NameMatcher(self._trigger.pattern, self._trigger.ignore_globs)
         secrets = [s for s in (datastore.sas_token, datastore.account_key) if s]
         if datastore.connection_string:
             secrets += connection_string_secrets(datastore.connection_string)
         self._scrub = make_redactor(secrets)
         self._interval = max(self._trigger.polling_interval.total_seconds(), 0.001)
-        self._snapshot: dict[bytes, str] | None = None
-        self._loaded = False
+        self._snapshot: Snapshot | None = None  # None: not loaded yet, or no baseline
         self._client: ContainerClient | None = None
         self._credential: AsyncTokenCredential | None = None
         self._log = log.bind(
@@ -214,7 +205,7 @@ class BlobPoller:
                     failures += 1
                     await self._clock.sleep(retry_in)
         finally:
-            await self._close()
+            await self.aclose()
 
     # ── one attempt ──
 
@@ -255,36 +246,38 @@ class BlobPoller:
             PollUnavailable: storage unreachable, timed out or answered 408/429/5xx.
             PollRejected: container missing, access denied, or invalid settings.
         """
-        if not self._loaded:
-            self._snapshot = await self._sink.load_snapshot(self._schedule.id, self._key)
-            self._loaded = True
+        if self._snapshot is None:
+            versions = await self._sink.load_snapshot(self._schedule.id, self._key)
+            if versions is not None:
+                self._snapshot = Snapshot.from_versions(versions)
         listed = await self._list()
         snapshot = self._snapshot
-        baseline = snapshot is None
-        old = snapshot or {}
-        current = {name: version for name, version, _ in listed}
-        if baseline:
+        deletes: list[bytes] = []
+        if snapshot is None:  # the first poll: a baseline
+            upserts = [(name, version) for name, version, _ in listed]
             fire_all = self._trigger.initial == "fire"
             changes = [FileChange(n, v, m) for n, v, m in listed] if fire_all else []
-            upserts = list(current.items())
         else:
-            changes = [FileChange(n, v, m) for n, v, m in listed if old.get(n) != v]
-            upserts = [(c.name, c.version) for c in changes]
-        deletes = [name for name in old if name not in current]
-        if baseline or upserts or deletes:
+            diff = snapshot.diff((name, version) for name, version, _ in listed)
+            upserts, deletes = diff.upserts, diff.deletes
+            modified = {name: when for name, _, when in listed} if upserts else {}
+            changes = [FileChange(n, v, modified[n]) for n, v in upserts]
+        if snapshot is None or upserts or deletes:
             await self._sink.commit(self._schedule.id, self._key, upserts, deletes, changes)
-            if baseline:
-                self._log.info("baseline_taken", files=len(current), fire=len(changes))
-        self._snapshot = current
+        if snapshot is None:
+            self._snapshot = Snapshot.from_versions(dict(upserts))
+            self._log.info("baseline_taken", files=len(upserts), fire=len(changes))
+        else:
+            snapshot.apply(upserts, deletes)
         self._observe_lag(changes)
-        return len(current), len(changes)
+        return len(listed), len(changes)
 
     async def _list(self) -> list[tuple[bytes, str, datetime | None]]:
         """(name, etag, last_modified) of each matching blob directly under the prefix."""
         from azure.storage.blob import BlobProperties
 
         client = self._open_client()
-        skip = len(self._prefix)
+        skip = len(self._prefix.encode("utf-8"))
         match = self._match
         out: list[tuple[bytes, str, datetime | None]] = []
         with _map_azure_errors(self._datastore.container, self._prefix, self._scrub):
@@ -298,13 +291,13 @@ class BlobPoller:
                 # A directory marker: "dir/" (flat namespace tools) or hdi_isfolder (ADLS Gen2).
                 if name.endswith("/") or (item.metadata or {}).get("hdi_isfolder") == "true":
                     continue
-                if not match(name[skip:]):
+                raw = name.encode("utf-8")
+                if not match(raw[skip:]):
                     continue
                 # etag, not last_modified: Last-Modified has one-second resolution, and two
                 # uploads in the same second would look identical. Listings give it bare,
                 # headers quoted: store it bare.
-                etag = str(item.etag).strip('"')
-                out.append((name.encode("utf-8"), etag, item.last_modified))
+                out.append((raw, str(item.etag).strip('"'), item.last_modified))
         return out
 
     def _observe_lag(self, changes: Sequence[FileChange]) -> None:
@@ -378,7 +371,8 @@ class BlobPoller:
         self._credential = DefaultAzureCredential()
         return self._credential
 
-    async def _close(self) -> None:
+    async def aclose(self) -> None:
+        """Close the storage client and credential (run() does this when it ends)."""
         client, self._client = self._client, None
         credential, self._credential = self._credential, None
         for closable in (client, credential):
