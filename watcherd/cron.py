@@ -172,9 +172,9 @@ def _elapsed(rule: CronRule, floor: datetime) -> Iterator[datetime]:
 
 
 def _slots_after(rule: CronRule, anchor: datetime, after: datetime) -> Iterator[datetime]:
-    end = None if rule.end_time is None else wall_to_utc(rule.end_time, rule.zone)
     floor = max(after, anchor - _TINY)  # slots ≥ anchor
     try:
+        end = None if rule.end_time is None else wall_to_utc(rule.end_time, rule.zone)
         gen = (_elapsed if rule.elapsed else _fixed)(rule, floor)
         for slot in gen:
             if end is not None and slot > end:
