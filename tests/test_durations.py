@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from watcherd.durations import (
     format_duration,
@@ -122,3 +124,11 @@ def test_polling_interval(value: object, expected: timedelta) -> None:
 def test_polling_interval_rejects(value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_polling_interval(value)
+
+
+@given(st.integers(min_value=0, max_value=10**12))
+def test_format_then_parse_is_exact(ms: int) -> None:
+    value = timedelta(milliseconds=ms)
+    text = format_duration(value)
+    assert parse_duration(text) == value
+    assert len(text) <= len(f"{ms}ms")

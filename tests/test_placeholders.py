@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from watcherd.placeholders import expand, expand_bytes, names, references
 
@@ -74,3 +76,19 @@ def test_expand_bytes_encodes_text_and_str_values() -> None:
     assert expand_bytes("{f.url}", {}, {"f": "https://h/c/x"}) == b"https://h/c/x"
     with pytest.raises(KeyError):
         expand_bytes("{x}", {})
+
+
+@given(st.text())
+def test_doubled_braces_are_literal(text: str) -> None:
+    escaped = text.replace("{", "{{").replace("}", "}}")
+    assert names(escaped) == set()
+    assert expand(escaped, {}) == text
+
+
+@given(st.text(), st.text(alphabet=st.characters(exclude_categories=["Cs"])))
+def test_a_value_is_substituted_verbatim(prefix: str, value: str) -> None:
+    escaped = prefix.replace("{", "{{").replace("}", "}}")
+    assert expand(escaped + "{v}", {"v": value}) == prefix + value
+    assert expand_bytes(escaped + "{v}", {"v": value.encode()}) == (prefix + value).encode(
+        errors="surrogateescape"
+    )

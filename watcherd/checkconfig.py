@@ -58,9 +58,10 @@ class StoredSchedule:
 
     id: str
     anchor: datetime  # aware: the instant the trigger was created or last changed
-    status: str
+    status: str  # the current status (run-time enable/disable included)
     source: str  # file | api | removed
     schedule: Schedule | None = None
+    file_status: str | None = None  # declared schedules: the status last seen in the file
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +130,12 @@ def build_report(
     config = config_or_errors
     mask = make_redactor(config.secrets)
     api = sorted(
-        (s.schedule for s in stored.values() if s.source == Source.API and s.schedule),
+        # The stored id wins: a schedule re-parsed from its stored body may carry a fresh one.
+        (
+            replace(e.schedule, id=e.id)
+            for e in stored.values()
+            if e.source == Source.API and e.schedule
+        ),
         key=lambda s: s.name,
     )
     rows = [_schedule_row(s, config, stored.get(s.id), now) for s in (*config.schedules, *api)]
@@ -179,6 +185,7 @@ def _schedule_row(
     schedule: Schedule, config: Config, entry: StoredSchedule | None, now: datetime
 ) -> ScheduleReport:
     pipeline = config.pipeline_by_id(schedule.pipeline)
+    schedule = replace(schedule, status=_effective_status(schedule, entry))
     row = ScheduleReport(
         id=schedule.id,
         name=schedule.name,
@@ -202,6 +209,16 @@ def _schedule_row(
     zone = trigger.recurrence.zone if isinstance(trigger, RecurrenceTrigger) else trigger.cron.zone
     note = "" if times else "no more fire times"
     return replace(row, zone=zone, next_fire_times=times, creation_fire=creation, note=note)
+
+
+def _effective_status(schedule: Schedule, entry: StoredSchedule | None) -> Status:
+    """SPEC §2: a file status that differs from the one last seen in the file wins; else the
+    stored (run-time) status stays."""
+    if entry is None or entry.status not in tuple(Status):
+        return schedule.status
+    if schedule.source is Source.FILE and entry.file_status not in (None, schedule.status):
+        return schedule.status
+    return Status(entry.status)
 
 
 def _trigger_key(schedule: Schedule) -> object:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import os
 import sys
@@ -146,15 +147,17 @@ def _read_stored(cfg: object) -> dict[str, StoredSchedule]:
         if r.source == Source.API.value:
             try:
                 sched = config_mod.parse_schedule(
-                    r.spec, config=cfg, key_prefix="stored", source=Source.API
+                    spec_body(r.spec), config=cfg, key_prefix="stored", source=Source.API
                 )
             except WatcherdError:
                 continue
+            sched = dataclasses.replace(sched, id=r.id)
         out[r.id] = StoredSchedule(
             id=r.id,
             anchor=r.anchor or r.created_at,
             status=r.status,
             source=r.source,
             schedule=sched,
+            file_status=r.file_status,
         )
     return out

@@ -177,13 +177,17 @@ def parse_schedule(
     """
     problems = Problems()
     at = At(key_prefix, problems)
+    if not isinstance(raw, Mapping):
+        raise ConfigErrors([ConfigError(key_prefix, f"expected an object, got {describe(raw)}")])
     body = {k: v for k, v in raw.items() if v is not None}
     merged = body if existing is None else _merge_patch(body, existing, config, at)
     schedule = None
     if merged is not None:
         fixed = existing.id if existing is not None else None
         kind = existing.source if existing is not None else source
-        schedule = build_schedule(merged, at, Context(config), source=kind, fixed_id=fixed)
+        schedule = build_schedule(
+            merged, at, Context(config), source=kind, api_body=True, fixed_id=fixed
+        )
     if schedule is not None:
         for reason in placeholder_problems(schedule, config):
             (at / "pipeline").error(reason)

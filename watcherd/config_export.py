@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from watcherd.durations import format_duration
 from watcherd.models import Config, CronTrigger, DatastoreTrigger, RecurrenceTrigger, Schedule
 
-__all__ = ["export_toml", "schedule_to_dict", "toml_value"]
+__all__ = ["export_toml", "polling_interval_value", "schedule_to_dict", "toml_key", "toml_value"]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MINUTE = timedelta(minutes=1)

@@ -3,9 +3,10 @@ schedules against a new config.
 
 Placeholder values, lowest to highest precedence: the pipeline's `parameters`, the schedule's
 `pipeline_parameters`, the file bound to `data_path_parameter_name` (which alone also has
-`{NAME.url}`); `failed_run` is defined for every pipeline some `on_failure` names. A pipeline
-that no declared schedule uses is not checked at load: an API-created schedule may supply its
-parameters, and is checked when it is created and at every reload (`check_compat`).
+`{NAME.url}`, the blob's URL, on azure_blob datastores). `failed_run` is defined for every
+pipeline some `on_failure` names. A pipeline that no declared schedule uses is not checked at
+load: an API-created schedule may supply its parameters, and is checked when it is created
+and at every reload (`check_compat`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from watcherd.config_schema import key_join
 from watcherd.errors import ConfigError
 from watcherd.models import (
+    BlobDatastore,
     CommandTarget,
     Config,
     DatastoreTrigger,
@@ -28,6 +30,7 @@ from watcherd.placeholders import references
 __all__ = ["check_compat", "on_failure_problems", "placeholder_problems"]
 
 FAILED_RUN = "failed_run"
+_URL_RULE = "is only defined for the data_path_parameter_name file of an azure_blob datastore"
 
 
 def _templates(pipeline: Pipeline) -> Iterator[tuple[str, str]]:
@@ -42,20 +45,21 @@ def _templates(pipeline: Pipeline) -> Iterator[tuple[str, str]]:
         yield key_join(base, "url"), target.url
 
 
-def _unresolved(pipeline: Pipeline, defined: set[str], files: set[str]) -> list[str]:
-    """A reason for each placeholder with no value (first occurrence only)."""
+def _unresolved(pipeline: Pipeline, defined: set[str], urls: set[str]) -> list[str]:
+    """A reason for each placeholder with no value (first occurrence only); `urls` are the
+    names that also have `{NAME.url}`."""
     seen: set[str] = set()
     reasons = []
     for where, template in _templates(pipeline):
         for ref in references(template):
             name, _, url = ref.partition(".")
-            ok = name in files if url else name in defined
+            ok = name in urls if url else name in defined
             if ok or ref in seen:
                 continue
             seen.add(ref)
             reason = f"unresolved placeholder {{{ref}}} in {where}"
             if url:
-                reason += " ({NAME.url} is only defined for the data_path_parameter_name file)"
+                reason += f" ({{NAME.url}} {_URL_RULE})"
             reasons.append(reason)
     return reasons
 
@@ -70,13 +74,15 @@ def placeholder_problems(schedule: Schedule, config: Config) -> list[str]:
     if pipeline is None:
         return []
     defined = set(pipeline.parameters) | set(schedule.pipeline_parameters)
-    files: set[str] = set()
+    urls: set[str] = set()
     trigger = schedule.trigger
     if isinstance(trigger, DatastoreTrigger) and trigger.data_path_parameter_name:
-        files.add(trigger.data_path_parameter_name)
+        defined.add(trigger.data_path_parameter_name)
+        if isinstance(config.datastores.get(trigger.datastore), BlobDatastore):
+            urls.add(trigger.data_path_parameter_name)
     if pipeline.id in _on_failure_targets(config):
         defined.add(FAILED_RUN)
-    return _unresolved(pipeline, defined | files, files)
+    return _unresolved(pipeline, defined, urls)
 
 
 def on_failure_problems(config: Config) -> list[ConfigError]:

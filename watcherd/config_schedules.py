@@ -54,7 +54,7 @@ from watcherd.models import (
     default_schedule_id,
 )
 
-__all__ = ["Context", "build_schedule", "TRIGGER_KEYS", "COMMON_KEYS"]
+__all__ = ["COMMON_KEYS", "TRIGGER_KEYS", "Context", "build_schedule", "trigger_kind"]
 
 BOTH = "Can not specify both a Recurrence and a Datastore"
 NEITHER = "Must specify either a Recurrence or a Datastore."
@@ -111,12 +111,18 @@ def trigger_kind(raw: Mapping[str, object], at: At) -> str | None:
 
 
 def build_schedule(
-    raw: object, at: At, ctx: Context, *, source: Source, fixed_id: str | None = None
+    raw: object,
+    at: At,
+    ctx: Context,
+    *,
+    source: Source,
+    api_body: bool = False,
+    fixed_id: str | None = None,
 ) -> Schedule | None:
     """Validate one schedule table; report every problem through `at` and return None on any.
 
-    `fixed_id` (API bodies) forbids the `id` key and gives the id: a new uuid4 when None and
-    `source` is api; file schedules take `id`, else `default_schedule_id(name)`.
+    The id is `fixed_id` when given (a PATCH); else an API body gets a new uuid4 and refuses
+    read-only keys, and a file table takes its `id` key or `default_schedule_id(name)`.
     """
     if not isinstance(raw, Mapping):
         at.error(f"expected a table, got {describe(raw)}")
@@ -124,14 +130,14 @@ def build_schedule(
     before = len(at.problems.errors)
     kind = trigger_kind(raw, at)
     skip = _sdk_checks(raw, at)
-    fields = _common_fields(ctx, with_id=source is Source.FILE)
+    fields = _common_fields(ctx, with_id=not api_body)
     # With two triggers, check both anyway; with none, other trigger keys can't be judged.
     kinds = [kind] if kind else [k for k in TRIGGER_KEYS if raw.get(k) is not None]
     for each in kinds:
         fields.update(_trigger_fields(each, ctx))
     if not kinds:
         skip |= {k for keys in TRIGGER_KEYS.values() for k in keys}
-    values = read_table(raw, at, fields, foreign=_foreign(kind, source), skip=skip)
+    values = read_table(raw, at, fields, foreign=_foreign(kind, api_body), skip=skip)
     if values is None or kind is None or len(at.problems.errors) > before:
         return None
     if any(spec.required and key not in values for key, spec in fields.items()):
@@ -139,6 +145,8 @@ def build_schedule(
     trigger = _BUILDERS[kind](values, at, ctx)
     if trigger is None:
         return None
+    if fixed_id is None and api_body:
+        fixed_id = str(uuid.uuid4())
     return _assemble(values, trigger, source=source, fixed_id=fixed_id)
 
 
@@ -147,12 +155,8 @@ def _assemble(
 ) -> Schedule:
     common = {k: values[k] for k in COMMON_KEYS if k in values}
     pipeline: Pipeline = common.pop("pipeline")
-    if fixed_id is not None:
-        ident = fixed_id
-    elif source is Source.FILE:
-        ident = common.pop("id", None) or default_schedule_id(common["name"])
-    else:
-        ident = str(uuid.uuid4())
+    declared = common.pop("id", None)
+    ident = fixed_id or declared or default_schedule_id(common["name"])
     if "status" in common:
         common["status"] = Status(common["status"])
     return Schedule(id=ident, pipeline=pipeline.id, trigger=trigger, source=source, **common)
@@ -169,10 +173,10 @@ def _sdk_checks(raw: Mapping[str, object], at: At) -> set[str]:
     return found
 
 
-def _foreign(kind: str | None, source: Source) -> dict[str, str]:
+def _foreign(kind: str | None, api_body: bool) -> dict[str, str]:
     """Reasons for keys of another trigger kind (and read-only keys of an API body)."""
     out: dict[str, str] = {}
-    if source is not Source.FILE:
+    if api_body:
         out = {k: "read-only key" for k in ("id", "source", "created_at", "updated_at",
                                              "next_fire_times")}  # fmt: skip
     if kind is None:
@@ -316,6 +320,13 @@ def _as_polling_interval(value: object, at: At) -> object:
         raise Invalid(str(exc)) from None
 
 
+def _as_pattern(value: object, at: At) -> tuple[str, ...]:
+    patterns: tuple[str, ...] = as_str_list(allow_str=True)(value, at)
+    if not patterns:
+        raise Invalid('needs at least one glob (all files: "*")')
+    return patterns
+
+
 _TIME_OPTION_FIELDS = {
     "catch_up": Field(as_choice("none", "last", "all")),
     "max_catch_up": Field(as_int(1)),
@@ -343,7 +354,7 @@ def _trigger_fields(kind: str | None, ctx: Context) -> dict[str, Field]:
             "path_on_datastore": Field(_as_path_on_datastore),
             "polling_interval": Field(_as_polling_interval),
             "data_path_parameter_name": Field(as_name),
-            "pattern": Field(as_str_list(allow_str=True)),
+            "pattern": Field(_as_pattern),
             "ignore": Field(as_str_list()),
             "ignore_defaults": Field(as_bool),
             "settle": Field(as_duration()),

@@ -23,14 +23,17 @@ from watcherd.wallclock import parse_local_datetime
 
 __all__ = [
     "At",
+    "Converter",
     "EnvStr",
     "Field",
     "Invalid",
     "Problems",
+    "a_type",
     "as_bool",
     "as_choice",
     "as_duration",
     "as_int",
+    "as_name",
     "as_path",
     "as_secret",
     "as_size",
@@ -42,6 +45,8 @@ __all__ = [
     "did_you_mean",
     "key_join",
     "read_table",
+    "type_name",
+    "unknown_key",
 ]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -45,7 +45,14 @@ from watcherd.models import (
 )
 from watcherd.redact import redact_url
 
-__all__ = ["Targets", "parse_daemon", "parse_datastores", "parse_pipelines", "resolve_pipeline"]
+__all__ = [
+    "PIPELINE_ID",
+    "Targets",
+    "parse_daemon",
+    "parse_datastores",
+    "parse_pipelines",
+    "resolve_pipeline",
+]
 
 PIPELINE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -263,7 +270,7 @@ _TARGETS: dict[str, type[CommandTarget] | type[HttpTarget] | type[AzureMLTarget]
 
 @dataclass
 class Targets:
-    """The pipelines that parsed, the names/ids of broken ones, and raw on_failure names."""
+    """The pipelines that parsed, and the names and ids of the broken ones."""
 
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)

@@ -319,8 +319,7 @@ def _schedule_paths() -> JSON:
         _list_of("Schedule"),
         _ACTIVE_ONLY,
         _query("pipeline_id", _STR),
-        found=False,
-    )
+    )  # 404: an unknown pipeline_id
     listing["post"] = _op(
         "create_schedule",
         "Create a schedule",
@@ -364,8 +363,7 @@ def _run_paths() -> JSON:
             status,
             limit,
             _query("cursor", _STR, "next_cursor of the previous page"),
-            found=False,
-        ),
+        ),  # 404: an unknown schedule_id or pipeline_id
         "/runs/{id}": _read("get_run", "One run", _ref("Run"), rid),
         "/runs/{id}/log": log,
         "/runs/{id}/retry": _action("retry_run", "Queue a terminal run again", "Run", "run"),

@@ -75,7 +75,7 @@ def _ident(request: web.Request) -> str:
 
 def _bool_param(request: web.Request, name: str, default: bool) -> bool:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     value = raw.strip().lower()
     if value in ("true", "1", "yes"):
@@ -89,7 +89,7 @@ def _bool_param(request: web.Request, name: str, default: bool) -> bool:
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -263,7 +263,7 @@ async def next_fire_times(request: web.Request) -> web.Response:
 
 
 def _status_param(request: web.Request) -> str | None:
-    raw = _str_param(request, "status")
+    raw = request.query.get("status")
     if raw is None:
         return None
     status = _RUN_STATUSES.get(raw.lower())

@@ -1,0 +1,299 @@
+"""The local file system edge of the local poller: one-level scans, stats and inotify watches.
+
+A steady rescan costs little more than the `os.scandir` + `stat` it needs: the listing is first
+summed into an order-independent digest, and only when that differs from the digest of the
+last diffed listing is the snapshot consulted, name by name.
+
+Events come from watchdog's inotify layer (`InotifyFD`: one reader thread shared by every
+watch in the process) through a `WatchCallback` on exactly one directory, non-recursive. We
+register on that layer rather than through an `Observer`: it is where an inotify queue
+overflow is reported (`on_queue_overflow`; an observer only logs it for non-recursive
+watches), and it adds no 0.5 s move-pairing delay in front of later events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+import sys
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Any, Literal
+
+from watcherd.pollers.matching import NameMatcher
+from watcherd.pollers.snapshot import FINGERPRINT_MASK, Snapshot
+
+__all__ = [
+    "DirScanner",
+    "DirWatch",
+    "EventKind",
+    "Obs",
+    "Scan",
+    "local_fingerprint",
+    "start_dir_watch",
+    "stat_names",
+    "version_of",
+]
+
+Obs = tuple[int, int, int]  # (size, mtime_ns, inode): one observed version of a file
+EventKind = Literal["closed", "writing", "attrib", "check", "rescan", "overflow"]
+
+_S_IFMT, _S_IFREG = 0o170000, 0o100000
+_STAT_KEY = attrgetter("st_mode", "st_size", "st_mtime_ns", "st_ino")
+
+
+def version_of(obs: Obs) -> str:
+    """The persisted version string "size:mtime_ns:inode"."""
+    return f"{obs[0]}:{obs[1]}:{obs[2]}"
+
+
+def local_fingerprint(version: str) -> int:
+    """The snapshot fingerprint of a persisted local version: `hash(obs) & FINGERPRINT_MASK`."""
+    try:
+        size, mtime_ns, ino = (int(part) for part in version.split(":"))
+    except ValueError:
+        return -1  # never a real fingerprint: the file counts as changed
+    return hash((size, mtime_ns, ino)) & FINGERPRINT_MASK
+
+
+# ── scanning ──────────────────────────────────────────────────────────────────
+
+
+class Scan:
+    """One listing: its digest, the changed eligible files, and the deleted names."""
+
+    __slots__ = ("changed", "deleted", "digest", "unchanged")
+
+    def __init__(
+        self,
+        digest: int,
+        changed: list[tuple[bytes, Obs]] | None = None,
+        deleted: list[bytes] | None = None,
+        *,
+        unchanged: bool = False,
+    ) -> None:
+        self.digest = digest
+        self.changed = changed or []
+        self.deleted = deleted or []
+        self.unchanged = unchanged  # the digest matched: nothing was diffed
+
+
+class DirScanner:
+    """Lists one directory level against a snapshot. Blocking: run it in a worker thread.
+
+    `digest` is the digest of the last listing whose changes were handled; the owner sets it
+    once it has committed what `scan()` returned, or clears it to force a diff.
+    """
+
+    def __init__(self, path: bytes, match: NameMatcher, snapshot: Snapshot) -> None:
+        self.path = path
+        self.match = match
+        self.snapshot = snapshot
+        self.digest: int | None = None
+
+    def scan(self) -> Scan:
+        if self.digest is not None:
+            digest = _listing_digest(self.path)
+            if digest == self.digest:
+                return Scan(digest, unchanged=True)
+        return self._diff()
+
+    def _diff(self) -> Scan:
+        fps = self.snapshot.fps
+        get, match, mask = fps.get, self.match, FINGERPRINT_MASK
+        changed: list[tuple[bytes, Obs]] = []
+        seen: set[bytes] = set()
+        acc = 0
+        with os.scandir(self.path) as it:
+            for entry in it:
+                name = entry.name
+                try:
+                    key = _STAT_KEY(entry.stat())
+                except OSError as exc:
+                    acc += hash((name, exc.errno))
+                    if exc.errno != errno.ENOENT and name in fps:
+                        seen.add(name)  # unreadable is not deleted
+                    continue
+                acc += hash((name, key))
+                if key[0] & _S_IFMT != _S_IFREG:
+                    continue
+                old = get(name)
+                if old is None:
+                    if not match(name):
+                        continue
+                else:
+                    seen.add(name)
+                obs: Obs = key[1:]
+                if hash(obs) & mask != old:
+                    changed.append((name, obs))
+        deleted = [n for n in fps if n not in seen] if len(seen) < len(fps) else []
+        return Scan(acc, changed, deleted)
+
+
+def _listing_digest(path: bytes) -> int:
+    # Order-independent, so readdir order does not matter. Must hash exactly as _diff does.
+    acc = 0
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                acc += hash((entry.name, _STAT_KEY(entry.stat())))
+            except OSError as exc:
+                acc += hash((entry.name, exc.errno))
+    return acc
+
+
+def stat_names(path: bytes, names: list[bytes]) -> dict[bytes, Obs | None | Literal[False]]:
+    """Obs per name in `path`; None = no regular file there; False = stat failed otherwise."""
+    out: dict[bytes, Obs | None | Literal[False]] = {}
+    for name in names:
+        try:
+            st = os.stat(os.path.join(path, name))
+        except (FileNotFoundError, NotADirectoryError):
+            out[name] = None
+        except OSError:
+            out[name] = False
+        else:
+            regular = stat.S_ISREG(st.st_mode)
+            out[name] = (st.st_size, st.st_mtime_ns, st.st_ino) if regular else None
+    return out
+
+
+# ── inotify ───────────────────────────────────────────────────────────────────
+
+# inotify(7) bits (kernel ABI).
+_IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+_IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
+_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_UNMOUNT = 0x400, 0x800, 0x2000
+_IN_ONLYDIR, _IN_EXCL_UNLINK, _IN_ISDIR = 0x01000000, 0x04000000, 0x40000000
+_SELF = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT
+_MASK = (
+    _IN_MODIFY
+    | _IN_ATTRIB
+    | _IN_CLOSE_WRITE
+    | _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+    | _IN_DELETE_SELF
+    | _IN_MOVE_SELF
+    | _IN_ONLYDIR
+    | _IN_EXCL_UNLINK
+)  # no IN_OPEN / IN_CLOSE_NOWRITE / IN_ACCESS: readers of the files are not changes
+
+# Where the kernel sees only this machine's writes, inotify would miss the others.
+_REMOTE_FS = frozenset(
+    b"nfs nfs4 cifs smb3 smbfs 9p afs ceph glusterfs lustre gpfs davfs vboxsf vmhgfs "
+    b"fuse.sshfs fuse.s3fs fuse.rclone fuse.gcsfuse fuse.glusterfs fuse.juicefs "
+    b"fuse.davfs2 fuse.vmhgfs-fuse".split()
+)
+
+Post = Callable[[EventKind, bytes], None]
+
+
+class DirWatch:
+    """One inotify watch on one directory, reporting to an asyncio loop.
+
+    Implements watchdog's `WatchCallback`; its `on_*` methods run on watchdog's reader
+    thread and only hand `(kind, name)` to `post` on the loop.
+    """
+
+    def __init__(
+        self, path: bytes, ident: tuple[int, int], loop: asyncio.AbstractEventLoop, post: Post
+    ) -> None:
+        self.path = path
+        self.ident = ident  # (st_dev, st_ino) of the watched directory
+        self.alive = True
+        self._loop, self._post = loop, post
+        self._fd: Any = None
+        self._wd: int = -1
+
+    def on_event(self, event: Any) -> None:
+        mask, name = event.mask, event.name
+        if mask & _SELF:
+            self._send("rescan", b"")
+        elif mask & _IN_ISDIR:
+            return  # subdirectories never count
+        elif mask & (_IN_CLOSE_WRITE | _IN_MOVED_TO):
+            self._send("closed", name)
+        elif mask & (_IN_CREATE | _IN_MODIFY):
+            self._send("writing", name)
+        elif mask & _IN_ATTRIB:
+            self._send("attrib", name)
+        elif mask & (_IN_DELETE | _IN_MOVED_FROM):
+            self._send("check", name)
+
+    def on_watch_deleted(self, wd: int) -> None:
+        self.alive = False
+        self._send("rescan", b"")
+
+    def on_queue_overflow(self) -> None:
+        self._send("overflow", b"")
+
+    def _send(self, kind: EventKind, name: bytes) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._post, kind, name)
+        except RuntimeError:
+            pass  # the loop is closed: the poller is gone
+
+    def stop(self) -> None:
+        """Remove the watch (idempotent)."""
+        if self._fd is not None and self.alive:
+            self.alive = False
+            try:
+                self._fd.remove_callbacks([(self._wd, id(self))])
+            except OSError:
+                pass
+
+
+def start_dir_watch(
+    path: bytes,
+    ident: tuple[int, int],
+    loop: asyncio.AbstractEventLoop,
+    post: Post,
+    *,
+    require: bool = False,
+) -> DirWatch:
+    """Watch `path` (not recursively) and post its events to `loop`.
+
+    Without `require`, refuses (OSError) where events would be incomplete: not Linux, or a
+    network file system. Raises FileNotFoundError / NotADirectoryError when `path` is gone,
+    and any other exception when inotify cannot be used.
+    """
+    if not require:
+        if not sys.platform.startswith("linux"):
+            raise OSError(errno.ENOSYS, f"no inotify on {sys.platform}")
+        fstype = _remote_fs_type(path)
+        if fstype is not None:
+            raise OSError(errno.EREMOTE, f"{fstype} file system: events miss remote writes")
+    from watchdog.observers.inotify_c import CallbackId, InotifyFD, Mask
+
+    fd = InotifyFD.get_instance()
+    watch = DirWatch(path, ident, loop, post)
+    wd = fd.add_callback(path, Mask(_MASK), watch, CallbackId(id(watch)))
+    watch._fd, watch._wd = fd, wd
+    if wd < 0:  # watchdog swallows EACCES and hands back -1
+        watch.stop()
+        raise PermissionError(errno.EACCES, "inotify_add_watch refused", os.fsdecode(path))
+    return watch
+
+
+def _remote_fs_type(path: bytes) -> str | None:
+    """The file system type of `path` when it is a network one, from /proc/self/mounts."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mounts", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best, best_type = b"", b""
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) < 3:
+            continue
+        mnt = fields[1].replace(b"\\040", b" ").replace(b"\\011", b"\t").replace(b"\\134", b"\\")
+        inside = real == mnt or real.startswith(mnt.rstrip(b"/") + b"/")
+        if inside and len(mnt) >= len(best):
+            best, best_type = mnt, fields[2]
+    return best_type.decode("ascii", "replace") if best_type in _REMOTE_FS else None
