@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from watcherd.checkconfig import StoredSchedule
-    from watcherd.engine import spec_body
 
 __all__ = ["main"]
 
