@@ -273,8 +273,7 @@ def runs_list(client: Client, ns: argparse.Namespace) -> int:
         params["schedule_id"] = _schedule(client, ns.schedule)["id"]
     if ns.pipeline:
         params["pipeline_id"] = client.get(f"/pipelines/{quote_id(ns.pipeline)}")["id"]
-    page = client.get("/runs", **params)
-    items = page["items"]
+    items = client.get("/runs", **params)["items"]
     rows = [
         [
             r["id"],
@@ -289,7 +288,7 @@ def runs_list(client: Client, ns: argparse.Namespace) -> int:
         for r in items
     ]
     headers = ["ID", "STATUS", "SCHEDULE", "TRIGGER", "STARTED", "DURATION", "EXIT", "ERROR"]
-    return _emit(ns, page, lambda: _table(headers, rows, "no runs"))
+    return _emit(ns, items, lambda: _table(headers, rows, "no runs"))
 
 
 def runs_show(client: Client, ns: argparse.Namespace) -> int:

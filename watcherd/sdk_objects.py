@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
@@ -57,6 +58,8 @@ class Workspace:
         self._client = client or Client(url, token)
         self.url = self._client.url
         self.name = self.url
+        # Notebooks rarely close a workspace: close its connections when it is collected.
+        weakref.finalize(self, self._client.close)
 
     @classmethod
     def from_config(

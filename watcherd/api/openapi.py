@@ -108,10 +108,7 @@ _RUN: JSON = {
         "error": _OPT_STR,
         "exit_code": _OPT_INT,
         "remote_id": _OPT_STR,
-        "queued_at": _OPT_STR,
-        "started_at": _OPT_STR,
-        "finished_at": _OPT_STR,
-        "next_attempt_at": _OPT_STR,
+        **dict.fromkeys(("queued_at", "started_at", "finished_at", "next_attempt_at"), _OPT_STR),
         "duration": {"type": ["number", "null"], "description": "seconds"},
     },
 }
@@ -240,24 +237,17 @@ def _op(
     return op
 
 
+def _param(name: str, where: str, schema: JSON, description: str = "") -> JSON:
+    param = {"name": name, "in": where, "required": where == "path", "schema": schema}
+    return param | {"description": description}
+
+
 def _path_id(what: str) -> JSON:
-    return {
-        "name": "id",
-        "in": "path",
-        "required": True,
-        "description": f"{what} id or name",
-        "schema": {"type": "string", "minLength": 1},
-    }
+    return _param("id", "path", {"type": "string", "minLength": 1}, f"{what} id or name")
 
 
 def _query(name: str, schema: JSON, description: str = "") -> JSON:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
+    return _param(name, "query", schema, description)
 
 
 _ACTIVE_ONLY = _query("active_only", {"type": "boolean"}, "only Active ones")
@@ -288,15 +278,9 @@ def _schedule_paths() -> JSON:
     sid = _path_id("schedule")
     trigger = _action("trigger_schedule", "Run a schedule now", "Run", "schedule", ok=202)
     trigger["post"]["requestBody"] = {"required": False, "content": _json(_ref("TriggerRequest"))}
-    trigger["post"]["parameters"].append(
-        {
-            "name": "Idempotency-Key",
-            "in": "header",
-            "required": False,
-            "description": "a retried request with the same key returns the same run",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"},
-        }
-    )
+    key = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"}
+    why = "a retried request with the same key returns the same run"
+    trigger["post"]["parameters"].append(_param("Idempotency-Key", "header", key, why))
     one = _read("get_schedule", "One schedule", _ref("Schedule"), sid)
     one["patch"] = _op(
         "update_schedule",
@@ -373,7 +357,7 @@ def _run_paths() -> JSON:
 
 def _other_paths() -> JSON:
     pid = _path_id("pipeline")
-    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    name = _param("name", "path", _STR, "datastore name")
     return {
         "/pipelines": _read(
             "list_pipelines", "Published pipelines", _list_of("Pipeline"), _ACTIVE_ONLY, found=False
@@ -401,7 +385,10 @@ def _root_paths() -> JSON:
     def public(op_id: str, summary: str, ok: JSON, *extra: tuple[int, JSON]) -> JSON:
         op = _op(op_id, summary, (200, ok), security=[])
         for code, content in extra:
-            op["responses"][str(code)] = {"description": _DESCRIPTIONS[code], "content": content}
+            op["responses"][str(code)] = {
+                "description": _DESCRIPTIONS[code],
+                "content": content,
+            }
         return {"get": op}
 
     metrics = _op(

@@ -247,7 +247,6 @@ class HttpDispatcher:
         if not isinstance(target, HttpTarget):
             raise TypeError(f"pipeline {ctx.pipeline.name!r} is not an http pipeline")
         secrets = [*target.headers.values(), *url_secrets(target.url)]
-        scrub = make_redactor(secrets)
         values, urls = _placeholder_values(ctx)
         try:
             url = expand(target.url, values, urls)

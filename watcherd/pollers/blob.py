@@ -147,6 +147,11 @@ def _map_azure_errors(container: str, prefix: str, scrub: Callable[[str], str]) 
         raise PollRejected(f"{where}: invalid datastore settings: {scrub(str(exc))}") from exc
 
 
+def _is_folder(metadata: dict[str, str] | None) -> bool:
+    """ADLS Gen2 (hierarchical namespace) marks a directory's blob with hdi_isfolder=true."""
+    return metadata is not None and str(metadata.get("hdi_isfolder", "")).lower() == "true"
+
+
 # ── the poller ────────────────────────────────────────────────────────────────
 
 
@@ -186,9 +191,11 @@ class BlobPoller:
         self._client: ContainerClient | None = None
         self._credential: AsyncTokenCredential | None = None
         self._log = log.bind(
-            schedule=schedule.name, datastore=datastore.name, container=datastore.container,
+            schedule=schedule.name,
+            datastore=datastore.name,
+            container=datastore.container,
             prefix=self._prefix,
-        )  # fmt: skip
+        )
 
     async def run(self) -> None:
         """Poll until cancelled. Poll failures are logged, reported and retried with backoff."""
@@ -199,6 +206,8 @@ class BlobPoller:
                 started = self._clock.now()
                 retry_in = await self._attempt(failures + 1)
                 if retry_in is None:
+                    if failures:
+                        self._log.info("poll_recovered", failures=failures)
                     failures = 0
                     await self._wait_next(started)
                 else:
@@ -213,7 +222,7 @@ class BlobPoller:
         """One poll; None on success, else the seconds to back off before the next try."""
         t0 = self._clock.monotonic()
         try:
-            files, fired = await self.poll_once()
+            files, _ = await self.poll_once()
         except WatcherdError as exc:
             error = str(exc)
         except Exception as exc:  # a bug or a sink failure must not stop this schedule
@@ -226,8 +235,6 @@ class BlobPoller:
             if self._metrics is not None:
                 self._metrics.poll_duration.labels(self._schedule.name).observe(duration)
                 self._metrics.poll_files.labels(self._schedule.name).set(files)
-            if fired:
-                self._log.info("poll_changes", files=files, changes=fired)
             return None
         duration = self._clock.monotonic() - t0
         delay = self._backoff(attempt)
@@ -269,6 +276,9 @@ class BlobPoller:
             self._log.info("baseline_taken", files=len(upserts), fire=len(changes))
         else:
             snapshot.apply(upserts, deletes)
+        for change in changes:
+            path = change.name.decode("utf-8", "backslashreplace")
+            self._log.info("file_changed", path=path, version=change.version)
         self._observe_lag(changes)
         return len(listed), len(changes)
 
@@ -289,7 +299,7 @@ class BlobPoller:
                     continue
                 name: str = item.name
                 # A directory marker: "dir/" (flat namespace tools) or hdi_isfolder (ADLS Gen2).
-                if name.endswith("/") or (item.metadata or {}).get("hdi_isfolder") == "true":
+                if name.endswith("/") or _is_folder(item.metadata):
                     continue
                 raw = name.encode("utf-8")
                 if not match(raw[skip:]):
@@ -320,7 +330,9 @@ class BlobPoller:
             missed = int((now - started) / interval)
             due = started + interval * (missed + 1)
             self._log.warning(
-                "poll_overrun", took=(now - started).total_seconds(), interval=self._interval
+                "poll_overrun",
+                duration=round((now - started).total_seconds(), 3),
+                interval=self._interval,
             )
             if self._metrics is not None:
                 self._metrics.poll_overruns.labels(self._schedule.name).inc()
@@ -330,7 +342,7 @@ class BlobPoller:
         queued = self._sink.pending(self._schedule.id)
         if queued <= self._max_pending:
             return
-        self._log.warning("poll_paused", queued=queued, max_pending=self._max_pending)
+        self._log.warning("poll_paused", pending=queued, max_pending=self._max_pending)
         await self._sink.wait_below(self._schedule.id, self._max_pending)
         self._log.info("poll_resumed")
 
@@ -353,9 +365,11 @@ class BlobPoller:
                 )
             else:
                 client = ContainerClient(
-                    _strip_secrets(ds.account_url or ""), ds.container,
-                    credential=self._credential_for(ds), **_CLIENT_OPTIONS,
-                )  # fmt: skip
+                    _strip_secrets(ds.account_url or ""),
+                    ds.container,
+                    credential=self._credential_for(ds),
+                    **_CLIENT_OPTIONS,
+                )
         self._client = client
         return client
 

@@ -226,7 +226,7 @@
     $("pipelines-count").textContent = state.pipelines.length || "";
     $("pipelines").replaceChildren(table(
       ["Pipeline", "Status", "Description", "Schedules", "Last run", ""], rows,
-      "No pipelines yet. Declare one in watcherd.toml as [pipelines.NAME] and reload the daemon (SIGHUP)."));
+      "No pipelines yet. Declare one in the config file (watcherd.toml) as [pipelines.NAME], then reload the daemon (SIGHUP)."));
   }
 
   function triggerSchedule(s) {
@@ -337,9 +337,11 @@
       card("failed (recent)", failed, failed ? "bad" : ""));
   }
 
-  function renderHealth(ok, text) {
+  function renderHealth(ok, text, updated) {
     $("health-dot").className = "dot " + ok;
     $("health-text").textContent = text;
+    $("health-updated").textContent = updated ? "updated " + updated : "";
+    $("health-updated").hidden = !updated;
   }
 
   function setBanner(text) {
@@ -382,7 +384,7 @@
       setBanner("");
       renderSummary(); renderPipelines(); renderSchedules(); renderRuns();
       const readyText = state.ready === false ? "Not ready" : "Running";
-      renderHealth(state.ready === false ? "warn" : "ok", readyText + " · updated " + dtf.format(state.lastOk));
+      renderHealth(state.ready === false ? "warn" : "ok", readyText, dtf.format(state.lastOk));
     } catch (e) {
       if (e.status === 401) {
         forgetToken();

@@ -1,0 +1,1 @@
+"""Operations: systemd unit, container files, sd_notify, reload, single instance."""

@@ -1,0 +1,523 @@
+"""LocalPoller on real files in tmp_path, with a recording ChangeSink.
+
+Event tests use the real clock, a far-away settle and poll, and a marker file as the sync
+point: events are processed in order, so once the marker has fired every earlier event has
+been handled, and the exact change set can be asserted. Settle tests turn events off and move
+a StepClock (a ManualClock that also says when the poller is waiting again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from tests.clocks import ManualClock
+from watcherd.clock import SystemClock
+from watcherd.metrics import Metrics
+from watcherd.models import DatastoreTrigger, LocalDatastore, Schedule
+from watcherd.pollers import FileChange
+from watcherd.pollers import local as local_mod
+from watcherd.pollers.local import LocalPoller
+
+WAIT = 5.0
+SUB = "incoming"
+
+
+class RecordingSink:
+    """An in-memory ChangeSink: records every commit; tests wait on it."""
+
+    def __init__(self, snapshot: dict[bytes, str] | None = None, key: str | None = None) -> None:
+        self.snapshot = snapshot
+        self.key = key
+        self.commits: list[tuple[list[tuple[bytes, str]], list[bytes], list[FileChange]]] = []
+        self.fired: list[FileChange] = []
+        self.queued = 0
+        self.released = asyncio.Event()
+        self.paused = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    async def load_snapshot(self, schedule_id: str, baseline_key: str) -> dict[bytes, str] | None:
+        if self.snapshot is None or (self.key is not None and self.key != baseline_key):
+            return None
+        return dict(self.snapshot)
+
+    async def commit(
+        self,
+        schedule_id: str,
+        baseline_key: str,
+        upserts: Sequence[tuple[bytes, str]],
+        deletes: Sequence[bytes],
+        fire: Sequence[FileChange],
+    ) -> int:
+        assert {(c.name, c.version) for c in fire} <= set(upserts)
+        if self.snapshot is None or self.key != baseline_key:
+            self.snapshot, self.key = {}, baseline_key
+        self.snapshot.update(upserts)
+        for name in deletes:
+            del self.snapshot[name]
+        self.commits.append((list(upserts), list(deletes), list(fire)))
+        self.fired.extend(fire)
+        self._changed.set()
+        return len(fire)
+
+    def pending(self, schedule_id: str) -> int:
+        return self.queued
+
+    async def wait_below(self, schedule_id: str, limit: int) -> None:
+        self.paused.set()
+        await self.released.wait()
+
+    def names(self) -> list[bytes]:
+        return [c.name for c in self.fired]
+
+    async def until(self, pred: Callable[[], bool], timeout: float = WAIT) -> None:
+        async with asyncio.timeout(timeout):
+            while not pred():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class RecordingHealth:
+    def __init__(self) -> None:
+        self.polls: list[tuple[bool, int, str | None]] = []
+        self._changed = asyncio.Event()
+
+    def poll_finished(
+        self, schedule_id: str, *, ok: bool, duration: float, files: int, error: str | None
+    ) -> None:
+        self.polls.append((ok, files, error))
+        self._changed.set()
+
+    async def until_polls(self, n: int) -> None:
+        async with asyncio.timeout(WAIT):
+            while len(self.polls) < n:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class StepClock(ManualClock):
+    """A ManualClock that counts the poller's waits, so a test can let it run to its next one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+        self._waiting = asyncio.Event()
+
+    async def sleep_until(self, deadline: datetime, wake: asyncio.Event | None = None) -> bool:
+        while self._now < deadline:
+            if wake is not None and wake.is_set():
+                return True
+            self.waits += 1
+            self._waiting.set()
+            waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._changed.wait())}
+            if wake is not None:
+                waits.add(asyncio.ensure_future(wake.wait()))
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        return False
+
+    async def step(self, seconds: float = 0.0) -> None:
+        """Advance, then return once the poller waits again."""
+        n = self.waits
+        self.advance(seconds)
+        await self.wait_for_wait(n + 1)
+
+    async def wait_for_wait(self, n: int = 1) -> None:
+        async with asyncio.timeout(WAIT):
+            while self.waits < n:
+                self._waiting.clear()
+                await self._waiting.wait()
+
+
+def make(
+    root: Path, *, path: str = SUB, **trigger: Any
+) -> tuple[Schedule, LocalDatastore]:
+    trigger.setdefault("polling_interval", timedelta(hours=1))
+    trig = DatastoreTrigger(datastore="inbox", path_on_datastore=path, **trigger)
+    sched = Schedule(id="s1", name="reactive", pipeline="p", experiment_name="e", trigger=trig)
+    return sched, LocalDatastore(name="inbox", root=root)
+
+
+@asynccontextmanager
+async def running(poller: LocalPoller) -> AsyncIterator[None]:
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(poller.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+
+def write(path: Path, data: bytes = b"x") -> str:
+    with open(path, "wb") as f:
+        f.write(data)
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    (tmp_path / SUB).mkdir()
+    return tmp_path / SUB
+
+
+@asynccontextmanager
+async def evented(
+    tmp_path: Path, sink: RecordingSink | None = None, **trigger: Any
+) -> AsyncIterator[tuple[LocalPoller, RecordingSink]]:
+    """A poller with events on, waiting until its baseline is committed."""
+    sink = sink or RecordingSink()
+    trigger.setdefault("settle", timedelta(minutes=10))  # fires come from events only
+    sched, ds = make(tmp_path, events=True, **trigger)
+    poller = LocalPoller(
+        schedule=sched, datastore=ds, sink=sink, health=RecordingHealth(), clock=SystemClock()
+    )
+    async with running(poller):
+        await sink.until(lambda: bool(sink.commits))
+        yield poller, sink
+
+
+async def mark(sink: RecordingSink, inbox: Path, name: str = "zz-marker.csv") -> None:
+    """Write a marker file and wait for it: every earlier event has been handled then."""
+    write(inbox / name)
+    await sink.until(lambda: f"{SUB}/{name}".encode() in sink.names())
+
+
+# ── events ────────────────────────────────────────────────────────────────────
+
+
+async def test_dropped_file_fires_once_with_its_root_relative_name(
+    tmp_path: Path, inbox: Path
+) -> None:
+    async with evented(tmp_path) as (_, sink):
+        version = write(inbox / "a.csv", b"hello")
+        await mark(sink, inbox)
+    assert [(c.name, c.version) for c in sink.fired[:1]] == [(b"incoming/a.csv", version)]
+    assert sink.names() == [b"incoming/a.csv", b"incoming/zz-marker.csv"]
+    assert sink.fired[0].modified is not None
+
+
+async def test_file_in_a_subdirectory_never_fires(tmp_path: Path, inbox: Path) -> None:
+    async with evented(tmp_path) as (_, sink):
+        (inbox / "sub").mkdir()
+        write(inbox / "sub" / "deep.csv")
+        await mark(sink, inbox)
+    assert sink.names() == [b"incoming/zz-marker.csv"]
+
+
+async def test_three_files_are_three_changes(tmp_path: Path, inbox: Path) -> None:
+    async with evented(tmp_path) as (_, sink):
+        for n in ("a.csv", "b.csv", "c.csv"):
+            write(inbox / n)
+        await mark(sink, inbox)
+    assert sorted(sink.names()[:3]) == [b"incoming/a.csv", b"incoming/b.csv", b"incoming/c.csv"]
+    assert len(sink.fired) == 4
+
+
+async def test_rewrite_fires_once_more_and_delete_fires_nothing(
+    tmp_path: Path, inbox: Path
+) -> None:
+    async with evented(tmp_path) as (_, sink):
+        v1 = write(inbox / "a.csv", b"1")
+        await sink.until(lambda: len(sink.fired) == 1)
+        v2 = write(inbox / "a.csv", b"22")
+        await sink.until(lambda: len(sink.fired) == 2)
+        (inbox / "a.csv").unlink()
+        await sink.until(lambda: b"incoming/a.csv" not in (sink.snapshot or {}))
+        await mark(sink, inbox)
+    assert [c.version for c in sink.fired[:2]] == [v1, v2]
+    assert sink.names()[2:] == [b"incoming/zz-marker.csv"]
+    assert [b"incoming/a.csv"] in [d for _, d, _ in sink.commits]
+
+
+async def test_ignored_names_never_fire(tmp_path: Path, inbox: Path) -> None:
+    async with evented(tmp_path) as (_, sink):
+        for n in (".hidden", "x.tmp", "y.part", "z.partial", "d.crdownload", ".a.swp", "b~"):
+            write(inbox / n)
+        write(inbox / "~$report.docx")
+        await mark(sink, inbox)
+    assert sink.names() == [b"incoming/zz-marker.csv"]
+
+
+async def test_slow_writer_fires_once_only_after_close(tmp_path: Path, inbox: Path) -> None:
+    async with evented(tmp_path) as (_, sink):
+        with open(inbox / "big.csv", "wb") as f:
+            for _ in range(3):
+                f.write(b"x" * 4096)
+                f.flush()
+            await mark(sink, inbox, "m1.csv")
+            assert sink.names() == [b"incoming/m1.csv"]  # in progress: no fire yet
+            f.write(b"y" * 4096)
+        await sink.until(lambda: len(sink.fired) == 2)
+        await mark(sink, inbox, "m2.csv")
+    big = [c for c in sink.fired if c.name == b"incoming/big.csv"]
+    assert len(big) == 1 and big[0].version.startswith(f"{4 * 4096}:")
+    assert sink.names() == [b"incoming/m1.csv", b"incoming/big.csv", b"incoming/m2.csv"]
+
+
+async def test_file_renamed_into_the_directory_fires_once(tmp_path: Path, inbox: Path) -> None:
+    outside = tmp_path / "staging"
+    outside.mkdir()
+    write(outside / "a.csv", b"abc")
+    async with evented(tmp_path) as (_, sink):
+        os.rename(outside / "a.csv", inbox / "a.csv")
+        write(inbox / "b.csv.tmp", b"partial")
+        os.rename(inbox / "b.csv.tmp", inbox / "b.csv")
+        await mark(sink, inbox)
+    assert sink.names() == [b"incoming/a.csv", b"incoming/b.csv", b"incoming/zz-marker.csv"]
+
+
+async def test_symlink_to_file_followed_symlink_to_dir_ignored(
+    tmp_path: Path, inbox: Path
+) -> None:
+    (tmp_path / "target.csv").write_bytes(b"t")
+    (tmp_path / "somedir").mkdir()
+    (tmp_path / "somedir" / "inner.csv").write_bytes(b"i")
+    sched, ds = make(tmp_path, events=False, initial="fire", settle=timedelta(0))
+    sink, clock = RecordingSink(), StepClock()
+    os.symlink(tmp_path / "target.csv", inbox / "link.csv")
+    os.symlink(tmp_path / "somedir", inbox / "dirlink.csv")
+    poller = LocalPoller(
+        schedule=sched, datastore=ds, sink=sink, health=RecordingHealth(), clock=clock
+    )
+    async with running(poller):
+        await clock.wait_for_wait()
+    target = os.stat(tmp_path / "target.csv")
+    assert [(c.name, c.version) for c in sink.fired] == [
+        (b"incoming/link.csv", f"1:{target.st_mtime_ns}:{target.st_ino}")
+    ]
+
+
+async def test_pattern_selects_names(tmp_path: Path, inbox: Path) -> None:
+    async with evented(tmp_path, pattern=("*.csv", "data_??")) as (_, sink):
+        for n in ("a.txt", "data_01", "data_001", "b.csv"):
+            write(inbox / n)
+        await mark(sink, inbox)
+    assert sorted(sink.names()) == [
+        b"incoming/b.csv", b"incoming/data_01", b"incoming/zz-marker.csv"
+    ]
+
+
+async def test_non_utf8_name_stays_bytes(tmp_path: Path, inbox: Path) -> None:
+    raw = os.path.join(os.fsencode(inbox), b"caf\xe9 $(x)\n.csv")
+    async with evented(tmp_path) as (_, sink):
+        with open(raw, "wb") as f:
+            f.write(b"1")
+        await mark(sink, inbox)
+    assert sink.names()[0] == b"incoming/caf\xe9 $(x)\n.csv"
+
+
+async def test_mtime_only_change_right_after_eligibility_is_the_same_version(
+    tmp_path: Path, inbox: Path
+) -> None:
+    async with evented(tmp_path, settle=timedelta(seconds=30)) as (_, sink):
+        write(inbox / "a.csv", b"data")
+        await sink.until(lambda: len(sink.fired) == 1)
+        os.utime(inbox / "a.csv", ns=(1, 1_000_000_000))  # e.g. shutil.copy2's copystat
+        await sink.until(lambda: (sink.snapshot or {})[b"incoming/a.csv"].split(":")[1] == "1000000000")
+        await mark(sink, inbox)
+    assert sink.names() == [b"incoming/a.csv", b"incoming/zz-marker.csv"]
+
+
+async def test_overflow_forces_a_full_rescan(tmp_path: Path, inbox: Path) -> None:
+    health = RecordingHealth()
+    sched, ds = make(tmp_path, events=True)
+    sink = RecordingSink()
+    poller = LocalPoller(schedule=sched, datastore=ds, sink=sink, health=health, clock=SystemClock())
+    with structlog.testing.capture_logs() as logs:
+        async with running(poller):
+            await sink.until(lambda: bool(sink.commits))
+            assert len(health.polls) == 1
+            assert poller._watch is not None
+            poller._watch.on_queue_overflow()  # what watchdog's InotifyFD calls
+            await health.until_polls(2)
+            watch = poller._watch
+        assert not watch.alive  # removed on cancel
+    assert "events_overflow" in [e["event"] for e in logs]
+
+
+# ── settle, polling, baseline, failures ───────────────────────────────────────
+
+
+def polled(tmp_path: Path, sink: RecordingSink | None = None, **trigger: Any) -> tuple[
+    LocalPoller, RecordingSink, RecordingHealth, StepClock
+]:
+    trigger.setdefault("polling_interval", timedelta(seconds=60))
+    sched, ds = make(tmp_path, events=False, **trigger)
+    sink, health, clock = sink or RecordingSink(), RecordingHealth(), StepClock()
+    poller = LocalPoller(
+        schedule=sched, datastore=ds, sink=sink, health=health, clock=clock, metrics=Metrics()
+    )
+    return poller, sink, health, clock
+
+
+async def test_events_off_change_fires_after_settle_at_its_own_deadline(
+    tmp_path: Path, inbox: Path
+) -> None:
+    poller, sink, _, clock = polled(tmp_path)
+    async with running(poller):
+        await clock.wait_for_wait()
+        version = write(inbox / "a.csv")
+        await clock.step(60)  # the poll finds it, not yet settled
+        assert sink.fired == []
+        await clock.step(1.9)
+        assert sink.fired == []
+        await clock.step(0.1)  # 2 s after the poll: re-stat, unchanged, eligible
+        assert [(c.name, c.version) for c in sink.fired] == [(b"incoming/a.csv", version)]
+        await clock.step(60)  # the next poll sees nothing new
+    assert len(sink.fired) == 1
+
+
+async def test_a_growing_file_waits_until_it_stops_changing(tmp_path: Path, inbox: Path) -> None:
+    poller, sink, _, clock = polled(tmp_path, settle=timedelta(seconds=5))
+    async with running(poller):
+        await clock.wait_for_wait()
+        write(inbox / "a.csv", b"1")
+        await clock.step(60)
+        write(inbox / "a.csv", b"12")
+        await clock.step(5)  # changed since the poll: a new 5 s deadline
+        assert sink.fired == []
+        await clock.step(4)
+        assert sink.fired == []
+        await clock.step(1)
+    assert [c.version.split(":")[0] for c in sink.fired] == ["2"]
+
+
+async def test_baseline_skip_records_present_files_and_fires_nothing(
+    tmp_path: Path, inbox: Path
+) -> None:
+    v = write(inbox / "old.csv")
+    poller, sink, health, clock = polled(tmp_path)
+    with structlog.testing.capture_logs() as logs:
+        async with running(poller):
+            await clock.wait_for_wait()
+            await clock.step(10)
+    assert sink.commits == [([(b"incoming/old.csv", v)], [], [])]
+    assert health.polls[0] == (True, 1, None)
+    assert {"event": "baseline_taken", "files": 1, "initial": "skip", "log_level": "info"} in logs
+
+
+async def test_baseline_fire_fires_present_files_once_settled(tmp_path: Path, inbox: Path) -> None:
+    v = write(inbox / "old.csv")
+    poller, sink, _, clock = polled(tmp_path, initial="fire")
+    async with running(poller):
+        await clock.wait_for_wait()
+        assert sink.commits == [([], [], [])]  # the baseline, empty
+        await clock.step(2)
+    assert [(c.name, c.version) for c in sink.fired] == [(b"incoming/old.csv", v)]
+
+
+async def test_changes_while_down_fire_and_deletions_are_recorded(
+    tmp_path: Path, inbox: Path
+) -> None:
+    same = write(inbox / "same.csv")
+    write(inbox / "changed.csv", b"old")
+    sched, ds = make(tmp_path, events=False)
+    key = LocalPoller(
+        schedule=sched, datastore=ds, sink=RecordingSink(), health=RecordingHealth(),
+        clock=StepClock(),
+    ).baseline_key
+    before = {
+        b"incoming/same.csv": same,
+        b"incoming/changed.csv": "3:1:1",
+        b"incoming/gone.csv": "1:1:1",
+    }
+    new = write(inbox / "new.csv")
+    sink = RecordingSink(before, key)
+    poller, _, _, clock = polled(tmp_path, sink=sink)
+    async with running(poller):
+        await clock.wait_for_wait()
+        assert sink.commits[0][1] == [b"incoming/gone.csv"] and sink.fired == []
+        await clock.step(2)
+    assert sorted((c.name, c.version) for c in sink.fired) == sorted(
+        [
+            (b"incoming/changed.csv", sink.snapshot[b"incoming/changed.csv"]),  # type: ignore[index]
+            (b"incoming/new.csv", new),
+        ]
+    )
+
+
+async def test_missing_directory_fails_once_then_recovers(tmp_path: Path) -> None:
+    poller, sink, health, clock = polled(tmp_path, polling_interval=timedelta(seconds=30))
+    with structlog.testing.capture_logs() as logs:
+        async with running(poller):
+            await clock.wait_for_wait()
+            await clock.step(1)  # backoff 1 s
+            await clock.step(2)  # then 2 s
+            assert [ok for ok, _, _ in health.polls] == [False, False, False]
+            assert "No such file or directory" in (health.polls[0][2] or "")
+            (tmp_path / SUB).mkdir()
+            write(tmp_path / SUB / "a.csv")
+            await clock.step(4)
+            assert health.polls[-1] == (True, 1, None)
+            assert sink.commits and sink.fired == []  # the baseline, taken on recovery
+    events = [e["event"] for e in logs]
+    assert events.count("poll_failed") == 1
+    assert "poll_recovered" in events
+
+
+async def test_backpressure_pauses_diffing_without_advancing_the_snapshot(
+    tmp_path: Path, inbox: Path
+) -> None:
+    poller, sink, health, clock = polled(tmp_path, settle=timedelta(0))
+    poller._max_pending = 2
+    with structlog.testing.capture_logs() as logs:
+        async with running(poller):
+            await clock.wait_for_wait()
+            sink.queued = 3
+            write(inbox / "a.csv")
+            clock.advance(60)
+            async with asyncio.timeout(WAIT):
+                await sink.paused.wait()
+            assert len(health.polls) == 1 and len(sink.commits) == 1  # paused
+            sink.queued = 0
+            sink.released.set()
+            await sink.until(lambda: len(sink.fired) == 1)
+    assert [e["event"] for e in logs if e["event"].startswith("poll_")] == [
+        "poll_paused", "poll_resumed"
+    ]
+
+
+async def test_events_unavailable_falls_back_to_polling(
+    tmp_path: Path, inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kw: Any) -> None:
+        raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(local_mod, "start_dir_watch", refuse)
+    sched, ds = make(tmp_path, events=True, polling_interval=timedelta(seconds=60))
+    sink, clock = RecordingSink(), StepClock()
+    poller = LocalPoller(
+        schedule=sched, datastore=ds, sink=sink, health=RecordingHealth(), clock=clock
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with running(poller):
+            await clock.wait_for_wait()
+            write(inbox / "a.csv")
+            await clock.step(60)
+            await clock.step(2)
+            await clock.step(60)
+    assert sink.names() == [b"incoming/a.csv"]
+    assert [e["event"] for e in logs].count("events_unavailable") == 1
+
+
+async def test_write_without_close_fires_once_settled(tmp_path: Path, inbox: Path) -> None:
+    async with evented(tmp_path, settle=timedelta(milliseconds=200)) as (_, sink):
+        with open(inbox / "held.csv", "wb") as f:
+            f.write(b"abc")
+            f.flush()
+            await sink.until(lambda: len(sink.fired) == 1)  # settled while still open
+            assert sink.fired[0].version.startswith("3:")
+        await mark(sink, inbox)  # the close of an unchanged file is not a new version
+    assert sink.names() == [b"incoming/held.csv", b"incoming/zz-marker.csv"]

@@ -1,0 +1,191 @@
+"""The web page in headless Chromium against a real daemon: lists, live updates, buttons.
+
+Screenshots go to tmp_path, and to $WATCHERD_SCREENSHOT_DIR when it is set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.seed_daemon import PIPELINE_ID, SECRETS, start_daemon
+from tests.harness import DaemonProc
+
+pytestmark = pytest.mark.browser
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("WATCHERD_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProc]:
+    d = start_daemon(tmp_path)
+    yield d
+    d.close()
+
+
+def _shot(page: Any, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    out = os.environ.get("WATCHERD_SCREENSHOT_DIR")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(out) / name)
+
+
+def test_page_lists_updates_and_acts(browser: Any, daemon: DaemonProc, tmp_path: Path) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    prompts: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        prompts.append(dialog.message)
+        dialog.accept(daemon.token)
+
+    page.on("dialog", answer)
+    page.goto(daemon.url + "/")
+
+    # Pipelines: name, id, status, description; schedules: trigger in words, next fire.
+    train = page.locator(f'[id="pipeline-{PIPELINE_ID}"]')
+    train.wait_for()
+    assert "train" in train.inner_text() and PIPELINE_ID in train.inner_text()
+    assert "Active" in train.inner_text() and "Train the model" in train.inner_text()
+    with daemon.client() as api:
+        nightly = api.get("/api/v1/schedules/Nightly").json()
+    row = page.locator(f'[id="schedule-{nightly["id"]}"]')
+    row.wait_for()
+    text = row.inner_text()
+    assert "Nightly" in text and "every day at 02:30" in text and "Active" in text
+    assert "in " in text  # the next fire time, relative
+
+    # A schedule created elsewhere fires (creation fire): its run shows up without a reload.
+    with daemon.client() as api:
+        created = api.post(
+            "/api/v1/schedules",
+            json={
+                "name": "EveryQuarterHour",
+                "pipeline": "train",
+                "experiment_name": "Live",
+                "recurrence": {"frequency": "Minute", "interval": 15},
+            },
+        ).json()
+        runs = api.get("/api/v1/runs", params={"schedule_id": created["id"]}).json()["items"]
+    assert runs, "the creation fire should have queued a run"
+    run_row = page.locator(f'[id="run-{runs[0]["id"]}"]')
+    run_row.wait_for()
+    page.wait_for_function(
+        "id => (document.getElementById(id) || {}).dataset?.status === 'Completed'",
+        arg=f"run-{runs[0]['id']}",
+    )
+    assert "EveryQuarterHour" in run_row.inner_text()
+    assert page.locator(f'[id="schedule-{created["id"]}"]').count() == 1
+
+    _shot(page, tmp_path, "page-1280.png")
+
+    # Disable through the button: the token is asked once, then kept for the tab.
+    row.get_by_role("button", name="Disable").click()
+    page.wait_for_function(
+        "id => document.getElementById(id)?.dataset.status === 'Disabled'",
+        arg=f"schedule-{nightly['id']}",
+    )
+    assert len(prompts) == 1
+    with daemon.client() as api:
+        assert api.get("/api/v1/schedules/Nightly").json()["status"] == "Disabled"
+    assert page.evaluate("sessionStorage.getItem('watcherd-token')") == daemon.token
+    row.get_by_role("button", name="Enable").click()
+    page.wait_for_function(
+        "id => document.getElementById(id)?.dataset.status === 'Active'",
+        arg=f"schedule-{nightly['id']}",
+    )
+    assert len(prompts) == 1
+
+    # Trigger, then Retry the finished run: new rows / attempts appear by themselves.
+    before = page.locator("#runs tbody tr").count()
+    row.get_by_role("button", name="Trigger").click()
+    page.wait_for_function(f"() => document.querySelectorAll('#runs tbody tr').length > {before}")
+    first = page.locator("#runs tbody tr").first
+    page.wait_for_function(
+        "() => document.querySelector('#runs tbody tr')?.dataset.status === 'Completed'"
+    )
+    first.get_by_role("button", name="Retry").click()
+    page.locator("#toast").get_by_text("Run queued again").wait_for()
+
+    # The log opens in a dialog.
+    first.get_by_role("button", name="Log").click()
+    page.locator("#log-text").get_by_text("training on").wait_for()
+    page.get_by_role("button", name="Close").click()
+
+    # No secret anywhere in the page: not the DOM, not the shell the server sent.
+    html = page.content()
+    shell = httpx.get(daemon.url + "/").text
+    for secret in (*SECRETS, daemon.token):
+        assert secret not in html
+        assert secret not in shell
+
+    # Phone width: tables become cards, nothing overflows sideways.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.locator("#schedules thead").is_hidden()
+    _shot(page, tmp_path, "page-390.png")
+    context.close()
+
+
+def test_non_loopback_page_asks_for_the_token_first(browser: Any, tmp_path: Path) -> None:
+    from tests.api.seed_daemon import FULL_CONFIG
+
+    d = start_daemon(tmp_path, FULL_CONFIG.replace('api = "127.0.0.1:0"', 'api = "0.0.0.0:0"'))
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        api_calls_before_prompt: list[str] = []
+        prompted: list[bool] = []
+
+        def on_request(request: Any) -> None:
+            if "/api/v1/" in request.url and not prompted:
+                api_calls_before_prompt.append(request.url)
+
+        def answer(dialog: Any) -> None:
+            prompted.append(True)
+            dialog.accept(d.token)
+
+        page.on("request", on_request)
+        page.on("dialog", answer)
+        page.goto(d.url + "/")
+        page.locator(f'[id="pipeline-{PIPELINE_ID}"]').wait_for()
+        assert prompted == [True]
+        assert api_calls_before_prompt == []
+        assert page.locator("#gate").is_hidden()
+        context.close()
+    finally:
+        d.close()
