@@ -35,6 +35,9 @@ def _token(cfg: Config) -> tuple[str, Path]:
     """The API token: from the config, else generated once into state_dir/token (0600)."""
     path = cfg.daemon.state_dir / "token"
     if cfg.daemon.token:
+        # Kept (0600) in the private state dir too, so the CLI and the SDK find it by
+        # config.json's token_file, as they do for a generated token.
+        _write_private(path, cfg.daemon.token)
         return cfg.daemon.token, path
     try:
         text = path.read_text().strip()
@@ -43,10 +46,14 @@ def _token(cfg: Config) -> tuple[str, Path]:
     except FileNotFoundError:
         pass
     tok = secrets.token_urlsafe(32)
+    _write_private(path, tok)
+    return tok, path
+
+
+def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(tok + "\n")
-    return tok, path
+        f.write(text + "\n")
 
 
 def _write_json(path: Path, data: Mapping[str, object], mode: int) -> None:

@@ -102,7 +102,7 @@ class Manager(RunServices):
             "continue_on_step_failure": p.continue_on_step_failure,
             "endpoint": redact_url(endpoint) if endpoint else None,
             "schedules": scheds,
-            "last_run": run_json(newest) if newest else None,
+            "last_run": run_json(newest, self._name(newest.schedule_id)) if newest else None,
         }
 
     def list_pipelines(self, active_only: bool = False) -> list[JSON]:
