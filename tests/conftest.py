@@ -14,8 +14,12 @@ from tests.harness import DaemonProc
 def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
     made: list[DaemonProc] = []
 
-    def make(config_text: str, env: dict[str, str] | None = None, start: bool = True,
-             workdir: Path | None = None) -> DaemonProc:
+    def make(
+        config_text: str,
+        env: dict[str, str] | None = None,
+        start: bool = True,
+        workdir: Path | None = None,
+    ) -> DaemonProc:
         d = DaemonProc(workdir or tmp_path, config_text, env)
         made.append(d)
         if start:

@@ -17,10 +17,12 @@ from watcherd.manager import Manager
 from watcherd.state import Store
 
 
-async def eventually(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Await until `pred()` is truthy, yielding to the loop; fail after `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        while not (value := pred()):
+async def eventually(pred: Callable[[], Any], within: float = 10.0) -> Any:
+    """Await until `pred()` is truthy, yielding to the loop; fail after `within` seconds."""
+    async with asyncio.timeout(within):
+        # Polls state owned by other components (the DB, the runner); there is no single
+        # event to wait on, and the deadline bounds it.
+        while not (value := pred()):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         return value
 
@@ -42,7 +44,8 @@ class Harness:
         return list(reversed(runs))
 
     def slots(self, schedule: str | None = None) -> list[str]:
-        return [str(r.trigger["slot"]) for r in self.runs(schedule) if r.trigger.get("kind") == "time"]
+        runs = self.runs(schedule)
+        return [str(r.trigger["slot"]) for r in runs if r.trigger.get("kind") == "time"]
 
     async def advance(self, **kw: float) -> None:
         self.clock.advance(**kw)
@@ -53,8 +56,11 @@ class Harness:
         """Wait until nothing is Queued or Running."""
         r = self.engine.runner
         await eventually(
-            lambda: r.total_queued() == 0 and r.total_running() == 0
-            and all(x.status.value not in ("Queued", "Running") for x in self.runs())
+            lambda: (
+                r.total_queued() == 0
+                and r.total_running() == 0
+                and all(x.status.value not in ("Queued", "Running") for x in self.runs())
+            )
         )
 
 

@@ -33,8 +33,13 @@ def wait_until(pred: Callable[[], Any], timeout: float = 20.0, step: float = 0.0
 class DaemonProc:
     """A watcherd daemon in a subprocess, on a config file in `workdir`."""
 
-    def __init__(self, workdir: Path, config_text: str, env: dict[str, str] | None = None,
-                 name: str = "watcherd.toml") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config_text: str,
+        env: dict[str, str] | None = None,
+        name: str = "watcherd.toml",
+    ) -> None:
         self.workdir = workdir
         self.config = workdir / name
         self.config.write_text(config_text)
@@ -51,7 +56,10 @@ class DaemonProc:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "watcherd", "run", "--config", str(self.config)],
-            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         if wait_ready:
@@ -69,7 +77,7 @@ class DaemonProc:
             return ""
         data = self.log_path.read_bytes()
         if since_start:
-            data = data[getattr(self, "_log_offset", 0):]
+            data = data[getattr(self, "_log_offset", 0) :]
         return data.decode("utf-8", "replace")
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -121,8 +129,7 @@ class DaemonProc:
     # ── state ────────────────────────────────────────────────────────────────
 
     def db(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(f"file:{self.state_dir / 'state.db'}?mode=ro", uri=True,
-                               timeout=10)
+        conn = sqlite3.connect(f"file:{self.state_dir / 'state.db'}?mode=ro", uri=True, timeout=10)
         conn.row_factory = sqlite3.Row
         return conn
 

@@ -19,7 +19,7 @@ from watcherd.models import RunStatus
 PY = sys.executable
 HOSTILE = [
     "two words",
-    "quote's \"double\"",
+    'quote\'s "double"',
     "$(touch pwned) `touch pwned2`; rm -rf /nonexistent && echo hi | cat",
     "new\nline",
     "-leading-dash",
@@ -65,8 +65,10 @@ cron = "0 0 1 1 *"
 async def test_steps_env_and_continue_on_step_failure(tmp_path: Path) -> None:
     out = tmp_path / "env.json"
     os.environ["WATCHERD_TEST_SECRETISH"] = "must-not-leak"
-    code = ("import os,json,sys; json.dump({k: v for k, v in os.environ.items()}, "
-            "open(sys.argv[1], 'w'))")
+    code = (
+        "import os,json,sys; json.dump({k: v for k, v in os.environ.items()}, "
+        "open(sys.argv[1], 'w'))"
+    )
     text = f"""
 [daemon]
 api = ""
@@ -219,15 +221,23 @@ recurrence = {{ frequency = "Day", interval = 1 }}
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [
-        ('recurrence = { frequency = "minute", interval = 1 }',
-         "schedules[0].recurrence.frequency: Invalid value for frequency, only one of Minute, "
-         "Hour, Day, Week, or Month accepted"),
-        ('recurrence = { frequency = "Minute", interval = 1, hours = [1] }',
-         "schedules[0].recurrence.hours: Can only specify hours if frequency is Week or Day."),
-        ('recurrence = { frequency = "Day", interval = 1, time_zone = "Mars Standard Time" }',
-         "schedules[0].recurrence.time_zone: Time zone is not a valid TimeZone enum."),
-        ('recurrence = { frequency = "Day", interval = 1 }\nfrobnicate = 1',
-         "schedules[0].frobnicate:"),
+        (
+            'recurrence = { frequency = "minute", interval = 1 }',
+            "schedules[0].recurrence.frequency: Invalid value for frequency, only one of Minute, "
+            "Hour, Day, Week, or Month accepted",
+        ),
+        (
+            'recurrence = { frequency = "Minute", interval = 1, hours = [1] }',
+            "schedules[0].recurrence.hours: Can only specify hours if frequency is Week or Day.",
+        ),
+        (
+            'recurrence = { frequency = "Day", interval = 1, time_zone = "Mars Standard Time" }',
+            "schedules[0].recurrence.time_zone: Time zone is not a valid TimeZone enum.",
+        ),
+        (
+            'recurrence = { frequency = "Day", interval = 1 }\nfrobnicate = 1',
+            "schedules[0].frobnicate:",
+        ),
     ],
 )
 def test_bad_config_exits_2_with_key_path(tmp_path: Path, snippet: str, expected: str) -> None:
@@ -246,8 +256,12 @@ experiment_name = "E"
 """)
     import subprocess
 
-    res = subprocess.run([PY, "-m", "watcherd", "run", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [PY, "-m", "watcherd", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert expected in res.stderr
     assert main(["check-config", "--config", str(cfg)]) == 2
@@ -264,7 +278,11 @@ pipeline = "nope"
 experiment_name = "E"
 recurrence = { frequency = "Day", interval = 1 }
 """)
-    res = subprocess.run([PY, "-m", "watcherd", "run", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [PY, "-m", "watcherd", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "schedules[0].pipeline:" in res.stderr and "nope" in res.stderr

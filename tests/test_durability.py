@@ -68,8 +68,10 @@ def test_sigkill_loses_and_duplicates_no_slot(tmp_path: Path) -> None:
         restarted = origin + timedelta(seconds=(time.time() - origin_real) * SPEED)
         d.start()
         # after the last restart every missed slot is caught up, then timers go on
-        wait_until(lambda: all(r["status"] in ("Completed",) for r in d.runs())
-                   and len(d.runs()) > 0, timeout=30)
+        wait_until(
+            lambda: all(r["status"] in ("Completed",) for r in d.runs()) and len(d.runs()) > 0,
+            timeout=30,
+        )
         assert d.stop() == 0
         slots = _slots(d)
         assert len(slots) == N_SCHEDULES

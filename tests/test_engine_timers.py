@@ -24,13 +24,16 @@ def _z(*a: int) -> str:
 
 async def test_seed_recurrence_fires_at_creation_then_every_15_minutes(tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 11, 25, 10, 0, 7, 250000, tzinfo=UTC))
-    text = PIPE + """
+    text = (
+        PIPE
+        + """
 [[schedules]]
 name = "MyRecurringSchedule"
 pipeline = "p"
 experiment_name = "MyExperiment"
 recurrence = { frequency = "Minute", interval = 15 }
 """
+    )
     async with running_engine(tmp_path, text, clock) as h:
         await eventually(lambda: h.slots() == [_z(2026, 11, 25, 10, 0, 7)])
         await h.advance(minutes=14, seconds=59)
@@ -41,14 +44,19 @@ recurrence = { frequency = "Minute", interval = 15 }
         await h.advance(minutes=15)
         await eventually(lambda: len(h.slots()) == 3)
         await h.settle()
-        assert h.slots() == [_z(2026, 11, 25, 10, 0, 7), _z(2026, 11, 25, 10, 15, 7),
-                             _z(2026, 11, 25, 10, 30, 7)]
+        assert h.slots() == [
+            _z(2026, 11, 25, 10, 0, 7),
+            _z(2026, 11, 25, 10, 15, 7),
+            _z(2026, 11, 25, 10, 30, 7),
+        ]
         assert {r.status for r in h.runs()} == {RunStatus.COMPLETED}
 
 
 async def test_restart_does_not_refire_creation_and_catch_up_all(tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC))
-    text = PIPE + """
+    text = (
+        PIPE
+        + """
 [[schedules]]
 name = "s"
 pipeline = "p"
@@ -57,14 +65,19 @@ recurrence = { frequency = "Minute", interval = 10 }
 catch_up = "all"
 max_catch_up = 3
 """
+    )
     async with running_engine(tmp_path, text, clock) as h:
         await eventually(lambda: len(h.slots()) == 1)
     clock.advance(minutes=55)  # down for 55 min: slots 10:10 … 10:50 missed (5 of them)
     async with running_engine(tmp_path, text, clock) as h:
         await eventually(lambda: len(h.slots()) == 4)
         await h.settle()
-        assert h.slots() == [_z(2026, 11, 25, 10, 0), _z(2026, 11, 25, 10, 30),
-                             _z(2026, 11, 25, 10, 40), _z(2026, 11, 25, 10, 50)]
+        assert h.slots() == [
+            _z(2026, 11, 25, 10, 0),
+            _z(2026, 11, 25, 10, 30),
+            _z(2026, 11, 25, 10, 40),
+            _z(2026, 11, 25, 10, 50),
+        ]
         await h.advance(minutes=5)
         await eventually(lambda: len(h.slots()) == 5)
         assert h.slots()[-1] == _z(2026, 11, 25, 11, 0)
@@ -72,13 +85,16 @@ max_catch_up = 3
 
 async def test_past_start_time_does_not_backfill(tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 11, 25, 10, 7, 0, tzinfo=UTC))
-    text = PIPE + """
+    text = (
+        PIPE
+        + """
 [[schedules]]
 name = "s"
 pipeline = "p"
 experiment_name = "E"
 recurrence = { frequency = "Minute", interval = 5, start_time = "2026-11-20T00:00:00" }
 """
+    )
     async with running_engine(tmp_path, text, clock) as h:
         await h.advance(seconds=1)
         await h.settle()
@@ -89,7 +105,9 @@ recurrence = { frequency = "Minute", interval = 5, start_time = "2026-11-20T00:0
 
 async def test_catch_up_none_skips_missed_and_disabled_never_fires(tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC))
-    text = PIPE + """
+    text = (
+        PIPE
+        + """
 [[schedules]]
 name = "s"
 pipeline = "p"
@@ -103,6 +121,7 @@ experiment_name = "E"
 status = "Disabled"
 recurrence = { frequency = "Minute", interval = 1 }
 """
+    )
     async with running_engine(tmp_path, text, clock) as h:
         await h.advance(seconds=30)
         await eventually(lambda: len(h.slots("s")) == 1)

@@ -66,8 +66,10 @@ def _inbox(tmp_path: Path) -> Path:
 
 def _ready(d: DaemonProc) -> None:
     # the first poll has recorded its baseline
-    wait_until(lambda: d.events("poll_finished") or d.events("baseline_taken")
-               or '"poll' in d.logs(), timeout=20)
+    wait_until(
+        lambda: d.events("poll_finished") or d.events("baseline_taken") or '"poll' in d.logs(),
+        timeout=20,
+    )
 
 
 def test_one_run_per_file_exact_directory_only(tmp_path: Path) -> None:
@@ -94,8 +96,7 @@ def test_one_run_per_file_exact_directory_only(tmp_path: Path) -> None:
         (inbox / "sentinel.csv").write_text("s")
         wait_until(lambda: "sentinel.csv" in _names(tmp_path))
         time.sleep(1.5)  # one more full poll: still nothing for sub/, dot-files, *.tmp, deletes
-        assert _names(tmp_path) == ["a.csv", "a.csv", "b.csv", "c.csv", "d.csv",
-                                    "sentinel.csv"]
+        assert _names(tmp_path) == ["a.csv", "a.csv", "b.csv", "c.csv", "d.csv", "sentinel.csv"]
     finally:
         assert d.stop() == 0
 
@@ -146,8 +147,7 @@ def test_restart_runs_files_added_while_down_and_not_handled_ones(tmp_path: Path
 
 def test_sigkill_during_burst_of_1000_arrivals(tmp_path: Path) -> None:
     inbox = _inbox(tmp_path)
-    cfg = _config(tmp_path).replace(f'"{{input_data}}"]]', '"{input_data}"]]')
-    cfg = cfg.replace("max_concurrent_runs = 4", "max_concurrent_runs = 8")
+    cfg = _config(tmp_path).replace("max_concurrent_runs = 4", "max_concurrent_runs = 8")
     d = DaemonProc(tmp_path, cfg).start()
     names = [f"f{i:04d}.dat" for i in range(1000)]
     try:
@@ -158,8 +158,9 @@ def test_sigkill_during_burst_of_1000_arrivals(tmp_path: Path) -> None:
                 d.kill()  # SIGKILL mid-burst, then restart while files keep arriving
                 d.start()
         wait_until(lambda: len(d.runs()) >= 1000, timeout=120)
-        wait_until(lambda: all(r["status"] in ("Completed", "Skipped") for r in d.runs()),
-                   timeout=120)
+        wait_until(
+            lambda: all(r["status"] in ("Completed", "Skipped") for r in d.runs()), timeout=120
+        )
     finally:
         d.stop(timeout=120)
     per_file = Counter(bytes(r["path"]).decode() for r in d.runs())

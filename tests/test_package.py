@@ -7,16 +7,34 @@ import sys
 
 import watcherd
 
-CORE = ["watcherd.models", "watcherd.errors", "watcherd.recurrence", "watcherd.cron",
-        "watcherd.config", "watcherd.timetable", "watcherd.timezones", "watcherd.durations",
-        "watcherd.placeholders", "watcherd.redact"]
+CORE = [
+    "watcherd.models",
+    "watcherd.errors",
+    "watcherd.recurrence",
+    "watcherd.cron",
+    "watcherd.config",
+    "watcherd.timetable",
+    "watcherd.timezones",
+    "watcherd.durations",
+    "watcherd.placeholders",
+    "watcherd.redact",
+]
 HEAVY = ["asyncio", "aiohttp", "azure", "sqlite3", "watchdog"]
 
 
 def test_exported_members() -> None:
     assert sorted(watcherd.__all__) == [
-        "ConfigError", "ConfigErrors", "Conflict", "NotFound", "PermanentError", "RunStatus",
-        "Source", "Status", "TransientError", "ValidationError", "WatcherdError",
+        "ConfigError",
+        "ConfigErrors",
+        "Conflict",
+        "NotFound",
+        "PermanentError",
+        "RunStatus",
+        "Source",
+        "Status",
+        "TransientError",
+        "ValidationError",
+        "WatcherdError",
         "__version__",
     ]
 
@@ -28,8 +46,9 @@ def test_core_modules_import_no_io_stack() -> None:
         f"bad = [h for h in {HEAVY!r} if h in sys.modules]\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "", f"core modules pulled in: {out}"
 
 
@@ -39,6 +58,7 @@ def test_daemon_start_does_not_import_azure_without_blob_datastores() -> None:
         "import watcherd.daemon, watcherd.engine\n"
         "print('azure' in sys.modules or any(m.startswith('azure.') for m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "False"

@@ -43,14 +43,19 @@ def test_second_store_on_same_dir_is_refused(tmp_path: Path) -> None:
 def test_outbox_key_is_unique_and_run_id_stable(tmp_path: Path) -> None:
     s = Store(tmp_path)
     try:
-        run = NewRun(schedule_id="s", pipeline_id="p", experiment="E", dedup="slot:x",
-                     trigger={"kind": "time", "slot": "x"}, parameters={})
+        run = NewRun(
+            schedule_id="s",
+            pipeline_id="p",
+            experiment="E",
+            dedup="slot:x",
+            trigger={"kind": "time", "slot": "x"},
+            parameters={},
+        )
         assert s.sync(s.insert_runs, [run], NOW) == [run.id]
         assert s.sync(s.insert_runs, [run], NOW) == []
         runs, _ = s.sync(s.list_runs)
         assert [r.id for r in runs] == [run.id]
-        ok, _ = s.sync(s.update_run, run.id, expect=[RunStatus.RUNNING],
-                       status=RunStatus.COMPLETED)
+        ok, _ = s.sync(s.update_run, run.id, expect=[RunStatus.RUNNING], status=RunStatus.COMPLETED)
         assert not ok  # a refused transition changes nothing
     finally:
         s.close()
