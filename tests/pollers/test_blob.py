@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -304,6 +305,38 @@ async def test_initial_fire_and_container_root(container: Ctr) -> None:
         ok, files, _ = await h.first()
         assert (ok, files) == (True, 1)
         assert names(h.sink.fired) == [b"top.csv"]
+
+
+@pytest.mark.azurite
+async def test_account_url_with_key_or_sas_and_a_wrong_key(container: Ctr) -> None:
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    ds, client = container
+    await put(client, "incoming/a")
+    account_url = client.url.rsplit("/", 1)[0]
+    sas = generate_container_sas(
+        "devstoreaccount1",
+        ds.container,
+        account_key=ACCOUNT_KEY,
+        permission=ContainerSasPermissions(list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    wrong = base64.b64encode(b"not the key").decode()
+    with structlog.testing.capture_logs() as logs:
+        for creds, ok in (
+            ({"account_key": ACCOUNT_KEY}, True),
+            ({"sas_token": "?" + sas}, True),
+            ({"account_key": wrong}, False),
+        ):
+            other = replace(ds, connection_string=None, account_url=account_url)
+            other = replace(other, **creds)  # type: ignore[arg-type]
+            async with running(other, _schedule(initial="fire")) as h:
+                first = await h.first()
+                assert first[0] is ok, first
+                assert names(h.sink.fired) == ([b"incoming/a"] if ok else [])
+                assert ok or "access denied" in (first[2] or "")
+    assert sas not in repr(logs) and wrong not in repr(logs)
+    assert "sig=" not in blob_url(replace(ds, account_url=account_url + "?" + sas), "incoming/a")
 
 
 @pytest.mark.azurite

@@ -54,12 +54,8 @@ def blob_prefix(path_on_datastore: str) -> str:
 
 
 def _parse_connection_string(conn: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for item in conn.split(";"):
-        key, sep, value = item.partition("=")
-        if sep:
-            fields[key.strip().lower()] = value.strip()
-    return fields
+    pairs = (item.partition("=") for item in conn.split(";"))
+    return {key.strip().lower(): value.strip() for key, sep, value in pairs if sep}
 
 
 def _strip_secrets(url: str) -> str:
@@ -115,6 +111,12 @@ def _first_line(text: object, limit: int = 300) -> str:
     return str(text).strip().splitlines()[0][:limit] if str(text).strip() else ""
 
 
+def _code(exc: Exception) -> str:
+    """The storage error code (e.g. ContainerNotFound), which the SDK sets on its errors."""
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or "")
+
+
 @contextmanager
 def _map_azure_errors(container: str, prefix: str, scrub: Callable[[str], str]) -> Iterator[None]:
     """Translate azure.core (and transport) exceptions into PollUnavailable / PollRejected."""
@@ -124,20 +126,17 @@ def _map_azure_errors(container: str, prefix: str, scrub: Callable[[str], str]) 
     try:
         yield
     except az.ResourceNotFoundError as exc:
-        raise PollRejected(
-            f"{where}: container not found ({getattr(exc, 'error_code', None)})"
-        ) from exc
+        raise PollRejected(f"{where}: container not found ({_code(exc)})") from exc
     except az.ClientAuthenticationError as exc:  # 401/403 and credential failures
         detail = scrub(_first_line(exc.message))
         raise PollRejected(f"{where}: access denied: {detail}") from exc
     except az.HttpResponseError as exc:
         status = exc.status_code
-        detail = scrub(
-            f"HTTP {status} {getattr(exc, 'error_code', None) or ''}: {_first_line(exc.message)}"
-        )
+        detail = scrub(f"HTTP {status} {_code(exc)}: {_first_line(exc.message)}")
         if status is None or status in (408, 429) or status >= 500:
             raise PollUnavailable(f"{where}: {detail}") from exc
-        raise PollRejected(f"{where}: {detail}") from exc
+        denied = "access denied: " if status in (401, 403) else ""
+        raise PollRejected(f"{where}: {denied}{detail}") from exc
     except az.AzureError as exc:  # ServiceRequestError, ServiceResponseError, timeouts
         detail = scrub(_first_line(exc.message))
         raise PollUnavailable(f"{where}: cannot reach storage: {detail}") from exc
