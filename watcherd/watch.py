@@ -99,8 +99,8 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument("--initial", action="store_true")
     p.add_argument("--poll", type=float, default=None)
     ns = p.parse_args(argv[:cut])
-    try:
-        debounce = parse_duration(ns.debounce).total_seconds()
+    try:  # "0" needs no unit (SPEC §10 runs `--debounce 0`)
+        debounce = 0.0 if ns.debounce == "0" else parse_duration(ns.debounce).total_seconds()
     except ValueError as exc:
         raise UsageError(f"--debounce: {exc}") from None
     if ns.jobs < 1:
@@ -163,7 +163,6 @@ class Runner:
         self._slots = asyncio.Semaphore(opts.jobs)
         self._files: dict[bytes, _File] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._procs: set[asyncio.subprocess.Process] = set()
         self._closed = False
         self._force = asyncio.Event()
 
@@ -218,15 +217,12 @@ class Runner:
         except OSError as exc:
             log.error("command_failed", path=_show(path), error=str(exc))
             return
-        self._procs.add(proc)
         log.info("command_started", path=_show(path), pid=proc.pid)
         try:
             code = await proc.wait()
         except asyncio.CancelledError:
             await self._stop(proc)
             raise
-        finally:
-            self._procs.discard(proc)
         duration = round(time.monotonic() - started, 3)
         log.info("command_finished", path=_show(path), exit_code=code, duration=duration)
 
@@ -357,41 +353,40 @@ async def _watch(opts: Options) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
-    async with asyncio.TaskGroup() as tg:
-        runner = Runner(tg, opts)
-
-        def on_signal(sig: signal.Signals) -> None:
-            if stop.is_set():
-                log.warning("watch_forced", signal=sig.name)
-                runner.force()
-            else:
-                log.info("watch_stopping", signal=sig.name)
-                stop.set()
-
+    try:
+        async with asyncio.TaskGroup() as tg:
+            runner = Runner(tg, opts)
+            for sig in signals:  # kept until every command is stopped: a 2nd signal forces
+                loop.add_signal_handler(sig, _on_signal, sig, stop, runner)
+            try:
+                poller = LocalPoller(
+                    schedule=_schedule(opts),
+                    datastore=LocalDatastore(name="watch", root=Path(os.fsdecode(opts.directory))),
+                    sink=_Sink(runner),
+                    health=_Health(),
+                    clock=SystemClock(),
+                    on_event=runner.activity,
+                )
+                watching = tg.create_task(poller.run())
+                log.info("watch_started", path=_show(opts.directory), command=_argv_text(opts))
+                await stop.wait()
+                watching.cancel()
+            finally:
+                runner.close()
+    finally:
         for sig in signals:
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
-            poller = LocalPoller(
-                schedule=_schedule(opts),
-                datastore=LocalDatastore(name="watch", root=Path(os.fsdecode(opts.directory))),
-                sink=_Sink(runner),
-                health=_Health(),
-                clock=SystemClock(),
-                on_event=runner.activity,
-            )
-            watching = tg.create_task(poller.run())
-            log.info("watch_started", path=_show(opts.directory), command=_argv_text(opts))
-            await stop.wait()
-            watching.cancel()
-            runner.close()
-        except BaseException:
-            runner.close()
-            raise
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)
     log.info("watch_stopped")
     return 0
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event, runner: Runner) -> None:
+    if stop.is_set():
+        log.warning("watch_forced", signal=sig.name)
+        runner.force()
+    else:
+        log.info("watch_stopping", signal=sig.name)
+        stop.set()
 
 
 def _argv_text(opts: Options) -> list[str]:

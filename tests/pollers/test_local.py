@@ -23,8 +23,7 @@ from tests.clocks import ManualClock
 from watcherd.clock import SystemClock
 from watcherd.metrics import Metrics
 from watcherd.models import DatastoreTrigger, LocalDatastore, Schedule
-from watcherd.pollers import FileChange
-from watcherd.pollers import local as local_mod
+from watcherd.pollers import FileChange, localfs
 from watcherd.pollers.local import LocalPoller
 
 WAIT = 5.0
@@ -78,8 +77,8 @@ class RecordingSink:
     def names(self) -> list[bytes]:
         return [c.name for c in self.fired]
 
-    async def until(self, pred: Callable[[], bool], timeout: float = WAIT) -> None:
-        async with asyncio.timeout(timeout):
+    async def until(self, pred: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT):
             while not pred():
                 self._changed.clear()
                 await self._changed.wait()
@@ -140,9 +139,7 @@ class StepClock(ManualClock):
                 await self._waiting.wait()
 
 
-def make(
-    root: Path, *, path: str = SUB, **trigger: Any
-) -> tuple[Schedule, LocalDatastore]:
+def make(root: Path, *, path: str = SUB, **trigger: Any) -> tuple[Schedule, LocalDatastore]:
     trigger.setdefault("polling_interval", timedelta(hours=1))
     trig = DatastoreTrigger(datastore="inbox", path_on_datastore=path, **trigger)
     sched = Schedule(id="s1", name="reactive", pipeline="p", experiment_name="e", trigger=trig)
@@ -252,13 +249,15 @@ async def test_ignored_names_never_fire(tmp_path: Path, inbox: Path) -> None:
 
 async def test_slow_writer_fires_once_only_after_close(tmp_path: Path, inbox: Path) -> None:
     async with evented(tmp_path) as (_, sink):
-        with open(inbox / "big.csv", "wb") as f:
+        fd = os.open(inbox / "big.csv", os.O_WRONLY | os.O_CREAT)
+        try:
             for _ in range(3):
-                f.write(b"x" * 4096)
-                f.flush()
+                os.write(fd, b"x" * 4096)
             await mark(sink, inbox, "m1.csv")
             assert sink.names() == [b"incoming/m1.csv"]  # in progress: no fire yet
-            f.write(b"y" * 4096)
+            os.write(fd, b"y" * 4096)
+        finally:
+            os.close(fd)
         await sink.until(lambda: len(sink.fired) == 2)
         await mark(sink, inbox, "m2.csv")
     big = [c for c in sink.fired if c.name == b"incoming/big.csv"]
@@ -278,9 +277,7 @@ async def test_file_renamed_into_the_directory_fires_once(tmp_path: Path, inbox:
     assert sink.names() == [b"incoming/a.csv", b"incoming/b.csv", b"incoming/zz-marker.csv"]
 
 
-async def test_symlink_to_file_followed_symlink_to_dir_ignored(
-    tmp_path: Path, inbox: Path
-) -> None:
+async def test_symlink_to_file_followed_symlink_to_dir_ignored(tmp_path: Path, inbox: Path) -> None:
     (tmp_path / "target.csv").write_bytes(b"t")
     (tmp_path / "somedir").mkdir()
     (tmp_path / "somedir" / "inner.csv").write_bytes(b"i")
@@ -305,15 +302,16 @@ async def test_pattern_selects_names(tmp_path: Path, inbox: Path) -> None:
             write(inbox / n)
         await mark(sink, inbox)
     assert sorted(sink.names()) == [
-        b"incoming/b.csv", b"incoming/data_01", b"incoming/zz-marker.csv"
+        b"incoming/b.csv",
+        b"incoming/data_01",
+        b"incoming/zz-marker.csv",
     ]
 
 
 async def test_non_utf8_name_stays_bytes(tmp_path: Path, inbox: Path) -> None:
     raw = os.path.join(os.fsencode(inbox), b"caf\xe9 $(x)\n.csv")
     async with evented(tmp_path) as (_, sink):
-        with open(raw, "wb") as f:
-            f.write(b"1")
+        os.close(os.open(raw, os.O_WRONLY | os.O_CREAT))
         await mark(sink, inbox)
     assert sink.names()[0] == b"incoming/caf\xe9 $(x)\n.csv"
 
@@ -325,7 +323,9 @@ async def test_mtime_only_change_right_after_eligibility_is_the_same_version(
         write(inbox / "a.csv", b"data")
         await sink.until(lambda: len(sink.fired) == 1)
         os.utime(inbox / "a.csv", ns=(1, 1_000_000_000))  # e.g. shutil.copy2's copystat
-        await sink.until(lambda: (sink.snapshot or {})[b"incoming/a.csv"].split(":")[1] == "1000000000")
+        await sink.until(
+            lambda: (sink.snapshot or {})[b"incoming/a.csv"].split(":")[1] == "1000000000"
+        )
         await mark(sink, inbox)
     assert sink.names() == [b"incoming/a.csv", b"incoming/zz-marker.csv"]
 
@@ -334,15 +334,17 @@ async def test_overflow_forces_a_full_rescan(tmp_path: Path, inbox: Path) -> Non
     health = RecordingHealth()
     sched, ds = make(tmp_path, events=True)
     sink = RecordingSink()
-    poller = LocalPoller(schedule=sched, datastore=ds, sink=sink, health=health, clock=SystemClock())
+    poller = LocalPoller(
+        schedule=sched, datastore=ds, sink=sink, health=health, clock=SystemClock()
+    )
     with structlog.testing.capture_logs() as logs:
         async with running(poller):
             await sink.until(lambda: bool(sink.commits))
             assert len(health.polls) == 1
-            assert poller._watch is not None
-            poller._watch.on_queue_overflow()  # what watchdog's InotifyFD calls
+            watch = poller._events.watch
+            assert watch is not None
+            watch.on_queue_overflow()  # what watchdog's InotifyFD calls
             await health.until_polls(2)
-            watch = poller._watch
         assert not watch.alive  # removed on cancel
     assert "events_overflow" in [e["event"] for e in logs]
 
@@ -350,9 +352,9 @@ async def test_overflow_forces_a_full_rescan(tmp_path: Path, inbox: Path) -> Non
 # ── settle, polling, baseline, failures ───────────────────────────────────────
 
 
-def polled(tmp_path: Path, sink: RecordingSink | None = None, **trigger: Any) -> tuple[
-    LocalPoller, RecordingSink, RecordingHealth, StepClock
-]:
+def polled(
+    tmp_path: Path, sink: RecordingSink | None = None, **trigger: Any
+) -> tuple[LocalPoller, RecordingSink, RecordingHealth, StepClock]:
     trigger.setdefault("polling_interval", timedelta(seconds=60))
     sched, ds = make(tmp_path, events=False, **trigger)
     sink, health, clock = sink or RecordingSink(), RecordingHealth(), StepClock()
@@ -425,7 +427,10 @@ async def test_changes_while_down_fire_and_deletions_are_recorded(
     write(inbox / "changed.csv", b"old")
     sched, ds = make(tmp_path, events=False)
     key = LocalPoller(
-        schedule=sched, datastore=ds, sink=RecordingSink(), health=RecordingHealth(),
+        schedule=sched,
+        datastore=ds,
+        sink=RecordingSink(),
+        health=RecordingHealth(),
         clock=StepClock(),
     ).baseline_key
     before = {
@@ -485,7 +490,8 @@ async def test_backpressure_pauses_diffing_without_advancing_the_snapshot(
             sink.released.set()
             await sink.until(lambda: len(sink.fired) == 1)
     assert [e["event"] for e in logs if e["event"].startswith("poll_")] == [
-        "poll_paused", "poll_resumed"
+        "poll_paused",
+        "poll_resumed",
     ]
 
 
@@ -495,7 +501,7 @@ async def test_events_unavailable_falls_back_to_polling(
     def refuse(*args: Any, **kw: Any) -> None:
         raise OSError(28, "inotify watch limit reached")
 
-    monkeypatch.setattr(local_mod, "start_dir_watch", refuse)
+    monkeypatch.setattr(localfs, "start_dir_watch", refuse)
     sched, ds = make(tmp_path, events=True, polling_interval=timedelta(seconds=60))
     sink, clock = RecordingSink(), StepClock()
     poller = LocalPoller(
@@ -514,10 +520,39 @@ async def test_events_unavailable_falls_back_to_polling(
 
 async def test_write_without_close_fires_once_settled(tmp_path: Path, inbox: Path) -> None:
     async with evented(tmp_path, settle=timedelta(milliseconds=200)) as (_, sink):
-        with open(inbox / "held.csv", "wb") as f:
-            f.write(b"abc")
-            f.flush()
+        fd = os.open(inbox / "held.csv", os.O_WRONLY | os.O_CREAT)
+        try:
+            os.write(fd, b"abc")
             await sink.until(lambda: len(sink.fired) == 1)  # settled while still open
             assert sink.fired[0].version.startswith("3:")
+        finally:
+            os.close(fd)
         await mark(sink, inbox)  # the close of an unchanged file is not a new version
     assert sink.names() == [b"incoming/held.csv", b"incoming/zz-marker.csv"]
+
+
+async def test_an_overrun_is_logged_counted_and_missed_ticks_skipped(
+    tmp_path: Path, inbox: Path
+) -> None:
+    poller, _, health, clock = polled(tmp_path)
+    real_scan = poller._scanner.scan
+
+    def slow_scan() -> localfs.Scan:
+        clock._now += timedelta(seconds=90)  # the scan "takes" 90 s of a 60 s interval
+        clock._mono += 90
+        return real_scan()
+
+    poller._scanner.scan = slow_scan  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        async with running(poller):
+            await clock.wait_for_wait()
+            poller._scanner.scan = real_scan  # type: ignore[method-assign]
+            await clock.step(29)  # t=119: the ticks at 60 were missed, the next is 120
+            assert len(health.polls) == 1
+            await clock.step(1)
+            assert len(health.polls) == 2
+    overruns = [e for e in logs if e["event"] == "poll_overrun"]
+    assert len(overruns) == 1 and overruns[0]["interval"] == 60.0
+    metrics = poller._metrics
+    assert metrics is not None
+    assert metrics.poll_overruns.labels(schedule="reactive")._value.get() == 1

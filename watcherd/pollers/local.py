@@ -33,13 +33,12 @@ from watcherd.metrics import Metrics
 from watcherd.models import DatastoreTrigger, LocalDatastore, Schedule
 from watcherd.pollers import ChangeSink, FileChange, PollHealth
 from watcherd.pollers.localfs import (
+    DirEvents,
     DirScanner,
-    DirWatch,
     EventKind,
     Obs,
     Scan,
     local_fingerprint,
-    start_dir_watch,
     stat_names,
     version_of,
 )
@@ -53,6 +52,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_SETTLE = timedelta(seconds=2)
 _MAX_RAW = 10_000  # distinct names buffered between two event batches; more = overflow
 _STAT_IN_THREAD = 64  # stat batches larger than this leave the event loop
+_COMPACT_MIN = 10_000  # new snapshot entries since the last compaction worth compacting for
 
 How = Literal["closed", "writing", "check"]  # how a change was seen (see _observe)
 
@@ -112,18 +112,11 @@ class LocalPoller:
         self.path = os.fsencode(os.path.join(datastore.root, rel) if rel else datastore.root)
         self._prefix = os.fsencode(rel) + b"/" if rel else b""
         self._match = NameMatcher(trig.pattern, trig.ignore_globs)
-        self._key = baseline_key(
-            "local",
-            os.fsdecode(os.path.abspath(datastore.root)),
-            rel,
-            *trig.pattern,
-            "\0",
-            *trig.ignore_globs,
-        )
+        root = os.fsdecode(os.path.abspath(datastore.root))
+        self._key = baseline_key("local", root, rel, *trig.pattern, "\0", *trig.ignore_globs)
         self._interval = max(trig.polling_interval.total_seconds(), 0.001)
         self._settle = (trig.settle if trig.settle is not None else DEFAULT_SETTLE).total_seconds()
         self._initial = trig.initial
-        self._events: bool | None = trig.events  # None: decided when the watch starts
         self._snap = Snapshot(local_fingerprint)
         self._scanner = DirScanner(self.path, self._match, self._snap)
         self._baseline = True  # no baseline committed yet
@@ -133,8 +126,9 @@ class LocalPoller:
         self._raw: dict[bytes, How] = {}  # event batch being gathered: name -> how
         self._rescan = False
         self._wake = asyncio.Event()
-        self._watch: DirWatch | None = None
+        self._events = DirEvents(self.path, self._post, trig.events)
         self._failures = 0
+        self._grown = 0  # snapshot entries written since the last compaction
 
     @property
     def baseline_key(self) -> str:
@@ -147,7 +141,7 @@ class LocalPoller:
                 await self._load()
                 await self._serve()
             finally:
-                self._stop_watch()
+                self._events.stop()
 
     # ── the loop: one consumer for events, settle deadlines and polls ────────
 
@@ -170,11 +164,15 @@ class LocalPoller:
         for name, version in loaded.items():
             if name.startswith(prefix) and b"/" not in name[cut:]:
                 fps[name[cut:]] = local_fingerprint(version)
+        self._grown = len(fps)
 
     async def _serve(self) -> None:
         clock = self._clock
         start = next_poll = clock.monotonic()
         while True:
+            if self._grown >= _COMPACT_MIN and self._grown * 4 >= len(self._snap):
+                self._grown = 0  # after a big load or baseline (see snapshot.py)
+                await asyncio.to_thread(self._snap.compact)
             now = clock.monotonic()
             if self._raw and not self._baseline:
                 await self._guarded(self._on_events())
@@ -226,7 +224,8 @@ class LocalPoller:
             info = await asyncio.to_thread(os.stat, self.path)
             if not stat.S_ISDIR(info.st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fsdecode(self.path))
-            self._ensure_watch((info.st_dev, info.st_ino))
+            if self._events.ensure((info.st_dev, info.st_ino)):
+                self._scanner.digest = None  # changes while unwatched may have been missed
             scan = await asyncio.to_thread(self._scanner.scan)
             await self._apply_scan(scan)
         except Exception as exc:
@@ -269,9 +268,11 @@ class LocalPoller:
     # ── diffing ──────────────────────────────────────────────────────────────
 
     async def _apply_scan(self, scan: Scan) -> None:
+        now = self._clock.monotonic()
+        if self._recent:
+            self._recent = {n: r for n, r in self._recent.items() if r[2] > now}
         if scan.unchanged:
             return
-        now = self._clock.monotonic()
         batch = _Batch()
         silent = self._baseline and self._initial == "skip"
         for name, obs in scan.changed:
@@ -283,7 +284,6 @@ class LocalPoller:
             self._observe(name, None, "check", now, batch)
         await self._commit(batch)
         self._scanner.digest = scan.digest
-        self._recent = {n: r for n, r in self._recent.items() if r[2] > now}
 
     async def _on_events(self) -> None:
         await self._backpressure()
@@ -373,54 +373,26 @@ class LocalPoller:
         deletes = [p + n for n in batch.deletes]
         await self._sink.commit(self._schedule.id, self._key, upserts, deletes, fires)
         fps = self._snap.fps
+        self._grown += len(batch.upserts)
         for name, obs in batch.upserts.items():
             fps[name] = hash(obs) & FINGERPRINT_MASK
         for name in batch.deletes:
             fps.pop(name, None)
             self._recent.pop(name, None)
             log.debug("file_deleted", path=_show(p + name))
-        until = self._clock.monotonic() + self._settle
-        for change in fires:
-            obs = batch.upserts[change.name[len(p) :]]
-            self._recent[change.name[len(p) :]] = (obs[0], obs[2], until)
+        until, now = self._clock.monotonic() + self._settle, self._clock.now()
+        lag = self._metrics.detection_lag.labels(self._schedule.name) if self._metrics else None
+        for name, change in zip(batch.fires, fires, strict=True):
+            obs = batch.upserts[name]
+            self._recent[name] = (obs[0], obs[2], until)
             log.info("file_changed", path=_show(change.name), version=change.version)
-        if fires and self._metrics is not None:
-            now = self._clock.now()
-            lag = self._metrics.detection_lag.labels(schedule=self._schedule.name)
-            for change in fires:
-                assert change.modified is not None
+            if lag is not None and change.modified is not None:
                 lag.observe(max(0.0, (now - change.modified).total_seconds()))
         if self._baseline:
             self._baseline = False
             log.info("baseline_taken", files=len(fps), initial=self._initial)
 
     # ── events ───────────────────────────────────────────────────────────────
-
-    def _ensure_watch(self, ident: tuple[int, int]) -> None:
-        if self._events is False:
-            return
-        w = self._watch
-        if w is not None and w.alive and w.ident == ident:
-            return
-        self._stop_watch()
-        loop = asyncio.get_running_loop()
-        try:
-            self._watch = start_dir_watch(
-                self.path, ident, loop, self._post, require=self._events is True
-            )
-        except (FileNotFoundError, NotADirectoryError):
-            raise  # the directory went away: a poll failure, retried
-        except Exception as exc:
-            self._events = False
-            log.warning("events_unavailable", error=str(exc), path=_show(self.path))
-            return
-        self._events = True
-        self._scanner.digest = None  # events may have been missed while unwatched
-
-    def _stop_watch(self) -> None:
-        if self._watch is not None:
-            self._watch.stop()
-            self._watch = None
 
     def _post(self, kind: EventKind, name: bytes) -> None:
         """Called on the event loop for each inotify event (via call_soon_threadsafe)."""

@@ -22,10 +22,13 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Literal
 
+import structlog
+
 from watcherd.pollers.matching import NameMatcher
 from watcherd.pollers.snapshot import FINGERPRINT_MASK, Snapshot
 
 __all__ = [
+    "DirEvents",
     "DirScanner",
     "DirWatch",
     "EventKind",
@@ -36,6 +39,8 @@ __all__ = [
     "stat_names",
     "version_of",
 ]
+
+log = structlog.get_logger("watcherd.pollers.local")
 
 Obs = tuple[int, int, int]  # (size, mtime_ns, inode): one observed version of a file
 EventKind = Literal["closed", "writing", "attrib", "check", "rescan", "overflow"]
@@ -243,7 +248,7 @@ class DirWatch:
             self.alive = False
             try:
                 self._fd.remove_callbacks([(self._wd, id(self))])
-            except OSError:
+            except (OSError, RuntimeWarning):  # already gone with its directory
                 pass
 
 
@@ -277,6 +282,54 @@ def start_dir_watch(
         watch.stop()
         raise PermissionError(errno.EACCES, "inotify_add_watch refused", os.fsdecode(path))
     return watch
+
+
+class DirEvents:
+    """The inotify watch of one directory, kept on whatever directory is at its path now.
+
+    `events`: True (required), None (Linux and not a network file system), False (off). When
+    a watch cannot start for any reason but the directory being gone, events stay off for
+    good: logged once as `events_unavailable`, and polling alone carries on.
+    """
+
+    def __init__(self, path: bytes, post: Post, events: bool | None) -> None:
+        self.path = path
+        self.watch: DirWatch | None = None
+        self._post = post
+        self._mode = events
+
+    def ensure(self, ident: tuple[int, int]) -> bool:
+        """Watch the directory whose (st_dev, st_ino) is `ident`; True when a new watch
+        started (changes made while nothing watched may have been missed).
+
+        Raises:
+            FileNotFoundError, NotADirectoryError: the directory is gone.
+        """
+        if self._mode is False:
+            return False
+        w = self.watch
+        if w is not None and w.alive and w.ident == ident:
+            return False
+        self.stop()
+        loop = asyncio.get_running_loop()
+        try:
+            self.watch = start_dir_watch(
+                self.path, ident, loop, self._post, require=self._mode is True
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            raise
+        except Exception as exc:
+            self._mode = False
+            shown = self.path.decode("utf-8", "backslashreplace")
+            log.warning("events_unavailable", error=str(exc), path=shown)
+            return False
+        self._mode = True
+        return True
+
+    def stop(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
 
 
 def _remote_fs_type(path: bytes) -> str | None:

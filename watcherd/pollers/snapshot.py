@@ -7,6 +7,11 @@ extra bits are free). With a 15-byte name that is about 130 bytes per entry, aga
 220 for the version string itself. Fingerprints are per-process values (Python's `hash`), so
 they are never stored: a snapshot is rebuilt from the persisted versions at start.
 
+A snapshot loaded or built in one go (a baseline, a restart) has its entries allocated among
+many short-lived objects (directory entries, stat results, version strings, the loaded dict),
+which pins nearly all of that memory after they are freed: ~360 B/file of RSS for 130 B of
+live data. `compact()` re-creates the entries contiguously and hands the freed pages back.
+
 Datastore-agnostic: names are bytes, versions are str (a blob ETag, a local
 "size:mtime_ns:inode"); a poller may pass its own `fingerprint` function as long as it is a
 pure function of the version string.
@@ -14,8 +19,11 @@ pure function of the version string.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -92,6 +100,30 @@ class Snapshot:
         for name in deletes:
             fps.pop(name, None)
 
+    def compact(self) -> None:
+        """Re-allocate every entry contiguously, then return freed heap pages to the OS.
+
+        The entries are copied out to one bytes blob and two arrays (not small objects), the
+        old dict and its objects are dropped (their memory is then entirely free, so the
+        allocator can release it), and the dict is rebuilt from the copies. O(n); call it
+        after a large load or baseline, not per poll.
+        """
+        if not self.fps:
+            return
+        lengths = array("Q", map(len, self.fps))
+        values = array("q", self.fps.values())
+        blob = b"".join(self.fps)
+        self.fps = {}
+        fps: dict[bytes, int] = {}
+        start = 0
+        for length, value in zip(lengths, values, strict=True):
+            end = start + length
+            fps[blob[start:end]] = value
+            start = end
+        self.fps = fps
+        del blob, lengths, values
+        _trim_heap()
+
     def diff(self, listing: Iterable[tuple[bytes, str]]) -> Diff:
         """Compare a complete listing of `(name, version)` pairs with the snapshot.
 
@@ -108,3 +140,19 @@ class Snapshot:
         upserts = [(n, v) for n, v in latest.items() if fps.get(n) != fp(v)]
         deletes = [n for n in fps if n not in latest] if known < len(fps) else []
         return Diff(upserts, deletes)
+
+
+def _trim_heap() -> None:
+    """glibc keeps freed heap pages mapped; malloc_trim(0) returns them (no-op elsewhere)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
