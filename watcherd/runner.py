@@ -234,7 +234,9 @@ class Runner:
     async def _execute(self, run: Run, plan: Plan) -> None:
         now = self.clock.now()
         try:
-            with structlog.contextvars.bound_contextvars(run_id=run.id, schedule=plan.schedule_name):
+            with structlog.contextvars.bound_contextvars(
+                run_id=run.id, schedule=plan.schedule_name
+            ):
                 ok, _ = await self.store.call(
                     self.store.update_run,
                     run.id,
