@@ -92,12 +92,20 @@ experiment_name = "E"
 status = "Active"
 pipeline_parameters = {{ epochs = "5" }}
 continue_on_step_failure = true
-recurrence = {{ frequency = "Week", interval = 1, start_time = "2026-01-05T09:00", time_zone = "Pacific Standard Time", week_days = ["Monday", "Friday"], hours = [9, 17], minutes = [0, 30] }}
 end_time = 2027-01-01T00:00:00
 catch_up = "last"
 max_catch_up = 5
 concurrency = "queue"
 max_queued = 3
+
+[schedules.recurrence]
+frequency = "Week"
+interval = 1
+start_time = "2026-01-05T09:00"
+time_zone = "Pacific Standard Time"
+week_days = ["Monday", "Friday"]
+hours = [9, 17]
+minutes = [0, 30]
 
 [[schedules]]
 name = "daily"
@@ -195,15 +203,61 @@ def test_toml_writer_round_trips() -> None:
 # ── mutations ────────────────────────────────────────────────────────────────
 
 WEIRD_STRINGS = [
-    "", " ", "0", "-1", "1e400", "30", "30s", "0s", "-5m", "1.5h", "9999999999999999999d",
-    "5 m", "1MiB", "0B", "99999999999GiB", "Minute", "minute", "Fortnight", "Active", "active",
-    "${WATCHERD_FUZZ_UNSET}", "${WATCHERD_FUZZ_UNSET:-7}", "${", "$${literal}", "${HOME}",
-    "{missing}", "{input_data.url}", "{{", "}", "*/5 * * * *", "61 * * * *", "* * *",
-    "@hourly", "UTC", "UTC-11", "Mars/Olympus", "Pacific Standard Time", "2026-02-30T10:00",
-    "2026-01-01T10:00+02:00", "25:00", "6:61", "0.0.0.0:99999", "127.0.0.1:-1", "unix:",
-    "unix:/tmp/x.sock", "../..", "/", "a/../../b", "\x00", "é", "\udcff".encode(
-        "utf-8", "surrogatepass"
-    ).decode("latin-1"), "x" * 300, "http://", "ftp://x", "https://u:p@h/?sig=1",
+    "",
+    " ",
+    "0",
+    "-1",
+    "1e400",
+    "30",
+    "30s",
+    "0s",
+    "-5m",
+    "1.5h",
+    "9999999999999999999d",
+    "5 m",
+    "1MiB",
+    "0B",
+    "99999999999GiB",
+    "Minute",
+    "minute",
+    "Fortnight",
+    "Active",
+    "active",
+    "${WATCHERD_FUZZ_UNSET}",
+    "${WATCHERD_FUZZ_UNSET:-7}",
+    "${",
+    "$${literal}",
+    "${HOME}",
+    "{missing}",
+    "{input_data.url}",
+    "{{",
+    "}",
+    "*/5 * * * *",
+    "61 * * * *",
+    "* * *",
+    "@hourly",
+    "UTC",
+    "UTC-11",
+    "Mars/Olympus",
+    "Pacific Standard Time",
+    "2026-02-30T10:00",
+    "2026-01-01T10:00+02:00",
+    "25:00",
+    "6:61",
+    "0.0.0.0:99999",
+    "127.0.0.1:-1",
+    "unix:",
+    "unix:/tmp/x.sock",
+    "../..",
+    "/",
+    "a/../../b",
+    "\x00",
+    "é",
+    "\udcff".encode("utf-8", "surrogatepass").decode("latin-1"),
+    "x" * 300,
+    "http://",
+    "ftp://x",
+    "https://u:p@h/?sig=1",
 ]
 scalars = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
@@ -218,7 +272,9 @@ scalars = st.one_of(
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=5,
 )
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML comes with kubernetes-validate
 
 from tests.ops.helpers import require_tool
 from watcherd import config as config_mod
 from watcherd.cli import main
+from watcherd.models import LocalDatastore
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -153,7 +154,7 @@ def _watcherd_container(pod: dict[str, Any]) -> dict[str, Any]:
     spec = pod["spec"]
     every = spec.get("initContainers", []) + spec["containers"]
     (c,) = [c for c in every if c["name"] == "watcherd"]
-    return c
+    return dict(c)
 
 
 def _sidecar_env(pod: dict[str, Any], tmp_path: Path) -> dict[str, str]:
@@ -198,7 +199,8 @@ def test_pod_contract(tmp_path: Path) -> None:
     assert len(inbox) == 1
     pod_env = {e["name"]: e.get("value") for e in c["env"]}
     assert mounts[inbox[0]]["mountPath"] == pod_env["INBOX_DIR"]
-    assert str(cfg.datastores["inbox"].root) == env["INBOX_DIR"]  # type: ignore[attr-defined]
+    ds = cfg.datastores["inbox"]
+    assert isinstance(ds, LocalDatastore) and str(ds.root) == env["INBOX_DIR"]
     # probes on the API port
     port = int(cfg.daemon.api.rsplit(":", 1)[1])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}

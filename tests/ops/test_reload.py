@@ -143,7 +143,7 @@ def test_broken_config_on_sighup_keeps_the_old_one(tmp_path: Path) -> None:
     try:
         d.start()
         wait_until(lambda: _count(d, "doomed") >= 3, timeout=20)
-        broken = V2.replace('interval = 2 }', 'interval = 0 }').replace(
+        broken = V2.replace("interval = 2 }", "interval = 0 }").replace(
             'name = "added"', 'name = "added"\nbogus_key = 1'
         )
         d.config.write_text(broken)
@@ -151,7 +151,8 @@ def test_broken_config_on_sighup_keeps_the_old_one(tmp_path: Path) -> None:
         (event,) = wait_until(lambda: d.events("reload_rejected"), timeout=20)
         errors = event["errors"]
         assert any(
-            e.startswith("schedules[2].recurrence.interval: Interval must be an integer") for e in errors
+            e.startswith("schedules[2].recurrence.interval: Interval must be an integer")
+            for e in errors
         ), errors
         assert any(e.startswith("schedules[3].bogus_key") for e in errors), errors
         rejected_at = t.at_log(event["timestamp"])

@@ -44,7 +44,7 @@ def _error_event(out: str) -> dict[str, object]:
     events = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
     errors = [e for e in events if e.get("level") == "error"]
     assert len(errors) == 1, out
-    return errors[0]
+    return dict(errors[0])
 
 
 def test_second_daemon_exits_1_and_first_keeps_running(tmp_path: Path) -> None:
