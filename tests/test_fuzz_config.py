@@ -425,10 +425,6 @@ def test_bases_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
         assert SECRET not in capsys.readouterr().out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tomllib reports 'at end of document' without line/column; SPEC §2 wants both",
-)
 def test_toml_error_at_end_of_document_gives_line_and_column(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

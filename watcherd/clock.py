@@ -87,6 +87,9 @@ class ScaledClock(SystemClock):
         real, origin, speed = value.split("|")
         return cls(float(real), datetime.fromisoformat(origin).astimezone(UTC), float(speed))
 
+    def monotonic(self) -> float:
+        return time.monotonic() * self.speed
+
     def now(self) -> datetime:
         from datetime import timedelta
 

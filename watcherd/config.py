@@ -72,15 +72,20 @@ def load(path: Path, env: Mapping[str, str]) -> Config:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise _one(path, _syntax_reason(str(exc))) from None
+        raise _one(path, _syntax_reason(str(exc), text)) from None
     return parse(raw, path=path, base_dir=path.absolute().parent, env=env)
 
 
-def _syntax_reason(message: str) -> str:
+def _syntax_reason(message: str, text: str) -> str:
     m = _TOML_POSITION.fullmatch(message)
     if m is None:
         return f"TOML syntax error: {message}"
-    return f"TOML syntax error {m.group(2)}: {m.group(1)}"
+    where = m.group(2)
+    if where == "at end of document":  # tomllib gives no position there; SPEC §2 wants one
+        line = text.count("\n") + 1
+        column = len(text) - (text.rfind("\n") + 1) + 1
+        where = f"at line {line}, column {column} (end of document)"
+    return f"TOML syntax error {where}: {m.group(1)}"
 
 
 def _one(path: Path, reason: str) -> ConfigErrors:

@@ -88,7 +88,10 @@ class Daemon:
                 log.error("already_running", error=str(exc))
                 return 1
             except (StateError, OSError) as exc:
-                log.error("state_unavailable", error=str(exc))
+                error = str(exc)
+                if cfg.daemon.state_dir.exists() and not cfg.daemon.state_dir.is_dir():
+                    error = f"state_dir {cfg.daemon.state_dir} is not a directory"
+                log.error("state_unavailable", error=error)
                 return 1
             stack.callback(store.close)
             token, token_path = _token(cfg)
@@ -187,7 +190,10 @@ class Daemon:
             f"{eng.runner.total_queued()} queued"
         )
         if eng.reload_error:
-            text += f"; last reload rejected: {eng.reload_error.splitlines()[0]}"
+            lines = eng.reload_error.splitlines()
+            first = lines[1].strip() if len(lines) > 1 else lines[0]
+            more = f" (+{len(lines) - 2} more)" if len(lines) > 2 else ""
+            text += f"; last reload rejected: {first}{more}"
         return text
 
     async def _reload_loop(self) -> None:

@@ -382,12 +382,14 @@ class Manager(RunServices):
                     waiting.append(s.name)
                 elif a.error:
                     errors.append({"schedule": s.name, "error": a.error})
-        ready = eng.started.is_set() and not waiting
+        ready = eng.started.is_set() and not waiting and eng.store.write_error is None
         if errors and self.config.daemon.readyz_strict:
             ready = False
         body: JSON = {"ready": ready, "waiting": waiting, "errors": errors}
         if eng.reload_error:
             body["reload_error"] = eng.reload_error
+        if eng.store.write_error:
+            body["state_error"] = eng.store.write_error
         return ready, body
 
 

@@ -20,7 +20,7 @@ import structlog
 
 from watcherd.clock import Clock
 from watcherd.dispatch import Dispatcher, Outcome, RunContext
-from watcherd.errors import TransientError
+from watcherd.errors import StateError, TransientError
 from watcherd.metrics import Metrics
 from watcherd.models import Pipeline, Run, RunStatus
 from watcherd.retry import backoff_delay
@@ -160,7 +160,7 @@ class Runner:
                 self._start(run, plan)
                 started = True
         if superseded:
-            await self.store.call(self.store.skip_runs, superseded, "superseded", self.clock.now())
+            await self.store.write(self.store.skip_runs, superseded, "superseded", self.clock.now())
             self.metrics.runs.labels(status="Skipped", pipeline="").inc(len(superseded))
         await self._notify_changed()
 
@@ -220,7 +220,7 @@ class Runner:
     # ── one run ──────────────────────────────────────────────────────────────
 
     async def _finish_unresolvable(self, run: Run, why: str) -> None:
-        await self.store.call(
+        await self.store.write(
             self.store.update_run,
             run.id,
             expect=[RunStatus.QUEUED],
@@ -237,7 +237,7 @@ class Runner:
             with structlog.contextvars.bound_contextvars(
                 run_id=run.id, schedule=plan.schedule_name
             ):
-                ok, _ = await self.store.call(
+                ok, _ = await self.store.write(
                     self.store.update_run,
                     run.id,
                     expect=[RunStatus.QUEUED],
@@ -271,7 +271,8 @@ class Runner:
         except TimeoutError:
             outcome = Outcome(status=RunStatus.FAILED, error=f"timeout after {_fmt(timeout)}")
         except asyncio.CancelledError:
-            await asyncio.shield(self._interrupted(run, attempts))
+            with contextlib.suppress(StateError):  # the next start re-queues it anyway
+                await asyncio.shield(self._interrupted(run, attempts))
             raise
         except Exception as exc:  # a dispatcher bug must not take the daemon down
             log.exception("dispatch_crashed")
@@ -297,7 +298,7 @@ class Runner:
                 attempt += 1
                 nxt = self.clock.now() + timedelta(seconds=delay)
                 log.warning("run_retry", attempt=attempt, delay=round(delay, 3), error=str(exc))
-                await self.store.call(
+                await self.store.write(
                     self.store.update_run,
                     run.id,
                     attempt=attempt,
@@ -377,7 +378,7 @@ class Runner:
                     extra_env={"WATCHERD_FAILED_RUN": blob},
                 )
             )
-        _, new = await self.store.call(
+        _, new = await self.store.write(
             self.store.update_run,
             run.id,
             expect=[RunStatus.RUNNING],

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import uuid
@@ -305,8 +306,15 @@ class Tx:
                 self._conn.execute("COMMIT")
                 return
             except sqlite3.Error as e:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise StateError(f"state database: {e}") from e
-        self._conn.execute("ROLLBACK")
+        self._rollback()
         if isinstance(exc, sqlite3.Error):
             raise StateError(f"state database: {exc}") from exc
+
+    def _rollback(self) -> None:
+        # After an I/O error SQLite may have rolled back already; a second ROLLBACK would
+        # raise "no transaction is active" and hide the real error.
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")

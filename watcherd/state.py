@@ -21,10 +21,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import structlog
+
 from watcherd.errors import AlreadyRunning, StateError
 from watcherd.runs_table import NewRun, RunsTable, iso, parse_iso, run_id_for
 
 __all__ = ["NewRun", "Store", "StoredSchedule", "iso", "parse_iso", "run_id_for"]
+
+log = structlog.get_logger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -85,6 +89,7 @@ class Store(RunsTable):
         self._lock_fd: int | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="watcherd-state")
         self.read_only = read_only
+        self.write_error: str | None = None  # set while writes fail (see `write`)
         try:
             if not read_only:
                 state_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +156,26 @@ class Store(RunsTable):
         finally:
             self._executor.shutdown()
             self._release_lock()
+
+    async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Like `call`, for state changes the engine cannot drop: a StateError (disk full,
+        read-only file system) is logged once and retried with backoff until it clears, so
+        the daemon neither crashes nor loses the change."""
+        delay = 0.25
+        while True:
+            try:
+                result = await self.call(fn, *args, **kwargs)
+            except StateError as exc:
+                if self.write_error is None:
+                    log.error("state_write_failed", error=str(exc), path=str(self.path))
+                self.write_error = str(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if self.write_error is not None:
+                log.info("state_write_recovered", path=str(self.path))
+                self.write_error = None
+            return result
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a Store method on the worker thread."""

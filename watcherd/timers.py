@@ -126,7 +126,9 @@ class Timers:
             self.metrics.slots_not_run.labels(schedule=schedule.name).inc(not_run)
         runs = [r for s in run_slots if (r := self.slot_run(schedule, s)) is not None]
         new_cursor = max(now, missed[-1])
-        ids = await self.store.call(self.store.record_slots, [(schedule.id, new_cursor, runs)], now)
+        ids = await self.store.write(
+            self.store.record_slots, [(schedule.id, new_cursor, runs)], now
+        )
         if ids:
             log.info("slots_caught_up", schedule=schedule.name, count=len(ids))
         await self.runner.enqueue(ids)
@@ -176,7 +178,7 @@ class Timers:
                 heapq.heappush(self._heap, (a.due, next(self._seq), sid, a.gen))
         if not batch:
             return
-        ids = await self.store.call(self.store.record_slots, batch, now)
+        ids = await self.store.write(self.store.record_slots, batch, now)
         committed = self.clock.now()
         for late in lateness:
             self.metrics.timer_lateness.observe(max(0.0, late + (committed - now).total_seconds()))

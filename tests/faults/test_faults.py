@@ -414,11 +414,6 @@ def immutable_ok(tmp_path: Path) -> None:
     _chattr("-i", probe)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed state write escapes Timers.run and the TaskGroup: the daemon exits 1 "
-    "with a traceback (see the ops report: Tx rollback + StateError handling)",
-)
 def test_state_db_unwritable_while_running_then_writable_again(
     tmp_path: Path, immutable_ok: None
 ) -> None:

@@ -39,6 +39,7 @@ from watcherd.pollers.localfs import (
     Obs,
     Scan,
     local_fingerprint,
+    off_loop,
     stat_names,
     version_of,
 )
@@ -221,12 +222,12 @@ class LocalPoller:
         try:
             await self._backpressure()
             started = self._clock.monotonic()
-            info = await asyncio.to_thread(os.stat, self.path)
+            info = await off_loop(os.stat, self.path)
             if not stat.S_ISDIR(info.st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fsdecode(self.path))
             if self._events.ensure((info.st_dev, info.st_ino)):
                 self._scanner.digest = None  # changes while unwatched may have been missed
-            scan = await asyncio.to_thread(self._scanner.scan)
+            scan = await off_loop(self._scanner.scan)
             await self._apply_scan(scan)
         except Exception as exc:
             self._poll_failed(exc, self._clock.monotonic() - started)
@@ -330,7 +331,7 @@ class LocalPoller:
 
     async def _stat(self, names: list[bytes]) -> dict[bytes, Obs | None | Literal[False]]:
         if len(names) > _STAT_IN_THREAD:
-            return await asyncio.to_thread(stat_names, self.path, names)
+            return await off_loop(stat_names, self.path, names)
         return stat_names(self.path, names)
 
     def _observe(self, name: bytes, obs: Obs | None, how: How, now: float, batch: _Batch) -> None:

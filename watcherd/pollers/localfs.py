@@ -14,20 +14,26 @@ watches), and it adds no 0.5 s move-pairing delay in front of later events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import structlog
 
 from watcherd.pollers.matching import NameMatcher
 from watcherd.pollers.snapshot import FINGERPRINT_MASK, Snapshot
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 __all__ = [
+    "off_loop",
     "DirEvents",
     "DirScanner",
     "DirWatch",
@@ -135,6 +141,38 @@ class DirScanner:
                     changed.append((name, obs))
         deleted = [n for n in fps if n not in seen] if len(seen) < len(fps) else []
         return Scan(acc, changed, deleted)
+
+
+def off_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+    """Run a blocking filesystem call in its own daemon thread.
+
+    Not asyncio's shared pool: a stat() stuck on a dead NFS/FUSE server would hold a pool
+    worker forever, and `asyncio.run()` waits for that pool at exit, so SIGTERM would hang.
+    A daemon thread is simply abandoned at exit.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def _settle(result: T | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]  # result is T when exc is None
+
+    def _work() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle, result, error)
+
+    threading.Thread(target=_work, name="watcherd-fs", daemon=True).start()
+    return fut
 
 
 def _listing_digest(path: bytes) -> int:
