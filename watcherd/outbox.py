@@ -114,13 +114,13 @@ class Outbox:
             runs,
             now,
         )
-        for ch in fire if s is not None else ():
+        if fire and len(ids) < len(fire):  # the poller logs each file_changed itself
             log.info(
-                "file_changed",
+                "changes_not_run",
                 schedule=s.name if s else schedule_id,
-                path=display_name(ch.name),
-                version=ch.version,
+                changes=len(fire),
                 runs=len(ids),
+                reason="schedule or pipeline Disabled, or already recorded",
             )
         await self.runner.enqueue(ids)
         return len(ids)

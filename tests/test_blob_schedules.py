@@ -1,0 +1,197 @@
+"""Blob datastore schedules end to end: a real daemon, a real Azurite, a real HTTP sink.
+
+The daemon watches `incoming/` of a container and POSTs each new blob to an aiohttp server
+on 127.0.0.1 (an `http` pipeline), while a local-directory schedule of the same daemon must
+keep working when Azurite goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from azure.storage.blob import ContainerClient
+
+from tests.azurite import Azurite, azurite_server  # noqa: F401
+from tests.harness import DaemonProc, wait_until
+
+pytestmark = pytest.mark.azurite
+
+
+class Sink:
+    """An aiohttp server in a thread that records every POSTed body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.keys: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def hook(request: web.Request) -> web.Response:
+            self.bodies.append(await request.json())
+            self.keys.append(request.headers.get("Idempotency-Key", ""))
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._started.set()
+        self._loop.run_forever()
+
+    def __enter__(self) -> Sink:
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def _stop() -> None:
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def paths(self) -> list[str]:
+        return sorted(
+            b["DataPathAssignments"]["input_data"]["RelativePath"]
+            for b in self.bodies
+            if b.get("DataPathAssignments")
+        )
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink() as s:
+        yield s
+
+
+def _config(conn: str, container: str, port: int) -> str:
+    return f"""
+[daemon]
+api = ""
+
+[datastores.workspaceblobstore]
+kind = "azure_blob"
+connection_string = "{conn}"
+container = "{container}"
+
+[datastores.inbox]
+kind = "local"
+root = "inbox"
+
+[pipelines.notify]
+kind = "http"
+url = "http://127.0.0.1:{port}/hook"
+retry = {{ attempts = 10, max_delay = "1s" }}
+
+[pipelines.local]
+kind = "command"
+steps = [["sh", "-c", "echo \\"$WATCHERD_RELATIVE_PATH\\" >> local.txt", "{{f}}"]]
+parameters = {{ f = "" }}
+
+[[schedules]]
+name = "MyReactiveSchedule"
+pipeline = "notify"
+experiment_name = "MyExperiment"
+datastore = "workspaceblobstore"
+path_on_datastore = "incoming"
+polling_interval = "1s"
+data_path_parameter_name = "input_data"
+
+[[schedules]]
+name = "LocalInbox"
+pipeline = "local"
+experiment_name = "MyExperiment"
+datastore = "inbox"
+path_on_datastore = "drop"
+polling_interval = "1s"
+data_path_parameter_name = "f"
+"""
+
+
+def _upload(client: ContainerClient, *names: str) -> None:
+    for n in names:
+        client.upload_blob(n, n.encode(), overwrite=True)
+
+
+def test_blob_runs_outage_and_restart(
+    tmp_path: Path,
+    azurite_server: Azurite,  # noqa: F811
+    sink: Sink,
+) -> None:
+    container = f"c{uuid.uuid4().hex[:12]}"
+    conn = azurite_server.connection_string
+    client = ContainerClient.from_connection_string(conn, container)
+    client.create_container()
+    (tmp_path / "inbox" / "drop").mkdir(parents=True)
+    d = DaemonProc(tmp_path, _config(conn, container, sink.port))
+    try:
+        d.start()
+        wait_until(lambda: d.events("baseline_taken"))
+        _upload(client, "incoming/a.csv", "incoming/sub/deep.csv", "incoming/b.csv", "other/c.csv")
+        wait_until(lambda: sink.paths() == ["incoming/a.csv", "incoming/b.csv"])
+        body = sink.bodies[0]
+        assert body["ExperimentName"] == "MyExperiment"
+        assert body["ScheduleName"] == "MyReactiveSchedule"
+        assert body["DataPathAssignments"]["input_data"]["DataStoreName"] == "workspaceblobstore"
+        assert sink.keys[0] == body["RunId"]
+        _upload(client, "incoming/a.csv")  # re-upload: a new ETag, one more run
+        wait_until(lambda: len(sink.paths()) == 3)
+
+        # Azurite goes away: the blob schedule logs its outage, the local one keeps working
+        azurite_server.stop()
+        wait_until(lambda: d.events("poll_failed"), timeout=30)
+        (tmp_path / "inbox" / "drop" / "during-outage.txt").write_text("x")
+        wait_until(
+            lambda: (
+                (tmp_path / "local.txt").exists()
+                and "drop/during-outage.txt" in (tmp_path / "local.txt").read_text()
+            )
+        )
+        azurite_server.start()
+        client.close()
+        client = ContainerClient.from_connection_string(conn, container)
+        _upload(client, "incoming/after-outage.csv")
+        wait_until(lambda: "incoming/after-outage.csv" in sink.paths(), timeout=60)
+        assert d.stop() == 0
+
+        # while stopped: one new blob; handled blobs must not run again after the restart
+        _upload(client, "incoming/while-down.csv")
+        d.start()
+        wait_until(lambda: "incoming/while-down.csv" in sink.paths(), timeout=30)
+        time.sleep(2.5)  # two more polls: nothing else arrives
+    finally:
+        d.close()
+        client.close()
+    counts = Counter(sink.paths())
+    assert counts == Counter(
+        {
+            "incoming/a.csv": 2,
+            "incoming/b.csv": 1,
+            "incoming/after-outage.csv": 1,
+            "incoming/while-down.csv": 1,
+        }
+    )
+    assert len(set(sink.keys)) == len(sink.keys)  # one delivery per run
+    statuses = {r["status"] for r in d.runs()}
+    assert statuses == {"Submitted", "Completed"}
+    assert all(json.loads(r["trigger"])["kind"] == "file" for r in d.runs())
