@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 __all__ = ["MAX_WAIT", "Clock", "ScaledClock", "SystemClock", "clock_from_env"]
@@ -46,9 +47,13 @@ class SystemClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    def _real_seconds(self, seconds: float) -> float:
+        """How long `seconds` of this clock's time last on the real one."""
+        return seconds
+
     async def sleep_until(self, deadline: datetime, wake: asyncio.Event | None = None) -> bool:
         while True:
-            remaining = (deadline - self.now()).total_seconds()
+            remaining = self._real_seconds((deadline - self.now()).total_seconds())
             if remaining <= 0:
                 return False
             step = min(remaining, MAX_WAIT)
@@ -65,7 +70,7 @@ class SystemClock:
                 continue
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
+        await asyncio.sleep(max(0.0, self._real_seconds(seconds)))
 
 
 class ScaledClock(SystemClock):
@@ -91,35 +96,13 @@ class ScaledClock(SystemClock):
         return time.monotonic() * self.speed
 
     def now(self) -> datetime:
-        from datetime import timedelta
-
         return self.origin + timedelta(seconds=(time.time() - self.origin_real) * self.speed)
 
-    async def sleep_until(self, deadline: datetime, wake: asyncio.Event | None = None) -> bool:
-        while True:
-            remaining = (deadline - self.now()).total_seconds() / self.speed
-            if remaining <= 0:
-                return False
-            step = min(remaining, MAX_WAIT)
-            if wake is None:
-                await asyncio.sleep(step)
-                continue
-            if wake.is_set():
-                return True
-            try:
-                async with asyncio.timeout(step):
-                    await wake.wait()
-                return True
-            except TimeoutError:
-                continue
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds / self.speed))
+    def _real_seconds(self, seconds: float) -> float:
+        return seconds / self.speed
 
 
 def clock_from_env(env: dict[str, str] | None = None) -> Clock:
     """The system clock, or a ScaledClock when `$WATCHERD_TEST_CLOCK` is set (tests only)."""
-    import os
-
     value = (env if env is not None else os.environ).get("WATCHERD_TEST_CLOCK")
     return ScaledClock.from_env(value) if value else SystemClock()
