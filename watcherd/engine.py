@@ -151,9 +151,8 @@ class Engine(Outbox):
                 pstatus[p.id] = p.status
             else:
                 pstatus[p.id] = Status(stored[0])
-            await self.store.call(
-                self.store.upsert_pipeline, p.id, p.name, pstatus[p.id].value, p.status.value
-            )
+        rows = [(p.id, p.name, pstatus[p.id].value, p.status.value) for p in new.pipelines.values()]
+        await self.store.call(self.store.upsert_pipelines, rows)
         return pstatus
 
     def _parse_api(self, cfg: Config, rows: dict[str, StoredSchedule]) -> dict[str, Schedule]:

@@ -193,13 +193,14 @@ class Store(RunsTable):
         rows = self._conn.execute("SELECT id, status, file_status FROM pipelines")
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    def upsert_pipeline(self, ident: str, name: str, status: str, file_status: str) -> None:
+    def upsert_pipelines(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """(id, name, status, file_status) rows, in one transaction."""
         with self._tx() as c:
-            c.execute(
+            c.executemany(
                 "INSERT INTO pipelines(id, name, status, file_status) VALUES (?,?,?,?) "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, status=excluded.status, "
                 "file_status=excluded.file_status",
-                (ident, name, status, file_status),
+                rows,
             )
 
     def set_pipeline_status(self, ident: str, status: str) -> None:
@@ -232,32 +233,38 @@ class Store(RunsTable):
 
     def put_schedule(self, s: StoredSchedule) -> None:
         """Insert or replace one schedule row (its runs and snapshot are kept)."""
+        self.put_schedules([s])
+
+    def put_schedules(self, items: Iterable[StoredSchedule]) -> None:
+        """Insert or replace schedule rows, all in one transaction."""
+        rows = [
+            (
+                s.id,
+                s.name,
+                s.source,
+                s.status,
+                s.file_status,
+                json.dumps(s.spec, sort_keys=True),
+                s.trigger_key,
+                iso(s.anchor),
+                iso(s.cursor),
+                iso(s.created_at),
+                iso(s.updated_at),
+            )
+            for s in items
+        ]
+        if not rows:
+            return
         with self._tx() as c:
-            c.execute(
+            c.executemany(
                 "INSERT INTO schedules(id, name, source, status, file_status, spec, trigger_key,"
                 " anchor, cursor, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, source=excluded.source, "
                 "status=excluded.status, file_status=excluded.file_status, spec=excluded.spec,"
                 " trigger_key=excluded.trigger_key, anchor=excluded.anchor, "
                 "cursor=excluded.cursor, updated_at=excluded.updated_at",
-                (
-                    s.id,
-                    s.name,
-                    s.source,
-                    s.status,
-                    s.file_status,
-                    json.dumps(s.spec, sort_keys=True),
-                    s.trigger_key,
-                    iso(s.anchor),
-                    iso(s.cursor),
-                    iso(s.created_at),
-                    iso(s.updated_at),
-                ),
+                rows,
             )
-
-    def put_schedules(self, items: Iterable[StoredSchedule]) -> None:
-        for s in items:
-            self.put_schedule(s)
 
     def delete_schedule(self, ident: str) -> None:
         with self._tx() as c:
