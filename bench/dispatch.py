@@ -1,9 +1,10 @@
 """Dispatch throughput: runs/s with every status change committed (synchronous=FULL).
 
-Builds the real Engine in-process on a temp state dir (SystemClock, JSON logs to a file),
-triggers N manual runs through `Manager.trigger_schedule` (one commit each: Queued), and lets
-the runner take them (two more commits each: Running, then Submitted/Completed). The figure is
-N / (last finished_at - first queued_at), read back from the state DB.
+Builds the real Engine in-process on a temp state dir (SystemClock, JSON logs to a file,
+default max_concurrent_runs = 8); CLIENTS concurrent tasks (16, like API clients) trigger N
+manual runs through `Manager.trigger_schedule` (one commit each: Queued, acknowledged after
+it), and the runner takes them (two more commits each: Running, then Submitted/Completed).
+The figure is N / (last finished_at - first queued_at), read back from the state DB.
 
   (a) an `http` pipeline POSTing to a loopback aiohttp sink in a separate process;
   (b) a `command` pipeline running `true`.
@@ -15,7 +16,7 @@ no asyncio and no dispatch: the floor of one-fsync-per-status-change. fsync late
 shared VM disk drifts, so the baseline is measured right before and right after each engine
 phase and averaged. ratio = value / baseline (above 1 means the engine beats serial commits).
 
-Usage: python bench/dispatch.py [--http-runs N] [--command-runs N]
+Usage: python bench/dispatch.py [--http-runs N] [--command-runs N] [--clients N]
 """
 
 from __future__ import annotations

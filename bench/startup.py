@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         _make_dirs(tmp)
         full_cfg = tmp / "full.toml"
         empty_cfg = tmp / "empty.toml"
-        spawn_to_ready(empty_cfg if empty_cfg.exists() else _write(empty_cfg, tmp, False), tmp)
-        _write(full_cfg, tmp, True)  # warm-up above: page cache, .pyc files
+        # warm-up, not measured: page cache, .pyc files
+        for cfg, full in ((empty_cfg, False), (full_cfg, True)):
+            cfg.write_text(_config(tmp, tmp / f"state-warm-{cfg.stem}", full))
+            spawn_to_ready(cfg, tmp)
         fresh, restart, empty, imports = [], [], [], []
         for r in range(args.rounds):
             full_cfg.write_text(_config(tmp, tmp / f"state-full-{r}", True))
@@ -182,11 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
-
-def _write(path: Path, workdir: Path, full: bool) -> Path:
-    path.write_text(_config(workdir, workdir / f"state-warm-{path.stem}", full))
-    return path
 
 
 if __name__ == "__main__":
