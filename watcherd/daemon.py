@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import secrets
@@ -115,6 +116,8 @@ class Daemon:
                 engine_task = tg.create_task(engine.run())
                 await engine.started.wait()
                 self.notifier.ready(self._summary())
+                gc.freeze()  # start-up objects leave the collector's generations
+                gc.enable()
                 log.info(
                     "daemon_ready",
                     url=self.url,

@@ -286,21 +286,38 @@ class RunsTable:
 
 
 class Tx:
-    """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error; maps sqlite errors to StateError."""
+    """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error; maps sqlite errors to StateError.
+
+    Inside a transaction already open (a group commit, see `Store.call`) it nests as a
+    SAVEPOINT: an error undoes this method's changes only, and the group's COMMIT makes the
+    rest durable."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._cur: sqlite3.Cursor | None = None
+        self._nested = False
 
     def __enter__(self) -> sqlite3.Cursor:
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if self._conn.in_transaction:
+                self._nested = True
+                self._conn.execute("SAVEPOINT tx")
+            else:
+                self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StateError(f"state database: {exc}") from exc
         self._cur = self._conn.cursor()
         return self._cur
 
     def __exit__(self, et: object, exc: BaseException | None, tb: object) -> None:
+        if self._nested:
+            if exc is not None and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK TO tx")
+            if self._conn.in_transaction:
+                self._conn.execute("RELEASE tx")
+            if isinstance(exc, sqlite3.Error):
+                raise StateError(f"state database: {exc}") from exc
+            return
         if exc is None:
             try:
                 self._conn.execute("COMMIT")
