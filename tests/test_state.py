@@ -103,3 +103,31 @@ async def test_schedule_removed_from_file_is_disabled_and_restored(tmp_path: Pat
         got = h.manager.get_schedule(sid)
         assert (got["status"], got["source"]) == ("Active", "file")
         await eventually(lambda: h.manager.readiness()[0])
+
+
+def test_retention_prunes_only_old_finished_runs(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    s = Store(tmp_path)
+    try:
+
+        def run(dedup: str) -> NewRun:
+            return NewRun(
+                schedule_id="s",
+                pipeline_id="p",
+                experiment="E",
+                dedup=dedup,
+                trigger={"kind": "time", "slot": dedup},
+                parameters={},
+            )
+
+        old, new, queued = run("old"), run("new"), run("queued")
+        s.sync(s.insert_runs, [old, queued], NOW - timedelta(days=40))
+        s.sync(s.insert_runs, [new], NOW)
+        for r, when in ((old, NOW - timedelta(days=40)), (new, NOW)):
+            s.sync(s.update_run, r.id, status=RunStatus.COMPLETED, finished_at=when)
+        assert s.sync(s.prune, NOW - timedelta(days=30)) == 1
+        runs, _ = s.sync(s.list_runs)
+        assert sorted(r.id for r in runs) == sorted([new.id, queued.id])
+    finally:
+        s.close()
