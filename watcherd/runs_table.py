@@ -145,10 +145,6 @@ class RunsTable:
             out += [self._run(r) for r in rows]
         return out
 
-    def run_extra_env(self, run_id: str) -> dict[str, str]:
-        row = self._conn.execute("SELECT extra_env FROM runs WHERE id=?", (run_id,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else {}
-
     def run_log(self, run_id: str) -> bytes | None:
         row = self._conn.execute("SELECT log FROM runs WHERE id=?", (run_id,)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
@@ -254,10 +250,6 @@ class RunsTable:
                 "WHERE id=? AND status='Queued'",
                 [(reason, iso(now), r) for r in run_ids],
             )
-
-    def idempotent_run(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT run_id FROM idempotency WHERE key=?", (key,)).fetchone()
-        return row[0] if row else None
 
     def insert_manual(self, run: NewRun, key: str | None, now: datetime) -> str:
         """Insert a manual run, remembering its Idempotency-Key; returns the run id."""

@@ -322,10 +322,6 @@ class Store(RunsTable):
             c.execute("DELETE FROM snapshots WHERE schedule_id=?", (ident,))
             c.execute("DELETE FROM baselines WHERE schedule_id=?", (ident,))
 
-    def set_cursor(self, ident: str, cursor: datetime) -> None:
-        with self._tx() as c:
-            c.execute("UPDATE schedules SET cursor=? WHERE id=?", (iso(cursor), ident))
-
     # ── the outbox ───────────────────────────────────────────────────────────
 
     def record_slots(
@@ -343,16 +339,6 @@ class Store(RunsTable):
     def insert_runs(self, runs: Sequence[NewRun], now: datetime) -> list[str]:
         with self._tx() as c:
             return self._insert_runs(c, runs, now)
-
-    def active_count(self, schedule_id: str) -> tuple[int, int]:
-        """(Queued, Running) runs of a schedule."""
-        rows = self._conn.execute(
-            "SELECT status, count(*) FROM runs WHERE schedule_id=? AND status IN "
-            "('Queued','Running') GROUP BY status",
-            (schedule_id,),
-        ).fetchall()
-        d = dict(rows)
-        return int(d.get("Queued", 0)), int(d.get("Running", 0))
 
     # ── snapshots ────────────────────────────────────────────────────────────
 
