@@ -374,8 +374,8 @@ class Runner:
                     experiment=run.experiment_name,
                     dedup=f"on_failure:{run.id}",
                     trigger={"kind": "on_failure", "run_id": run.id},
+                    # the dispatcher also sets WATCHERD_FAILED_RUN from this parameter
                     parameters={"failed_run": blob},
-                    extra_env={"WATCHERD_FAILED_RUN": blob},
                 )
             )
         _, new = await self.store.write(

@@ -58,7 +58,6 @@ class NewRun:
     path: bytes | None = None
     status: RunStatus = RunStatus.QUEUED
     error: str | None = None
-    extra_env: Mapping[str, str] | None = None
 
     @property
     def id(self) -> str:
@@ -82,8 +81,8 @@ class RunsTable:
             finished = ts if r.status in TERMINAL else None
             c.execute(
                 "INSERT OR IGNORE INTO runs(id, schedule_id, pipeline_id, experiment, dedup,"
-                " status, trigger, parameters, path, error, queued_at, finished_at, extra_env)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " status, trigger, parameters, path, error, queued_at, finished_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     r.id,
                     r.schedule_id,
@@ -97,7 +96,6 @@ class RunsTable:
                     r.error,
                     ts,
                     finished,
-                    json.dumps(dict(r.extra_env)) if r.extra_env else None,
                 ),
             )
             if c.rowcount and r.status is RunStatus.QUEUED:

@@ -52,7 +52,7 @@ _MIGRATIONS: dict[int, str] = {
         parameters TEXT NOT NULL, path BLOB, attempt INTEGER NOT NULL DEFAULT 1,
         attempts TEXT NOT NULL DEFAULT '[]', error TEXT, exit_code INTEGER, remote_id TEXT,
         queued_at TEXT, started_at TEXT, finished_at TEXT, next_attempt_at TEXT, log BLOB,
-        extra_env TEXT, UNIQUE(schedule_id, dedup));
+        UNIQUE(schedule_id, dedup));
     CREATE INDEX runs_status ON runs(status, seq);
     CREATE INDEX runs_schedule ON runs(schedule_id, seq);
     CREATE INDEX runs_finished ON runs(finished_at);
