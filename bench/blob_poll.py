@@ -29,9 +29,9 @@ import structlog  # noqa: E402
 from azure.storage.blob.aio import ContainerClient  # noqa: E402
 
 from tests.azurite import Azurite, find_azurite  # noqa: E402
-from watcherd.clock import SystemClock  # noqa: E402
-from watcherd.models import BlobDatastore, DatastoreTrigger, Schedule  # noqa: E402
-from watcherd.pollers import FileChange  # noqa: E402
+from watcherd.core.models import BlobDatastore, DatastoreTrigger, Schedule  # noqa: E402
+from watcherd.engine.clock import SystemClock  # noqa: E402
+from watcherd.engine.ports import FileChange  # noqa: E402
 from watcherd.pollers.blob import BlobPoller  # noqa: E402
 
 GOAL = 1.1

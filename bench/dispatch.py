@@ -102,8 +102,8 @@ def baseline_runs_per_s(tmp: Path, n: int) -> float:
     the store's worker thread does, per run: `insert_runs` (Queued), `update_run` (Running),
     `update_run` (Submitted). This is the storage floor of one-commit-per-change.
     """
-    from watcherd.models import RunStatus
-    from watcherd.state import NewRun, Store
+    from watcherd.core.models import RunStatus
+    from watcherd.state.sqlite.store import NewRun, Store
 
     state = Path(tempfile.mkdtemp(prefix="baseline-", dir=tmp))
     store = Store(state)
@@ -177,10 +177,10 @@ async def _engine_runs(
     """Trigger n runs of `schedule` and wait for all to end; returns (runs/s, not ok)."""
     from watcherd import config as config_mod
     from watcherd import logs
-    from watcherd.clock import SystemClock
-    from watcherd.engine import Engine
-    from watcherd.manager import Manager
-    from watcherd.state import Store
+    from watcherd.engine.clock import SystemClock
+    from watcherd.engine.engine import Engine
+    from watcherd.services.manager import Manager
+    from watcherd.state.sqlite.store import Store
 
     state = workdir / f"state-{schedule}"
     path = workdir / f"watcherd-{schedule}.toml"

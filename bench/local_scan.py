@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import structlog  # noqa: E402
 
 from bench._common import best_of, emit, rss_bytes  # noqa: E402
-from watcherd.clock import SystemClock  # noqa: E402
-from watcherd.models import DEFAULT_IGNORE, DatastoreTrigger, LocalDatastore, Schedule  # noqa: E402
-from watcherd.pollers import FileChange  # noqa: E402
+from watcherd.core.matching import NameMatcher  # noqa: E402
+from watcherd.core.models import DEFAULT_IGNORE, DatastoreTrigger, LocalDatastore, Schedule  # noqa: E402
+from watcherd.core.snapshot import Snapshot  # noqa: E402
+from watcherd.engine.clock import SystemClock  # noqa: E402
+from watcherd.engine.ports import FileChange  # noqa: E402
 from watcherd.pollers.local import LocalPoller  # noqa: E402
 from watcherd.pollers.localfs import DirScanner, local_fingerprint, version_of  # noqa: E402
-from watcherd.pollers.matching import NameMatcher  # noqa: E402
-from watcherd.pollers.snapshot import Snapshot  # noqa: E402
 
 BENCH = "local_scan"
 RATIO_GOAL = 1.3

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 
 class ManualClock:
-    """Implements watcherd.clock.Clock; sleepers wake when advance() passes their deadline."""
+    """Implements engine.clock.Clock; sleepers wake when advance() passes their deadline."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2026, 11, 25, 10, 0, tzinfo=UTC)

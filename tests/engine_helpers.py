@@ -12,9 +12,9 @@ from typing import Any
 
 from tests.clocks import ManualClock
 from watcherd import config as config_mod
-from watcherd.engine import Engine
-from watcherd.manager import Manager
-from watcherd.state import Store
+from watcherd.engine.engine import Engine
+from watcherd.services.manager import Manager
+from watcherd.state.sqlite.store import Store
 
 
 async def eventually(pred: Callable[[], Any], within: float = 10.0) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from watcherd.checkconfig import (
+from watcherd.cli.checkconfig import (
     Report,
     StoredSchedule,
     build_report,
@@ -18,8 +18,8 @@ from watcherd.checkconfig import (
     trigger_words,
 )
 from watcherd.config import load, parse_schedule
-from watcherd.errors import ConfigErrors
-from watcherd.models import Config, RecurrenceTrigger, Source
+from watcherd.core.errors import ConfigErrors
+from watcherd.core.models import Config, RecurrenceTrigger, Source
 
 NOW = datetime(2026, 11, 25, 10, 15, 0, 250000, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ import pytest
 from tests.api.seed_daemon import FULL_CONFIG, PIPELINE_ID, start_daemon
 from tests.harness import DaemonProc, wait_until
 from watcherd import config as config_mod
-from watcherd.cli_manage import main
+from watcherd.cli.manage import main
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, running_engine
 from tests.harness import DaemonProc, wait_until
-from watcherd.models import RunStatus
+from watcherd.core.models import RunStatus
 
 PY = sys.executable
 HOSTILE = [

@@ -18,8 +18,8 @@ from watcherd.config import (
     parse_schedule,
     schedule_to_dict,
 )
-from watcherd.errors import ConfigErrors
-from watcherd.models import (
+from watcherd.core.errors import ConfigErrors
+from watcherd.core.models import (
     BlobDatastore,
     CommandTarget,
     Config,

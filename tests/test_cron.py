@@ -12,12 +12,12 @@ from cronsim import CronSim
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from watcherd.cron import CronRule, anchor_for, describe, fires_between, make_cron, next_fire
-from watcherd.errors import ValidationError
-from watcherd.recurrence import anchor_for as rec_anchor_for
-from watcherd.recurrence import make_recurrence
-from watcherd.recurrence import next_fire as rec_next_fire
-from watcherd.wallclock import to_wall, wall_instants, wall_to_utc
+from watcherd.core.cron import CronRule, anchor_for, describe, fires_between, make_cron, next_fire
+from watcherd.core.errors import ValidationError
+from watcherd.core.recurrence import anchor_for as rec_anchor_for
+from watcherd.core.recurrence import make_recurrence
+from watcherd.core.recurrence import next_fire as rec_next_fire
+from watcherd.core.wallclock import to_wall, wall_instants, wall_to_utc
 
 US = timedelta(microseconds=1)
 LA = ZoneInfo("America/Los_Angeles")

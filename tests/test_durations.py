@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcherd.durations import (
+from watcherd.core.durations import (
     format_duration,
     format_size,
     parse_duration,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, running_engine
-from watcherd.models import RunStatus
+from watcherd.core.models import RunStatus
 
 PIPE = """
 [daemon]

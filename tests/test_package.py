@@ -8,16 +8,16 @@ import sys
 import watcherd
 
 CORE = [
-    "watcherd.models",
-    "watcherd.errors",
-    "watcherd.recurrence",
-    "watcherd.cron",
+    "watcherd.core.models",
+    "watcherd.core.errors",
+    "watcherd.core.recurrence",
+    "watcherd.core.cron",
     "watcherd.config",
-    "watcherd.timetable",
-    "watcherd.timezones",
-    "watcherd.durations",
-    "watcherd.placeholders",
-    "watcherd.redact",
+    "watcherd.core.slots",
+    "watcherd.core.timezones",
+    "watcherd.core.durations",
+    "watcherd.core.placeholders",
+    "watcherd.core.redact",
 ]
 HEAVY = ["asyncio", "aiohttp", "azure", "sqlite3", "watchdog"]
 
@@ -55,7 +55,7 @@ def test_core_modules_import_no_io_stack() -> None:
 def test_daemon_start_does_not_import_azure_without_blob_datastores() -> None:
     code = (
         "import sys\n"
-        "import watcherd.daemon, watcherd.engine\n"
+        "import watcherd.daemon, watcherd.engine.engine\n"
         "print('azure' in sys.modules or any(m.startswith('azure.') for m in sys.modules))\n"
     )
     out = subprocess.run(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcherd.placeholders import expand, expand_bytes, names, references
+from watcherd.core.placeholders import expand, expand_bytes, names, references
 
 
 @pytest.mark.parametrize(

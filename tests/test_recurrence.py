@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from watcherd.errors import ValidationError
-from watcherd.recurrence import (
+from watcherd.core.errors import ValidationError
+from watcherd.core.recurrence import (
     FREQUENCIES,
     WEEK_DAYS,
     Recurrence,
@@ -22,7 +22,7 @@ from watcherd.recurrence import (
     make_recurrence,
     next_fire,
 )
-from watcherd.wallclock import to_wall, wall_instants, wall_to_utc
+from watcherd.core.wallclock import to_wall, wall_instants, wall_to_utc
 
 US = timedelta(microseconds=1)
 LA = ZoneInfo("America/Los_Angeles")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from watcherd.redact import (
+from watcherd.core.redact import (
     connection_string_secrets,
     make_redactor,
     redact,

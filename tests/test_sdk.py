@@ -14,7 +14,8 @@ import pytest
 from tests.api.seed_daemon import PIPELINE_ID, SEED_CONFIG, start_daemon
 from tests.harness import DaemonProc
 from watcherd import client as client_mod
-from watcherd import errors as core_errors
+from watcherd.core import errors as core_errors
+from watcherd.core.timezones import WINDOWS_ZONE_NAMES
 from watcherd.sdk import (
     ConflictError,
     DaemonUnreachable,
@@ -28,7 +29,6 @@ from watcherd.sdk import (
     WatcherdError,
     Workspace,
 )
-from watcherd.timezones import WINDOWS_ZONE_NAMES
 
 # The article's code blocks, in order. Only the import lines differ from the article.
 SEED_BLOCKS = [

@@ -10,9 +10,9 @@ import pytest
 
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, running_engine
-from watcherd.errors import AlreadyRunning, StateError
-from watcherd.models import RunStatus
-from watcherd.state import SCHEMA_VERSION, NewRun, Store
+from watcherd.core.errors import AlreadyRunning, StateError
+from watcherd.core.models import RunStatus
+from watcherd.state.sqlite.store import SCHEMA_VERSION, NewRun, Store
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from watcherd.errors import ValidationError
-from watcherd.timezones import WINDOWS_ZONE_NAMES, enum_member_name, resolve_zone
+from watcherd.core.errors import ValidationError
+from watcherd.core.timezones import WINDOWS_ZONE_NAMES, enum_member_name, resolve_zone
 
 INVALID = "Time zone is not a valid TimeZone enum."
 

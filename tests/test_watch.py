@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from watcherd.watch import command_for, main, parse_args
+from watcherd.cli.watch import command_for, main, parse_args
 
 WAIT = 10.0
 RECORD = "import sys,os; open(sys.argv[1],'ab').write(os.fsencode(sys.argv[2])+b'\\0')"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from watcherd.errors import (
+from watcherd.core.errors import (
     ConfigError,
     ConfigErrors,
     Conflict,
@@ -12,7 +12,7 @@ from watcherd.errors import (
     ValidationError,
     WatcherdError,
 )
-from watcherd.models import RunStatus, Source, Status
+from watcherd.core.models import RunStatus, Source, Status
 
 __all__ = [
     "ConfigError",

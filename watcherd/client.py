@@ -2,7 +2,7 @@
 
 Errors raised here (and re-exported by `watcherd.sdk`)::
 
-    watcherd.errors.WatcherdError
+    watcherd.core.errors.WatcherdError
      └── WatcherdError            an API call failed; .status .code .message .key_path
           ├── DaemonUnreachable   no daemon answered at the URL (also ConnectionError)
           ├── AuthenticationError 401: missing or wrong token
@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from watcherd import errors as _errors
+from watcherd.core import errors as _errors
 
 __all__ = [
     "DEFAULT_URL",

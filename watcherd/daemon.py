@@ -17,13 +17,13 @@ from pathlib import Path
 import structlog
 
 from watcherd import config as config_mod
-from watcherd.clock import Clock, clock_from_env
-from watcherd.engine import Engine
-from watcherd.errors import AlreadyRunning, ConfigErrors, StateError
-from watcherd.manager import Manager
-from watcherd.models import Config, DatastoreTrigger, Status
+from watcherd.core.errors import AlreadyRunning, ConfigErrors, StateError
+from watcherd.core.models import Config, DatastoreTrigger, Status
+from watcherd.engine.clock import Clock, clock_from_env
+from watcherd.engine.engine import Engine
 from watcherd.notify import Notifier
-from watcherd.state import Store
+from watcherd.services.manager import Manager
+from watcherd.state.sqlite.store import Store
 
 __all__ = ["Daemon", "run_daemon"]
 

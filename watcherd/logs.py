@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from watcherd.redact import MASK, make_redactor, redact_url
+from watcherd.core.redact import MASK, make_redactor, redact_url
 
 __all__ = ["configure", "redaction_processor"]
 

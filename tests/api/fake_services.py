@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from watcherd.errors import (
+from watcherd.core.errors import (
     ConfigError,
     ConfigErrors,
     Conflict,
@@ -17,8 +17,8 @@ from watcherd.errors import (
     StateError,
     ValidationError,
 )
-from watcherd.metrics import Metrics
-from watcherd.models import Config, DaemonSettings, LocalDatastore
+from watcherd.core.models import Config, DaemonSettings, LocalDatastore
+from watcherd.engine.metrics import Metrics
 
 JSON = dict[str, Any]
 

@@ -16,7 +16,7 @@ from tests.api.fake_services import FakeServices
 from watcherd.api import make_app, serve
 from watcherd.api.app import parse_bind
 from watcherd.api.openapi import openapi_document
-from watcherd.errors import StateError
+from watcherd.core.errors import StateError
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

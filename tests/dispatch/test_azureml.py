@@ -24,10 +24,8 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
-from watcherd.dispatch import FileRef, RunContext
-from watcherd.dispatch.azureml import AzureMLDispatcher, azureml_body
-from watcherd.errors import DispatchUnavailable
-from watcherd.models import (
+from watcherd.core.errors import DispatchUnavailable
+from watcherd.core.models import (
     AzureMLTarget,
     DatastoreTrigger,
     Pipeline,
@@ -36,7 +34,9 @@ from watcherd.models import (
     RunStatus,
     Schedule,
 )
-from watcherd.recurrence import Recurrence
+from watcherd.core.recurrence import Recurrence
+from watcherd.dispatch.azureml import AzureMLDispatcher, azureml_body
+from watcherd.engine.ports import FileRef, RunContext
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOi.fake-aad-token"
 SCOPE = "https://management.azure.com/.default"

@@ -15,10 +15,8 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
-from watcherd.dispatch import FileRef, Outcome, RunContext
-from watcherd.dispatch.webhook import HttpDispatcher, http_body, parse_retry_after
-from watcherd.errors import DispatchUnavailable
-from watcherd.models import (
+from watcherd.core.errors import DispatchUnavailable
+from watcherd.core.models import (
     DatastoreTrigger,
     HttpTarget,
     Pipeline,
@@ -26,6 +24,8 @@ from watcherd.models import (
     RunStatus,
     Schedule,
 )
+from watcherd.dispatch.http import HttpDispatcher, http_body, parse_retry_after
+from watcherd.engine.ports import FileRef, Outcome, RunContext
 
 SECRET = "Bearer s3cr3t-hook-token"
 RUN_ID = "0b7e2f1c-7d0e-4a57-9a5e-6f0f6b1b3c11"

@@ -20,7 +20,7 @@ import yaml  # type: ignore[import-untyped]  # PyYAML comes with kubernetes-vali
 from tests.ops.helpers import require_tool
 from watcherd import config as config_mod
 from watcherd.cli import main
-from watcherd.models import LocalDatastore
+from watcherd.core.models import LocalDatastore
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

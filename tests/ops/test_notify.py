@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.ops.helpers import NotifyListener, ScaledTime, notifying_daemon
-from watcherd.clock import ScaledClock
+from watcherd.engine.clock import ScaledClock
 
 WATCHDOG_USEC = 400_000  # pings expected every 0.2 s
 

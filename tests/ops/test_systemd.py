@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.ops.helpers import require_tool
-from watcherd.durations import parse_duration
+from watcherd.core.durations import parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "watcherd.service"

@@ -20,10 +20,10 @@ from azure.storage.blob.aio import ContainerClient
 
 from tests.azurite import ACCOUNT_KEY, Azurite, azurite, azurite_server  # noqa: F401
 from tests.clocks import ManualClock
-from watcherd.errors import PollRejected, PollUnavailable
-from watcherd.metrics import Metrics
-from watcherd.models import BlobDatastore, DatastoreTrigger, Schedule
-from watcherd.pollers import FileChange
+from watcherd.core.errors import PollRejected, PollUnavailable
+from watcherd.core.models import BlobDatastore, DatastoreTrigger, Schedule
+from watcherd.engine.metrics import Metrics
+from watcherd.engine.ports import FileChange
 from watcherd.pollers.blob import (
     BlobPoller,
     _map_azure_errors,

@@ -20,10 +20,11 @@ import pytest
 import structlog
 
 from tests.clocks import ManualClock
-from watcherd.clock import SystemClock
-from watcherd.metrics import Metrics
-from watcherd.models import DatastoreTrigger, LocalDatastore, Schedule
-from watcherd.pollers import FileChange, localfs
+from watcherd.core.models import DatastoreTrigger, LocalDatastore, Schedule
+from watcherd.engine.clock import SystemClock
+from watcherd.engine.metrics import Metrics
+from watcherd.engine.ports import FileChange
+from watcherd.pollers import localfs
 from watcherd.pollers.local import LocalPoller
 
 WAIT = 5.0

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcherd.models import DEFAULT_IGNORE
-from watcherd.pollers.matching import NameMatcher
+from watcherd.core.matching import NameMatcher
+from watcherd.core.models import DEFAULT_IGNORE
 
 
 @pytest.mark.parametrize(

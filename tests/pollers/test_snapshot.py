@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from watcherd.core.matching import NameMatcher
+from watcherd.core.snapshot import Snapshot, baseline_key
 from watcherd.pollers.localfs import DirScanner, local_fingerprint, version_of
-from watcherd.pollers.matching import NameMatcher
-from watcherd.pollers.snapshot import Snapshot, baseline_key
 
 
 def test_diff_reports_new_modified_and_deleted() -> None:

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from watcherd.api import page, routes
 from watcherd.api.routes import SERVICES, ApiProblem, error_response
-from watcherd.errors import (
+from watcherd.core.errors import (
     ConfigError,
     ConfigErrors,
     Conflict,

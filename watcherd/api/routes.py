@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from watcherd.api.openapi import openapi_document
-from watcherd.errors import ValidationError
-from watcherd.models import RunStatus
+from watcherd.core.errors import ValidationError
+from watcherd.core.models import RunStatus
 from watcherd.services import Services
 
 __all__ = [

@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from watcherd.dispatch import Outcome, RunContext
-from watcherd.dispatch.webhook import (
+from watcherd.core.errors import DispatchRejected, DispatchUnavailable, TransientError
+from watcherd.core.models import AzureMLTarget, RunStatus
+from watcherd.core.redact import make_redactor, redact_url, url_secrets
+from watcherd.dispatch.http import (
     JsonPoster,
     data_path_assignments,
     describe,
     parameter_assignments,
     trigger_time_text,
 )
-from watcherd.errors import DispatchRejected, DispatchUnavailable, TransientError
-from watcherd.models import AzureMLTarget, RunStatus
-from watcherd.redact import make_redactor, redact_url, url_secrets
+from watcherd.engine.ports import Outcome, RunContext
 
 if TYPE_CHECKING:
     from azure.identity.aio import DefaultAzureCredential

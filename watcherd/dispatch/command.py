@@ -10,10 +10,10 @@ from collections.abc import Mapping
 
 import structlog
 
-from watcherd.dispatch import Outcome, RunContext
-from watcherd.errors import DispatchUnavailable
-from watcherd.models import CommandTarget, RunStatus
-from watcherd.placeholders import expand_bytes
+from watcherd.core.errors import DispatchUnavailable
+from watcherd.core.models import CommandTarget, RunStatus
+from watcherd.core.placeholders import expand_bytes
+from watcherd.engine.ports import Outcome, RunContext
 
 __all__ = ["CommandDispatcher", "build_argv", "build_env", "stop_process_group"]
 

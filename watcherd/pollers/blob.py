@@ -18,16 +18,16 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
 
-from watcherd.clock import Clock
-from watcherd.errors import PollRejected, PollUnavailable, WatcherdError
-from watcherd.metrics import Metrics
-from watcherd.models import BlobDatastore, DatastoreTrigger, Schedule
-from watcherd.pollers import ChangeSink, FileChange, PollHealth
-from watcherd.pollers.matching import NameMatcher
-from watcherd.pollers.snapshot import Snapshot
-from watcherd.pollers.snapshot import baseline_key as snapshot_key
-from watcherd.redact import connection_string_secrets, make_redactor
-from watcherd.retry import backoff_delay
+from watcherd.core.errors import PollRejected, PollUnavailable, WatcherdError
+from watcherd.core.matching import NameMatcher
+from watcherd.core.models import BlobDatastore, DatastoreTrigger, Schedule
+from watcherd.core.redact import connection_string_secrets, make_redactor
+from watcherd.core.snapshot import Snapshot
+from watcherd.core.snapshot import baseline_key as snapshot_key
+from watcherd.engine.clock import Clock
+from watcherd.engine.metrics import Metrics
+from watcherd.engine.ports import ChangeSink, FileChange, PollHealth
+from watcherd.engine.retry import backoff_delay
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential

@@ -28,10 +28,12 @@ from typing import Literal
 
 import structlog
 
-from watcherd.clock import Clock
-from watcherd.metrics import Metrics
-from watcherd.models import DatastoreTrigger, LocalDatastore, Schedule
-from watcherd.pollers import ChangeSink, FileChange, PollHealth
+from watcherd.core.matching import NameMatcher
+from watcherd.core.models import DatastoreTrigger, LocalDatastore, Schedule
+from watcherd.core.snapshot import FINGERPRINT_MASK, Snapshot, baseline_key
+from watcherd.engine.clock import Clock
+from watcherd.engine.metrics import Metrics
+from watcherd.engine.ports import ChangeSink, FileChange, PollHealth
 from watcherd.pollers.localfs import (
     DirEvents,
     DirScanner,
@@ -43,8 +45,6 @@ from watcherd.pollers.localfs import (
     stat_names,
     version_of,
 )
-from watcherd.pollers.matching import NameMatcher
-from watcherd.pollers.snapshot import FINGERPRINT_MASK, Snapshot, baseline_key
 
 __all__ = ["DEFAULT_SETTLE", "LocalPoller"]
 

@@ -26,8 +26,8 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import structlog
 
-from watcherd.pollers.matching import NameMatcher
-from watcherd.pollers.snapshot import FINGERPRINT_MASK, Snapshot
+from watcherd.core.matching import NameMatcher
+from watcherd.core.snapshot import FINGERPRINT_MASK, Snapshot
 
 P = ParamSpec("P")
 T = TypeVar("T")

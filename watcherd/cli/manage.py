@@ -1,0 +1,398 @@
+"""`watcherd schedules|pipelines|experiments|runs …`: manage a running daemon through its API.
+
+Exit codes: 0 ok; 1 runtime failure (daemon unreachable, 401, 404, 409); 2 usage or invalid
+value (422). Lists print an aligned table (`--json`: one JSON document).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from watcherd.client import Client, ValidationError, WatcherdError, discover, quote_id
+
+__all__ = ["main"]
+
+JSON = dict[str, Any]
+Command = Callable[[Client, argparse.Namespace], int]
+
+# Keys `schedules export` writes: the §2 schedule keys, in the config file's order.
+_EXPORT_SKIP = frozenset(
+    {"source", "created_at", "updated_at", "next_fire_times", "trigger_words", "last_run", "error"}
+)
+_MAX_CELL = 48
+
+
+# ── output ────────────────────────────────────────────────────────────────────
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(f"watcherd: {text}\n")
+
+
+def _dump(data: Any) -> None:
+    _out(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _cell(value: Any, tty: bool) -> str:
+    if value is None or value == "":
+        text = "-"
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, ensure_ascii=False)
+    else:
+        text = " ".join(str(value).split())
+    if tty and len(text) > _MAX_CELL:
+        text = text[: _MAX_CELL - 1] + "…"
+    return text
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str) -> None:
+    if not rows:
+        _out(empty)
+        return
+    tty = sys.stdout.isatty()
+    cells = [[_cell(v, tty) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    for line in [list(headers), *cells]:
+        text = "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        if tty:
+            text = text[: shutil.get_terminal_size().columns]
+        _out(text)
+
+
+def _details(data: JSON) -> None:
+    width = max((len(k) for k in data), default=0)
+    for key, value in data.items():
+        _out(f"{key.ljust(width)}  {_cell(value, False)}")
+
+
+def _emit(ns: argparse.Namespace, data: Any, human: Callable[[], None]) -> int:
+    if ns.json:
+        _dump(data)
+    else:
+        human()
+    return 0
+
+
+def _when(run: JSON | None) -> str:
+    if not run:
+        return "never"
+    at = run.get("finished_at") or run.get("started_at") or run.get("queued_at") or ""
+    return f"{run.get('status')} {at}".strip()
+
+
+# ── schedules ─────────────────────────────────────────────────────────────────
+
+
+def _pipeline_names(client: Client) -> dict[str, str]:
+    return {p["id"]: p["name"] for p in client.get("/pipelines")["items"]}
+
+
+def schedules_list(client: Client, ns: argparse.Namespace) -> int:
+    if ns.pipeline:
+        pid = client.get(f"/pipelines/{quote_id(ns.pipeline)}")["id"]
+        items = client.get("/schedules", pipeline_id=pid)["items"]
+    else:
+        items = client.get("/schedules", active_only=not ns.all)["items"]
+    names = _pipeline_names(client) if items and not ns.json else {}
+    rows = [
+        [
+            s["name"],
+            s["status"],
+            s.get("source"),
+            names.get(s["pipeline"], s["pipeline"]),
+            s.get("trigger_words"),
+            (s.get("next_fire_times") or [None])[0],
+            _when(s.get("last_run")),
+            s["id"],
+        ]
+        for s in sorted(items, key=lambda s: s["name"])
+    ]
+    headers = ["NAME", "STATUS", "SOURCE", "PIPELINE", "TRIGGER", "NEXT", "LAST RUN", "ID"]
+    hint = "no schedules" if ns.all or ns.pipeline else "no Active schedules (--all shows all)"
+    return _emit(ns, items, lambda: _table(headers, rows, hint))
+
+
+def _schedule(client: Client, ident: str) -> JSON:
+    data: JSON = client.get(f"/schedules/{quote_id(ident)}")
+    return data
+
+
+def schedules_show(client: Client, ns: argparse.Namespace) -> int:
+    data = _schedule(client, ns.id)
+    return _emit(ns, data, lambda: _details(data))
+
+
+def _zone_of(schedule: JSON) -> str:
+    from watcherd.core.timezones import resolve_zone
+
+    rec = schedule.get("recurrence") or {}
+    try:
+        return resolve_zone(rec.get("time_zone") or schedule.get("time_zone") or "UTC")
+    except WatcherdError:
+        return "UTC"
+
+
+def schedules_next(client: Client, ns: argparse.Namespace) -> int:
+    from watcherd.cli.checkconfig import fire_time_line
+
+    s = _schedule(client, ns.id)
+    times: list[str] = client.get(f"/schedules/{quote_id(s['id'])}/next", n=ns.n)["items"]
+
+    def human() -> None:
+        if not times:
+            why = "it is Disabled" if s["status"] != "Active" else s.get("trigger_words")
+            _out(f"{s['name']}: no upcoming fire times ({why})")
+        zone = _zone_of(s)
+        for t in times:
+            _out(fire_time_line(datetime.fromisoformat(t.replace("Z", "+00:00")), zone))
+
+    return _emit(ns, times, human)
+
+
+def _set_status(kind: str, action: str) -> Command:
+    def command(client: Client, ns: argparse.Namespace) -> int:
+        data = client.post(f"/{kind}/{quote_id(ns.id)}/{action}")
+        return _emit(ns, data, lambda: _out(f"{data['name']} ({data['id']}): {data['status']}"))
+
+    return command
+
+
+def _param(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    return key, value
+
+
+def schedules_trigger(client: Client, ns: argparse.Namespace) -> int:
+    body: JSON = {}
+    if ns.path is not None:
+        body["path"] = ns.path
+    if ns.param:
+        body["parameters"] = dict(ns.param)
+    run = client.post(
+        f"/schedules/{quote_id(ns.id)}/trigger", body, headers={"X-Watcherd-Client": "cli"}
+    )
+    return _emit(ns, run, lambda: _out(f"run {run['id']}: {run['status']}"))
+
+
+def schedules_delete(client: Client, ns: argparse.Namespace) -> int:
+    s = _schedule(client, ns.id)
+    client.delete(f"/schedules/{quote_id(s['id'])}")
+    result = {"deleted": s["id"], "name": s["name"]}
+    return _emit(ns, result, lambda: _out(f"deleted schedule {s['name']} ({s['id']})"))
+
+
+def export_toml(schedules: Sequence[JSON]) -> str:
+    """API-created schedules as `[[schedules]]` tables the config loader accepts."""
+    from watcherd.config.export import toml_key, toml_value
+
+    blocks = []
+    for s in schedules:
+        lines = ["[[schedules]]"]
+        for key, value in s.items():
+            if value is None or key in _EXPORT_SKIP:
+                continue
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def schedules_export(client: Client, ns: argparse.Namespace) -> int:
+    items = [s for s in client.get("/schedules")["items"] if s.get("source") == "api"]
+    items.sort(key=lambda s: s["name"])
+    if ns.json:
+        _dump(items)
+    elif items:
+        sys.stdout.write(export_toml(items))
+    else:
+        _out("# no API-created schedules")
+    return 0
+
+
+# ── pipelines, experiments ────────────────────────────────────────────────────
+
+
+def pipelines_list(client: Client, ns: argparse.Namespace) -> int:
+    items = client.get("/pipelines", active_only=not ns.all)["items"]
+    rows = [
+        [
+            p["name"],
+            p["status"],
+            p.get("kind"),
+            len(p.get("schedules") or []),
+            _when(p.get("last_run")),
+            p["id"],
+            p.get("description"),
+        ]
+        for p in sorted(items, key=lambda p: p["name"])
+    ]
+    headers = ["NAME", "STATUS", "KIND", "SCHEDULES", "LAST RUN", "ID", "DESCRIPTION"]
+    hint = "no pipelines" if ns.all else "no Active pipelines (--all shows all)"
+    return _emit(ns, items, lambda: _table(headers, rows, hint))
+
+
+def pipelines_show(client: Client, ns: argparse.Namespace) -> int:
+    data = client.get(f"/pipelines/{quote_id(ns.id)}")
+    return _emit(ns, data, lambda: _details(data))
+
+
+def experiments_list(client: Client, ns: argparse.Namespace) -> int:
+    items = client.get("/experiments")["items"]
+    rows = [[e["name"]] for e in items]
+    return _emit(ns, items, lambda: _table(["NAME"], rows, "no experiments"))
+
+
+# ── runs ──────────────────────────────────────────────────────────────────────
+
+
+def _trigger_text(run: JSON) -> str:
+    t = run.get("trigger") or {}
+    if t.get("kind") == "file":
+        return f"file {t.get('path')}"
+    if t.get("kind") == "time":
+        return f"slot {t.get('slot')}"
+    if t.get("kind") == "manual":
+        return f"manual ({t.get('by')})"
+    return str(t.get("kind") or "-")
+
+
+def runs_list(client: Client, ns: argparse.Namespace) -> int:
+    params: JSON = {"status": ns.status, "limit": ns.limit}
+    if ns.schedule:
+        params["schedule_id"] = _schedule(client, ns.schedule)["id"]
+    if ns.pipeline:
+        params["pipeline_id"] = client.get(f"/pipelines/{quote_id(ns.pipeline)}")["id"]
+    items = client.get("/runs", **params)["items"]
+    rows = [
+        [
+            r["id"],
+            r["status"],
+            r.get("schedule_name") or r.get("schedule_id"),
+            _trigger_text(r),
+            r.get("started_at") or r.get("queued_at"),
+            None if r.get("duration") is None else f"{r['duration']:.1f}s",
+            r.get("exit_code"),
+            r.get("error"),
+        ]
+        for r in items
+    ]
+    headers = ["ID", "STATUS", "SCHEDULE", "TRIGGER", "STARTED", "DURATION", "EXIT", "ERROR"]
+    return _emit(ns, items, lambda: _table(headers, rows, "no runs"))
+
+
+def runs_show(client: Client, ns: argparse.Namespace) -> int:
+    data = client.get(f"/runs/{quote_id(ns.id)}")
+    return _emit(ns, data, lambda: _details(data))
+
+
+def runs_logs(client: Client, ns: argparse.Namespace) -> int:
+    data = client.log(ns.id)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _run_action(action: str) -> Command:
+    def command(client: Client, ns: argparse.Namespace) -> int:
+        run = client.post(f"/runs/{quote_id(ns.id)}/{action}")
+        return _emit(ns, run, lambda: _out(f"run {run['id']}: {run['status']}"))
+
+    return command
+
+
+# ── argv ──────────────────────────────────────────────────────────────────────
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--url", help="the daemon's URL (default: discovered as the SDK does)")
+    p.add_argument("--token", help="the API token (default: $WATCHERD_TOKEN or the token file)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    return p
+
+
+def _add(sub: Any, name: str, func: Command, help_: str, ident: str | None = None) -> Any:
+    p = sub.add_parser(name, parents=[_common()], help=help_, description=help_)
+    if ident:
+        p.add_argument("id", metavar="ID", help=f"{ident} id or name")
+    p.set_defaults(func=func)
+    return p
+
+
+def _schedules(sub: Any) -> None:
+    g = sub.add_parser("schedules", help="schedules").add_subparsers(dest="action", required=True)
+    p = _add(g, "list", schedules_list, "list schedules (Active ones unless --all)")
+    p.add_argument("--all", action="store_true", help="include Disabled and removed schedules")
+    p.add_argument("--pipeline", metavar="ID", help="only this pipeline's (all statuses)")
+    _add(g, "show", schedules_show, "show one schedule", "schedule")
+    p = _add(g, "next", schedules_next, "the next fire times", "schedule")
+    p.add_argument("-n", type=int, default=5, choices=range(1, 101), metavar="N")
+    _add(g, "enable", _set_status("schedules", "enable"), "enable a schedule", "schedule")
+    _add(g, "disable", _set_status("schedules", "disable"), "disable a schedule", "schedule")
+    p = _add(g, "trigger", schedules_trigger, "run a schedule now", "schedule")
+    p.add_argument("--path", help="for a datastore schedule: a file in the watched directory")
+    p.add_argument("--param", action="append", type=_param, metavar="K=V", default=[])
+    _add(g, "delete", schedules_delete, "delete a Disabled API-created schedule", "schedule")
+    _add(g, "export", schedules_export, "print API-created schedules as TOML")
+
+
+def _others(sub: Any) -> None:
+    g = sub.add_parser("pipelines", help="pipelines").add_subparsers(dest="action", required=True)
+    p = _add(g, "list", pipelines_list, "list pipelines (Active ones unless --all)")
+    p.add_argument("--all", action="store_true")
+    _add(g, "show", pipelines_show, "show one pipeline", "pipeline")
+    _add(g, "enable", _set_status("pipelines", "enable"), "enable a pipeline", "pipeline")
+    _add(g, "disable", _set_status("pipelines", "disable"), "disable a pipeline", "pipeline")
+    g = sub.add_parser("experiments", help="experiments").add_subparsers(
+        dest="action", required=True
+    )
+    _add(g, "list", experiments_list, "list experiments")
+    g = sub.add_parser("runs", help="runs").add_subparsers(dest="action", required=True)
+    p = _add(g, "list", runs_list, "list runs, newest first")
+    p.add_argument("--schedule", metavar="ID")
+    p.add_argument("--pipeline", metavar="ID")
+    p.add_argument("--status", metavar="S")
+    p.add_argument("--limit", type=int, default=20, metavar="N")
+    _add(g, "show", runs_show, "show one run", "run")
+    _add(g, "logs", runs_logs, "print a run's kept output", "run")
+    _add(g, "retry", _run_action("retry"), "queue a finished run again", "run")
+    _add(g, "cancel", _run_action("cancel"), "cancel a Queued or Running run", "run")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="watcherd", description=__doc__)
+    sub = parser.add_subparsers(dest="group", required=True)
+    _schedules(sub)
+    _others(sub)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run one management command; `argv` starts with the group, e.g. ["schedules", "list"]."""
+    try:
+        ns = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return 0 if exc.code in (0, None) else 2
+    url, token = discover(ns.url, ns.token)
+    try:
+        with Client(url, token) as client:
+            result: int = ns.func(client, ns)
+            return result
+    except ValidationError as exc:
+        _err(f"{exc.key_path}: {exc.message}" if exc.key_path else exc.message)
+        return 2
+    except WatcherdError as exc:
+        _err(exc.message)
+        return 1

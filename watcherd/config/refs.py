@@ -1,0 +1,141 @@
+"""Cross-references checked at load: placeholders against parameters, and API-created
+schedules against a new config.
+
+Placeholder values, lowest to highest precedence: the pipeline's `parameters`, the schedule's
+`pipeline_parameters`, the file bound to `data_path_parameter_name` (which alone also has
+`{NAME.url}`, the blob's URL, on azure_blob datastores). `failed_run` is defined for every
+pipeline some `on_failure` names. A pipeline that no declared schedule uses is not checked at
+load: an API-created schedule may supply its parameters, and is checked when it is created
+and at every reload (`check_compat`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from watcherd.config.schema import key_join
+from watcherd.core.errors import ConfigError
+from watcherd.core.models import (
+    BlobDatastore,
+    CommandTarget,
+    Config,
+    DatastoreTrigger,
+    HttpTarget,
+    Pipeline,
+    Schedule,
+    Source,
+)
+from watcherd.core.placeholders import references
+
+__all__ = ["check_compat", "on_failure_problems", "placeholder_problems"]
+
+FAILED_RUN = "failed_run"
+_URL_RULE = "is only defined for the data_path_parameter_name file of an azure_blob datastore"
+
+
+def _templates(pipeline: Pipeline) -> Iterator[tuple[str, str]]:
+    """(key path, template) of every text that takes placeholders: argv elements, http url."""
+    base = key_join("pipelines", pipeline.name)
+    target = pipeline.target
+    if isinstance(target, CommandTarget):
+        for i, argv in enumerate(target.steps):
+            for j, arg in enumerate(argv):
+                yield f"{key_join(base, 'steps')}[{i}][{j}]", arg
+    elif isinstance(target, HttpTarget):
+        yield key_join(base, "url"), target.url
+
+
+def _unresolved(pipeline: Pipeline, defined: set[str], urls: set[str]) -> list[str]:
+    """A reason for each placeholder with no value (first occurrence only); `urls` are the
+    names that also have `{NAME.url}`."""
+    seen: set[str] = set()
+    reasons = []
+    for where, template in _templates(pipeline):
+        for ref in references(template):
+            name, _, url = ref.partition(".")
+            ok = name in urls if url else name in defined
+            if ok or ref in seen:
+                continue
+            seen.add(ref)
+            reason = f"unresolved placeholder {{{ref}}} in {where}"
+            if url:
+                reason += f" ({{NAME.url}} {_URL_RULE})"
+            reasons.append(reason)
+    return reasons
+
+
+def _on_failure_targets(config: Config) -> set[str]:
+    return {p.on_failure for p in config.pipelines.values() if p.on_failure}
+
+
+def placeholder_problems(schedule: Schedule, config: Config) -> list[str]:
+    """Reasons for each placeholder of the schedule's pipeline that has no value."""
+    pipeline = config.pipeline_by_id(schedule.pipeline)
+    if pipeline is None:
+        return []
+    defined = set(pipeline.parameters) | set(schedule.pipeline_parameters)
+    urls: set[str] = set()
+    trigger = schedule.trigger
+    if isinstance(trigger, DatastoreTrigger) and trigger.data_path_parameter_name:
+        defined.add(trigger.data_path_parameter_name)
+        if isinstance(config.datastores.get(trigger.datastore), BlobDatastore):
+            urls.add(trigger.data_path_parameter_name)
+    if pipeline.id in _on_failure_targets(config):
+        defined.add(FAILED_RUN)
+    return _unresolved(pipeline, defined, urls)
+
+
+def on_failure_problems(config: Config) -> list[ConfigError]:
+    """An on_failure pipeline runs with its own parameters plus `failed_run`: check those."""
+    errors = []
+    for p in config.pipelines.values():
+        target = config.pipeline_by_id(p.on_failure) if p.on_failure else None
+        if target is None:
+            continue
+        for reason in _unresolved(target, {*target.parameters, FAILED_RUN}, set()):
+            errors.append(
+                ConfigError(key_join(key_join("pipelines", p.name), "on_failure"), reason)
+            )
+    return errors
+
+
+def check_compat(new: Config, api_schedules: Iterable[Schedule]) -> list[ConfigError]:
+    """Problems a new config makes for API-created schedules (source "api"; removed ones do
+    not count): a pipeline or datastore they use is gone, a placeholder lost its value, or a
+    declared schedule takes an API schedule's name or id."""
+    users: dict[tuple[str, str], list[str]] = {}
+    errors: list[ConfigError] = []
+    api = [s for s in api_schedules if s.source is Source.API]
+    for s in api:
+        pipeline = new.pipeline_by_id(s.pipeline)
+        if pipeline is None:
+            users.setdefault(("pipelines", s.pipeline), []).append(s.name)
+        else:
+            for reason in placeholder_problems(s, new):
+                path = key_join("pipelines", pipeline.name)
+                errors.append(ConfigError(path, f"API-created schedule {s.name!r}: {reason}"))
+        trigger = s.trigger
+        if isinstance(trigger, DatastoreTrigger) and trigger.datastore not in new.datastores:
+            users.setdefault(("datastores", trigger.datastore), []).append(s.name)
+    for (table, ident), names in users.items():
+        kind = "pipeline id" if table == "pipelines" else "datastore"
+        used = ", ".join(repr(n) for n in sorted(names))
+        reason = f"{kind} {ident!r} is missing but API-created schedules use it: {used}"
+        errors.append(ConfigError(table, reason) if table == "pipelines" else
+                      ConfigError(key_join(table, ident), reason))  # fmt: skip
+    errors += _clashes(new, api)
+    return errors
+
+
+def _clashes(new: Config, api: list[Schedule]) -> list[ConfigError]:
+    by_name = {s.name: s for s in api}
+    by_id = {s.id: s for s in api}
+    errors = []
+    for i, s in enumerate(new.schedules):
+        if s.name in by_name:
+            reason = f"name {s.name!r} is taken by an API-created schedule"
+            errors.append(ConfigError(f"schedules[{i}].name", reason))
+        if s.id in by_id:
+            reason = f"id {s.id!r} is taken by API-created schedule {by_id[s.id].name!r}"
+            errors.append(ConfigError(f"schedules[{i}].id", reason))
+    return errors

@@ -1,0 +1,405 @@
+"""One schedule, from a `[[schedules]]` table or an API body, into a validated `Schedule`.
+
+The trigger kind is the one of `recurrence`, `cron` and `datastore` present; keys of another
+kind are errors. Azure ML's own messages are kept for its checks (both or neither trigger,
+datastore-only keys without a datastore), and `make_recurrence` / `make_cron` give theirs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import PurePosixPath
+from typing import Any
+
+from watcherd.config.schema import (
+    At,
+    Converter,
+    EnvStr,
+    Field,
+    Invalid,
+    as_bool,
+    as_choice,
+    as_duration,
+    as_int,
+    as_name,
+    as_str,
+    as_str_list,
+    as_str_map,
+    as_wall_time,
+    describe,
+    did_you_mean,
+    read_table,
+)
+from watcherd.config.targets import PIPELINE_ID, resolve_pipeline
+from watcherd.core import cron as cron_mod
+from watcherd.core import recurrence as recurrence_mod
+from watcherd.core.durations import parse_polling_interval
+from watcherd.core.errors import ValidationError
+from watcherd.core.models import (
+    BlobDatastore,
+    Config,
+    CronTrigger,
+    Datastore,
+    DatastoreTrigger,
+    Pipeline,
+    RecurrenceTrigger,
+    Schedule,
+    Source,
+    Status,
+    TimeOptions,
+    Trigger,
+    default_schedule_id,
+)
+
+__all__ = ["COMMON_KEYS", "TRIGGER_KEYS", "Context", "build_schedule", "trigger_kind"]
+
+BOTH = "Can not specify both a Recurrence and a Datastore"
+NEITHER = "Must specify either a Recurrence or a Datastore."
+SDK_DATASTORE_ONLY = {
+    "data_path_parameter_name": (
+        "Data Path parameter name can only be specified for Datastore schedules."
+    ),
+    "path_on_datastore": (
+        "Path on datastore parameter can only be specified for Datastore schedules."
+    ),
+}
+
+COMMON_KEYS = (
+    "name", "pipeline", "experiment_name", "id", "description", "status",
+    "pipeline_parameters", "continue_on_step_failure",
+)  # fmt: skip
+_TIME_OPTIONS = ("end_time", "catch_up", "max_catch_up", "concurrency", "max_queued")
+TRIGGER_KEYS: dict[str, tuple[str, ...]] = {
+    "recurrence": ("recurrence", *_TIME_OPTIONS),
+    "cron": ("cron", "time_zone", "start_time", *_TIME_OPTIONS),
+    "datastore": (
+        "datastore", "path_on_datastore", "polling_interval", "data_path_parameter_name",
+        "pattern", "ignore", "ignore_defaults", "settle", "initial", "events",
+    ),
+}  # fmt: skip
+_RECURRENCE_KEYS = (
+    "frequency", "interval", "start_time", "time_zone", "hours", "minutes", "week_days",
+    "time_of_day",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a schedule is checked against: the config's pipelines and datastores, plus the
+    names/ids of broken ones (already reported, so references to them add no error)."""
+
+    config: Config
+    broken_pipelines: frozenset[str] = field(default_factory=frozenset)
+    broken_datastores: frozenset[str] = field(default_factory=frozenset)
+
+
+def trigger_kind(raw: Mapping[str, object], at: At) -> str | None:
+    """The one trigger kind present, else report Azure ML's message and return None."""
+    present = {k for k in TRIGGER_KEYS if raw.get(k) is not None}
+    if "datastore" in present and present & {"recurrence", "cron"}:
+        at.error(BOTH)
+    elif present == {"recurrence", "cron"}:
+        at.error("Can not specify both a Recurrence and a cron expression")
+    elif not present:
+        at.error(NEITHER)
+    else:
+        return present.pop()
+    return None
+
+
+def build_schedule(
+    raw: object,
+    at: At,
+    ctx: Context,
+    *,
+    source: Source,
+    api_body: bool = False,
+    fixed_id: str | None = None,
+) -> Schedule | None:
+    """Validate one schedule table; report every problem through `at` and return None on any.
+
+    The id is `fixed_id` when given (a PATCH); else an API body gets a new uuid4 and refuses
+    read-only keys, and a file table takes its `id` key or `default_schedule_id(name)`.
+    """
+    if not isinstance(raw, Mapping):
+        at.error(f"expected a table, got {describe(raw)}")
+        return None
+    before = len(at.problems.errors)
+    kind = trigger_kind(raw, at)
+    skip = _sdk_checks(raw, at)
+    fields = _common_fields(ctx, with_id=not api_body)
+    # With two triggers, check both anyway; with none, other trigger keys can't be judged.
+    kinds = [kind] if kind else [k for k in TRIGGER_KEYS if raw.get(k) is not None]
+    for each in kinds:
+        fields.update(_trigger_fields(each, ctx))
+    if not kinds:
+        skip |= {k for keys in TRIGGER_KEYS.values() for k in keys}
+    values = read_table(raw, at, fields, foreign=_foreign(kind, api_body), skip=skip)
+    if values is None or kind is None or len(at.problems.errors) > before:
+        return None
+    if any(spec.required and key not in values for key, spec in fields.items()):
+        return None  # a reference to a broken pipeline or datastore, already reported
+    trigger = _BUILDERS[kind](values, at, ctx)
+    if trigger is None:
+        return None
+    if fixed_id is None and api_body:
+        fixed_id = str(uuid.uuid4())
+    return _assemble(values, trigger, source=source, fixed_id=fixed_id)
+
+
+def _assemble(
+    values: dict[str, Any], trigger: Trigger, *, source: Source, fixed_id: str | None
+) -> Schedule:
+    common = {k: values[k] for k in COMMON_KEYS if k in values}
+    pipeline: Pipeline = common.pop("pipeline")
+    declared = common.pop("id", None)
+    ident = fixed_id or declared or default_schedule_id(common["name"])
+    if "status" in common:
+        common["status"] = Status(common["status"])
+    return Schedule(id=ident, pipeline=pipeline.id, trigger=trigger, source=source, **common)
+
+
+def _sdk_checks(raw: Mapping[str, object], at: At) -> set[str]:
+    """Azure ML's messages for datastore-only keys without a datastore; returns those keys."""
+    found = set()
+    if raw.get("datastore") is None:
+        for key, message in SDK_DATASTORE_ONLY.items():
+            if raw.get(key) is not None:
+                (at / key).error(message)
+                found.add(key)
+    return found
+
+
+def _foreign(kind: str | None, api_body: bool) -> dict[str, str]:
+    """Reasons for keys of another trigger kind (and read-only keys of an API body)."""
+    out: dict[str, str] = {}
+    if api_body:
+        out = {k: "read-only key" for k in ("id", "source", "created_at", "updated_at",
+                                             "next_fire_times")}  # fmt: skip
+    if kind is None:
+        return out
+    for other, keys in TRIGGER_KEYS.items():
+        for key in keys:
+            if key not in TRIGGER_KEYS[kind] and key not in out:
+                hint = " (put it inside recurrence)" if key in _RECURRENCE_KEYS else ""
+                out[key] = f"{key!r} is a key of {other} schedules, not of {kind} schedules{hint}"
+    return out
+
+
+# ── common keys ───────────────────────────────────────────────────────────────
+
+
+def _as_schedule_id(value: object, at: At) -> str:
+    text = as_str(value, at)
+    if not PIPELINE_ID.fullmatch(text):
+        raise Invalid(f"invalid id {text!r}: 1-64 characters from A-Z a-z 0-9 . _ -")
+    return text
+
+
+def _as_pipeline_ref(ctx: Context) -> Converter:
+    def convert(value: object, at: At) -> Pipeline:
+        ref = as_name(value, at)
+        pipeline = resolve_pipeline(ctx.config.pipelines, ref)
+        if pipeline is not None:
+            return pipeline
+        if ref in ctx.broken_pipelines:
+            raise Invalid(None)
+        known = [*ctx.config.pipelines, *ctx.broken_pipelines]
+        raise Invalid(f"unknown pipeline {ref!r}" + did_you_mean(ref, known))
+
+    return convert
+
+
+def _common_fields(ctx: Context, *, with_id: bool) -> dict[str, Field]:
+    fields = {
+        "name": Field(as_name, required=True),
+        "pipeline": Field(_as_pipeline_ref(ctx), required=True),
+        "experiment_name": Field(as_name, required=True),
+        "description": Field(as_str),
+        "status": Field(as_choice(*Status)),
+        "pipeline_parameters": Field(as_str_map()),
+        "continue_on_step_failure": Field(as_bool),
+    }
+    if with_id:
+        fields["id"] = Field(_as_schedule_id)
+    return fields
+
+
+# ── trigger keys ──────────────────────────────────────────────────────────────
+
+
+def _as_is(value: object, at: At) -> object:
+    return value
+
+
+def _env_int(value: object) -> object:
+    """An exact `${…}` value that reads as an integer becomes one; anything else is kept."""
+    if isinstance(value, EnvStr) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def _as_int_list(value: object, at: At) -> object:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise Invalid(f"expected an array of integers, got {describe(value)}")
+    return [_env_int(v) for v in value]
+
+
+def _as_time_of_day(value: object, at: At) -> object:
+    if isinstance(value, time) and not value.second and not value.microsecond:
+        return f"{value.hour}:{value.minute:02d}"  # TOML local time 10:30:00
+    return value
+
+
+_RECURRENCE_FIELDS = {
+    "frequency": Field(_as_is, required=True),
+    "interval": Field(lambda v, at: _env_int(v), required=True),
+    "start_time": Field(_as_is),
+    "time_zone": Field(_as_is),
+    "hours": Field(_as_int_list),
+    "minutes": Field(_as_int_list),
+    "week_days": Field(_as_is),
+    "time_of_day": Field(_as_time_of_day),
+}
+
+
+def _as_recurrence(value: object, at: At) -> recurrence_mod.Recurrence:
+    """The inline table of Azure ML's ScheduleRecurrence, checked by `make_recurrence`."""
+    if not isinstance(value, Mapping):
+        example = '{ frequency = "Minute", interval = 15 }'
+        raise Invalid(f"expected a table like {example}, got {describe(value)}")
+    before = len(at.problems.errors)
+    args = read_table(value, at, _RECURRENCE_FIELDS)
+    if args is None or len(at.problems.errors) > before:
+        raise Invalid(None)
+    try:
+        return recurrence_mod.make_recurrence(**args)
+    except ValidationError as exc:
+        (at / exc.key if exc.key else at).error(exc.message)
+        raise Invalid(None) from None
+
+
+def _as_datastore_ref(ctx: Context) -> Converter:
+    def convert(value: object, at: At) -> Datastore:
+        name = as_name(value, at)
+        store = ctx.config.datastores.get(name)
+        if store is not None:
+            return store
+        if name in ctx.broken_datastores:
+            raise Invalid(None)
+        known = [*ctx.config.datastores, *ctx.broken_datastores]
+        raise Invalid(f"unknown datastore {name!r}" + did_you_mean(name, known))
+
+    return convert
+
+
+def _as_path_on_datastore(value: object, at: At) -> str:
+    text = as_str(value, at)
+    if "\\" in text:
+        raise Invalid(f"use / as the separator, got {text!r}")
+    path = PurePosixPath(text)
+    if path.is_absolute() or ".." in path.parts:
+        raise Invalid(f"must be a relative path without '..', got {text!r}")
+    return "" if str(path) == "." else str(path)
+
+
+def _as_polling_interval(value: object, at: At) -> object:
+    if isinstance(value, EnvStr):
+        try:
+            value = float(value) if "." in value else int(value)
+        except ValueError:
+            pass  # a duration string
+    try:
+        return parse_polling_interval(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def _as_pattern(value: object, at: At) -> tuple[str, ...]:
+    patterns: tuple[str, ...] = as_str_list(allow_str=True)(value, at)
+    if not patterns:
+        raise Invalid('needs at least one glob (all files: "*")')
+    return patterns
+
+
+_TIME_OPTION_FIELDS = {
+    "catch_up": Field(as_choice("none", "last", "all")),
+    "max_catch_up": Field(as_int(1)),
+    "concurrency": Field(as_choice("allow", "forbid", "queue")),
+    "max_queued": Field(as_int(1)),
+}
+
+
+def _trigger_fields(kind: str | None, ctx: Context) -> dict[str, Field]:
+    if kind == "recurrence":
+        return {
+            "recurrence": Field(_as_recurrence, required=True),
+            "end_time": Field(as_wall_time("end_time")),
+            **_TIME_OPTION_FIELDS,
+        }
+    if kind == "cron":
+        return {
+            "cron": Field(as_str, required=True),
+            **{k: Field(_as_is) for k in ("time_zone", "start_time", "end_time")},
+            **_TIME_OPTION_FIELDS,
+        }
+    if kind == "datastore":
+        return {
+            "datastore": Field(_as_datastore_ref(ctx), required=True),
+            "path_on_datastore": Field(_as_path_on_datastore),
+            "polling_interval": Field(_as_polling_interval),
+            "data_path_parameter_name": Field(as_name),
+            "pattern": Field(_as_pattern),
+            "ignore": Field(as_str_list()),
+            "ignore_defaults": Field(as_bool),
+            "settle": Field(as_duration()),
+            "initial": Field(as_choice("skip", "fire")),
+            "events": Field(as_bool),
+        }
+    return {}
+
+
+def _time_options(values: Mapping[str, Any]) -> TimeOptions:
+    return TimeOptions(**{k: values[k] for k in _TIME_OPTION_FIELDS if k in values})
+
+
+def _recurrence_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
+    return RecurrenceTrigger(
+        recurrence=values["recurrence"],
+        end_time=values.get("end_time"),
+        options=_time_options(values),
+    )
+
+
+def _cron_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
+    args = {k: values.get(k) for k in ("time_zone", "start_time", "end_time")}
+    try:
+        rule = cron_mod.make_cron(values["cron"], **args)
+    except ValidationError as exc:
+        key = "cron" if exc.key in ("", "expression") else exc.key
+        (at / key).error(exc.message)
+        return None
+    return CronTrigger(cron=rule, options=_time_options(values))
+
+
+def _datastore_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
+    store: Datastore = values["datastore"]
+    if values.get("events") and isinstance(store, BlobDatastore):
+        (at / "events").error(
+            f"events are only available for local datastores ({store.name!r} is azure_blob)"
+        )
+        return None
+    keys = TRIGGER_KEYS["datastore"][1:]
+    return DatastoreTrigger(datastore=store.name, **{k: values[k] for k in keys if k in values})
+
+
+_BUILDERS = {
+    "recurrence": _recurrence_trigger,
+    "cron": _cron_trigger,
+    "datastore": _datastore_trigger,
+}

@@ -1,0 +1,1 @@
+"""The pure core: values, rules and time math; no I/O, no asyncio, no clock."""

@@ -1,0 +1,340 @@
+"""Frozen values shared by every layer: config objects, schedules, triggers and runs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from watcherd.core.cron import CronRule
+from watcherd.core.recurrence import Recurrence
+
+__all__ = [
+    "NAMESPACE",
+    "AzureMLTarget",
+    "BlobDatastore",
+    "CommandTarget",
+    "Config",
+    "CronTrigger",
+    "DaemonSettings",
+    "Datastore",
+    "DatastoreTrigger",
+    "HttpTarget",
+    "LocalDatastore",
+    "Pipeline",
+    "RecurrenceTrigger",
+    "RetryPolicy",
+    "Run",
+    "RunStatus",
+    "Schedule",
+    "Source",
+    "Status",
+    "TERMINAL",
+    "TimeOptions",
+    "Trigger",
+    "default_pipeline_id",
+    "default_schedule_id",
+]
+
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "watcherd")
+
+
+def default_pipeline_id(name: str) -> str:
+    """The id a pipeline gets when its config declares none (SPEC §1)."""
+    return str(uuid.uuid5(NAMESPACE, "pipeline/" + name))
+
+
+def default_schedule_id(name: str) -> str:
+    """The id a declared schedule gets when its config declares none (SPEC §2)."""
+    return str(uuid.uuid5(NAMESPACE, "schedule/" + name))
+
+
+class Status(StrEnum):
+    """Status of a pipeline or a schedule."""
+
+    ACTIVE = "Active"
+    DISABLED = "Disabled"
+
+
+class Source(StrEnum):
+    """Where a schedule comes from."""
+
+    FILE = "file"
+    API = "api"
+    REMOVED = "removed"
+
+
+class RunStatus(StrEnum):
+    """Run lifecycle (SPEC §5)."""
+
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    SUBMITTED = "Submitted"
+    CANCELED = "Canceled"
+    SKIPPED = "Skipped"
+
+
+TERMINAL = frozenset(
+    {
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+        RunStatus.SUBMITTED,
+        RunStatus.CANCELED,
+        RunStatus.SKIPPED,
+    }
+)
+
+
+# ── datastores ────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalDatastore:
+    """A local directory whose files can trigger runs."""
+
+    name: str
+    root: Path
+    kind: Literal["local"] = "local"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobDatastore:
+    """An Azure Blob container; exactly one of connection_string / account_url is set."""
+
+    name: str
+    container: str
+    connection_string: str | None = None
+    account_url: str | None = None
+    sas_token: str | None = None
+    account_key: str | None = None
+    kind: Literal["azure_blob"] = "azure_blob"
+
+
+Datastore = LocalDatastore | BlobDatastore
+
+
+# ── pipelines ─────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Automatic tries for retryable failures: `attempts` in all, backoff capped at max_delay."""
+
+    attempts: int = 5
+    max_delay: timedelta = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandTarget:
+    """Steps of argv run in order without a shell."""
+
+    steps: tuple[tuple[str, ...], ...]
+    cwd: Path | None = None  # None: the config file's directory
+    env: Mapping[str, str] = field(default_factory=dict)
+    inherit_env: tuple[str, ...] = ()
+    retry_exit_codes: tuple[int, ...] = ()
+    log_limit: int = 1024 * 1024
+    kind: Literal["command"] = "command"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpTarget:
+    """POST the run (SPEC §5 body) to a webhook."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    request_timeout: timedelta = timedelta(seconds=30)
+    kind: Literal["http"] = "http"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AzureMLTarget:
+    """POST to an Azure ML published pipeline's REST endpoint with an Azure AD token."""
+
+    endpoint: str
+    scope: str = "https://management.azure.com/.default"
+    kind: Literal["azureml"] = "azureml"
+
+
+Target = CommandTarget | HttpTarget | AzureMLTarget
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pipeline:
+    """A published pipeline: something to run, declared in the config file."""
+
+    id: str
+    name: str
+    target: Target
+    description: str = ""
+    status: Status = Status.ACTIVE
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    continue_on_step_failure: bool = False
+    retry: RetryPolicy = RetryPolicy()
+    timeout: timedelta | None = None
+    on_failure: str | None = None  # a pipeline id (resolved from a name at load)
+
+    @property
+    def kind(self) -> str:
+        return self.target.kind
+
+
+# ── triggers ──────────────────────────────────────────────────────────────────
+
+CatchUp = Literal["none", "last", "all"]
+Concurrency = Literal["allow", "forbid", "queue"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeOptions:
+    """Missed-slot and overlap policy of a time schedule (SPEC §3.3)."""
+
+    catch_up: CatchUp = "none"
+    max_catch_up: int = 10
+    concurrency: Concurrency = "allow"
+    max_queued: int = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecurrenceTrigger:
+    """Azure ML's ScheduleRecurrence, plus end_time and the §3.3 options."""
+
+    recurrence: Recurrence
+    end_time: datetime | None = None  # naive wall time in the recurrence's zone
+    options: TimeOptions = TimeOptions()
+    kind: Literal["recurrence"] = "recurrence"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CronTrigger:
+    """A five-field cron expression in a time zone, plus the §3.3 options."""
+
+    cron: CronRule
+    options: TimeOptions = TimeOptions()
+    kind: Literal["cron"] = "cron"
+
+
+DEFAULT_IGNORE = (".*", "*.tmp", "*.part", "*.partial", "*.crdownload", "*.swp", "*~", "~$*")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatastoreTrigger:
+    """Start one run per new or modified file directly inside the watched directory."""
+
+    datastore: str  # a [datastores.*] name
+    path_on_datastore: str = ""  # relative, posix, no "..", "" = the root
+    polling_interval: timedelta = timedelta(minutes=5)
+    data_path_parameter_name: str | None = None
+    pattern: tuple[str, ...] = ("*",)
+    ignore: tuple[str, ...] = ()  # added to DEFAULT_IGNORE unless ignore_defaults is false
+    ignore_defaults: bool = True
+    settle: timedelta | None = None  # None: 2s local, 0s blob
+    initial: Literal["skip", "fire"] = "skip"
+    events: bool | None = None  # None: on for local datastores on Linux
+    kind: Literal["datastore"] = "datastore"
+
+    @property
+    def ignore_globs(self) -> tuple[str, ...]:
+        return (DEFAULT_IGNORE if self.ignore_defaults else ()) + self.ignore
+
+
+Trigger = RecurrenceTrigger | CronTrigger | DatastoreTrigger
+
+
+# ── schedules ─────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    """Ties a pipeline, an experiment and a trigger."""
+
+    id: str
+    name: str
+    pipeline: str  # pipeline id
+    experiment_name: str
+    trigger: Trigger
+    description: str = ""
+    status: Status = Status.ACTIVE
+    pipeline_parameters: Mapping[str, str] = field(default_factory=dict)
+    continue_on_step_failure: bool | None = None
+    source: Source = Source.FILE
+
+    @property
+    def kind(self) -> str:
+        return self.trigger.kind
+
+
+# ── daemon and whole config ───────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonSettings:
+    """The [daemon] table."""
+
+    state_dir: Path
+    api: str = "127.0.0.1:8765"  # "host:port", "unix:/path", or "" (no API)
+    api_hosts: tuple[str, ...] = ()
+    token: str = ""  # "": generated once into state_dir/token
+    max_concurrent_runs: int = 8
+    max_pending: int = 10000
+    shutdown_timeout: timedelta = timedelta(seconds=25)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    retention: timedelta = timedelta(days=30)
+    readyz_strict: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """A loaded, validated config file. Mappings are keyed by name."""
+
+    path: Path | None
+    base_dir: Path  # relative paths resolve here; default cwd of commands
+    daemon: DaemonSettings
+    datastores: Mapping[str, Datastore] = field(default_factory=dict)
+    pipelines: Mapping[str, Pipeline] = field(default_factory=dict)
+    schedules: tuple[Schedule, ...] = ()
+    secrets: frozenset[str] = frozenset()  # secret values to redact wherever text is shown
+
+    def pipeline_by_id(self, ident: str) -> Pipeline | None:
+        """A pipeline by id, else by name."""
+        for p in self.pipelines.values():
+            if p.id == ident:
+                return p
+        return self.pipelines.get(ident)
+
+
+# ── runs ──────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    """One execution of a pipeline for a schedule (SPEC §5).
+
+    `trigger` is {"kind": "time", "slot"}, {"kind": "file", "datastore", "path", "version"}
+    or {"kind": "manual", "by"}; file paths are shown with invalid bytes as \\xNN, the raw
+    bytes are in `path`.
+    """
+
+    id: str
+    schedule_id: str
+    pipeline_id: str
+    experiment_name: str
+    status: RunStatus
+    trigger: Mapping[str, object]
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    path: bytes | None = None  # raw file name (relative to the datastore root) for file runs
+    attempt: int = 1
+    attempts: tuple[Mapping[str, object], ...] = ()
+    error: str | None = None
+    exit_code: int | None = None
+    remote_id: str | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None

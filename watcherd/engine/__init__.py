@@ -1,0 +1,1 @@
+"""The scheduling engine: asyncio, behind ports; no SQL, sockets or filesystem of its own."""

@@ -1,0 +1,81 @@
+"""The narrow interface the HTTP API depends on; implemented by the engine (manager.py).
+
+Methods return JSON-ready values. They raise NotFound (404), Conflict (409), ConfigErrors or
+ValidationError (422) and never a third-party exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from watcherd.core.models import Config
+from watcherd.engine.metrics import Metrics
+
+__all__ = ["Services"]
+
+JSON = dict[str, Any]
+
+
+class Services(Protocol):
+    """What the API, the page and the SDK can see and do.
+
+    Shapes:
+    - pipeline: {"id", "name", "kind", "description", "status", "parameters",
+      "continue_on_step_failure", "endpoint" (secrets redacted), "schedules": [schedule ids],
+      "last_run": run | None}
+    - schedule: SPEC §8 (config.schedule_to_dict + "id", "source", "created_at", "updated_at",
+      "next_fire_times": [ISO UTC], "trigger_words", "last_run": run | None, "error": str|None)
+    - run: {"id", "schedule_id", "schedule_name", "pipeline_id", "experiment_name", "status",
+      "trigger", "parameters", "attempt", "attempts", "error", "exit_code", "remote_id",
+      "queued_at", "started_at", "finished_at", "next_attempt_at", "duration"}; times ISO UTC.
+    """
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def list_pipelines(self, active_only: bool = False) -> list[JSON]: ...
+    def get_pipeline(self, ident: str) -> JSON: ...
+    async def set_pipeline_status(self, ident: str, status: str) -> JSON: ...
+
+    def list_experiments(self) -> list[JSON]: ...
+
+    def list_schedules(
+        self, active_only: bool = False, pipeline_id: str | None = None
+    ) -> list[JSON]: ...
+    def get_schedule(self, ident: str) -> JSON: ...
+    def next_fire_times(self, ident: str, n: int) -> list[str]: ...
+    async def create_schedule(self, body: Mapping[str, Any]) -> JSON: ...
+    async def update_schedule(self, ident: str, body: Mapping[str, Any]) -> JSON: ...
+    async def set_schedule_status(self, ident: str, status: str) -> JSON: ...
+    async def delete_schedule(self, ident: str) -> None: ...
+    async def trigger_schedule(
+        self,
+        ident: str,
+        *,
+        path: str | None = None,
+        parameters: Mapping[str, str] | None = None,
+        by: str = "api",
+        idempotency_key: str | None = None,
+    ) -> JSON: ...
+
+    async def list_runs(
+        self,
+        *,
+        schedule_id: str | None = None,
+        pipeline_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[JSON], str | None]: ...
+    async def get_run(self, run_id: str) -> JSON: ...
+    async def get_run_log(self, run_id: str) -> bytes: ...
+    async def retry_run(self, run_id: str) -> JSON: ...
+    async def cancel_run(self, run_id: str) -> JSON: ...
+
+    def readiness(self) -> tuple[bool, JSON]:
+        """(ready, body) per SPEC §8 /readyz."""
+        ...

@@ -1,0 +1,1 @@
+"""State stores behind `watcherd.engine.ports.RunStore`."""
