@@ -12,9 +12,11 @@ from typing import Any
 
 from tests.clocks import ManualClock
 from watcherd import config as config_mod
+from watcherd.daemon import build_engine
 from watcherd.engine.engine import Engine
 from watcherd.services.manager import Manager
-from watcherd.state.sqlite.store import Store
+from watcherd.state.sqlite import runs as runs_sql
+from watcherd.state.sqlite.store import SqliteStore
 
 
 async def eventually(pred: Callable[[], Any], within: float = 10.0) -> Any:
@@ -30,7 +32,7 @@ async def eventually(pred: Callable[[], Any], within: float = 10.0) -> Any:
 class Harness:
     """An engine on a ManualClock, with helpers to read its runs."""
 
-    def __init__(self, engine: Engine, clock: ManualClock, store: Store) -> None:
+    def __init__(self, engine: Engine, clock: ManualClock, store: SqliteStore) -> None:
         self.engine = engine
         self.clock = clock
         self.store = store
@@ -40,7 +42,14 @@ class Harness:
         sid = None
         if schedule is not None:
             sid = next(s.id for s in self.engine.schedules.values() if s.name == schedule)
-        runs, _ = self.store.sync(self.store.list_runs, schedule_id=sid, limit=100000)
+        runs, _ = self.store.db.sync(
+            runs_sql.list_runs,
+            schedule_id=sid,
+            pipeline_id=None,
+            status=None,
+            limit=100000,
+            before_seq=None,
+        )
         return list(reversed(runs))
 
     def slots(self, schedule: str | None = None) -> list[str]:
@@ -76,8 +85,8 @@ async def running_engine(
     tmp_path: Path, text: str, clock: ManualClock, state: Path | None = None
 ) -> AsyncIterator[Harness]:
     cfg = load_config(tmp_path, text)
-    store = Store(state or tmp_path / ".watcherd")
-    engine = Engine(cfg, store, clock)
+    store = SqliteStore(state or tmp_path / ".watcherd")
+    engine = build_engine(cfg, store, clock)
     try:
         await engine.prepare()
         task = asyncio.ensure_future(engine.run())
@@ -88,5 +97,6 @@ async def running_engine(
         finally:
             engine.stop()
             await asyncio.wait_for(task, 30)
+            await engine.close()
     finally:
-        store.close()
+        await store.close()

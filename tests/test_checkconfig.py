@@ -9,19 +9,49 @@ from pathlib import Path
 
 import pytest
 
-from watcherd.cli.checkconfig import (
-    Report,
-    StoredSchedule,
-    build_report,
-    format_json,
-    format_text,
-    trigger_words,
-)
-from watcherd.config import load, parse_schedule
+from watcherd.cli.checkconfig import Report, build_report, format_json, format_text
+from watcherd.config import load, parse_schedule, schedule_to_dict
 from watcherd.core.errors import ConfigErrors
-from watcherd.core.models import Config, RecurrenceTrigger, Source
+from watcherd.core.models import (
+    Config,
+    CronTrigger,
+    RecurrenceTrigger,
+    Schedule,
+    Source,
+    StoredSchedule,
+)
+from watcherd.core.slots import trigger_key
+from watcherd.core.words import trigger_words
 
 NOW = datetime(2026, 11, 25, 10, 15, 0, 250000, tzinfo=UTC)
+
+
+def stored_row(
+    s: Schedule,
+    cfg: Config,
+    anchor: datetime,
+    *,
+    status: str = "Active",
+    source: str = "file",
+    file_status: str | None = None,
+    row_id: str | None = None,
+) -> StoredSchedule:
+    """A store row for `s` as the daemon writes it (its cursor: the anchor's instant)."""
+    t = s.trigger
+    tkey = trigger_key(t) if isinstance(t, RecurrenceTrigger | CronTrigger) else None
+    return StoredSchedule(
+        id=row_id or s.id,
+        name=s.name,
+        source=source,
+        status=status,
+        file_status=file_status if file_status is not None else s.status.value,
+        spec=schedule_to_dict(s, cfg),
+        trigger_key=tkey,
+        anchor=anchor,
+        cursor=anchor,
+        created_at=anchor,
+        updated_at=anchor,
+    )
 
 
 @pytest.fixture
@@ -100,7 +130,7 @@ def test_stored_schedule_keeps_its_anchor(tmp_path: Path, bin_dir: Path) -> None
     cfg = make_config(tmp_path)
     rec = cfg.schedules[0]
     anchor = datetime(2026, 11, 24, 0, 5, tzinfo=UTC)
-    stored = {rec.id: StoredSchedule(id=rec.id, anchor=anchor, status="Active", source="file")}
+    stored = {rec.id: stored_row(rec, cfg, anchor)}
     report = build_report(cfg, now=NOW, stored=stored, search_path=str(bin_dir))
     row = report.schedules[0]
     assert row.creation_fire is None
@@ -114,7 +144,7 @@ def test_stored_schedule_keeps_its_anchor(tmp_path: Path, bin_dir: Path) -> None
     assert isinstance(rec.trigger, RecurrenceTrigger)
     five = replace(rec.trigger.recurrence, interval=5)
     old = replace(rec, trigger=replace(rec.trigger, recurrence=five))
-    stored = {rec.id: replace(stored[rec.id], schedule=old)}
+    stored = {rec.id: stored_row(old, cfg, anchor)}
     row = build_report(cfg, now=NOW, stored=stored, search_path=str(bin_dir)).schedules[0]
     assert row.creation_fire == NOW.replace(microsecond=0)
 
@@ -219,19 +249,17 @@ def test_api_schedules_and_compat_errors(tmp_path: Path, bin_dir: Path) -> None:
     made = parse_schedule(body, config=cfg, key_prefix="body", source=Source.API)
     anchor = datetime(2026, 1, 1, tzinfo=UTC)
     stored = {
-        made.id: StoredSchedule(id=made.id, anchor=anchor, status="Active", source="api",
-                                schedule=made),
-        "x": StoredSchedule(id="x", anchor=anchor, status="Disabled", source="removed",
-                            schedule=replace(made, id="x", source=Source.REMOVED)),
-    }  # fmt: skip
+        made.id: stored_row(made, cfg, anchor, source="api"),
+        "x": stored_row(made, cfg, anchor, status="Disabled", source="removed", row_id="x"),
+    }
     report = build_report(cfg, now=NOW, stored=stored, search_path=str(bin_dir))
     assert [r.name for r in report.schedules] == ["Every15", "Reactive", "FromApi"]
     api_row = report.schedules[2]
     assert api_row.source == "api"
     assert api_row.next_fire_times[0] == datetime(2026, 11, 25, 10, 20, tzinfo=UTC)
     assert report.errors == ()
-    ghost = replace(made, pipeline="deleted-pipeline")
-    stored[made.id] = replace(stored[made.id], schedule=ghost)
+    ghost = {**stored[made.id].spec, "pipeline": "deleted-pipeline"}
+    stored[made.id] = replace(stored[made.id], spec=ghost)
     report = build_report(cfg, now=NOW, stored=stored, search_path=str(bin_dir))
     assert [str(e) for e in report.errors] == [
         "pipelines: pipeline id 'deleted-pipeline' is missing but API-created schedules use "
@@ -301,16 +329,14 @@ def test_secrets_are_masked(tmp_path: Path, bin_dir: Path) -> None:
 def test_trigger_words(tmp_path: Path, extra: str, words: str) -> None:
     text = '[[schedules]]\nname = "W"\npipeline = "train"\nexperiment_name = "E"\n' + extra
     cfg = make_config(tmp_path, text)
-    assert trigger_words(cfg.schedules[-1], cfg) == words
+    assert trigger_words(cfg.schedules[-1]) == words
 
 
 def test_status_follows_the_store_unless_the_file_changed(tmp_path: Path, bin_dir: Path) -> None:
     cfg = make_config(tmp_path)
     rec = cfg.schedules[0]
     anchor = datetime(2026, 11, 24, tzinfo=UTC)
-    disabled_at_run_time = StoredSchedule(
-        id=rec.id, anchor=anchor, status="Disabled", source="file", file_status="Active"
-    )
+    disabled_at_run_time = stored_row(rec, cfg, anchor, status="Disabled", file_status="Active")
     row = build_report(cfg, now=NOW, stored={rec.id: disabled_at_run_time}).schedules[0]
     assert (row.status, row.next_fire_times) == ("Disabled", ())
     file_was_disabled = replace(disabled_at_run_time, file_status="Disabled")
@@ -324,8 +350,7 @@ def test_stored_api_schedule_takes_the_stored_id(tmp_path: Path, bin_dir: Path) 
             "recurrence": {"frequency": "Hour", "interval": 1}}  # fmt: skip
     reparsed = parse_schedule(body, config=cfg, key_prefix="stored", source=Source.API)
     anchor = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
-    entry = StoredSchedule(id="api-1", anchor=anchor, status="Active", source="api",
-                           schedule=reparsed)  # fmt: skip
+    entry = stored_row(reparsed, cfg, anchor, source="api", row_id="api-1")
     report = build_report(cfg, now=NOW, stored={"api-1": entry}, search_path=str(bin_dir))
     row = report.schedules[2]
     assert (row.id, row.creation_fire) == ("api-1", None)

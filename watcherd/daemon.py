@@ -1,4 +1,8 @@
-"""Daemon lifecycle: lock, state, engine, API, signals, sd_notify, reload and shutdown."""
+"""Daemon lifecycle: the wiring, and the only place that picks implementations.
+
+It opens the state store, hands the engine its pollers and dispatchers (`ports`), serves the
+API, and owns signals, sd_notify, reload, retention and shutdown.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +22,23 @@ import structlog
 
 from watcherd import config as config_mod
 from watcherd.core.errors import AlreadyRunning, ConfigErrors, StateError
-from watcherd.core.models import Config, DatastoreTrigger, Status
+from watcherd.core.models import (
+    Config,
+    Datastore,
+    DatastoreTrigger,
+    LocalDatastore,
+    Schedule,
+    Status,
+)
 from watcherd.engine.clock import Clock, clock_from_env
 from watcherd.engine.engine import Engine
+from watcherd.engine.metrics import Metrics
+from watcherd.engine.ports import ChangeSink, Dispatcher, Poller, PollHealth, RunStore
 from watcherd.notify import Notifier
 from watcherd.services.manager import Manager
-from watcherd.state.sqlite.store import Store
+from watcherd.state.sqlite.store import SqliteStore
 
-__all__ = ["Daemon", "run_daemon"]
+__all__ = ["Daemon", "DefaultDispatchers", "DefaultPollers", "build_engine", "run_daemon"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,32 +51,120 @@ def _token(cfg: Config) -> tuple[str, Path]:
     if cfg.daemon.token:
         # Kept (0600) in the private state dir too, so the CLI and the SDK find it by
         # config.json's token_file, as they do for a generated token.
-        _write_private(path, cfg.daemon.token)
+        _write_private(path, cfg.daemon.token + "\n", 0o600)
         return cfg.daemon.token, path
     try:
-        text = path.read_text().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            text = f.read().strip()
         if text:
             return text, path
     except FileNotFoundError:
         pass
     tok = secrets.token_urlsafe(32)
-    _write_private(path, tok)
+    _write_private(path, tok + "\n", 0o600)
     return tok, path
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
+def _write_private(path: Path, text: str, mode: int) -> None:
+    """Write `text` to `path` with exactly `mode`: a fresh temp file (O_EXCL|O_NOFOLLOW, so a
+    planted symlink is never followed) renamed over the target, which replaces a symlink
+    rather than writing through it and drops whatever mode the old file had."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
-def _write_json(path: Path, data: Mapping[str, object], mode: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+class DefaultPollers:
+    """The PollerFactory: local directories and Azure Blob prefixes (SDKs imported lazily)."""
+
+    def __init__(self, clock: Clock, metrics: Metrics) -> None:
+        self.clock, self.metrics = clock, metrics
+
+    def poller(
+        self,
+        schedule: Schedule,
+        datastore: Datastore,
+        *,
+        sink: ChangeSink,
+        health: PollHealth,
+        max_pending: int,
+    ) -> Poller:
+        if isinstance(datastore, LocalDatastore):
+            from watcherd.pollers.local import LocalPoller
+
+            return LocalPoller(
+                schedule=schedule, datastore=datastore, sink=sink, health=health,
+                clock=self.clock, max_pending=max_pending, metrics=self.metrics,
+            )  # fmt: skip
+        from watcherd.pollers.blob import BlobPoller
+
+        return BlobPoller(
+            schedule=schedule, datastore=datastore, sink=sink, health=health,
+            clock=self.clock, max_pending=max_pending, metrics=self.metrics,
+        )  # fmt: skip
+
+    def locate(self, datastore: Datastore, name: bytes) -> tuple[bytes | None, str | None]:
+        if isinstance(datastore, LocalDatastore):
+            return os.path.join(os.fsencode(datastore.root), name), None
+        from watcherd.pollers.blob import blob_url
+
+        return None, blob_url(datastore, name)
+
+
+class DefaultDispatchers:
+    """The DispatcherFactory: one dispatcher per pipeline kind, imported on first use (aiohttp
+    and azure only when a pipeline needs them)."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, Dispatcher] = {}
+
+    def __call__(self, kind: str) -> Dispatcher:
+        d = self._made.get(kind)
+        if d is None:
+            d = self._made[kind] = self._make(kind)
+        return d
+
+    @staticmethod
+    def _make(kind: str) -> Dispatcher:
+        if kind == "command":
+            from watcherd.dispatch.command import CommandDispatcher
+
+            return CommandDispatcher()
+        if kind == "http":
+            from watcherd.dispatch.http import HttpDispatcher
+
+            return HttpDispatcher()
+        if kind == "azureml":
+            from watcherd.dispatch.azureml import AzureMLDispatcher
+
+            return AzureMLDispatcher()
+        raise KeyError(kind)
+
+    async def aclose(self) -> None:
+        for d in self._made.values():
+            await d.aclose()
+
+
+def build_engine(cfg: Config, store: RunStore, clock: Clock) -> Engine:
+    """The engine with the default pollers and dispatchers (close it with `engine.close()`)."""
+    metrics = Metrics()
+    return Engine(
+        cfg,
+        store,
+        clock,
+        pollers=DefaultPollers(clock, metrics),
+        dispatchers=DefaultDispatchers(),
+        metrics=metrics,
+    )
 
 
 class Daemon:
@@ -84,7 +185,7 @@ class Daemon:
     async def run(self, cfg: Config, *, shutdown_trigger: ShutdownTrigger | None = None) -> int:
         async with AsyncExitStack() as stack:
             try:
-                store = Store(cfg.daemon.state_dir)
+                store = SqliteStore(cfg.daemon.state_dir)
             except AlreadyRunning as exc:
                 log.error("already_running", error=str(exc))
                 return 1
@@ -94,9 +195,10 @@ class Daemon:
                     error = f"state_dir {cfg.daemon.state_dir} is not a directory"
                 log.error("state_unavailable", error=error)
                 return 1
-            stack.callback(store.close)
+            stack.push_async_callback(store.close)
             token, token_path = _token(cfg)
-            self.engine = engine = Engine(cfg, store, self.clock)
+            self.engine = engine = build_engine(cfg, store, self.clock)
+            stack.push_async_callback(engine.close)
             try:
                 await engine.prepare()
             except ConfigErrors as exc:
@@ -165,23 +267,15 @@ class Daemon:
         log.info("signal_received", signal=sig.name)
         self._stop.set()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def request_reload(self) -> None:
-        self._reloads.put_nowait(None)
-
     def _write_discovery(self, cfg: Config, token_path: Path) -> None:
         assert self.url is not None
-        _write_json(
-            cfg.daemon.state_dir / "config.json",
-            {"url": self.url, "token_file": str(token_path.resolve())},
-            0o600,
-        )
+        doc = {"url": self.url, "token_file": str(token_path.resolve())}
+        _write_private(cfg.daemon.state_dir / "config.json", json.dumps(doc), 0o600)
         runtime = self.env.get("RUNTIME_DIRECTORY")
         if runtime:
             with contextlib.suppress(OSError):
-                _write_json(Path(runtime.split(":")[0]) / "config.json", {"url": self.url}, 0o644)
+                path = Path(runtime.split(":")[0]) / "config.json"
+                _write_private(path, json.dumps({"url": self.url}), 0o644)
 
     def _summary(self) -> str:
         eng = self.engine
@@ -259,7 +353,7 @@ class Daemon:
             cfg = self.engine.config
             before = self.clock.now() - cfg.daemon.retention
             try:
-                n = await store.call(store.prune, before)
+                n = await store.prune(before)
                 if n:
                     log.info("runs_pruned", count=n)
             except StateError as exc:

@@ -114,18 +114,18 @@ class FakeServices:
     def metrics(self) -> Metrics:
         return self._metrics
 
-    def list_pipelines(self, active_only: bool = False) -> list[JSON]:
+    async def list_pipelines(self, active_only: bool = False) -> list[JSON]:
         self._maybe_explode()
         return [p for p in self.pipelines.values() if not active_only or p["status"] == "Active"]
 
-    def get_pipeline(self, ident: str) -> JSON:
+    async def get_pipeline(self, ident: str) -> JSON:
         for p in self.pipelines.values():
             if ident in (p["id"], p["name"]):
                 return p
         raise NotFound("pipeline", ident)
 
     async def set_pipeline_status(self, ident: str, status: str) -> JSON:
-        p = self.get_pipeline(ident)
+        p = await self.get_pipeline(ident)
         active = [s["name"] for s in self.schedules.values() if s["status"] == "Active"]
         if status == "Disabled" and active:
             raise Conflict(
@@ -135,23 +135,23 @@ class FakeServices:
         p["status"] = status
         return p
 
-    def list_experiments(self) -> list[JSON]:
+    async def list_experiments(self) -> list[JSON]:
         return [{"name": "E"}]
 
-    def list_schedules(
+    async def list_schedules(
         self, active_only: bool = False, pipeline_id: str | None = None
     ) -> list[JSON]:
         self.calls.append(("list_schedules", (active_only, pipeline_id)))
         return [s for s in self.schedules.values() if not active_only or s["status"] == "Active"]
 
-    def get_schedule(self, ident: str) -> JSON:
+    async def get_schedule(self, ident: str) -> JSON:
         for s in self.schedules.values():
             if ident in (s["id"], s["name"]):
                 return s
         raise NotFound("schedule", ident)
 
-    def next_fire_times(self, ident: str, n: int) -> list[str]:
-        self.get_schedule(ident)
+    async def next_fire_times(self, ident: str, n: int) -> list[str]:
+        await self.get_schedule(ident)
         return ["2026-11-25T10:15:00Z"] * n
 
     async def create_schedule(self, body: Mapping[str, Any]) -> JSON:
@@ -172,17 +172,17 @@ class FakeServices:
         return self.schedules[sid]
 
     async def update_schedule(self, ident: str, body: Mapping[str, Any]) -> JSON:
-        s = self.get_schedule(ident)
+        s = await self.get_schedule(ident)
         s.update({k: v for k, v in body.items() if v is not None})
         return s
 
     async def set_schedule_status(self, ident: str, status: str) -> JSON:
-        s = self.get_schedule(ident)
+        s = await self.get_schedule(ident)
         s["status"] = status
         return s
 
     async def delete_schedule(self, ident: str) -> None:
-        s = self.get_schedule(ident)
+        s = await self.get_schedule(ident)
         if s["status"] == "Active":
             raise Conflict("schedule is Active; disable it first", "schedule_active")
         del self.schedules[s["id"]]
@@ -196,7 +196,7 @@ class FakeServices:
         by: str = "api",
         idempotency_key: str | None = None,
     ) -> JSON:
-        s = self.get_schedule(ident)
+        s = await self.get_schedule(ident)
         self.calls.append(("trigger", (path, parameters, by, idempotency_key)))
         rid = f"r-{idempotency_key}" if idempotency_key else f"r{len(self.runs) + 1}"
         self.runs.setdefault(rid, _run(rid, s["id"], "Queued"))

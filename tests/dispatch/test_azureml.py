@@ -28,6 +28,7 @@ from watcherd.core.errors import DispatchUnavailable
 from watcherd.core.models import (
     AzureMLTarget,
     DatastoreTrigger,
+    FileRef,
     Pipeline,
     RecurrenceTrigger,
     Run,
@@ -36,7 +37,7 @@ from watcherd.core.models import (
 )
 from watcherd.core.recurrence import Recurrence
 from watcherd.dispatch.azureml import AzureMLDispatcher, azureml_body
-from watcherd.engine.ports import FileRef, RunContext
+from watcherd.engine.ports import RunContext
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOi.fake-aad-token"
 SCOPE = "https://management.azure.com/.default"
@@ -170,6 +171,7 @@ def make_ctx(
         datastore="workspaceblobstore",
         relative_path=b"in/a.csv",
         url="http://127.0.0.1:10000/devstoreaccount1/data/in/a.csv",
+        parameter="input_data",
     )
     run = Run(
         id=RUN_ID,
@@ -185,7 +187,6 @@ def make_ctx(
         schedule=schedule,
         parameters={"epochs": "10"},
         file=ref if file else None,
-        data_path_parameter_name="input_data" if file else None,
         trigger_time=datetime(2026, 11, 25, 10, 15, 30, 123456, tzinfo=UTC),
         continue_on_step_failure=bool(
             schedule_cosf if schedule_cosf is not None else pipeline_cosf

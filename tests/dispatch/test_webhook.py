@@ -18,6 +18,7 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 from watcherd.core.errors import DispatchUnavailable
 from watcherd.core.models import (
     DatastoreTrigger,
+    FileRef,
     HttpTarget,
     Pipeline,
     Run,
@@ -25,7 +26,7 @@ from watcherd.core.models import (
     Schedule,
 )
 from watcherd.dispatch.http import HttpDispatcher, http_body, parse_retry_after
-from watcherd.engine.ports import FileRef, Outcome, RunContext
+from watcherd.engine.ports import Outcome, RunContext
 
 SECRET = "Bearer s3cr3t-hook-token"
 RUN_ID = "0b7e2f1c-7d0e-4a57-9a5e-6f0f6b1b3c11"
@@ -131,6 +132,7 @@ def make_ctx(
         relative_path=b"incoming/a.csv",
         local_path=b"/srv/inbox/incoming/a.csv",
         version="1:2:3",
+        parameter="input_data",
     )
     run = Run(
         id=RUN_ID,
@@ -147,7 +149,6 @@ def make_ctx(
         schedule=schedule,
         parameters={"epochs": "10", "input_data": "data/latest.csv"},
         file=ref if file else None,
-        data_path_parameter_name="input_data",
         trigger_time=TRIGGER,
         continue_on_step_failure=False,
         config_dir=Path("."),

@@ -167,11 +167,11 @@ def _by(request: web.Request) -> str:
 
 async def list_pipelines(request: web.Request) -> web.Response:
     active_only = _bool_param(request, "active_only", False)
-    return _page(_svc(request).list_pipelines(active_only=active_only))
+    return _page(await _svc(request).list_pipelines(active_only=active_only))
 
 
 async def get_pipeline(request: web.Request) -> web.Response:
-    return json_response(_svc(request).get_pipeline(_ident(request)))
+    return json_response(await _svc(request).get_pipeline(_ident(request)))
 
 
 async def enable_pipeline(request: web.Request) -> web.Response:
@@ -183,7 +183,7 @@ async def disable_pipeline(request: web.Request) -> web.Response:
 
 
 async def list_experiments(request: web.Request) -> web.Response:
-    return _page(_svc(request).list_experiments())
+    return _page(await _svc(request).list_experiments())
 
 
 def _datastore_items(svc: Services) -> list[dict[str, str]]:
@@ -209,7 +209,8 @@ async def get_datastore(request: web.Request) -> web.Response:
 async def list_schedules(request: web.Request) -> web.Response:
     active_only = _bool_param(request, "active_only", False)
     pipeline_id = _str_param(request, "pipeline_id")
-    return _page(_svc(request).list_schedules(active_only=active_only, pipeline_id=pipeline_id))
+    svc = _svc(request)
+    return _page(await svc.list_schedules(active_only=active_only, pipeline_id=pipeline_id))
 
 
 async def create_schedule(request: web.Request) -> web.Response:
@@ -220,7 +221,7 @@ async def create_schedule(request: web.Request) -> web.Response:
 
 
 async def get_schedule(request: web.Request) -> web.Response:
-    return json_response(_svc(request).get_schedule(_ident(request)))
+    return json_response(await _svc(request).get_schedule(_ident(request)))
 
 
 async def update_schedule(request: web.Request) -> web.Response:
@@ -256,7 +257,7 @@ async def trigger_schedule(request: web.Request) -> web.Response:
 
 async def next_fire_times(request: web.Request) -> web.Response:
     n = _int_param(request, "n", 5, 1, 100)
-    return _page(list(_svc(request).next_fire_times(_ident(request), n)))
+    return _page(list(await _svc(request).next_fire_times(_ident(request), n)))
 
 
 # ── runs ──────────────────────────────────────────────────────────────────────

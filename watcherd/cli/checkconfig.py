@@ -12,14 +12,12 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from watcherd.config import check_compat
 from watcherd.config.schema import key_join
-from watcherd.core import cron, recurrence
-from watcherd.core.durations import format_duration
 from watcherd.core.errors import ConfigErrors
 from watcherd.core.models import (
     BlobDatastore,
@@ -31,37 +29,33 @@ from watcherd.core.models import (
     Pipeline,
     RecurrenceTrigger,
     Schedule,
-    Source,
     Status,
+    StoredSchedule,
 )
 from watcherd.core.placeholders import names
 from watcherd.core.redact import make_redactor
-from watcherd.core.wallclock import wall_to_utc
+from watcherd.core.slots import (
+    creation_fire,
+    effective_status,
+    new_timer,
+    trigger_key,
+    upcoming,
+)
+from watcherd.core.timefmt import format_utc
+from watcherd.core.words import interval_words, trigger_words
+from watcherd.engine.reconcile import parse_api
 
 __all__ = [
     "Problem",
     "Report",
     "ScheduleReport",
-    "StoredSchedule",
     "build_report",
+    "fire_time_line",
     "format_json",
     "format_text",
-    "trigger_words",
 ]
 
 FIRES = 3
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoredSchedule:
-    """What the state DB knows of a schedule; API-created ones carry `schedule`."""
-
-    id: str
-    anchor: datetime  # aware: the instant the trigger was created or last changed
-    status: str  # the current status (run-time enable/disable included)
-    source: str  # file | api | removed
-    schedule: Schedule | None = None
-    file_status: str | None = None  # declared schedules: the status last seen in the file
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,18 +123,13 @@ def build_report(
         return Report(path=path, errors=tuple(failed))
     config = config_or_errors
     mask = make_redactor(config.secrets)
-    api = sorted(
-        # The stored id wins: a schedule re-parsed from its stored body may carry a fresh one.
-        (
-            replace(e.schedule, id=e.id)
-            for e in stored.values()
-            if e.source == Source.API and e.schedule
-        ),
-        key=lambda s: s.name,
-    )
+    parsed, broken = parse_api(stored.values(), config)
+    api = sorted(parsed.values(), key=lambda s: s.name)
+    unparsed = [(stored[sid].name, stored[sid].spec) for sid in broken]
     rows = [_schedule_row(s, config, stored.get(s.id), now) for s in (*config.schedules, *api)]
     warnings = _warnings(config, api, search_path)
-    errors = [Problem(key_path=e.key_path, message=e.reason) for e in check_compat(config, api)]
+    problems = check_compat(config, api, unparsed)
+    errors = [Problem(key_path=e.key_path, message=e.reason) for e in problems]
     return Report(
         path=path or config.path,
         schedules=tuple(_masked_row(r, mask) for r in rows),
@@ -157,35 +146,11 @@ def _masked_row(row: ScheduleReport, mask: Callable[[str], str]) -> ScheduleRepo
 # ── schedules ─────────────────────────────────────────────────────────────────
 
 
-def trigger_words(schedule: Schedule, config: Config) -> str:
-    """The trigger in words, as check-config and the web page show it: "every 15 minutes",
-    "when a file changes in inbox/incoming, checked every 5 min"."""
-    trigger = schedule.trigger
-    if isinstance(trigger, RecurrenceTrigger):
-        text = recurrence.describe(trigger.recurrence)
-        if trigger.end_time is not None:
-            text += f", until {trigger.end_time:%Y-%m-%d %H:%M}"
-        return text
-    if isinstance(trigger, CronTrigger):
-        return cron.describe(trigger.cron)
-    where = "/".join(p for p in (trigger.datastore, trigger.path_on_datastore) if p)
-    text = f"when a file changes in {where}"
-    if trigger.pattern != ("*",):
-        text += " matching " + " or ".join(trigger.pattern)
-    return text + f", checked every {interval_words(trigger.polling_interval)}"
-
-
-def interval_words(value: timedelta) -> str:
-    """`5 min` for whole minutes, else the duration string (`30s`)."""
-    minutes, rest = divmod(value, timedelta(minutes=1))
-    return f"{minutes} min" if minutes and not rest else format_duration(value)
-
-
 def _schedule_row(
     schedule: Schedule, config: Config, entry: StoredSchedule | None, now: datetime
 ) -> ScheduleReport:
     pipeline = config.pipeline_by_id(schedule.pipeline)
-    schedule = replace(schedule, status=_effective_status(schedule, entry))
+    schedule = replace(schedule, status=effective_status(schedule, entry))
     row = ScheduleReport(
         id=schedule.id,
         name=schedule.name,
@@ -193,7 +158,7 @@ def _schedule_row(
         status=str(schedule.status),
         pipeline=schedule.pipeline,
         pipeline_name=pipeline.name if pipeline else "?",
-        trigger=trigger_words(schedule, config),
+        trigger=trigger_words(schedule),
     )
     trigger = schedule.trigger
     if isinstance(trigger, DatastoreTrigger):
@@ -205,64 +170,29 @@ def _schedule_row(
         return replace(row, note="schedule Disabled: nothing fires")
     if pipeline is not None and pipeline.status is Status.DISABLED:
         return replace(row, note="pipeline Disabled: nothing fires")
-    times, creation = _fire_times(schedule, entry, now)
+    times, creation = _fire_times(trigger, entry, now)
     zone = trigger.recurrence.zone if isinstance(trigger, RecurrenceTrigger) else trigger.cron.zone
     note = "" if times else "no more fire times"
     return replace(row, zone=zone, next_fire_times=times, creation_fire=creation, note=note)
 
 
-def _effective_status(schedule: Schedule, entry: StoredSchedule | None) -> Status:
-    """SPEC §2: a file status that differs from the one last seen in the file wins; else the
-    stored (run-time) status stays."""
-    if entry is None or entry.status not in tuple(Status):
-        return schedule.status
-    if schedule.source is Source.FILE and entry.file_status not in (None, schedule.status):
-        return schedule.status
-    return Status(entry.status)
-
-
-def _trigger_key(schedule: Schedule) -> object:
-    """What re-anchors a time schedule when it changes (SPEC §3.1)."""
-    trigger = schedule.trigger
-    if isinstance(trigger, RecurrenceTrigger):
-        rec = trigger.recurrence
-        return replace(rec, time_zone=rec.zone)
-    if isinstance(trigger, CronTrigger):
-        rule = trigger.cron
-        return (rule.expression, rule.zone, rule.start_time)
-    return None
-
-
 def _fire_times(
-    schedule: Schedule, entry: StoredSchedule | None, now: datetime
+    trigger: RecurrenceTrigger | CronTrigger, entry: StoredSchedule | None, now: datetime
 ) -> tuple[tuple[datetime, ...], datetime | None]:
-    """The next FIRES fire times, the creation fire first when one is due."""
-    fresh = entry is None or (
-        entry.schedule is not None and _trigger_key(entry.schedule) != _trigger_key(schedule)
-    )
-    created = now if fresh or entry is None else entry.anchor
-    trigger = schedule.trigger
-    times: list[datetime] = []
-    creation = None
-    after = now
-    if isinstance(trigger, RecurrenceTrigger):
-        rec, end = trigger.recurrence, trigger.end_time
-        anchor = recurrence.anchor_for(rec, created)
-        creation = recurrence.creation_fire(rec, anchor) if fresh else None
-        if creation is not None and end is not None and wall_to_utc(end, rec.zone) < creation:
-            creation = None
-        if creation is not None:
-            times.append(creation)
-            after = creation
-        while len(times) < FIRES and (nxt := recurrence.next_fire(rec, anchor, after, end)):
-            times.append(nxt)
-            after = nxt
-    elif isinstance(trigger, CronTrigger):
-        rule = trigger.cron
-        anchor = cron.anchor_for(rule, created)
-        while len(times) < FIRES and (nxt := cron.next_fire(rule, anchor, after)):
-            times.append(nxt)
-            after = nxt
+    """The next FIRES fire times as the daemon computes them (`core.slots`): a schedule not
+    stored yet, or whose trigger changed, is (re)created now, with its creation fire first."""
+    if (
+        entry is not None
+        and entry.anchor is not None
+        and entry.cursor is not None
+        and entry.trigger_key == trigger_key(trigger)
+    ):
+        anchor, cursor, fresh = entry.anchor, max(entry.cursor, now), False
+    else:
+        (anchor, cursor), fresh = new_timer(trigger, now, active=True), True
+    times = upcoming(trigger, anchor, cursor, FIRES)
+    first = creation_fire(trigger, anchor) if fresh else None
+    creation = first if times and times[0] == first else None
     return tuple(times), creation
 
 
@@ -327,14 +257,10 @@ def _program_warnings(pipeline: Pipeline, config: Config, search_path: str | Non
 # ── output ────────────────────────────────────────────────────────────────────
 
 
-def _utc(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def fire_time_line(value: datetime, zone: str) -> str:
     """`2026-11-25T10:15:00Z (2026-11-25 02:15 PST)`: UTC, then the schedule's zone."""
     local = value.astimezone(ZoneInfo(zone))
-    return f"{_utc(value)} ({local:%Y-%m-%d %H:%M} {local.tzname()})"
+    return f"{format_utc(value)} ({local:%Y-%m-%d %H:%M} {local.tzname()})"
 
 
 def format_text(report: Report) -> str:
@@ -388,8 +314,8 @@ def format_json(report: Report) -> str:
                 "status": r.status,
                 "pipeline": r.pipeline,
                 "trigger": r.trigger,
-                "next_fire_times": [_utc(t) for t in r.next_fire_times],
-                "creation_fire": _utc(r.creation_fire) if r.creation_fire else None,
+                "next_fire_times": [format_utc(t) for t in r.next_fire_times],
+                "creation_fire": format_utc(r.creation_fire),
             }
             for r in report.schedules
         ],

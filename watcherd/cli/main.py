@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import gc
 import os
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from watcherd.cli.checkconfig import StoredSchedule
+    from watcherd.core.models import StoredSchedule
 
 __all__ = ["main"]
 
@@ -125,49 +124,24 @@ def _check(arg: str | None, as_json: bool, env: Mapping[str, str]) -> int:
     return 2 if report.errors else 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 def _read_stored(cfg: object) -> dict[str, StoredSchedule]:
-    """Stored anchors and API-created schedules, read-only; {} when there is no state yet."""
-    from watcherd import config as config_mod
-    from watcherd.cli.checkconfig import StoredSchedule
+    """The stored schedules (anchors, statuses, API-created bodies), read-only; {} when there
+    is no state yet or it cannot be read."""
     from watcherd.core.errors import WatcherdError
-    from watcherd.core.models import Config, Source
-    from watcherd.engine.engine import spec_body
-    from watcherd.state.sqlite.store import Store
+    from watcherd.core.models import Config
+    from watcherd.state.sqlite.store import SqliteStore, load_schedules
 
     assert isinstance(cfg, Config)
     if not (cfg.daemon.state_dir / "state.db").exists():
         return {}
     try:
-        store = Store(cfg.daemon.state_dir, read_only=True, lock=False)
+        store = SqliteStore(cfg.daemon.state_dir, read_only=True, lock=False)
     except WatcherdError:
         return {}
     try:
-        rows = store.sync(store.schedules)
+        rows = store.db.sync(load_schedules)
     except Exception:  # an unreadable DB only loses the stored anchors
         return {}
     finally:
-        store.close()
-    out: dict[str, StoredSchedule] = {}
-    for r in rows:
-        sched = None
-        if r.source == Source.API.value:
-            try:
-                sched = config_mod.parse_schedule(
-                    spec_body(r.spec), config=cfg, key_prefix="stored", source=Source.API
-                )
-            except WatcherdError:
-                continue
-            sched = dataclasses.replace(sched, id=r.id)
-        out[r.id] = StoredSchedule(
-            id=r.id,
-            anchor=r.anchor or r.created_at,
-            status=r.status,
-            source=r.source,
-            schedule=sched,
-            file_status=r.file_status,
-        )
-    return out
+        store.db.close()
+    return {r.id: r for r in rows}

@@ -11,7 +11,7 @@ and at every reload (`check_compat`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from watcherd.config.schema import key_join
 from watcherd.core.errors import ConfigError
@@ -99,10 +99,15 @@ def on_failure_problems(config: Config) -> list[ConfigError]:
     return errors
 
 
-def check_compat(new: Config, api_schedules: Iterable[Schedule]) -> list[ConfigError]:
+def check_compat(
+    new: Config,
+    api_schedules: Iterable[Schedule],
+    unparsed: Iterable[tuple[str, Mapping[str, object]]] = (),
+) -> list[ConfigError]:
     """Problems a new config makes for API-created schedules (source "api"; removed ones do
     not count): a pipeline or datastore they use is gone, a placeholder lost its value, or a
-    declared schedule takes an API schedule's name or id."""
+    declared schedule takes an API schedule's name or id. `unparsed` holds the (name, stored
+    body) of API schedules that no longer parse: their pipeline and datastore still count."""
     users: dict[tuple[str, str], list[str]] = {}
     errors: list[ConfigError] = []
     api = [s for s in api_schedules if s.source is Source.API]
@@ -117,18 +122,25 @@ def check_compat(new: Config, api_schedules: Iterable[Schedule]) -> list[ConfigE
         trigger = s.trigger
         if isinstance(trigger, DatastoreTrigger) and trigger.datastore not in new.datastores:
             users.setdefault(("datastores", trigger.datastore), []).append(s.name)
+    for name, spec in unparsed:
+        pipeline_ref, datastore = spec.get("pipeline"), spec.get("datastore")
+        if isinstance(pipeline_ref, str) and new.pipeline_by_id(pipeline_ref) is None:
+            users.setdefault(("pipelines", pipeline_ref), []).append(name)
+        if isinstance(datastore, str) and datastore not in new.datastores:
+            users.setdefault(("datastores", datastore), []).append(name)
     for (table, ident), names in users.items():
         kind = "pipeline id" if table == "pipelines" else "datastore"
         used = ", ".join(repr(n) for n in sorted(names))
         reason = f"{kind} {ident!r} is missing but API-created schedules use it: {used}"
         errors.append(ConfigError(table, reason) if table == "pipelines" else
                       ConfigError(key_join(table, ident), reason))  # fmt: skip
-    errors += _clashes(new, api)
+    errors += _clashes(new, api, [name for name, _ in unparsed])
     return errors
 
 
-def _clashes(new: Config, api: list[Schedule]) -> list[ConfigError]:
-    by_name = {s.name: s for s in api}
+def _clashes(new: Config, api: list[Schedule], unparsed: list[str]) -> list[ConfigError]:
+    """Schedule names and ids are unique across the file and the API (the one check)."""
+    by_name = {s.name for s in api} | set(unparsed)
     by_id = {s.id: s for s in api}
     errors = []
     for i, s in enumerate(new.schedules):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from watcherd.core.cron import CronRule
 from watcherd.core.recurrence import Recurrence
@@ -23,6 +23,7 @@ __all__ = [
     "DaemonSettings",
     "Datastore",
     "DatastoreTrigger",
+    "FileRef",
     "HttpTarget",
     "LocalDatastore",
     "Pipeline",
@@ -33,6 +34,7 @@ __all__ = [
     "Schedule",
     "Source",
     "Status",
+    "StoredSchedule",
     "TERMINAL",
     "TimeOptions",
     "Trigger",
@@ -309,16 +311,46 @@ class Config:
         return self.pipelines.get(ident)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredSchedule:
+    """A schedule as the state store keeps it: its JSON spec and its timer state."""
+
+    id: str
+    name: str
+    source: str  # file | api | removed
+    status: str  # the current status (run-time enable/disable included)
+    file_status: str | None  # declared schedules: the status last seen in the file
+    spec: Mapping[str, Any]  # the API shape (config.schedule_to_dict), read-only keys dropped
+    trigger_key: str | None  # time schedules: core.slots.trigger_key of the trigger
+    anchor: datetime | None  # time schedules: see core.slots
+    cursor: datetime | None  # time schedules: the last slot handled
+    created_at: datetime
+    updated_at: datetime
+
+
 # ── runs ──────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileRef:
+    """The file a file run was queued for, resolved when it was queued (SPEC §5)."""
+
+    datastore: str
+    relative_path: bytes  # relative to the datastore root (blob: the blob name), raw bytes
+    local_path: bytes | None = None  # absolute path (local datastores)
+    url: str | None = None  # the blob's URL without credentials (blob datastores)
+    version: str = ""
+    parameter: str | None = None  # data_path_parameter_name: the pipeline parameter it binds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Run:
     """One execution of a pipeline for a schedule (SPEC §5).
 
-    `trigger` is {"kind": "time", "slot"}, {"kind": "file", "datastore", "path", "version"}
-    or {"kind": "manual", "by"}; file paths are shown with invalid bytes as \\xNN, the raw
-    bytes are in `path`.
+    `trigger` is {"kind": "time", "slot"}, {"kind": "file", "datastore", "path", "version"},
+    {"kind": "manual", "by"} or {"kind": "on_failure", "run_id"}; file paths are shown with
+    invalid bytes as \\xNN, the raw bytes are in `file`. `parameters` (pipeline < schedule <
+    trigger extras) and `file` were resolved when the run was queued and travel with it.
     """
 
     id: str
@@ -328,7 +360,7 @@ class Run:
     status: RunStatus
     trigger: Mapping[str, object]
     parameters: Mapping[str, str] = field(default_factory=dict)
-    path: bytes | None = None  # raw file name (relative to the datastore root) for file runs
+    file: FileRef | None = None
     attempt: int = 1
     attempts: tuple[Mapping[str, object], ...] = ()
     error: str | None = None
@@ -338,3 +370,9 @@ class Run:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = None
+    seq: int = 0  # insertion order in the store (list cursors)
+
+    @property
+    def path(self) -> bytes | None:
+        """The raw file name relative to the datastore root, for file and path-manual runs."""
+        return self.file.relative_path if self.file is not None else None

@@ -1,13 +1,40 @@
-"""Pure fire-time dispatch over the two time trigger kinds (recurrence and cron)."""
+"""Every "when is this schedule due" answer: for the timers, the API and check-config.
+
+A time schedule's timer is (anchor, cursor): the anchor is `start_time` or the instant its
+trigger was created or changed; the cursor is the last slot handled. The next slot is the
+first one strictly after the cursor. Pure: the caller passes `now`.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from watcherd.core import cron, recurrence
-from watcherd.core.models import CronTrigger, RecurrenceTrigger
+from watcherd.core.models import (
+    CronTrigger,
+    RecurrenceTrigger,
+    Schedule,
+    Source,
+    Status,
+    StoredSchedule,
+)
 
-__all__ = ["anchor_for", "creation_fire", "next_slot", "slots_between", "trigger_key"]
+__all__ = [
+    "TimeTrigger",
+    "CatchUp",
+    "anchor_for",
+    "catch_up",
+    "creation_fire",
+    "effective_status",
+    "new_timer",
+    "next_slot",
+    "slots_between",
+    "trigger_key",
+    "upcoming",
+]
+
+EPS = timedelta(microseconds=1)
 
 TimeTrigger = RecurrenceTrigger | CronTrigger
 
@@ -64,3 +91,67 @@ def trigger_key(trigger: TimeTrigger) -> str:
         )
     c = trigger.cron
     return repr(("cron", c.expression, c.zone, c.start_time))
+
+
+def new_timer(trigger: TimeTrigger, now: datetime, *, active: bool) -> tuple[datetime, datetime]:
+    """(anchor, cursor) of a time schedule whose trigger is created or changed at `now`.
+
+    Active: the creation fire (a recurrence without `start_time`) is the first slot, else the
+    first slot after `now` (no back-fill). Inactive (schedule or pipeline Disabled): nothing
+    before `now` ever fires, and enabling later moves the cursor to that instant (§3.1)."""
+    anchor = anchor_for(trigger, now)
+    if not active:
+        return anchor, now
+    if creation_fire(trigger, anchor) is not None:
+        return anchor, anchor - EPS
+    return anchor, max(anchor - EPS, now - EPS)
+
+
+def upcoming(trigger: TimeTrigger, anchor: datetime, cursor: datetime, n: int) -> list[datetime]:
+    """The next `n` slots after `cursor` (fewer when the schedule ends)."""
+    out: list[datetime] = []
+    after = cursor
+    while len(out) < n and (nxt := next_slot(trigger, anchor, after)) is not None:
+        out.append(nxt)
+        after = nxt
+    return out
+
+
+def effective_status(schedule: Schedule, stored: StoredSchedule | None) -> Status:
+    """The status a schedule runs with (SPEC §2).
+
+    A declared schedule takes the file's status when it is new, re-added after removal, or
+    when the file's status differs from the one last seen in the file; otherwise the stored
+    (run-time enable/disable) status stays, across restarts and reloads."""
+    if stored is None or stored.status not in tuple(Status):
+        return schedule.status
+    if schedule.source is Source.FILE and (
+        stored.source == Source.REMOVED.value or stored.file_status != schedule.status.value
+    ):
+        return schedule.status
+    return Status(stored.status)
+
+
+MISSED_LIMIT = 1000  # at most this many missed slots are looked at (the newest ones)
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """What to do with the slots a time schedule missed while the daemon was down."""
+
+    run: list[datetime]  # slots to run now, oldest first
+    missed: list[datetime]  # every missed slot looked at (the newest MISSED_LIMIT), oldest first
+    cursor: datetime  # the new cursor
+
+
+def catch_up(trigger: TimeTrigger, anchor: datetime, cursor: datetime, now: datetime) -> CatchUp:
+    """Missed slots in (cursor, now] under the trigger's `catch_up` policy (SPEC §3.3):
+    "none" runs none, "last" the newest, "all" the newest `max_catch_up`, oldest first."""
+    if cursor >= now:
+        return CatchUp([], [], cursor)
+    missed = slots_between(trigger, anchor, cursor, now, MISSED_LIMIT)
+    if not missed:
+        return CatchUp([], [], cursor)
+    opts = trigger.options
+    keep = {"none": 0, "last": 1, "all": opts.max_catch_up}[opts.catch_up]
+    return CatchUp(missed[-keep:] if keep else [], missed, max(now, missed[-1]))

@@ -1,9 +1,12 @@
 """The ports of the engine: the seams it is handed, never the adapters behind them.
 
-- `RunStore`: the state database (SQLite by default, PostgreSQL for replicas).
-- `ChangeSink` / `PollHealth` / `FileChange`: what a datastore poller reports, and to whom.
-- `Dispatcher` / `RunContext` / `Outcome` / `FileRef`: what a run target gets and returns.
-- `PollerFactory` / `DispatcherFactory`: how the wiring (daemon.py) hands adapters in.
+- `RunStore`: the state store (SQLite by default, PostgreSQL for replicas). Every method is a
+  coroutine that does its I/O off the event loop; every write is one transaction.
+- `ChangeSink` / `PollHealth` / `FileChange` / `Poller` / `PollerFactory`: datastore pollers,
+  what they report and to whom.
+- `Dispatcher` / `RunContext` / `Outcome` / `DispatcherFactory`: run targets.
+
+Only `watcherd.daemon` picks the implementations.
 """
 
 from __future__ import annotations
@@ -12,33 +15,169 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from watcherd.core.models import Pipeline, Run, RunStatus, Schedule
+from watcherd.core.models import (
+    Datastore,
+    FileRef,
+    Pipeline,
+    Run,
+    RunStatus,
+    Schedule,
+    StoredSchedule,
+)
+from watcherd.core.runs import NewRun
 
 __all__ = [
     "ChangeSink",
     "Dispatcher",
+    "DispatcherFactory",
     "FileChange",
-    "FileRef",
     "Outcome",
+    "PipelineRow",
     "PollHealth",
+    "Poller",
+    "PollerFactory",
     "RunContext",
+    "RunPage",
+    "RunStore",
+    "SlotBatch",
 ]
 
 
+# ── the state store ──────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineRow:
+    """A pipeline's stored status and the status last seen in the config file."""
+
+    id: str
+    name: str
+    status: str
+    file_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotBatch:
+    """One schedule's share of a timer commit: its new cursor and the runs of its slots."""
+
+    schedule_id: str
+    cursor: datetime
+    runs: Sequence[NewRun]
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of a run listing, newest first; `next_cursor` continues it (None: the end)."""
+
+    runs: list[Run]
+    next_cursor: str | None
+
+
+class RunStore(Protocol):
+    """The durable state of one deployment: schedules, pipelines, snapshots and runs.
+
+    Runs are an outbox: a due slot or an eligible file version is inserted Queued under
+    UNIQUE(schedule, dedup) in the same transaction that advances the timer cursor or the
+    snapshot, so a crash neither loses nor duplicates a run. Writes raise `StateError` when
+    the store cannot be written; reads never wait behind a long write.
+    """
+
+    # pipelines and schedules
+    async def load_pipelines(self) -> dict[str, PipelineRow]: ...
+    async def save_pipelines(self, rows: Sequence[PipelineRow]) -> None: ...
+    async def set_pipeline_status(self, pipeline_id: str, status: str) -> None: ...
+    async def load_schedules(self) -> list[StoredSchedule]: ...
+    async def save_schedules(self, rows: Sequence[StoredSchedule]) -> None: ...
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule with its snapshot (its runs stay)."""
+        ...
+
+    # the outbox
+    async def record_slots(self, batches: Sequence[SlotBatch], now: datetime) -> list[str]:
+        """Insert each batch's runs and advance its cursor, in one transaction; returns the
+        ids of the runs inserted Queued (a run already recorded is not inserted again)."""
+        ...
+
+    async def load_snapshot(self, schedule_id: str, key: str) -> dict[bytes, str] | None:
+        """The snapshot {name: version}, or None when its baseline key is not `key`."""
+        ...
+
+    async def commit_changes(
+        self,
+        schedule_id: str,
+        key: str,
+        upserts: Sequence[tuple[bytes, str]],
+        deletes: Sequence[bytes],
+        runs: Sequence[NewRun],
+        now: datetime,
+    ) -> list[str]:
+        """Apply a snapshot delta under baseline `key` (another key starts it afresh) and
+        insert runs, in one transaction; returns the ids inserted Queued."""
+        ...
+
+    async def drop_baseline(self, schedule_id: str) -> None: ...
+
+    async def insert_manual(self, run: NewRun, idempotency_key: str | None, now: datetime) -> str:
+        """Insert a manual run once per idempotency key; returns the run id (the first one
+        inserted under that key)."""
+        ...
+
+    # runs
+    async def requeue_interrupted(self, reason: str) -> int:
+        """Running runs (left by a crash) back to Queued as their next attempt."""
+        ...
+
+    async def queued_runs(self) -> list[Run]: ...
+    async def get_runs(self, run_ids: Sequence[str]) -> list[Run]: ...
+    async def get_run(self, run_id: str) -> Run | None: ...
+    async def run_log(self, run_id: str) -> bytes | None: ...
+    async def list_runs(
+        self,
+        *,
+        schedule_id: str | None = None,
+        pipeline_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage: ...
+    async def last_runs(self) -> dict[str, Run]:
+        """The newest run of each schedule."""
+        ...
+
+    async def experiments(self) -> list[str]: ...
+
+    async def transition_run(
+        self,
+        run_id: str,
+        to: RunStatus,
+        *,
+        among: Sequence[RunStatus] | None = None,
+        followups: Sequence[NewRun] = (),
+        now: datetime,
+        **fields: Any,
+    ) -> tuple[bool, list[str]]:
+        """Move a run to `to` (checked by `core.runs.transition`; `among` narrows the statuses
+        it may come from) and set `fields`, inserting `followups` in the same transaction.
+        Returns (moved, ids of followups inserted Queued); moved is False when the run was no
+        longer in one of those statuses (another writer moved it first)."""
+        ...
+
+    async def update_running(self, run_id: str, **fields: Any) -> bool:
+        """Set fields of a Running run (attempt, next_attempt_at, attempts) without moving it."""
+        ...
+
+    async def skip_runs(self, run_ids: Sequence[str], reason: str, now: datetime) -> None: ...
+
+    async def prune(self, before: datetime) -> int:
+        """Delete runs finished before `before` (in small batches); returns how many."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 # ── dispatchers ──────────────────────────────────────────────────────────────
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FileRef:
-    """The file that triggered a file run."""
-
-    datastore: str
-    relative_path: bytes  # relative to the datastore root (blob: the blob name)
-    local_path: bytes | None = None  # absolute path (local datastores)
-    url: str | None = None  # blob URL without credentials (blob datastores)
-    version: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,14 +187,18 @@ class RunContext:
     run: Run
     pipeline: Pipeline
     schedule: Schedule | None
-    parameters: Mapping[str, str]  # merged: pipeline < schedule < run extras (file excluded)
-    file: FileRef | None  # bound to schedule.trigger.data_path_parameter_name
-    data_path_parameter_name: str | None
+    parameters: Mapping[str, str]  # the run's: pipeline < schedule < extras (file excluded)
+    file: FileRef | None  # the run's file, bound to `file.parameter`
     trigger_time: datetime  # the slot, file detection time, or manual trigger time
     continue_on_step_failure: bool
     config_dir: Path
     attempt: int
     extra_env: Mapping[str, str] = field(default_factory=dict)  # e.g. WATCHERD_FAILED_RUN
+
+    @property
+    def data_path_parameter_name(self) -> str | None:
+        """The pipeline parameter the run's file is bound to."""
+        return self.file.parameter if self.file is not None else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +226,16 @@ class Dispatcher(Protocol):
     async def dispatch(self, ctx: RunContext) -> Outcome: ...
 
     async def aclose(self) -> None: ...
+
+
+class DispatcherFactory(Protocol):
+    """The dispatcher of a pipeline kind (created on first use)."""
+
+    def __call__(self, kind: str) -> Dispatcher: ...
+
+    async def aclose(self) -> None:
+        """Close every dispatcher made (the engine's `close`)."""
+        ...
 
 
 # ── pollers ──────────────────────────────────────────────────────────────────
@@ -145,3 +298,27 @@ class PollHealth(Protocol):
     def poll_finished(
         self, schedule_id: str, *, ok: bool, duration: float, files: int, error: str | None
     ) -> None: ...
+
+
+class Poller(Protocol):
+    """One datastore schedule's poller: runs until cancelled."""
+
+    async def run(self) -> None: ...
+
+
+class PollerFactory(Protocol):
+    """Makes pollers for datastore schedules, and says where a datastore's file lives."""
+
+    def poller(
+        self,
+        schedule: Schedule,
+        datastore: Datastore,
+        *,
+        sink: ChangeSink,
+        health: PollHealth,
+        max_pending: int,
+    ) -> Poller: ...
+
+    def locate(self, datastore: Datastore, name: bytes) -> tuple[bytes | None, str | None]:
+        """(absolute local path, blob URL without credentials) of a file in a datastore."""
+        ...

@@ -1,12 +1,27 @@
-"""Backoff for retryable failures: tenacity's exponential wait with jitter, Retry-After honoured."""
+"""The one backoff of watcherd (tenacity's exponential wait with jitter, Retry-After honoured)
+and `persist`, which retries a state write on the injected clock until it is durable."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
+import structlog
 from tenacity import RetryCallState, wait_exponential_jitter
 
-__all__ = ["backoff_delay"]
+from watcherd.core.errors import StateError
+from watcherd.engine.clock import Clock
+
+__all__ = ["StoreHealth", "backoff_delay", "persist"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+WRITE_BACKOFF_CAP = timedelta(seconds=30)
+SUMMARY_EVERY = 60.0  # seconds between "still failing" lines while writes keep failing
 
 
 def backoff_delay(
@@ -19,7 +34,56 @@ def backoff_delay(
     limit = cap.total_seconds()
     if retry_after is not None:
         return max(0.0, min(float(retry_after), limit))
-    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]  # a bare state is all wait_* reads
     state.attempt_number = attempt
     wait = wait_exponential_jitter(initial=initial, max=limit, jitter=min(1.0, initial))
     return min(float(wait(state)), limit)
+
+
+@dataclass(slots=True)
+class StoreHealth:
+    """Whether state writes currently fail (readiness, status line), and since when."""
+
+    error: str | None = None
+    failed_writes: int = 0
+    since: float = 0.0  # monotonic
+    last_summary: float = 0.0
+
+
+async def persist(
+    op: Callable[[], Awaitable[T]], *, clock: Clock, health: StoreHealth, what: str
+) -> T:
+    """Run a state write the engine cannot drop: while it raises StateError (disk full, a
+    read-only file system, a database that went away) it is retried with backoff. The first
+    failure is logged once, then a summary every minute, then the recovery; nothing is lost
+    and the daemon does not crash."""
+    attempt = 0
+    while True:
+        try:
+            result = await op()
+        except StateError as exc:
+            attempt += 1
+            now = clock.monotonic()
+            health.failed_writes += 1
+            if health.error is None:
+                health.since = health.last_summary = now
+                log.error("state_write_failed", error=str(exc), write=what)
+            elif now - health.last_summary >= SUMMARY_EVERY:
+                health.last_summary = now
+                log.error(
+                    "state_write_still_failing",
+                    error=str(exc),
+                    failed_writes=health.failed_writes,
+                    seconds=round(now - health.since),
+                )
+            health.error = str(exc)
+            await clock.sleep(backoff_delay(attempt, WRITE_BACKOFF_CAP, initial=0.25))
+            continue
+        if health.error is not None:
+            log.info(
+                "state_write_recovered",
+                failed_writes=health.failed_writes,
+                seconds=round(clock.monotonic() - health.since),
+            )
+            health.error, health.failed_writes = None, 0
+        return result

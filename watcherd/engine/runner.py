@@ -1,34 +1,40 @@
-"""The run engine: takes Queued runs from the outbox and dispatches them.
+"""The runner: takes Queued runs and dispatches them.
 
 Rules (SPEC §5, §3.3, §4): at most `max_concurrent_runs` at once; runs of one file never
 overlap and waiting versions coalesce to the newest; a `concurrency = "queue"` schedule runs
 one at a time; retryable failures back off and try again while the run stays Running; a run
-interrupted by shutdown goes back to Queued.
+interrupted by shutdown goes back to Queued. Every status change goes through the store's
+`transition_run` (one transition table, `core.runs`), durably (`retry.persist`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import structlog
 
+from watcherd.core.durations import format_duration
 from watcherd.core.errors import StateError, TransientError
-from watcherd.core.models import Pipeline, Run, RunStatus
+from watcherd.core.models import TERMINAL, Pipeline, Run, RunStatus
+from watcherd.core.runs import NewRun, on_failure_run
+from watcherd.core.timefmt import format_utc
 from watcherd.engine.clock import Clock
 from watcherd.engine.metrics import Metrics
-from watcherd.engine.ports import Dispatcher, Outcome, RunContext
-from watcherd.engine.retry import backoff_delay
-from watcherd.state.sqlite.store import NewRun, Store, iso
+from watcherd.engine.ports import DispatcherFactory, Outcome, RunContext, RunStore
+from watcherd.engine.retry import StoreHealth, backoff_delay, persist
 
 __all__ = ["Plan", "Runner"]
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,22 +56,23 @@ class Runner:
     def __init__(
         self,
         *,
-        store: Store,
+        store: RunStore,
         clock: Clock,
         metrics: Metrics,
+        health: StoreHealth,
         resolve: Resolver,
-        dispatchers: Mapping[str, Dispatcher],
+        dispatchers: DispatcherFactory,
         max_concurrent: int,
     ) -> None:
         self.store = store
         self.clock = clock
         self.metrics = metrics
+        self.health = health
         self.resolve = resolve
         self.dispatchers = dispatchers
         self.max_concurrent = max_concurrent
         self._queued: OrderedDict[str, Run] = OrderedDict()
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._running_runs: dict[str, Run] = {}
         self._queued_by_schedule: Counter[str] = Counter()
         self._running_by_schedule: Counter[str] = Counter()
         self._busy_files: set[tuple[str, bytes]] = set()
@@ -85,6 +92,10 @@ class Runner:
     def running(self, schedule_id: str) -> int:
         return self._running_by_schedule[schedule_id]
 
+    def active(self, schedule_id: str) -> tuple[int, int]:
+        """(Queued, Running) runs of a schedule."""
+        return self.queued(schedule_id), self.running(schedule_id)
+
     def total_queued(self) -> int:
         return len(self._queued)
 
@@ -99,15 +110,38 @@ class Runner:
 
     async def load(self) -> None:
         """Re-queue runs a crash left Running and load every Queued run."""
-        n = await self.store.call(self.store.requeue_interrupted, "interrupted by restart")
+        n = await self._persist(
+            lambda: self.store.requeue_interrupted("interrupted by restart"), "requeue"
+        )
         if n:
             log.warning("runs_requeued", count=n, reason="interrupted by restart")
-        self._add(await self.store.call(self.store.queued_runs))
+        self._add(await self.store.queued_runs())
 
     async def enqueue(self, run_ids: list[str]) -> None:
-        """Take freshly committed Queued runs."""
+        """Take Queued runs by id (runs whose rows changed: retried, re-queued)."""
         if run_ids:
-            self._add(await self.store.call(self.store.get_runs, run_ids))
+            self._add(await self.store.get_runs(run_ids))
+
+    def enqueue_new(self, runs: list[NewRun], inserted: list[str], now: datetime) -> None:
+        """Take runs just inserted Queued, without reading them back from the store."""
+        ids = set(inserted)
+        self._add(
+            [
+                Run(
+                    id=r.id,
+                    schedule_id=r.schedule_id,
+                    pipeline_id=r.pipeline_id,
+                    experiment_name=r.experiment,
+                    status=RunStatus.QUEUED,
+                    trigger=r.trigger,
+                    parameters=r.parameters,
+                    file=r.file,
+                    queued_at=now,
+                )
+                for r in runs
+                if r.id in ids
+            ]
+        )
 
     def _add(self, runs: list[Run]) -> None:
         for r in runs:
@@ -118,7 +152,7 @@ class Runner:
             ):
                 self._queued[r.id] = r
                 self._queued_by_schedule[r.schedule_id] += 1
-                key = self._file_key(r)
+                key = _file_key(r)
                 if key is not None:
                     self._queued_files[key] += 1
         self.metrics.queue_depth.set(len(self._queued))
@@ -128,7 +162,7 @@ class Runner:
         r = self._queued.pop(run_id, None)
         if r is not None:
             self._queued_by_schedule[r.schedule_id] -= 1
-            key = self._file_key(r)
+            key = _file_key(r)
             if key is not None:
                 self._queued_files[key] -= 1
                 if not self._queued_files[key]:
@@ -160,12 +194,13 @@ class Runner:
                 self._start(run, plan)
                 started = True
         if superseded:
-            await self.store.write(self.store.skip_runs, superseded, "superseded", self.clock.now())
+            now = self.clock.now()
+            await self._persist(lambda: self.store.skip_runs(superseded, "superseded", now), "skip")
             self.metrics.runs.labels(status="Skipped", pipeline="").inc(len(superseded))
         await self._notify_changed()
 
     def _eligible(self, run: Run, superseded: list[str]) -> Plan | None:
-        key = self._file_key(run)
+        key = _file_key(run)
         if key is not None:
             if key in self._busy_files:
                 return None
@@ -183,19 +218,12 @@ class Runner:
             return None
         return plan
 
-    @staticmethod
-    def _file_key(run: Run) -> tuple[str, bytes] | None:
-        if run.path is None or run.trigger.get("kind") != "file":
-            return None
-        return (run.schedule_id, run.path)
-
     def _start(self, run: Run, plan: Plan) -> None:
         self._remove_queued(run.id)
-        key = self._file_key(run)
+        key = _file_key(run)
         if key is not None:
             self._busy_files.add(key)
         self._running_by_schedule[run.schedule_id] += 1
-        self._running_runs[run.id] = run
         assert self._tg is not None
         self._running[run.id] = self._tg.create_task(self._execute(run, plan))
         self.metrics.queue_depth.set(len(self._queued))
@@ -203,9 +231,8 @@ class Runner:
 
     def _release(self, run: Run) -> None:
         self._running.pop(run.id, None)
-        self._running_runs.pop(run.id, None)
         self._running_by_schedule[run.schedule_id] -= 1
-        key = self._file_key(run)
+        key = _file_key(run)
         if key is not None:
             self._busy_files.discard(key)
         self.metrics.running.set(len(self._running))
@@ -217,17 +244,22 @@ class Runner:
         async with self._changed:
             self._changed.notify_all()
 
+    async def _persist(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """A write the runner cannot drop: retried until durable (`retry.persist`)."""
+        return await persist(op, clock=self.clock, health=self.health, what=what)
+
     # ── one run ──────────────────────────────────────────────────────────────
 
-    async def _finish_unresolvable(self, run: Run, why: str) -> None:
-        await self.store.write(
-            self.store.update_run,
-            run.id,
-            expect=[RunStatus.QUEUED],
-            status=RunStatus.FAILED,
-            error=why,
-            finished_at=self.clock.now(),
+    async def _move(self, run_id: str, to: RunStatus, **fields: Any) -> tuple[bool, list[str]]:
+        """A durable status change (see `RunStore.transition_run`)."""
+        return await self._persist(
+            lambda: self.store.transition_run(run_id, to, now=self.clock.now(), **fields),
+            f"run {to.value}",
         )
+
+    async def _finish_unresolvable(self, run: Run, why: str) -> None:
+        await self._move(run.id, RunStatus.FAILED, among=[RunStatus.QUEUED], error=why,
+                         finished_at=self.clock.now())  # fmt: skip
         log.error("run_failed", run_id=run.id, error=why)
         self.metrics.runs.labels(status="Failed", pipeline=run.pipeline_id).inc()
 
@@ -237,13 +269,8 @@ class Runner:
             with structlog.contextvars.bound_contextvars(
                 run_id=run.id, schedule=plan.schedule_name
             ):
-                ok, _ = await self.store.write(
-                    self.store.update_run,
-                    run.id,
-                    expect=[RunStatus.QUEUED],
-                    status=RunStatus.RUNNING,
-                    started_at=now,
-                    next_attempt_at=None,
+                ok, _ = await self._move(
+                    run.id, RunStatus.RUNNING, started_at=now, next_attempt_at=None
                 )
                 if not ok:  # canceled or skipped meanwhile
                     return
@@ -253,23 +280,22 @@ class Runner:
                     )
                 self.metrics.runs.labels(status="Running", pipeline=run.pipeline_id).inc()
                 log.info(
-                    "run_started",
-                    pipeline=plan.pipeline.name,
-                    attempt=run.attempt,
-                    trigger=run.trigger,
-                )
+                    "run_started", pipeline=plan.pipeline.name, attempt=run.attempt,
+                    trigger=dict(run.trigger),
+                )  # fmt: skip
                 await self._run_to_end(run, plan)
         finally:
             self._release(run)
 
     async def _run_to_end(self, run: Run, plan: Plan) -> None:
-        attempts: list[dict[str, object]] = list(run.attempts)  # type: ignore[arg-type]
+        attempts: list[dict[str, object]] = [dict(a) for a in run.attempts]
         timeout = plan.pipeline.timeout
         try:
             async with asyncio.timeout(timeout.total_seconds() if timeout else None):
                 outcome = await self._attempts(run, plan, attempts)
         except TimeoutError:
-            outcome = Outcome(status=RunStatus.FAILED, error=f"timeout after {_fmt(timeout)}")
+            text = format_duration(timeout) if timeout else "?"
+            outcome = Outcome(status=RunStatus.FAILED, error=f"timeout after {text}")
         except asyncio.CancelledError:
             with contextlib.suppress(StateError):  # the next start re-queues it anyway
                 await asyncio.shield(self._interrupted(run, attempts))
@@ -281,7 +307,7 @@ class Runner:
 
     async def _attempts(self, run: Run, plan: Plan, attempts: list[dict[str, object]]) -> Outcome:
         attempt = run.attempt
-        dispatcher = self.dispatchers[plan.pipeline.kind]
+        dispatcher = self.dispatchers(plan.pipeline.kind)
         while True:
             ctx = plan.make_context(run, attempt)
             started = self.clock.now()
@@ -298,12 +324,15 @@ class Runner:
                 attempt += 1
                 nxt = self.clock.now() + timedelta(seconds=delay)
                 log.warning("run_retry", attempt=attempt, delay=round(delay, 3), error=str(exc))
-                await self.store.write(
-                    self.store.update_run,
-                    run.id,
-                    attempt=attempt,
-                    next_attempt_at=nxt,
-                    attempts=attempts,
+                await self._persist(
+                    functools.partial(
+                        self.store.update_running,
+                        run.id,
+                        attempt=attempt,
+                        next_attempt_at=nxt,
+                        attempts=list(attempts),
+                    ),
+                    "run retry",
                 )
                 await self.clock.sleep(delay)
                 continue
@@ -320,31 +349,21 @@ class Runner:
             return outcome
 
     async def _interrupted(self, run: Run, attempts: list[dict[str, object]]) -> None:
+        now = self.clock.now()
         if run.id in self._cancel_requested:
             self._cancel_requested.discard(run.id)
-            await self.store.call(
-                self.store.update_run,
-                run.id,
-                expect=[RunStatus.RUNNING],
-                status=RunStatus.CANCELED,
-                finished_at=self.clock.now(),
-                error="canceled",
-                attempts=attempts,
-                next_attempt_at=None,
-            )
+            await self.store.transition_run(
+                run.id, RunStatus.CANCELED, among=[RunStatus.RUNNING], now=now,
+                finished_at=now, error="canceled", attempts=attempts, next_attempt_at=None,
+            )  # fmt: skip
             self.metrics.runs.labels(status="Canceled", pipeline=run.pipeline_id).inc()
             log.info("run_canceled")
             return
-        await self.store.call(
-            self.store.update_run,
-            run.id,
-            expect=[RunStatus.RUNNING],
-            status=RunStatus.QUEUED,
-            error="interrupted by shutdown",
-            attempt=run.attempt + 1,
-            attempts=attempts,
+        await self.store.transition_run(
+            run.id, RunStatus.QUEUED, among=[RunStatus.RUNNING], now=now,
+            error="interrupted by shutdown", attempt=run.attempt + 1, attempts=attempts,
             next_attempt_at=None,
-        )
+        )  # fmt: skip
         log.warning("run_requeued", reason="interrupted by shutdown")
 
     async def _finish(
@@ -355,36 +374,18 @@ class Runner:
         if (
             outcome.status is RunStatus.FAILED
             and plan.pipeline.on_failure
-            and (run.trigger.get("kind") != "on_failure")
+            and run.trigger.get("kind") != "on_failure"
         ):
-            failed = {
-                "id": run.id,
-                "schedule_id": run.schedule_id,
-                "pipeline_id": run.pipeline_id,
-                "experiment_name": run.experiment_name,
-                "error": outcome.error,
-                "exit_code": outcome.exit_code,
-                "trigger": dict(run.trigger),
-            }
-            blob = json.dumps(failed)
             followups.append(
-                NewRun(
-                    schedule_id=run.schedule_id,
-                    pipeline_id=plan.pipeline.on_failure,
-                    experiment=run.experiment_name,
-                    dedup=f"on_failure:{run.id}",
-                    trigger={"kind": "on_failure", "run_id": run.id},
-                    # the dispatcher also sets WATCHERD_FAILED_RUN from this parameter
-                    parameters={"failed_run": blob},
+                on_failure_run(
+                    run, plan.pipeline.on_failure, error=outcome.error, exit_code=outcome.exit_code
                 )
             )
-        _, new = await self.store.write(
-            self.store.update_run,
+        _, new = await self._move(
             run.id,
-            expect=[RunStatus.RUNNING],
+            outcome.status,
+            among=[RunStatus.RUNNING],
             followups=followups,
-            now=now,
-            status=outcome.status,
             finished_at=now,
             error=outcome.error,
             exit_code=outcome.exit_code,
@@ -401,7 +402,7 @@ class Runner:
             error=outcome.error,
         )
         if new:
-            await self.enqueue(new)
+            self.enqueue_new(followups, new, now)
 
     # ── control ──────────────────────────────────────────────────────────────
 
@@ -412,16 +413,25 @@ class Runner:
             self._running[run_id].cancel()
             return True
         r = self._remove_queued(run_id)
-        ok, _ = await self.store.call(
-            self.store.update_run,
-            run_id,
-            expect=[RunStatus.QUEUED],
-            status=RunStatus.CANCELED,
-            finished_at=self.clock.now(),
-            error="canceled",
-        )
+        now = self.clock.now()
+        ok, _ = await self.store.transition_run(
+            run_id, RunStatus.CANCELED, among=[RunStatus.QUEUED], now=now,
+            finished_at=now, error="canceled",
+        )  # fmt: skip
         if r is not None or ok:
             await self._notify_changed()
+        return ok
+
+    async def retry(self, run: Run) -> bool:
+        """`runs retry`: a finished run back to Queued as its next attempt."""
+        now = self.clock.now()
+        ok, _ = await self.store.transition_run(
+            run.id, RunStatus.QUEUED, among=sorted(TERMINAL), now=now,
+            attempt=run.attempt + 1, finished_at=None, error=None, queued_at=now,
+            started_at=None,
+        )  # fmt: skip
+        if ok:
+            await self.enqueue([run.id])
         return ok
 
     async def wait_run(self, run_id: str) -> None:
@@ -450,17 +460,19 @@ class Runner:
         return stopped
 
 
+def _file_key(run: Run) -> tuple[str, bytes] | None:
+    if run.path is None or run.trigger.get("kind") != "file":
+        return None
+    return (run.schedule_id, run.path)
+
+
 def _attempt_record(
     attempt: int, start: datetime, end: datetime, **fields: object
 ) -> dict[str, object]:
-    rec: dict[str, object] = {"attempt": attempt, "start": iso(start), "end": iso(end)}
+    rec: dict[str, object] = {
+        "attempt": attempt,
+        "start": format_utc(start, micro=True),
+        "end": format_utc(end, micro=True),
+    }
     rec.update({k: v for k, v in fields.items() if v not in (None, [])})
     return rec
-
-
-def _fmt(d: timedelta | None) -> str:
-    if d is None:
-        return "?"
-    from watcherd.core.durations import format_duration
-
-    return format_duration(d)

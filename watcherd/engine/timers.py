@@ -11,28 +11,27 @@ import asyncio
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
 
-from watcherd.core.models import CronTrigger, RecurrenceTrigger, RunStatus, Schedule, TimeOptions
-from watcherd.core.slots import next_slot, slots_between
+from watcherd.core.models import CronTrigger, RecurrenceTrigger, Schedule
+from watcherd.core.runs import NewRun, concurrency_gate
+from watcherd.core.slots import TimeTrigger, next_slot
+from watcherd.core.timefmt import format_utc
 from watcherd.engine.clock import Clock
 from watcherd.engine.metrics import Metrics
-from watcherd.engine.runner import Runner
-from watcherd.state.sqlite.store import NewRun, Store, iso
+from watcherd.engine.ports import SlotBatch
 
-__all__ = ["Armed", "Timers", "slot_dedup"]
+__all__ = ["Armed", "Timers"]
 
 log = structlog.get_logger(__name__)
 
-SlotRun = Callable[[Schedule, datetime], "NewRun | None"]  # None: pipeline Disabled
-
-
-def slot_dedup(slot: datetime) -> str:
-    return f"slot:{iso(slot)}"
+SlotRun = Callable[[Schedule, datetime], "NewRun | None"]  # None: schedule or pipeline Disabled
+Commit = Callable[[list[SlotBatch], datetime], Awaitable[None]]  # store, then hand to the runner
+ActiveRuns = Callable[[str], tuple[int, int]]  # schedule id → (queued, running)
 
 
 @dataclass(slots=True)
@@ -40,51 +39,51 @@ class Armed:
     """A time schedule's timer state."""
 
     schedule: Schedule
+    trigger: TimeTrigger
     anchor: datetime
     cursor: datetime  # the last slot handled (run, skipped or passed)
     due: datetime | None = None
     gen: int = 0
-    error: str | None = field(default=None)
-
-
-def _options(s: Schedule) -> TimeOptions:
-    t = s.trigger
-    assert isinstance(t, RecurrenceTrigger | CronTrigger)
-    return t.options
+    error: str | None = None
 
 
 class Timers:
     """Owns the deadlines of every armed time schedule."""
 
     def __init__(
-        self, *, store: Store, clock: Clock, metrics: Metrics, runner: Runner, slot_run: SlotRun
+        self,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        slot_run: SlotRun,
+        commit: Commit,
+        active_runs: ActiveRuns,
     ) -> None:
-        self.store = store
         self.clock = clock
         self.metrics = metrics
-        self.runner = runner
         self.slot_run = slot_run
+        self.commit = commit
+        self.active_runs = active_runs
         self.armed: dict[str, Armed] = {}
         self._heap: list[tuple[datetime, int, str, int]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
 
-    # ── arming ───────────────────────────────────────────────────────────────
-
     def arm(self, schedule: Schedule, anchor: datetime, cursor: datetime) -> datetime | None:
-        """Arm (or re-arm) a schedule; returns its next deadline."""
+        """Arm (or re-arm) a time schedule; returns its next deadline."""
         t = schedule.trigger
-        assert isinstance(t, RecurrenceTrigger | CronTrigger)
+        if not isinstance(t, RecurrenceTrigger | CronTrigger):
+            raise TypeError(f"schedule {schedule.name!r} has no time trigger")
         old = self.armed.get(schedule.id)
-        a = Armed(schedule=schedule, anchor=anchor, cursor=cursor, gen=(old.gen + 1 if old else 0))
-        try:
-            a.due = next_slot(t, anchor, cursor)
-        except Exception as exc:  # a bad rule is this schedule's problem only
-            a.error = f"cannot compute next fire time: {exc}"
-            log.error("timer_error", schedule=schedule.name, error=a.error)
+        a = Armed(
+            schedule=schedule,
+            trigger=t,
+            anchor=anchor,
+            cursor=cursor,
+            gen=old.gen + 1 if old else 0,
+        )
+        self._advance(a, cursor)
         self.armed[schedule.id] = a
-        if a.due is not None:
-            heapq.heappush(self._heap, (a.due, next(self._seq), schedule.id, a.gen))
         self._wake.set()
         return a.due
 
@@ -92,47 +91,14 @@ class Timers:
         if self.armed.pop(schedule_id, None) is not None:
             self._wake.set()
 
-    def next_due(self, schedule_id: str) -> datetime | None:
-        a = self.armed.get(schedule_id)
-        return a.due if a else None
-
-    # ── catch-up at start ────────────────────────────────────────────────────
-
-    async def catch_up(self, schedule: Schedule, anchor: datetime, cursor: datetime) -> datetime:
-        """Handle slots that fell due while the daemon was down (SPEC §3.3).
-
-        Returns the new cursor (now). Missed slots not run are logged and counted."""
-        t = schedule.trigger
-        assert isinstance(t, RecurrenceTrigger | CronTrigger)
-        now = self.clock.now()
-        if cursor >= now:
-            return cursor
-        opts = t.options
-        missed = slots_between(t, anchor, cursor, now, 1000)
-        if not missed:
-            return cursor
-        keep = {"none": 0, "last": 1, "all": opts.max_catch_up}[opts.catch_up]
-        run_slots = missed[-keep:] if keep else []
-        not_run = len(missed) - len(run_slots)
-        if not_run:
-            log.info(
-                "slots_missed",
-                schedule=schedule.name,
-                count=not_run,
-                catch_up=opts.catch_up,
-                first=iso(missed[0]),
-                last=iso(missed[-1]),
-            )
-            self.metrics.slots_not_run.labels(schedule=schedule.name).inc(not_run)
-        runs = [r for s in run_slots if (r := self.slot_run(schedule, s)) is not None]
-        new_cursor = max(now, missed[-1])
-        ids = await self.store.write(
-            self.store.record_slots, [(schedule.id, new_cursor, runs)], now
-        )
-        if ids:
-            log.info("slots_caught_up", schedule=schedule.name, count=len(ids))
-        await self.runner.enqueue(ids)
-        return new_cursor
+    def _advance(self, a: Armed, after: datetime) -> None:
+        try:
+            a.due = next_slot(a.trigger, a.anchor, after)
+        except (ValueError, OverflowError) as exc:  # a bad rule is this schedule's problem only
+            a.due, a.error = None, f"cannot compute the next fire time: {exc}"
+            log.error("timer_error", schedule=a.schedule.name, error=a.error)
+        if a.due is not None:
+            heapq.heappush(self._heap, (a.due, next(self._seq), a.schedule.id, a.gen))
 
     # ── the loop ─────────────────────────────────────────────────────────────
 
@@ -159,66 +125,41 @@ class Timers:
 
     async def _fire_due(self) -> None:
         now = self.clock.now()
-        batch: list[tuple[str, datetime, list[NewRun]]] = []
+        batch: list[SlotBatch] = []
         lateness: list[float] = []
         pending: Counter[str] = Counter()
         while (due := self._peek()) is not None and due <= now:
             _, _, sid, _ = heapq.heappop(self._heap)
             a = self.armed[sid]
-            runs = self._slot_runs(a.schedule, due, pending)
-            batch.append((sid, due, runs))
+            batch.append(SlotBatch(sid, due, self._slot_runs(a.schedule, due, pending)))
             lateness.append((now - due).total_seconds())
             a.cursor = due
-            try:
-                a.due = next_slot(a.schedule.trigger, a.anchor, due)  # type: ignore[arg-type]
-            except Exception as exc:
-                a.due, a.error = None, f"cannot compute next fire time: {exc}"
-                log.error("timer_error", schedule=a.schedule.name, error=a.error)
-            if a.due is not None:
-                heapq.heappush(self._heap, (a.due, next(self._seq), sid, a.gen))
+            self._advance(a, due)
         if not batch:
             return
-        ids = await self.store.write(self.store.record_slots, batch, now)
+        await self.commit(batch, now)
         committed = self.clock.now()
         for late in lateness:
             self.metrics.timer_lateness.observe(max(0.0, late + (committed - now).total_seconds()))
-        for sid, slot, runs in batch:
-            for r in runs:
+        for b in batch:
+            armed = self.armed.get(b.schedule_id)
+            for r in b.runs:
                 log.info(
                     "slot_fired",
-                    schedule=self.armed[sid].schedule.name if sid in self.armed else sid,
-                    slot=iso(slot),
+                    schedule=armed.schedule.name if armed else b.schedule_id,
+                    slot=format_utc(b.cursor),
                     run_id=r.id,
                     status=r.status.value,
                 )
-        await self.runner.enqueue(ids)
 
     def _slot_runs(self, s: Schedule, slot: datetime, pending: Counter[str]) -> list[NewRun]:
         run = self.slot_run(s, slot)
         if run is None:
             return []
-        opts = _options(s)
-        active = self.runner.queued(s.id) + self.runner.running(s.id) + pending[s.id]
-        if opts.concurrency == "forbid" and active:
-            run = _skipped(run, "previous run still active (concurrency = forbid)")
-        elif opts.concurrency == "queue" and (
-            self.runner.queued(s.id) + pending[s.id] >= opts.max_queued
-        ):
-            run = _skipped(run, "queue full")
-        if run.status is RunStatus.QUEUED:
-            pending[s.id] += 1
+        queued, running = self.active_runs(s.id)
+        assert isinstance(s.trigger, RecurrenceTrigger | CronTrigger)
+        why = concurrency_gate(s.trigger.options, queued=queued + pending[s.id], running=running)
+        if why is not None:
+            return [run.skipped(why)]
+        pending[s.id] += 1
         return [run]
-
-
-def _skipped(run: NewRun, why: str) -> NewRun:
-    return NewRun(
-        schedule_id=run.schedule_id,
-        pipeline_id=run.pipeline_id,
-        experiment=run.experiment,
-        dedup=run.dedup,
-        trigger=run.trigger,
-        parameters=run.parameters,
-        path=run.path,
-        status=RunStatus.SKIPPED,
-        error=why,
-    )

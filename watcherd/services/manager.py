@@ -1,12 +1,16 @@
-"""The Services the API offers, implemented over the engine and the state database."""
+"""`Manager`: the Services the API offers, over the engine's public operations and the store.
+
+It validates requests, applies the 409 rules of SPEC §2 and §8, and shapes answers
+(`views`). Every read is a coroutine over the store's reader path, so the API never blocks
+the event loop; trigger words and next fire times are cached per schedule and recomputed only
+when the schedule changes or fires.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import uuid
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -14,36 +18,37 @@ import structlog
 from watcherd import config as config_mod
 from watcherd.core.errors import Conflict, NotFound, ValidationError
 from watcherd.core.models import (
+    TERMINAL,
     Config,
-    CronTrigger,
     DatastoreTrigger,
     LocalDatastore,
-    RecurrenceTrigger,
     Run,
     RunStatus,
     Schedule,
     Source,
     Status,
 )
-from watcherd.core.redact import redact_url
-from watcherd.core.slots import next_slot, trigger_key
+from watcherd.core.timefmt import format_utc
+from watcherd.core.words import trigger_words
 from watcherd.engine.engine import Engine
 from watcherd.engine.metrics import Metrics
-from watcherd.services.runs import RunServices, run_json, utc_z
-from watcherd.state.sqlite.store import StoredSchedule
+from watcherd.services.views import pipeline_json, run_json
 
-__all__ = ["Manager", "run_json"]
+__all__ = ["Manager"]
 
 log = structlog.get_logger(__name__)
 
 JSON = dict[str, Any]
+_READONLY = ("source", "created_at", "updated_at", "next_fire_times")
 
 
-class Manager(RunServices):
-    """Implements watcherd.services.Services."""
+class Manager:
+    """Implements `watcherd.services.Services` for one engine."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._words: dict[str, tuple[Schedule, str]] = {}
+        self._fires: dict[str, tuple[object, list[str]]] = {}
 
     @property
     def config(self) -> Config:
@@ -56,13 +61,7 @@ class Manager(RunServices):
     # ── lookups ──────────────────────────────────────────────────────────────
 
     def _schedule(self, ident: str) -> Schedule:
-        s = self.engine.schedules.get(ident)
-        if s is not None:
-            return s
-        for s in self.engine.schedules.values():
-            if s.name == ident:
-                return s
-        raise NotFound("schedule", ident)
+        return self.engine.schedule(ident)
 
     def _pipeline_id(self, ident: str) -> str:
         p = self.config.pipeline_by_id(ident)
@@ -74,45 +73,32 @@ class Manager(RunServices):
         row = self.engine.rows.get(s.id)
         return row.source if row else s.source.value
 
-    # ── pipelines ────────────────────────────────────────────────────────────
+    def _name(self, sid: str) -> str | None:
+        s = self.engine.schedules.get(sid)
+        return s.name if s else None
 
-    def _pipeline_json(self, pid: str, last: Mapping[str, Run] | None = None) -> JSON:
+    # ── pipelines and experiments ────────────────────────────────────────────
+
+    def _pipeline_json(self, pid: str, last: Mapping[str, Run]) -> JSON:
         p = self.config.pipeline_by_id(pid)
         assert p is not None
-        t = p.target
-        endpoint = getattr(t, "url", None) or getattr(t, "endpoint", None)
         scheds = [
             s.id
             for s in self.engine.schedules.values()
             if s.pipeline == p.id and self._source(s) != Source.REMOVED.value
         ]
-        runs = [r for r in (last or {}).values() if r.pipeline_id == p.id]
-        newest = (
-            max(runs, key=lambda r: r.queued_at or datetime.min.replace(tzinfo=None), default=None)
-            if runs
-            else None
-        )
-        return {
-            "id": p.id,
-            "name": p.name,
-            "kind": p.kind,
-            "description": p.description,
-            "status": self.engine.pipeline_status.get(p.id, p.status).value,
-            "parameters": dict(p.parameters),
-            "continue_on_step_failure": p.continue_on_step_failure,
-            "endpoint": redact_url(endpoint) if endpoint else None,
-            "schedules": scheds,
-            "last_run": run_json(newest, self._name(newest.schedule_id)) if newest else None,
-        }
+        status = self.engine.pipeline_status.get(p.id, p.status)
+        names = {sid: s.name for sid, s in self.engine.schedules.items()}
+        return pipeline_json(p, status, scheds, last, names)
 
-    def list_pipelines(self, active_only: bool = False) -> list[JSON]:
-        last = self.engine.store.sync(self.engine.store.last_runs)
+    async def list_pipelines(self, active_only: bool = False) -> list[JSON]:
+        last = await self.engine.store.last_runs()
         out = [self._pipeline_json(p.id, last) for p in self.config.pipelines.values()]
         return [p for p in out if not active_only or p["status"] == "Active"]
 
-    def get_pipeline(self, ident: str) -> JSON:
-        last = self.engine.store.sync(self.engine.store.last_runs)
-        return self._pipeline_json(self._pipeline_id(ident), last)
+    async def get_pipeline(self, ident: str) -> JSON:
+        pid = self._pipeline_id(ident)
+        return self._pipeline_json(pid, await self.engine.store.last_runs())
 
     async def set_pipeline_status(self, ident: str, status: str) -> JSON:
         pid = self._pipeline_id(ident)
@@ -129,59 +115,85 @@ class Manager(RunServices):
                     f"pipeline {ident} has Active schedules: {names}; disable them first",
                     "pipeline_has_active_schedules",
                 )
-        await self.engine.store.call(self.engine.store.set_pipeline_status, pid, st.value)
-        self.engine.pipeline_status[pid] = st
-        log.info("pipeline_status", pipeline=pid, status=st.value)
-        return self.get_pipeline(pid)
+        await self.engine.set_pipeline_status(pid, st)
+        return await self.get_pipeline(pid)
 
-    def list_experiments(self) -> list[JSON]:
+    async def list_experiments(self) -> list[JSON]:
         names = {s.experiment_name for s in self.engine.schedules.values()}
-        names.update(self.engine.store.sync(self.engine.store.experiments))
+        names.update(await self.engine.store.experiments())
         return [{"name": n} for n in sorted(names)]
 
     # ── schedules ────────────────────────────────────────────────────────────
 
-    def next_fire_times(self, ident: str, n: int) -> list[str]:
+    async def next_fire_times(self, ident: str, n: int) -> list[str]:
         s = self._schedule(ident)
         if s.status is not Status.ACTIVE or isinstance(s.trigger, DatastoreTrigger):
             return []
+        n = max(0, min(n, 100))
+        return [format_utc(t) for t in self.engine.next_fire_times(s.id, n)]
+
+    def _next3(self, s: Schedule) -> list[str]:
+        """The three next fire times of the lists, cached until the schedule fires or changes."""
         armed = self.engine.timers.armed.get(s.id)
-        if armed is None or armed.due is None:
+        if s.status is not Status.ACTIVE or armed is None:
             return []
-        out: list[datetime] = []
-        cur: datetime | None = armed.due
-        while cur is not None and len(out) < max(0, min(n, 100)):
-            out.append(cur)
-            cur = next_slot(s.trigger, armed.anchor, cur)
-        return [utc_z(t) or "" for t in out]
+        key = (armed.gen, armed.due, armed.schedule)
+        cached = self._fires.get(s.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        times = [format_utc(t) for t in self.engine.next_fire_times(s.id, 3)]
+        self._fires[s.id] = (key, times)
+        return times
 
-    def _schedule_json(self, s: Schedule, last: Mapping[str, Run] | None = None) -> JSON:
-        from watcherd.cli.checkconfig import trigger_words
+    def _words_of(self, s: Schedule) -> str:
+        cached = self._words.get(s.id)
+        if cached is not None and cached[0] is s:
+            return cached[1]
+        words = trigger_words(s)
+        self._words[s.id] = (s, words)
+        return words
 
+    def _schedule_json(self, s: Schedule, last: Mapping[str, Run]) -> JSON:
         body = config_mod.schedule_to_dict(s, self.config)
         row = self.engine.rows.get(s.id)
-        poll = self.engine.poll.get(s.id)
-        armed = self.engine.timers.armed.get(s.id)
-        error = (poll.error if poll and not poll.ok else None) or (armed.error if armed else None)
-        lr = (last or {}).get(s.id)
+        lr = last.get(s.id)
         body.update(
             id=s.id,
             status=s.status.value,
             source=self._source(s),
-            created_at=utc_z(row.created_at) if row else None,
-            updated_at=utc_z(row.updated_at) if row else None,
-            next_fire_times=self.next_fire_times(s.id, 3),
-            trigger_words=trigger_words(s, self.config),
+            created_at=format_utc(row.created_at) if row else None,
+            updated_at=format_utc(row.updated_at) if row else None,
+            next_fire_times=self._next3(s),
+            trigger_words=self._words_of(s),
             last_run=run_json(lr, s.name) if lr else None,
-            error=error,
+            error=self.engine.schedule_error(s.id),
         )
         return body
 
-    def list_schedules(
+    def _broken_json(self, sid: str, last: Mapping[str, Run]) -> JSON:
+        """A stored API schedule that no longer parses: its stored body and why."""
+        row = self.engine.rows[sid]
+        lr = last.get(sid)
+        body = {k: v for k, v in row.spec.items() if k not in ("id", "source")}
+        body.update(
+            id=sid,
+            name=row.name,
+            status=row.status,
+            source=row.source,
+            created_at=format_utc(row.created_at),
+            updated_at=format_utc(row.updated_at),
+            next_fire_times=[],
+            trigger_words=None,
+            last_run=run_json(lr, row.name) if lr else None,
+            error=self.engine.broken[sid],
+        )
+        return body
+
+    async def list_schedules(
         self, active_only: bool = False, pipeline_id: str | None = None
     ) -> list[JSON]:
-        last = self.engine.store.sync(self.engine.store.last_runs)
         pid = self._pipeline_id(pipeline_id) if pipeline_id else None
+        last = await self.engine.store.last_runs()
         out = []
         for s in self.engine.schedules.values():
             if pid is not None:
@@ -190,32 +202,53 @@ class Manager(RunServices):
             elif active_only and s.status is not Status.ACTIVE:
                 continue
             out.append(self._schedule_json(s, last))
+        if pid is None:
+            for sid in self.engine.broken:
+                if not active_only or self.engine.rows[sid].status == Status.ACTIVE.value:
+                    out.append(self._broken_json(sid, last))
         return out
 
-    def get_schedule(self, ident: str) -> JSON:
-        last = self.engine.store.sync(self.engine.store.last_runs)
+    async def get_schedule(self, ident: str) -> JSON:
+        broken = self._broken_id(ident)
+        last = await self.engine.store.last_runs()
+        if broken is not None:
+            return self._broken_json(broken, last)
         return self._schedule_json(self._schedule(ident), last)
+
+    def _broken_id(self, ident: str) -> str | None:
+        for sid in self.engine.broken:
+            if ident in (sid, self.engine.rows[sid].name):
+                return sid
+        return None
 
     async def create_schedule(self, body: Mapping[str, Any]) -> JSON:
         _reject_readonly(body)
         s = config_mod.parse_schedule(
             body, config=self.config, key_prefix="body", source=Source.API
         )
-        s = dataclasses.replace(s, id=str(uuid.uuid4()))
-        if s.id in self.engine.schedules or any(
-            x.name == s.name for x in self.engine.schedules.values()
-        ):
+        names = {x.name for x in self.engine.schedules.values()}
+        names |= {self.engine.rows[sid].name for sid in self.engine.broken}
+        if s.id in self.engine.rows or s.name in names:
             raise Conflict(f"a schedule named {s.name!r} or with id {s.id} exists", "exists")
         if (
             s.status is Status.ACTIVE
             and self.engine.pipeline_status.get(s.pipeline) is not Status.ACTIVE
         ):
             raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
-        await self._store(s, None)
-        return self.get_schedule(s.id)
+        await self.engine.save_schedule(s, config_mod.schedule_to_dict(s, self.config))
+        return await self.get_schedule(s.id)
 
     async def update_schedule(self, ident: str, body: Mapping[str, Any]) -> JSON:
         _reject_readonly(body)
+        broken = self._broken_id(ident)
+        if broken is not None:
+            if set(k for k, v in body.items() if v is not None) - {"status"}:
+                raise Conflict(
+                    f"schedule {ident} is in error ({self.engine.broken[broken]}); "
+                    "only its status can change: disable and delete it, then create it again",
+                    "in_error",
+                )
+            return await self.set_schedule_status(broken, str(body.get("status") or ""))
         s = self._schedule(ident)
         if self._source(s) != Source.API.value:
             if set(k for k, v in body.items() if v is not None) - {"status"}:
@@ -229,72 +262,40 @@ class Manager(RunServices):
                 body, config=self.config, key_prefix="body", source=Source.API, existing=s
             )
             new = dataclasses.replace(new, id=s.id, status=s.status)
-            await self._store(new, s)
+            await self.engine.save_schedule(new, config_mod.schedule_to_dict(new, self.config))
             s = new
         if body.get("status") is not None:
             return await self.set_schedule_status(s.id, str(body["status"]))
-        return self.get_schedule(s.id)
-
-    async def _store(self, s: Schedule, old: Schedule | None) -> None:
-        eng = self.engine
-        now = eng.clock.now()
-        row = eng.rows.get(s.id)
-        spec = config_mod.schedule_to_dict(s, self.config)
-        tkey = anchor = cursor = None
-        if isinstance(s.trigger, RecurrenceTrigger | CronTrigger):
-            tkey = trigger_key(s.trigger)
-            if row is not None and row.trigger_key == tkey:
-                anchor, cursor = row.anchor, row.cursor
-            else:
-                anchor, cursor = eng._new_timer(s, now, self.config)
-                eng._fresh.add(s.id)
-        new_row = StoredSchedule(
-            id=s.id,
-            name=s.name,
-            source=Source.API.value,
-            status=s.status.value,
-            file_status=None,
-            spec=spec,
-            trigger_key=tkey,
-            anchor=anchor,
-            cursor=cursor,
-            created_at=row.created_at if row else now,
-            updated_at=now,
-        )
-        await eng.store.call(eng.store.put_schedule, new_row)
-        eng.rows[s.id] = new_row
-        eng.schedules[s.id] = s
-        if old is not None:
-            eng._disarm(s.id)  # a datastore poller's baseline key decides on a new baseline
-        await eng._arm(s)
-        log.info("schedule_saved", schedule=s.name, id=s.id)
+        return await self.get_schedule(s.id)
 
     async def set_schedule_status(self, ident: str, status: str) -> JSON:
-        eng = self.engine
-        s = self._schedule(ident)
         st = _status(status)
-        if self._source(s) == Source.REMOVED.value and st is Status.ACTIVE:
-            raise Conflict(f"schedule {s.name} was removed from the config file", "removed")
-        if st is s.status:
-            return self.get_schedule(s.id)
-        if st is Status.ACTIVE and eng.pipeline_status.get(s.pipeline) is not Status.ACTIVE:
-            raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
-        now = eng.clock.now()
-        row = eng.rows[s.id]
-        new = dataclasses.replace(s, status=st)
-        cursor = now if st is Status.ACTIVE and row.cursor is not None else row.cursor
-        row = dataclasses.replace(row, status=st.value, cursor=cursor, updated_at=now)
-        await eng.store.call(eng.store.put_schedule, row)
-        if st is Status.ACTIVE and isinstance(s.trigger, DatastoreTrigger):
-            await eng.store.call(eng.store.drop_baseline, s.id)  # enabling: fresh baseline
-        eng.rows[s.id] = row
-        eng.schedules[s.id] = new
-        eng._disarm(s.id)
-        await eng._arm(new)
-        log.info("schedule_status", schedule=s.name, status=st.value)
-        return self.get_schedule(s.id)
+        sid = self._broken_id(ident)
+        if sid is None:
+            s = self._schedule(ident)
+            sid = s.id
+            if self._source(s) == Source.REMOVED.value and st is Status.ACTIVE:
+                raise Conflict(f"schedule {s.name} was removed from the config file", "removed")
+            if st is s.status:
+                return await self.get_schedule(sid)
+            if (
+                st is Status.ACTIVE
+                and self.engine.pipeline_status.get(s.pipeline) is not Status.ACTIVE
+            ):
+                raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
+        await self.engine.set_schedule_status(sid, st)
+        return await self.get_schedule(sid)
 
     async def delete_schedule(self, ident: str) -> None:
+        sid = self._broken_id(ident)
+        if sid is not None:
+            row = self.engine.rows[sid]
+            if row.status == Status.ACTIVE.value:
+                raise Conflict(
+                    f"schedule {row.name} is Active; disable it first", "schedule_active"
+                )
+            await self.engine.delete_schedule(sid)
+            return
         s = self._schedule(ident)
         if self._source(s) == Source.FILE.value:
             raise Conflict(
@@ -302,11 +303,7 @@ class Manager(RunServices):
             )
         if s.status is Status.ACTIVE:
             raise Conflict(f"schedule {s.name} is Active; disable it first", "schedule_active")
-        eng = self.engine
-        eng._disarm(s.id)
-        await eng.store.call(eng.store.delete_schedule, s.id)
-        eng.schedules.pop(s.id, None)
-        eng.rows.pop(s.id, None)
+        await self.engine.delete_schedule(s.id)
 
     async def trigger_schedule(
         self,
@@ -317,27 +314,12 @@ class Manager(RunServices):
         by: str = "api",
         idempotency_key: str | None = None,
     ) -> JSON:
-        eng = self.engine
         s = self._schedule(ident)
-        if eng.pipeline_status.get(s.pipeline) is not Status.ACTIVE:
-            raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
         raw_path = self._trigger_path(s, path)
         params = {str(k): str(v) for k, v in (parameters or {}).items()}
-        run = eng.manual_run(s, by=by, path=raw_path, parameters=params)
-        if isinstance(s.trigger, RecurrenceTrigger | CronTrigger):
-            opts = s.trigger.options
-            active = eng.runner.queued(s.id) + eng.runner.running(s.id)
-            if opts.concurrency == "forbid" and active:
-                run = dataclasses.replace(
-                    run,
-                    status=RunStatus.SKIPPED,
-                    error="previous run still active (concurrency = forbid)",
-                )
-            elif opts.concurrency == "queue" and eng.runner.queued(s.id) >= opts.max_queued:
-                run = dataclasses.replace(run, status=RunStatus.SKIPPED, error="queue full")
-        key = f"{s.id}:{idempotency_key}" if idempotency_key else None
-        rid = await eng.store.call(eng.store.insert_manual, run, key, eng.clock.now())
-        await eng.runner.enqueue([rid])
+        rid = await self.engine.trigger(
+            s, by=by, path=raw_path, parameters=params, idempotency_key=idempotency_key
+        )
         return await self.get_run(rid)
 
     def _trigger_path(self, s: Schedule, path: str | None) -> bytes | None:
@@ -361,6 +343,71 @@ class Manager(RunServices):
             raise ValidationError(f"no file {name!r} in datastore {ds.name}", "path")
         return name.encode()
 
+    # ── runs ─────────────────────────────────────────────────────────────────
+
+    async def list_runs(
+        self,
+        *,
+        schedule_id: str | None = None,
+        pipeline_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[JSON], str | None]:
+        sid = (
+            (self._broken_id(schedule_id) or self._schedule(schedule_id).id)
+            if schedule_id
+            else None
+        )
+        pid = self._pipeline_id(pipeline_id) if pipeline_id else None
+        if status is not None and status not in {s.value for s in RunStatus}:
+            raise ValidationError(f"unknown run status {status!r}", "status")
+        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) < 19):
+            raise ValidationError("bad cursor", "cursor")
+        page = await self.engine.store.list_runs(
+            schedule_id=sid,
+            pipeline_id=pid,
+            status=status,
+            limit=max(1, min(int(limit), 1000)),
+            cursor=cursor or None,
+        )
+        return [run_json(r, self._name(r.schedule_id)) for r in page.runs], page.next_cursor
+
+    async def _run(self, run_id: str) -> Run:
+        r = await self.engine.store.get_run(run_id)
+        if r is None:
+            raise NotFound("run", run_id)
+        return r
+
+    async def get_run(self, run_id: str) -> JSON:
+        r = await self._run(run_id)
+        return run_json(r, self._name(r.schedule_id))
+
+    async def get_run_log(self, run_id: str) -> bytes:
+        await self._run(run_id)
+        return await self.engine.store.run_log(run_id) or b""
+
+    async def retry_run(self, run_id: str) -> JSON:
+        r = await self._run(run_id)
+        if r.status not in TERMINAL:
+            raise Conflict(
+                f"run {run_id} is {r.status.value}; only a finished run can be retried",
+                "run_not_finished",
+            )
+        if not await self.engine.retry_run(r):
+            raise Conflict(f"run {run_id} changed meanwhile", "run_changed")
+        return await self.get_run(run_id)
+
+    async def cancel_run(self, run_id: str) -> JSON:
+        r = await self._run(run_id)
+        if r.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+            raise Conflict(
+                f"run {run_id} is {r.status.value}; only Queued or Running runs can be canceled",
+                "run_finished",
+            )
+        await self.engine.cancel_run(run_id)
+        return await self.get_run(run_id)
+
     # ── health ───────────────────────────────────────────────────────────────
 
     def readiness(self) -> tuple[bool, JSON]:
@@ -370,30 +417,28 @@ class Manager(RunServices):
         for s in eng.schedules.values():
             if s.status is not Status.ACTIVE:
                 continue
+            error = eng.schedule_error(s.id)
             if isinstance(s.trigger, DatastoreTrigger):
                 p = eng.poll.get(s.id)
-                if p is None or p.attempts == 0:
+                if s.id not in eng.broken and (p is None or p.attempts == 0):
                     waiting.append(s.name)
-                elif not p.ok:
-                    errors.append({"schedule": s.name, "error": p.error})
-            else:
-                a = eng.timers.armed.get(s.id)
-                if a is None:
-                    waiting.append(s.name)
-                elif a.error:
-                    errors.append({"schedule": s.name, "error": a.error})
-        ready = eng.started.is_set() and not waiting and eng.store.write_error is None
+            elif s.id not in eng.broken and s.id not in eng.timers.armed:
+                waiting.append(s.name)
+            if error:
+                errors.append({"schedule": s.name, "error": error})
+        for sid, why in eng.broken.items():
+            if sid not in eng.schedules:
+                errors.append({"schedule": eng.rows[sid].name, "error": why})
+        state_error = eng.health.error
+        ready = eng.started.is_set() and not waiting and state_error is None
         if errors and self.config.daemon.readyz_strict:
             ready = False
         body: JSON = {"ready": ready, "waiting": waiting, "errors": errors}
         if eng.reload_error:
             body["reload_error"] = eng.reload_error
-        if eng.store.write_error:
-            body["state_error"] = eng.store.write_error
+        if state_error:
+            body["state_error"] = state_error
         return ready, body
-
-
-_READONLY = ("source", "created_at", "updated_at", "next_fire_times")
 
 
 def _reject_readonly(body: Mapping[str, Any]) -> None:

@@ -1,0 +1,214 @@
+"""Runs before the store: identity, the lifecycle as one transition table, and the builders.
+
+A due slot, an eligible file version, a manual trigger or a failure each become a `NewRun`
+whose parameters (pipeline < schedule < trigger extras) and file are resolved here, when the
+run is queued, and travel with it (SPEC §5). Its id is stable for its (schedule, dedup) key.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from watcherd.core.errors import InvalidTransition
+from watcherd.core.models import (
+    NAMESPACE,
+    TERMINAL,
+    FileRef,
+    Pipeline,
+    Run,
+    RunStatus,
+    Schedule,
+    TimeOptions,
+)
+from watcherd.core.timefmt import format_utc
+
+__all__ = [
+    "ALLOWED",
+    "NewRun",
+    "concurrency_gate",
+    "display_name",
+    "file_run",
+    "manual_run",
+    "on_failure_run",
+    "parameters_for",
+    "run_id_for",
+    "slot_dedup",
+    "slot_run",
+    "sources_of",
+    "transition",
+]
+
+Q, R = RunStatus.QUEUED, RunStatus.RUNNING
+
+# Every status change a run may make (SPEC §5). Queued → Failed is a run whose pipeline is no
+# longer configured; terminal → Queued is `runs retry`; Running → Queued is an interrupted run.
+ALLOWED: Mapping[RunStatus, frozenset[RunStatus]] = {
+    Q: frozenset({R, RunStatus.CANCELED, RunStatus.SKIPPED, RunStatus.FAILED}),
+    R: frozenset(
+        {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.SUBMITTED, RunStatus.CANCELED, Q}
+    ),
+    **{t: frozenset({Q}) for t in TERMINAL},
+}
+
+
+def transition(run_id: str, current: RunStatus, to: RunStatus) -> RunStatus:
+    """`to`, when a run in `current` may move there; else raises InvalidTransition."""
+    if to not in ALLOWED[current]:
+        raise InvalidTransition(run_id, current.value, to.value)
+    return to
+
+
+def sources_of(to: RunStatus, among: Collection[RunStatus] | None = None) -> frozenset[RunStatus]:
+    """The statuses a run may reach `to` from (restricted to `among` when given).
+
+    Raises InvalidTransition when `among` names a status that may not move to `to`: asking the
+    store for a refused move is a bug, not a race."""
+    if among is None:
+        return frozenset(s for s, targets in ALLOWED.items() if to in targets)
+    for s in among:
+        transition("?", s, to)
+    return frozenset(among)
+
+
+def run_id_for(schedule_id: str, dedup: str) -> str:
+    """The run id is stable for its (schedule, dedup) key."""
+    return str(uuid.uuid5(NAMESPACE, f"run/{schedule_id}/{dedup}"))
+
+
+def display_name(name: bytes) -> str:
+    """A file name for people: invalid UTF-8 bytes shown as \\xNN."""
+    return name.decode("utf-8", "backslashreplace")
+
+
+def slot_dedup(slot: datetime) -> str:
+    return f"slot:{format_utc(slot, micro=True)}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRun:
+    """A run to insert as Queued (or directly Skipped) under its dedup key."""
+
+    schedule_id: str
+    pipeline_id: str
+    experiment: str
+    dedup: str
+    trigger: Mapping[str, object]
+    parameters: Mapping[str, str]
+    file: FileRef | None = None
+    status: RunStatus = RunStatus.QUEUED
+    error: str | None = None
+
+    @property
+    def id(self) -> str:
+        return run_id_for(self.schedule_id, self.dedup)
+
+    @property
+    def path(self) -> bytes | None:
+        return self.file.relative_path if self.file is not None else None
+
+    def skipped(self, why: str) -> NewRun:
+        """The same run, recorded Skipped with a reason (concurrency, queue full)."""
+        return replace(self, status=RunStatus.SKIPPED, error=why)
+
+
+def parameters_for(
+    pipeline: Pipeline | None, schedule: Schedule, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Pipeline `parameters` < schedule `pipeline_parameters` < `extra` (SPEC §2)."""
+    out = dict(pipeline.parameters) if pipeline else {}
+    out.update(schedule.pipeline_parameters)
+    out.update(extra or {})
+    return out
+
+
+def slot_run(schedule: Schedule, pipeline: Pipeline | None, slot: datetime) -> NewRun:
+    """The run of one due slot of a time schedule."""
+    return NewRun(
+        schedule_id=schedule.id,
+        pipeline_id=schedule.pipeline,
+        experiment=schedule.experiment_name,
+        dedup=slot_dedup(slot),
+        trigger={"kind": "time", "slot": format_utc(slot)},
+        parameters=parameters_for(pipeline, schedule),
+    )
+
+
+def file_run(schedule: Schedule, pipeline: Pipeline | None, file: FileRef) -> NewRun:
+    """The run of one eligible file version of a datastore schedule (UNIQUE per version)."""
+    return NewRun(
+        schedule_id=schedule.id,
+        pipeline_id=schedule.pipeline,
+        experiment=schedule.experiment_name,
+        dedup=f"file:{file.relative_path.hex()}:{file.version}",
+        trigger={
+            "kind": "file",
+            "datastore": file.datastore,
+            "path": display_name(file.relative_path),
+            "version": file.version,
+        },
+        parameters=parameters_for(pipeline, schedule),
+        file=file,
+    )
+
+
+def manual_run(
+    schedule: Schedule,
+    pipeline: Pipeline | None,
+    *,
+    by: str,
+    file: FileRef | None,
+    parameters: Mapping[str, str] | None,
+    nonce: str,
+) -> NewRun:
+    """A run started by hand (`schedules trigger`); `nonce` makes its key unique."""
+    trigger: dict[str, object] = {"kind": "manual", "by": by}
+    if file is not None:
+        trigger["path"] = display_name(file.relative_path)
+    return NewRun(
+        schedule_id=schedule.id,
+        pipeline_id=schedule.pipeline,
+        experiment=schedule.experiment_name,
+        dedup=f"manual:{nonce}",
+        trigger=trigger,
+        parameters=parameters_for(pipeline, schedule, parameters),
+        file=file,
+    )
+
+
+def on_failure_run(
+    failed: Run, pipeline_id: str, *, error: str | None, exit_code: int | None
+) -> NewRun:
+    """The one run of a pipeline's `on_failure` pipeline for a failed run (SPEC §5)."""
+    doc = {
+        "id": failed.id,
+        "schedule_id": failed.schedule_id,
+        "pipeline_id": failed.pipeline_id,
+        "experiment_name": failed.experiment_name,
+        "error": error,
+        "exit_code": exit_code,
+        "trigger": dict(failed.trigger),
+    }
+    return NewRun(
+        schedule_id=failed.schedule_id,
+        pipeline_id=pipeline_id,
+        experiment=failed.experiment_name,
+        dedup=f"on_failure:{failed.id}",
+        trigger={"kind": "on_failure", "run_id": failed.id},
+        parameters={"failed_run": json.dumps(doc)},
+    )
+
+
+def concurrency_gate(opts: TimeOptions, *, queued: int, running: int) -> str | None:
+    """Why a new slot or manual run of a time schedule is recorded Skipped, or None (§3.3).
+
+    `queued` and `running` count the schedule's runs already Queued and Running (including
+    runs of the same batch not yet committed)."""
+    if opts.concurrency == "forbid" and queued + running:
+        return "previous run still active (concurrency = forbid)"
+    if opts.concurrency == "queue" and queued >= opts.max_queued:
+        return "queue full"
+    return None

@@ -1,0 +1,30 @@
+"""The one way watcherd writes UTC instants as text, and reads them back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import overload
+
+__all__ = ["format_utc", "parse_utc"]
+
+
+@overload
+def format_utc(value: datetime, *, micro: bool = False) -> str: ...
+@overload
+def format_utc(value: None, *, micro: bool = False) -> None: ...
+
+
+def format_utc(value: datetime | None, *, micro: bool = False) -> str | None:
+    """`2026-11-25T10:15:00Z` (API, logs, env, bodies); with `micro`, the sortable form
+    `2026-11-25T10:15:00.000000Z` kept in the state store. None stays None."""
+    if value is None:
+        return None
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ"
+    return value.astimezone(UTC).strftime(fmt)
+
+
+def parse_utc(text: str | None) -> datetime | None:
+    """Any ISO 8601 instant with an offset or `Z`, as aware UTC; None or "" gives None."""
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

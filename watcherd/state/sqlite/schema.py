@@ -1,0 +1,109 @@
+"""The SQLite schema: versioned migrations (PRAGMA user_version) and start-up checks."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import structlog
+
+from watcherd.core.errors import StateError
+
+__all__ = ["SCHEMA_VERSION", "check_file", "migrate"]
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = 3
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE pipelines(
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, file_status TEXT);
+    CREATE TABLE schedules(
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, source TEXT NOT NULL,
+        status TEXT NOT NULL, file_status TEXT, spec TEXT NOT NULL, trigger_key TEXT,
+        anchor TEXT, cursor TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE runs(
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+        schedule_id TEXT NOT NULL, pipeline_id TEXT NOT NULL, experiment TEXT NOT NULL,
+        dedup TEXT NOT NULL, status TEXT NOT NULL, trigger TEXT NOT NULL,
+        parameters TEXT NOT NULL, path BLOB, attempt INTEGER NOT NULL DEFAULT 1,
+        attempts TEXT NOT NULL DEFAULT '[]', error TEXT, exit_code INTEGER, remote_id TEXT,
+        queued_at TEXT, started_at TEXT, finished_at TEXT, next_attempt_at TEXT, log BLOB,
+        UNIQUE(schedule_id, dedup));
+    CREATE INDEX runs_status ON runs(status, seq);
+    CREATE INDEX runs_schedule ON runs(schedule_id, seq);
+    CREATE INDEX runs_finished ON runs(finished_at);
+    CREATE TABLE snapshots(
+        schedule_id TEXT NOT NULL, name BLOB NOT NULL, version TEXT NOT NULL,
+        PRIMARY KEY(schedule_id, name)) WITHOUT ROWID;
+    CREATE TABLE baselines(schedule_id TEXT PRIMARY KEY, key TEXT NOT NULL);
+    CREATE TABLE idempotency(key TEXT PRIMARY KEY, run_id TEXT NOT NULL, created_at TEXT);
+    """,
+    # The file a run was queued for travels with it (SPEC §5): where it is, and the parameter
+    # it binds. Older rows get theirs from the schedule at dispatch, as before.
+    2: """
+    ALTER TABLE runs ADD COLUMN file_local BLOB;
+    ALTER TABLE runs ADD COLUMN file_url TEXT;
+    ALTER TABLE runs ADD COLUMN file_param TEXT;
+    """,
+    # The filters of the API and the page (issue: a run list by pipeline scanned the table).
+    3: """
+    CREATE INDEX runs_pipeline ON runs(pipeline_id, seq);
+    CREATE TABLE experiments(name TEXT PRIMARY KEY) WITHOUT ROWID;
+    INSERT OR IGNORE INTO experiments(name) SELECT DISTINCT experiment FROM runs;
+    """,
+}
+
+RESTORE_HINT = (
+    "restore state.db from a backup (stop watcherd, copy it back with its -wal file), or move "
+    "the directory aside to start with an empty state"
+)
+
+
+def check_file(path: Path) -> None:
+    """Refuse a state file that lost its content: an empty state.db beside a WAL or the lock
+    file of an earlier run would otherwise start fresh and forget every API schedule and
+    snapshot (SPEC §9)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        wal = path.with_name(path.name + "-wal")
+        lock = path.with_name("lock")
+        if (wal.exists() and wal.stat().st_size > 0) or lock.exists():
+            raise StateError(
+                f"state database {path} is empty but watcherd has run here before; " + RESTORE_HINT
+            )
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to SCHEMA_VERSION, one transaction per version, then check it."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"state database schema {version} is newer than this watcherd ({SCHEMA_VERSION})"
+        )
+    if version > 0:
+        _quick_check(conn)
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in _MIGRATIONS[v].split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version={v}")
+        conn.execute("COMMIT")
+
+
+def _quick_check(conn: sqlite3.Connection) -> None:
+    """PRAGMA quick_check at start: corrupted pages stop the daemon with a clear error
+    instead of failing one query at a time later."""
+    started = time.monotonic()
+    rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+    log.debug("state_checked", seconds=round(time.monotonic() - started, 3))
+    if rows != ["ok"]:
+        raise StateError(
+            "state database failed its integrity check (" + "; ".join(rows) + "); " + RESTORE_HINT
+        )
