@@ -307,6 +307,9 @@ class _Sink:
     async def load_snapshot(self, schedule_id: str, baseline_key: str) -> dict[bytes, str] | None:
         return None
 
+    async def load_marker(self, schedule_id: str, baseline_key: str) -> str | None:
+        return None
+
     async def commit(
         self,
         schedule_id: str,
@@ -314,6 +317,7 @@ class _Sink:
         upserts: Sequence[tuple[bytes, str]],
         deletes: Sequence[bytes],
         fire: Sequence[FileChange],
+        marker: str | None = None,
     ) -> int:
         for change in fire:
             self._runner.submit(change)

@@ -16,7 +16,9 @@ from watcherd.core.recurrence import Recurrence
 __all__ = [
     "NAMESPACE",
     "AzureMLTarget",
+    "BatchEndpointTarget",
     "BlobDatastore",
+    "BlobEvents",
     "CommandTarget",
     "Config",
     "CronTrigger",
@@ -102,6 +104,9 @@ class LocalDatastore:
 
     name: str
     root: Path
+    # "within_root": a symlink is followed only while its target resolves inside the real
+    # root (SPEC §4); "always": any target.
+    follow_symlinks: Literal["within_root", "always"] = "within_root"
     kind: Literal["local"] = "local"
 
 
@@ -115,6 +120,7 @@ class BlobDatastore:
     account_url: str | None = None
     sas_token: str | None = None
     account_key: str | None = None
+    azureml_datastore: str | None = None  # its name in an Azure ML workspace (SPEC §13)
     kind: Literal["azure_blob"] = "azure_blob"
 
 
@@ -164,7 +170,20 @@ class AzureMLTarget:
     kind: Literal["azureml"] = "azureml"
 
 
-Target = CommandTarget | HttpTarget | AzureMLTarget
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchEndpointTarget:
+    """Invoke an Azure ML batch endpoint (SPEC §13): the file as a UriFile input, every
+    parameter as a Literal input, a bearer token for `scope`."""
+
+    endpoint: str  # the invocation URI
+    deployment: str | None = None  # azureml-model-deployment header
+    input_name: str = "input_data"
+    request_timeout: timedelta = timedelta(seconds=30)
+    scope: str = "https://ml.azure.com/.default"
+    kind: Literal["batch_endpoint"] = "batch_endpoint"
+
+
+Target = CommandTarget | HttpTarget | AzureMLTarget | BatchEndpointTarget
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +241,20 @@ class CronTrigger:
     kind: Literal["cron"] = "cron"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobEvents:
+    """Event Grid BlobCreated events delivered to an Azure Storage Queue (SPEC §4)."""
+
+    queue: str
+    queue_account_url: str | None = None  # default: the datastore's account
+    queue_connection_string: str | None = None
+    poison_queue: str | None = None  # default: "<queue>-poison"
+
+    @property
+    def poison(self) -> str:
+        return self.poison_queue or f"{self.queue}-poison"
+
+
 DEFAULT_IGNORE = (".*", "*.tmp", "*.part", "*.partial", "*.crdownload", "*.swp", "*~", "~$*")
 
 
@@ -238,7 +271,9 @@ class DatastoreTrigger:
     ignore_defaults: bool = True
     settle: timedelta | None = None  # None: 2s local, 0s blob
     initial: Literal["skip", "fire"] = "skip"
-    events: bool | None = None  # None: on for local datastores on Linux
+    # local: True/False (None: on, on Linux); azure_blob: BlobEvents (None: no queue)
+    events: bool | BlobEvents | None = None
+    list_page_size: int = 5000  # blobs per listing page (SPEC §4 "Large containers")
     kind: Literal["datastore"] = "datastore"
 
     @property
@@ -289,6 +324,9 @@ class DaemonSettings:
     log_format: Literal["auto", "json", "console"] = "auto"
     retention: timedelta = timedelta(days=30)
     readyz_strict: bool = False
+    database: str = ""  # a PostgreSQL libpq URL: replicas (SPEC §12); "": SQLite in state_dir
+    replica_id: str = ""  # "": host name + "-" + a random suffix kept in state_dir
+    lease_ttl: timedelta = timedelta(seconds=15)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

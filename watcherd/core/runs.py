@@ -38,6 +38,7 @@ __all__ = [
     "run_id_for",
     "slot_dedup",
     "slot_run",
+    "submit_run",
     "sources_of",
     "transition",
 ]
@@ -176,6 +177,29 @@ def manual_run(
         trigger=trigger,
         parameters=parameters_for(pipeline, schedule, parameters),
         file=file,
+    )
+
+
+def submit_run(
+    pipeline: Pipeline,
+    experiment: str,
+    *,
+    by: str,
+    parameters: Mapping[str, str] | None,
+    continue_on_step_failure: bool | None,
+    nonce: str,
+) -> NewRun:
+    """A run of a pipeline with no schedule (`PublishedPipeline.submit`, SPEC §5)."""
+    trigger: dict[str, object] = {"kind": "manual", "by": by}
+    if continue_on_step_failure is not None:
+        trigger["continue_on_step_failure"] = continue_on_step_failure
+    return NewRun(
+        schedule_id="",
+        pipeline_id=pipeline.id,
+        experiment=experiment,
+        dedup=f"submit:{nonce}",
+        trigger=trigger,
+        parameters={**pipeline.parameters, **(parameters or {})},
     )
 
 

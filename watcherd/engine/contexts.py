@@ -35,11 +35,12 @@ def plan_for(
         and isinstance(s.trigger, RecurrenceTrigger | CronTrigger)
         and s.trigger.options.concurrency == "queue"
     )
-    cosf = (
-        s.continue_on_step_failure
-        if s is not None and s.continue_on_step_failure is not None
-        else p.continue_on_step_failure
-    )
+    cosf = p.continue_on_step_failure
+    asked = run.trigger.get("continue_on_step_failure")  # a submit's own setting
+    if s is not None and s.continue_on_step_failure is not None:
+        cosf = s.continue_on_step_failure
+    elif isinstance(asked, bool):
+        cosf = asked
 
     def make(r: Run, attempt: int) -> RunContext:
         slot = r.trigger.get("slot")
@@ -62,7 +63,7 @@ def plan_for(
 
     return Plan(
         pipeline=p,
-        schedule_name=s.name if s else run.schedule_id,
+        schedule_name=s.name if s else (run.schedule_id or "(submit)"),
         serial=serial,
         make_context=make,
     )

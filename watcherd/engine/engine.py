@@ -35,7 +35,14 @@ from watcherd.core.models import (
     Status,
     StoredSchedule,
 )
-from watcherd.core.runs import NewRun, concurrency_gate, file_run, manual_run, slot_run
+from watcherd.core.runs import (
+    NewRun,
+    concurrency_gate,
+    file_run,
+    manual_run,
+    slot_run,
+    submit_run,
+)
 from watcherd.core.slots import catch_up, new_timer, trigger_key, upcoming
 from watcherd.core.timefmt import format_utc
 from watcherd.engine.clock import Clock
@@ -257,6 +264,9 @@ class Engine:
     async def load_snapshot(self, schedule_id: str, baseline_key: str) -> dict[bytes, str] | None:
         return await self.store.load_snapshot(schedule_id, baseline_key)
 
+    async def load_marker(self, schedule_id: str, baseline_key: str) -> str | None:
+        return await self.store.load_marker(schedule_id, baseline_key)
+
     async def commit(
         self,
         schedule_id: str,
@@ -264,6 +274,7 @@ class Engine:
         upserts: Sequence[tuple[bytes, str]],
         deletes: Sequence[bytes],
         fire: Sequence[FileChange],
+        marker: str | None = None,
     ) -> int:
         s = self.schedules.get(schedule_id)
         now = self.clock.now()
@@ -278,7 +289,7 @@ class Engine:
                     )
         ids = await self._persist(
             lambda: self.store.commit_changes(
-                schedule_id, baseline_key, upserts, deletes, runs, now
+                schedule_id, baseline_key, upserts, deletes, runs, now, marker
             ),
             "snapshot",
         )
@@ -413,6 +424,34 @@ class Engine:
         rid = await self.store.insert_manual(run, key, now)
         if rid == run.id:
             self.runner.enqueue_new([run], [rid] if run.status is RunStatus.QUEUED else [], now)
+        return rid
+
+    async def submit(
+        self,
+        pipeline_id: str,
+        experiment: str,
+        *,
+        by: str,
+        parameters: Mapping[str, str],
+        continue_on_step_failure: bool | None,
+    ) -> str:
+        """Run a pipeline once with no schedule (SPEC §5); returns the run id."""
+        p = self.config.pipeline_by_id(pipeline_id)
+        if p is None:
+            raise NotFound("pipeline", pipeline_id)
+        if self.pipeline_status.get(p.id) is not Status.ACTIVE:
+            raise Conflict(f"pipeline {p.name} is Disabled", "pipeline_disabled")
+        run = submit_run(
+            p,
+            experiment,
+            by=by,
+            parameters=parameters,
+            continue_on_step_failure=continue_on_step_failure,
+            nonce=str(uuid.uuid4()),
+        )
+        now = self.clock.now()
+        rid = await self.store.insert_manual(run, None, now)
+        self.runner.enqueue_new([run], [rid], now)
         return rid
 
     async def retry_run(self, run: Run) -> bool:

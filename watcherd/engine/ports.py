@@ -104,6 +104,10 @@ class RunStore(Protocol):
         """The snapshot {name: version}, or None when its baseline key is not `key`."""
         ...
 
+    async def load_marker(self, schedule_id: str, key: str) -> str | None:
+        """The continuation marker of a listing interrupted mid-way (None: start afresh)."""
+        ...
+
     async def commit_changes(
         self,
         schedule_id: str,
@@ -112,9 +116,11 @@ class RunStore(Protocol):
         deletes: Sequence[bytes],
         runs: Sequence[NewRun],
         now: datetime,
+        marker: str | None = None,
     ) -> list[str]:
-        """Apply a snapshot delta under baseline `key` (another key starts it afresh) and
-        insert runs, in one transaction; returns the ids inserted Queued."""
+        """Apply a snapshot delta under baseline `key` (another key starts it afresh), set the
+        listing `marker` ("" clears it, None leaves it) and insert runs, in one transaction;
+        returns the ids inserted Queued."""
         ...
 
     async def drop_baseline(self, schedule_id: str) -> None: ...
@@ -269,6 +275,10 @@ class ChangeSink(Protocol):
         means a new baseline)."""
         ...
 
+    async def load_marker(self, schedule_id: str, baseline_key: str) -> str | None:
+        """Where an interrupted paged listing resumes (None: from the start)."""
+        ...
+
     async def commit(
         self,
         schedule_id: str,
@@ -276,11 +286,13 @@ class ChangeSink(Protocol):
         upserts: Sequence[tuple[bytes, str]],
         deletes: Sequence[bytes],
         fire: Sequence[FileChange],
+        marker: str | None = None,
     ) -> int:
         """In one transaction: apply `upserts`/`deletes` to the snapshot, mark the baseline
-        taken, and write one Queued run per `fire` entry (UNIQUE on schedule, name, version;
-        nothing when the schedule's pipeline is Disabled). Returns the number of runs written.
-        `fire` entries must also be in `upserts`."""
+        taken, set the listing `marker` ("" clears it, None leaves it) and write one Queued
+        run per `fire` entry (UNIQUE on schedule, name, version; nothing when the schedule or
+        its pipeline is Disabled). Returns the number of runs written. The write is retried
+        until durable. `fire` entries must also be in `upserts`."""
         ...
 
     def pending(self, schedule_id: str) -> int:

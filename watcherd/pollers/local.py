@@ -127,7 +127,8 @@ class LocalPoller:
         self._raw: dict[bytes, How] = {}  # event batch being gathered: name -> how
         self._rescan = False
         self._wake = asyncio.Event()
-        self._events = DirEvents(self.path, self._post, trig.events)
+        events = trig.events if isinstance(trig.events, bool) else None
+        self._events = DirEvents(self.path, self._post, events)
         self._failures = 0
         self._grown = 0  # snapshot entries written since the last compaction
 

@@ -41,6 +41,17 @@ class Services(Protocol):
     async def list_pipelines(self, active_only: bool = False) -> list[JSON]: ...
     async def get_pipeline(self, ident: str) -> JSON: ...
     async def set_pipeline_status(self, ident: str, status: str) -> JSON: ...
+    async def submit_pipeline(
+        self,
+        ident: str,
+        *,
+        experiment_name: str,
+        parameters: Mapping[str, str] | None = None,
+        continue_on_step_failure: bool | None = None,
+        by: str = "api",
+    ) -> JSON:
+        """One run of a pipeline now with no schedule; 409 while it is Disabled."""
+        ...
 
     async def list_experiments(self) -> list[JSON]: ...
 

@@ -118,6 +118,29 @@ class Manager:
         await self.engine.set_pipeline_status(pid, st)
         return await self.get_pipeline(pid)
 
+    async def submit_pipeline(
+        self,
+        ident: str,
+        *,
+        experiment_name: str,
+        parameters: Mapping[str, str] | None = None,
+        continue_on_step_failure: bool | None = None,
+        by: str = "api",
+    ) -> JSON:
+        """`PublishedPipeline.submit`: one run of the pipeline now, with no schedule."""
+        pid = self._pipeline_id(ident)
+        if not isinstance(experiment_name, str) or not experiment_name.strip():
+            raise ValidationError("experiment_name must be a non-empty string", "experiment_name")
+        params = {str(k): str(v) for k, v in (parameters or {}).items()}
+        rid = await self.engine.submit(
+            pid,
+            experiment_name,
+            by=by,
+            parameters=params,
+            continue_on_step_failure=continue_on_step_failure,
+        )
+        return await self.get_run(rid)
+
     async def list_experiments(self) -> list[JSON]:
         names = {s.experiment_name for s in self.engine.schedules.values()}
         names.update(await self.engine.store.experiments())

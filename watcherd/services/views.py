@@ -21,7 +21,7 @@ def run_json(run: Run, schedule_name: str | None = None) -> JSON:
         duration = round((run.finished_at - run.started_at).total_seconds(), 3)
     return {
         "id": run.id,
-        "schedule_id": run.schedule_id,
+        "schedule_id": run.schedule_id or None,  # None: a pipeline submitted by hand
         "schedule_name": schedule_name,
         "pipeline_id": run.pipeline_id,
         "experiment_name": run.experiment_name,

@@ -48,9 +48,11 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE runs ADD COLUMN file_url TEXT;
     ALTER TABLE runs ADD COLUMN file_param TEXT;
     """,
-    # The filters of the API and the page (issue: a run list by pipeline scanned the table).
+    # The filters of the API and the page (a run list by pipeline scanned the table), and the
+    # continuation marker of an interrupted blob listing (SPEC §4 "Large containers").
     3: """
     CREATE INDEX runs_pipeline ON runs(pipeline_id, seq);
+    ALTER TABLE baselines ADD COLUMN marker TEXT;
     CREATE TABLE experiments(name TEXT PRIMARY KEY) WITHOUT ROWID;
     INSERT OR IGNORE INTO experiments(name) SELECT DISTINCT experiment FROM runs;
     """,

@@ -70,6 +70,9 @@ class SqliteStore:
     async def load_snapshot(self, schedule_id: str, key: str) -> dict[bytes, str] | None:
         return await self.db.read(_load_snapshot, schedule_id, key)
 
+    async def load_marker(self, schedule_id: str, key: str) -> str | None:
+        return await self.db.read(_load_marker, schedule_id, key)
+
     async def commit_changes(
         self,
         schedule_id: str,
@@ -78,9 +81,17 @@ class SqliteStore:
         deletes: Sequence[bytes],
         runs: Sequence[NewRun],
         now: datetime,
+        marker: str | None = None,
     ) -> list[str]:
         return await self.db.write(
-            _commit_changes, schedule_id, key, list(upserts), list(deletes), list(runs), now
+            _commit_changes,
+            schedule_id,
+            key,
+            list(upserts),
+            list(deletes),
+            list(runs),
+            now,
+            marker,
         )
 
     async def drop_baseline(self, schedule_id: str) -> None:
@@ -266,6 +277,13 @@ def _load_snapshot(c: Conn, schedule_id: str, key: str) -> dict[bytes, str] | No
     return {bytes(n): v for n, v in rows}
 
 
+def _load_marker(c: Conn, schedule_id: str, key: str) -> str | None:
+    row = c.execute(
+        "SELECT key, marker FROM baselines WHERE schedule_id=?", (schedule_id,)
+    ).fetchone()
+    return row[1] if row is not None and row[0] == key and row[1] else None
+
+
 def _commit_changes(
     c: Conn,
     schedule_id: str,
@@ -274,6 +292,7 @@ def _commit_changes(
     deletes: list[bytes],
     runs: list[NewRun],
     now: datetime,
+    marker: str | None,
 ) -> list[str]:
     with Tx(c) as cur:
         row = cur.execute(
@@ -284,6 +303,11 @@ def _commit_changes(
             cur.execute(
                 "INSERT OR REPLACE INTO baselines(schedule_id, key) VALUES (?,?)",
                 (schedule_id, key),
+            )
+        if marker is not None:
+            cur.execute(
+                "UPDATE baselines SET marker=? WHERE schedule_id=?",
+                (marker or None, schedule_id),
             )
         cur.executemany(
             "INSERT OR REPLACE INTO snapshots(schedule_id, name, version) VALUES (?,?,?)",
