@@ -147,6 +147,10 @@ class DefaultDispatchers:
             from watcherd.dispatch.azureml import AzureMLDispatcher
 
             return AzureMLDispatcher()
+        if kind == "batch_endpoint":
+            from watcherd.dispatch.batch import BatchEndpointDispatcher
+
+            return BatchEndpointDispatcher()
         raise KeyError(kind)
 
     async def aclose(self) -> None:

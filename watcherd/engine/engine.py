@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from watcherd.engine.ports import (
     FileChange,
     Poller,
     PollerFactory,
+    ReplicaInfo,
     RunStore,
     SlotBatch,
 )
@@ -106,6 +108,8 @@ class Engine:
         self.reload_error: str | None = None
         self.started = asyncio.Event()
         self.started_mono = clock.monotonic()
+        self.started_at = clock.now()
+        self.replica_id = socket.gethostname()
         self._pollers = pollers
         self._dispatchers = dispatchers
         self.runner = Runner(
@@ -479,6 +483,21 @@ class Engine:
             return poll.error
         armed = self.timers.armed.get(sid)
         return armed.error if armed is not None else None
+
+    async def replicas(self) -> list[ReplicaInfo]:
+        """The live daemons sharing this store: here, this one."""
+        owned = frozenset(self.timers.armed) | frozenset(self._poller_tasks)
+        return [
+            ReplicaInfo(
+                id=self.replica_id,
+                host=socket.gethostname(),
+                started=self.started_at,
+                last_heartbeat=self.clock.now(),
+                schedules=owned,
+                running=self.runner.total_running(),
+                config_hash="",
+            )
+        ]
 
     # ── lifecycle ────────────────────────────────────────────────────────────
 

@@ -38,6 +38,7 @@ __all__ = [
     "PollHealth",
     "Poller",
     "PollerFactory",
+    "ReplicaInfo",
     "RunContext",
     "RunPage",
     "RunStore",
@@ -65,6 +66,19 @@ class SlotBatch:
     schedule_id: str
     cursor: datetime
     runs: Sequence[NewRun]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaInfo:
+    """One live daemon sharing the store (SPEC §12)."""
+
+    id: str
+    host: str
+    started: datetime
+    last_heartbeat: datetime
+    schedules: frozenset[str]  # the schedules whose timer or poller it owns
+    running: int
+    config_hash: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -261,6 +261,11 @@ class Manager:
         await self.engine.save_schedule(s, config_mod.schedule_to_dict(s, self.config))
         return await self.get_schedule(s.id)
 
+    async def create_schedule_yaml(self, text: str) -> JSON:
+        from watcherd.config.yaml import schedule_body  # the YAML parser, only when used
+
+        return await self.create_schedule(schedule_body(text, config=self.config))
+
     async def update_schedule(self, ident: str, body: Mapping[str, Any]) -> JSON:
         _reject_readonly(body)
         broken = self._broken_id(ident)
@@ -430,6 +435,22 @@ class Manager:
             )
         await self.engine.cancel_run(run_id)
         return await self.get_run(run_id)
+
+    # ── replicas ─────────────────────────────────────────────────────────────
+
+    async def list_replicas(self) -> list[JSON]:
+        return [
+            {
+                "id": r.id,
+                "host": r.host,
+                "started": format_utc(r.started),
+                "last_heartbeat": format_utc(r.last_heartbeat),
+                "schedules": sorted(r.schedules),
+                "running": r.running,
+                "config_hash": r.config_hash,
+            }
+            for r in await self.engine.replicas()
+        ]
 
     # ── health ───────────────────────────────────────────────────────────────
 
