@@ -1,5 +1,6 @@
 """The container files: Dockerfile (hadolint), the example pod (kubernetes-validate) and the
-sidecar config it mounts (check-config). No container engine runs here (SPEC §9)."""
+sidecar config it mounts (check-config). The image itself is built and run with podman by
+tests/ops/test_image.py (SPEC §9)."""
 
 from __future__ import annotations
 
@@ -65,12 +66,20 @@ def _instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_contract() -> None:
     ins = _instructions()
-    froms = [rest for word, rest in ins if word == "FROM"]
-    assert froms and all("slim" in f for f in froms)
+    # the base is an argument: a slim Python image unless BASE_IMAGE names another
+    args = dict(rest.partition("=")[::2] for word, rest in ins if word == "ARG")
+    assert "slim" in args["BASE_IMAGE"]
+    froms = [rest.split()[0] for word, rest in ins if word == "FROM"]
+    assert froms and all(f == "${BASE_IMAGE}" for f in froms)
     users = [rest for word, rest in ins if word == "USER"]
-    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert users and users[-1].split(":")[0] == "10001"
+    # into a virtualenv: offline from the WHEELS folder when given, else from the sources
+    assert args["WHEELS"] == '""'
     runs = " ".join(rest for word, rest in ins if word == "RUN")
-    assert re.search(r"pip install [^&]*\.(\s|$)", runs)
+    assert "python3 -m venv /opt/watcherd" in runs
+    assert re.search(r"pip install [^;&]*--no-index --find-links \S*\$WHEELS", runs)
+    assert re.search(r"pip install [^;&]* /src(\s|;|$)", runs)
+    assert any(w == "COPY" and r.startswith("--from=build /opt/watcherd") for w, r in ins)
     entry = [rest for word, rest in ins if word == "ENTRYPOINT"]
     assert entry and json.loads(entry[-1]) == ["watcherd", "run"]
     assert any(word == "HEALTHCHECK" for word, _ in ins)
