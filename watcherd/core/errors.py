@@ -7,8 +7,10 @@ WatcherdError
  ├── NotFound             unknown schedule, pipeline, run or datastore id (also LookupError)
  ├── Conflict             refused by the current state (409): says why
  ├── InvalidTransition    refused run state change; says from → to (also a Conflict)
- ├── StateError           the state database cannot be opened or written
- │    └── AlreadyRunning  another daemon holds the state directory's lock
+ ├── StateError           the state store cannot be opened or written
+ │    ├── AlreadyRunning  another daemon holds the state directory's lock
+ │    ├── LeaseLost       a fenced write refused: another replica owns the schedule now
+ │    └── ClaimLost       a run status write refused: the run was re-queued elsewhere
  ├── TransientError       retrying may help: timeout, 429, 503, reset
  │    ├── PollUnavailable
  │    └── DispatchUnavailable
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyRunning",
+    "ClaimLost",
     "ConfigError",
     "ConfigErrors",
     "Conflict",
     "DispatchRejected",
     "DispatchUnavailable",
     "InvalidTransition",
+    "LeaseLost",
     "NotFound",
     "PermanentError",
     "PollRejected",
@@ -110,6 +114,23 @@ class StateError(WatcherdError):
 
 class AlreadyRunning(StateError):
     """Another daemon holds the lock on this state directory."""
+
+
+class LeaseLost(StateError):
+    """A fenced write was refused: this replica no longer holds the schedule's lease."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"lease of schedule {schedule_id} lost")
+        self.schedule_id = schedule_id
+
+
+class ClaimLost(StateError):
+    """A run status write was refused: the run is no longer held by this replica and attempt
+    (it was re-queued after this replica was declared dead)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"claim of run {run_id} lost")
+        self.run_id = run_id
 
 
 class TransientError(WatcherdError):

@@ -12,8 +12,10 @@ Only `watcherd.daemon` picks the implementations.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,15 +31,22 @@ from watcherd.core.models import (
 from watcherd.core.runs import NewRun
 
 __all__ = [
+    "Change",
     "ChangeSink",
+    "Claim",
+    "ClaimResult",
+    "Cluster",
+    "ConfigWrite",
     "Dispatcher",
     "DispatcherFactory",
     "FileChange",
+    "Membership",
     "Outcome",
     "PipelineRow",
     "PollHealth",
     "Poller",
     "PollerFactory",
+    "Reading",
     "ReplicaInfo",
     "RunContext",
     "RunPage",
@@ -61,11 +70,23 @@ class PipelineRow:
 
 @dataclass(frozen=True, slots=True)
 class SlotBatch:
-    """One schedule's share of a timer commit: its new cursor and the runs of its slots."""
+    """One schedule's share of a timer commit: its new cursor and the runs of its slots.
+
+    `epoch` fences the write (SPEC §12): the store refuses it unless this replica still holds
+    the schedule's lease at that epoch. None: no fence (a single daemon, SQLite)."""
 
     schedule_id: str
     cursor: datetime
     runs: Sequence[NewRun]
+    epoch: int | None = None
+
+
+class ClaimResult(Enum):
+    """What `RunStore.claim_run` did."""
+
+    CLAIMED = "claimed"  # Queued → Running, now held by this replica (and attempt)
+    GONE = "gone"  # no longer Queued (canceled, skipped, claimed elsewhere): forget it
+    BUSY = "busy"  # another version of the same file, or a serial schedule's run, is Running
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +124,15 @@ class RunStore(Protocol):
     async def save_pipelines(self, rows: Sequence[PipelineRow]) -> None: ...
     async def set_pipeline_status(self, pipeline_id: str, status: str) -> None: ...
     async def load_schedules(self) -> list[StoredSchedule]: ...
+    async def load_schedule(self, schedule_id: str) -> StoredSchedule | None: ...
     async def save_schedules(self, rows: Sequence[StoredSchedule]) -> None: ...
+    async def apply_config(self, compute: Callable[[Reading], ConfigWrite]) -> ConfigWrite:
+        """Read the stored schedules and pipelines, call `compute` (pure) on them and write
+        what it returns, as one serialized step: replicas starting together never compute
+        from each other's half-written state (PostgreSQL: one transaction under an advisory
+        lock)."""
+        ...
+
     async def delete_schedule(self, schedule_id: str) -> None:
         """Remove a schedule with its snapshot (its runs stay)."""
         ...
@@ -111,7 +140,8 @@ class RunStore(Protocol):
     # the outbox
     async def record_slots(self, batches: Sequence[SlotBatch], now: datetime) -> list[str]:
         """Insert each batch's runs and advance its cursor, in one transaction; returns the
-        ids of the runs inserted Queued (a run already recorded is not inserted again)."""
+        ids of the runs inserted Queued (a run already recorded is not inserted again).
+        Raises LeaseLost (nothing written) when a batch's `epoch` fence fails."""
         ...
 
     async def load_snapshot(self, schedule_id: str, key: str) -> dict[bytes, str] | None:
@@ -131,10 +161,11 @@ class RunStore(Protocol):
         runs: Sequence[NewRun],
         now: datetime,
         marker: str | None = None,
+        epoch: int | None = None,
     ) -> list[str]:
         """Apply a snapshot delta under baseline `key` (another key starts it afresh), set the
         listing `marker` ("" clears it, None leaves it) and insert runs, in one transaction;
-        returns the ids inserted Queued."""
+        returns the ids inserted Queued. `epoch` fences it as in `record_slots`."""
         ...
 
     async def drop_baseline(self, schedule_id: str) -> None: ...
@@ -168,6 +199,15 @@ class RunStore(Protocol):
 
     async def experiments(self) -> list[str]: ...
 
+    async def claim_run(
+        self, run_id: str, *, replica_id: str, now: datetime, serial: bool
+    ) -> ClaimResult:
+        """Queued → Running for this replica (`claimed_by`, started_at = now). BUSY, without
+        change, while a run of the same file (file runs) or of the same schedule (`serial`:
+        concurrency "queue") is Running anywhere; PostgreSQL claims with FOR UPDATE SKIP
+        LOCKED so replicas never take the same run."""
+        ...
+
     async def transition_run(
         self,
         run_id: str,
@@ -176,16 +216,22 @@ class RunStore(Protocol):
         among: Sequence[RunStatus] | None = None,
         followups: Sequence[NewRun] = (),
         now: datetime,
+        claim: Claim | None = None,
         **fields: Any,
     ) -> tuple[bool, list[str]]:
         """Move a run to `to` (checked by `core.runs.transition`; `among` narrows the statuses
         it may come from) and set `fields`, inserting `followups` in the same transaction.
         Returns (moved, ids of followups inserted Queued); moved is False when the run was no
-        longer in one of those statuses (another writer moved it first)."""
+        longer in one of those statuses (another writer moved it first). With `claim`, a move
+        out of Running also requires the run to be still held by that replica and attempt:
+        refused, it raises ClaimLost."""
         ...
 
-    async def update_running(self, run_id: str, **fields: Any) -> bool:
-        """Set fields of a Running run (attempt, next_attempt_at, attempts) without moving it."""
+    async def update_running(
+        self, run_id: str, *, claim: Claim | None = None, **fields: Any
+    ) -> bool:
+        """Set fields of a Running run (attempt, next_attempt_at, attempts) without moving it
+        (raises ClaimLost as `transition_run`)."""
         ...
 
     async def skip_runs(self, run_ids: Sequence[str], reason: str, now: datetime) -> None: ...
@@ -195,6 +241,100 @@ class RunStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who holds a Running run: status writes are conditional on it (SPEC §12)."""
+
+    replica_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What `RunStore.apply_config` reads for its computation."""
+
+    schedules: dict[str, StoredSchedule]
+    pipelines: dict[str, PipelineRow]
+
+
+@dataclass(slots=True)
+class ConfigWrite:
+    """What the computation of `RunStore.apply_config` asks to write (and carries back)."""
+
+    pipelines: Sequence[PipelineRow]
+    schedules: Sequence[StoredSchedule]  # changed rows only
+    result: Any = None  # anything the caller wants back (the reconcile plan)
+
+
+# ── replicas ─────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """One heartbeat round's outcome for this replica."""
+
+    leases: Mapping[str, int]  # schedule id → epoch, every lease held after this round
+    valid_until: float  # local monotonic: the send time + lease_ttl − 1 s (SPEC §12)
+    config_ok: bool  # this replica's config hash is the deployment's
+    replicas: int  # live replicas, this one included
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change another replica made (SPEC §12): re-read what it names.
+
+    kind: "schedule" (ident: schedule id), "pipeline" (pipeline id), "runs" (new Queued
+    runs; ident ""), "cancel" (run id), "resync" (notifications may have been missed: re-read
+    everything cached)."""
+
+    kind: str
+    ident: str = ""
+
+
+class Cluster(Protocol):
+    """The replicas sharing one store: membership, schedule leases, change notifications.
+
+    With SQLite there is one daemon (the state_dir lock): it holds every lease forever and
+    never hears of a change. With PostgreSQL each replica heartbeats every lease_ttl / 3."""
+
+    replica_id: str
+    lease_ttl: timedelta
+
+    async def join(self, *, host: str, config_hash: str) -> bool:
+        """Register this replica; True when its config is now the deployment's (the newest
+        starting replica's config wins; older ones then stand by)."""
+        ...
+
+    async def beat(self, *, wanted: Sequence[str], running: int) -> Membership:
+        """One round: heartbeat (expiry = the database's now() + lease_ttl), re-queue the
+        Running runs of replicas dead for longer than lease_ttl ("replica <id> lost"), renew
+        this replica's leases, release those above its fair share (⌈n/r⌉ of the `wanted`,
+        +1 slack) and take free or expired ones among `wanted` up to it. Raises StateError
+        when the store is unreachable (leases then lapse at `valid_until`)."""
+        ...
+
+    async def release(self, schedule_ids: Sequence[str]) -> None:
+        """Give up leases (after their timers and pollers are stopped)."""
+        ...
+
+    async def leave(self) -> None:
+        """Release every lease and deregister (clean shutdown)."""
+        ...
+
+    async def replicas(self) -> list[ReplicaInfo]: ...
+
+    async def alive_until(self) -> datetime | None:
+        """The latest instant any other replica was known alive (its last heartbeat +
+        lease_ttl), for SPEC §12's "no slot lost to a failover": slots due before it are
+        queued whatever `catch_up` says. None: no other replica ever ran."""
+        ...
+
+    def changes(self) -> AsyncIterator[Change]:
+        """Changes made by other replicas, until cancelled (LISTEN/NOTIFY; after a reconnect
+        it yields Change("resync"))."""
+        ...
 
 
 # ── dispatchers ──────────────────────────────────────────────────────────────

@@ -15,10 +15,12 @@ from typing import Any
 from watcherd.core.models import TERMINAL, FileRef, Run, RunStatus
 from watcherd.core.runs import NewRun, sources_of
 from watcherd.core.timefmt import format_utc, parse_utc
+from watcherd.engine.ports import ClaimResult
 from watcherd.state.sqlite.database import Tx
 
 __all__ = [
     "experiments",
+    "claim_run",
     "get_run",
     "get_runs",
     "insert_manual",
@@ -220,6 +222,35 @@ def transition_run(
         if cur.rowcount == 0:
             return False, []
         return True, insert_runs(cur, followups, now) if followups else []
+
+
+def claim_run(c: Conn, run_id: str, now: datetime, serial: bool) -> ClaimResult:
+    """Queued → Running unless its file's (or, serial, its schedule's) run is Running."""
+    with Tx(c) as cur:
+        row = cur.execute(
+            "SELECT schedule_id, path, status, trigger FROM runs WHERE id=?", (run_id,)
+        ).fetchone()
+        if row is None or row[2] != RunStatus.QUEUED.value:
+            return ClaimResult.GONE
+        schedule_id, path = row[0], row[1]
+        busy = None
+        if serial:
+            busy = cur.execute(
+                "SELECT 1 FROM runs WHERE status='Running' AND schedule_id=? LIMIT 1",
+                (schedule_id,),
+            ).fetchone()
+        elif path is not None and json.loads(row[3]).get("kind") == "file":
+            busy = cur.execute(
+                "SELECT 1 FROM runs WHERE status='Running' AND schedule_id=? AND path=? LIMIT 1",
+                (schedule_id, path),
+            ).fetchone()
+        if busy:
+            return ClaimResult.BUSY
+        cur.execute(
+            "UPDATE runs SET status='Running', started_at=?, next_attempt_at=NULL WHERE id=?",
+            (format_utc(now, micro=True), run_id),
+        )
+        return ClaimResult.CLAIMED
 
 
 def update_running(c: Conn, run_id: str, fields: dict[str, Any]) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,15 @@ from typing import Any
 from watcherd.core.models import Run, RunStatus, StoredSchedule
 from watcherd.core.runs import NewRun
 from watcherd.core.timefmt import format_utc, parse_utc
-from watcherd.engine.ports import PipelineRow, RunPage, SlotBatch
+from watcherd.engine.ports import (
+    Claim,
+    ClaimResult,
+    ConfigWrite,
+    PipelineRow,
+    Reading,
+    RunPage,
+    SlotBatch,
+)
 from watcherd.state.sqlite import runs as runs_sql
 from watcherd.state.sqlite.database import Database, Tx
 from watcherd.state.sqlite.schema import SCHEMA_VERSION
@@ -55,6 +63,15 @@ class SqliteStore:
     async def load_schedules(self) -> list[StoredSchedule]:
         return await self.db.read(load_schedules)
 
+    async def load_schedule(self, schedule_id: str) -> StoredSchedule | None:
+        rows = await self.db.read(load_schedules, schedule_id)
+        return rows[0] if rows else None
+
+    async def apply_config(self, compute: Callable[[Reading], ConfigWrite]) -> ConfigWrite:
+        # One daemon per state_dir (the lock): reading, computing and writing in sequence on
+        # the writer thread is already serialized.
+        return await self.db.write(_apply_config, compute)
+
     async def save_schedules(self, rows: Sequence[StoredSchedule]) -> None:
         if rows:
             await self.db.write(_save_schedules, list(rows))
@@ -82,6 +99,7 @@ class SqliteStore:
         runs: Sequence[NewRun],
         now: datetime,
         marker: str | None = None,
+        epoch: int | None = None,  # fences only matter with replicas
     ) -> list[str]:
         return await self.db.write(
             _commit_changes,
@@ -143,6 +161,11 @@ class SqliteStore:
     async def experiments(self) -> list[str]:
         return await self.db.read(runs_sql.experiments)
 
+    async def claim_run(
+        self, run_id: str, *, replica_id: str, now: datetime, serial: bool
+    ) -> ClaimResult:
+        return await self.db.write(runs_sql.claim_run, run_id, now, serial)
+
     async def transition_run(
         self,
         run_id: str,
@@ -151,13 +174,16 @@ class SqliteStore:
         among: Sequence[RunStatus] | None = None,
         followups: Sequence[NewRun] = (),
         now: datetime,
+        claim: Claim | None = None,  # one daemon: its claims cannot be lost
         **fields: Any,
     ) -> tuple[bool, list[str]]:
         return await self.db.write(
             runs_sql.transition_run, run_id, to, among, list(followups), now, fields
         )
 
-    async def update_running(self, run_id: str, **fields: Any) -> bool:
+    async def update_running(
+        self, run_id: str, *, claim: Claim | None = None, **fields: Any
+    ) -> bool:
         return await self.db.write(runs_sql.update_running, run_id, fields)
 
     async def skip_runs(self, run_ids: Sequence[str], reason: str, now: datetime) -> None:
@@ -197,12 +223,17 @@ def _set_pipeline_status(c: Conn, ident: str, status: str) -> None:
         cur.execute("UPDATE pipelines SET status=? WHERE id=?", (status, ident))
 
 
-def load_schedules(c: Conn) -> list[StoredSchedule]:
-    """Every stored schedule, oldest first (also used read-only by check-config)."""
-    rows = c.execute(
+def load_schedules(c: Conn, schedule_id: str | None = None) -> list[StoredSchedule]:
+    """Every stored schedule, oldest first, or the one with `schedule_id` (check-config reads
+    them read-only too)."""
+    sql = (
         "SELECT id, name, source, status, file_status, spec, trigger_key, anchor, cursor, "
-        "created_at, updated_at FROM schedules ORDER BY created_at, name"
-    ).fetchall()
+        "created_at, updated_at FROM schedules"
+    )
+    if schedule_id is None:
+        rows = c.execute(sql + " ORDER BY created_at, name").fetchall()
+    else:
+        rows = c.execute(sql + " WHERE id=?", (schedule_id,)).fetchall()
     return [
         StoredSchedule(
             id=r[0],
@@ -219,6 +250,16 @@ def load_schedules(c: Conn) -> list[StoredSchedule]:
         )
         for r in rows
     ]
+
+
+def _apply_config(c: Conn, compute: Callable[[Reading], ConfigWrite]) -> ConfigWrite:
+    reading = Reading(schedules={s.id: s for s in load_schedules(c)}, pipelines=_load_pipelines(c))
+    out = compute(reading)
+    with Tx(c):
+        _save_pipelines(c, list(out.pipelines))
+        if out.schedules:
+            _save_schedules(c, list(out.schedules))
+    return out
 
 
 def _save_schedules(c: Conn, items: list[StoredSchedule]) -> None:
