@@ -98,17 +98,21 @@ def sink() -> object:
 def baseline_runs_per_s(tmp: Path, n: int) -> float:
     """The store's own 3 commits per run, back to back, with no engine and no dispatch.
 
-    On a fresh `Store` (same schema, indexes and pragmas: WAL, synchronous=FULL), one loop on
-    the store's worker thread does, per run: `insert_runs` (Queued), `update_run` (Running),
-    `update_run` (Submitted). This is the storage floor of one-commit-per-change.
+    On a fresh `SqliteStore` (same schema, indexes and pragmas: WAL, synchronous=FULL), one
+    loop on the store's writer thread does, per run, three transactions with the store's own
+    SQL functions: `insert_runs` (Queued), `transition_run` (Running), `transition_run`
+    (Submitted). This is the storage floor of one-commit-per-change.
     """
     from watcherd.core.models import RunStatus
-    from watcherd.state.sqlite.store import NewRun, Store
+    from watcherd.core.runs import NewRun
+    from watcherd.state.sqlite import runs as runs_sql
+    from watcherd.state.sqlite.database import Tx
+    from watcherd.state.sqlite.store import SqliteStore
 
     state = Path(tempfile.mkdtemp(prefix="baseline-", dir=tmp))
-    store = Store(state)
+    store = SqliteStore(state)
 
-    def loop() -> float:
+    def loop(conn: sqlite3.Connection) -> float:
         t0 = time.perf_counter()
         for i in range(n):
             now = datetime.now(UTC)
@@ -120,24 +124,26 @@ def baseline_runs_per_s(tmp: Path, n: int) -> float:
                 trigger={"kind": "manual", "by": "bench", "i": i},
                 parameters={},
             )
-            (rid,) = store.insert_runs([run], now)
-            store.update_run(
-                rid, expect=[RunStatus.QUEUED], status=RunStatus.RUNNING, started_at=now
+            with Tx(conn) as cur:
+                (rid,) = runs_sql.insert_runs(cur, [run], now)
+            runs_sql.transition_run(
+                conn, rid, RunStatus.RUNNING, None, [], now, {"started_at": now}
             )
-            store.update_run(
+            runs_sql.transition_run(
+                conn,
                 rid,
-                expect=[RunStatus.RUNNING],
-                status=RunStatus.SUBMITTED,
-                finished_at=now,
-                attempts=[{"attempt": 1}],
-                next_attempt_at=None,
+                RunStatus.SUBMITTED,
+                None,
+                [],
+                now,
+                {"finished_at": now, "attempts": [{"attempt": 1}], "next_attempt_at": None},
             )
         return n / (time.perf_counter() - t0)
 
     try:
-        return store.sync(loop)
+        return store.db.sync(loop)
     finally:
-        store.close()
+        asyncio.run(store.close())
         shutil.rmtree(state, ignore_errors=True)
 
 
@@ -177,10 +183,10 @@ async def _engine_runs(
     """Trigger n runs of `schedule` and wait for all to end; returns (runs/s, not ok)."""
     from watcherd import config as config_mod
     from watcherd import logs
+    from watcherd.daemon import build_engine
     from watcherd.engine.clock import SystemClock
-    from watcherd.engine.engine import Engine
     from watcherd.services.manager import Manager
-    from watcherd.state.sqlite.store import Store
+    from watcherd.state.sqlite.store import SqliteStore
 
     state = workdir / f"state-{schedule}"
     path = workdir / f"watcherd-{schedule}.toml"
@@ -188,8 +194,8 @@ async def _engine_runs(
     cfg = config_mod.load(path, dict(os.environ))
     log_file = (workdir / f"{schedule}.log").open("w")
     logs.configure("json", cfg.secrets, stream=log_file)
-    store = Store(cfg.daemon.state_dir)
-    engine = Engine(cfg, store, SystemClock())
+    store = SqliteStore(cfg.daemon.state_dir)
+    engine = build_engine(cfg, store, SystemClock())
     try:
         await engine.prepare()
         task = asyncio.create_task(engine.run())
@@ -211,8 +217,9 @@ async def _engine_runs(
                 await asyncio.sleep(0.01)
         engine.stop()
         await task
+        await engine.close()
     finally:
-        store.close()
+        await store.close()
         log_file.close()
     conn = sqlite3.connect(state / "state.db")
     first, last, done, bad = conn.execute(

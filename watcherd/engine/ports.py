@@ -11,8 +11,7 @@ Only `watcherd.daemon` picks the implementations.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
