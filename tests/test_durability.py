@@ -84,6 +84,8 @@ def test_sigkill_loses_and_duplicates_no_slot(tmp_path: Path) -> None:
             assert got == expected, f"gap in slots of {sid}"
             assert len(got) >= 12
             assert got[-1] >= restarted - timedelta(minutes=1), "downtime slots not caught up"
-        assert all(r["status"] == "Completed" for r in d.runs())
+        # Slots keep falling due (600× time) between the wait and the stop: those runs may be
+        # Queued (re-queued by the shutdown); nothing else may be left unfinished or failed.
+        assert all(r["status"] in ("Completed", "Queued") for r in d.runs())
     finally:
         d.close()

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -33,9 +34,10 @@ from watcherd.core.models import (
 from watcherd.engine.clock import Clock, clock_from_env
 from watcherd.engine.engine import Engine
 from watcherd.engine.metrics import Metrics
-from watcherd.engine.ports import ChangeSink, Dispatcher, Poller, PollHealth, RunStore
+from watcherd.engine.ports import ChangeSink, Cluster, Dispatcher, Poller, PollHealth, RunStore
 from watcherd.notify import Notifier
 from watcherd.services.manager import Manager
+from watcherd.state.sqlite.cluster import SoloCluster
 from watcherd.state.sqlite.store import SqliteStore
 
 __all__ = ["Daemon", "DefaultDispatchers", "DefaultPollers", "build_engine", "run_daemon"]
@@ -112,6 +114,13 @@ class DefaultPollers:
             clock=self.clock, max_pending=max_pending, metrics=self.metrics,
         )  # fmt: skip
 
+    def can_serve(self, datastore: Datastore) -> bool:
+        # A root this replica cannot read is another host's to watch (SPEC §12); a missing
+        # one is still ours to report (its poller logs and retries it, SPEC §4).
+        if isinstance(datastore, LocalDatastore) and os.path.exists(datastore.root):
+            return os.access(datastore.root, os.R_OK | os.X_OK)
+        return True
+
     def locate(self, datastore: Datastore, name: bytes) -> tuple[bytes | None, str | None]:
         if isinstance(datastore, LocalDatastore):
             return os.path.join(os.fsencode(datastore.root), name), None
@@ -158,17 +167,37 @@ class DefaultDispatchers:
             await d.aclose()
 
 
-def build_engine(cfg: Config, store: RunStore, clock: Clock) -> Engine:
-    """The engine with the default pollers and dispatchers (close it with `engine.close()`)."""
+def build_engine(
+    cfg: Config, store: RunStore, clock: Clock, cluster: Cluster | None = None
+) -> Engine:
+    """The engine with the default pollers and dispatchers (close it with `engine.close()`);
+    without a cluster, the one daemon of a SQLite state."""
     metrics = Metrics()
     return Engine(
         cfg,
         store,
         clock,
+        cluster=cluster or SoloCluster(replica_id(cfg), clock),
         pollers=DefaultPollers(clock, metrics),
         dispatchers=DefaultDispatchers(),
         metrics=metrics,
     )
+
+
+def replica_id(cfg: Config) -> str:
+    """`[daemon] replica_id`, else the host name and a random suffix kept in state_dir."""
+    if cfg.daemon.replica_id:
+        return cfg.daemon.replica_id
+    path = cfg.daemon.state_dir / "replica_id"
+    try:
+        suffix = path.read_text().strip()
+    except OSError:
+        suffix = ""
+    if not suffix:
+        suffix = secrets.token_hex(3)
+        with contextlib.suppress(OSError):
+            _write_private(path, suffix + "\n", 0o600)
+    return f"{socket.gethostname()}-{suffix}"
 
 
 class Daemon:

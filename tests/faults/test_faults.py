@@ -180,7 +180,11 @@ def test_sigkill_20_times_during_1000_arrivals_and_slots(tmp_path: Path) -> None
         assert not dup_files, f"files with two runs: {dup_files[:5]}"
         assert not dup_slots and not gaps, (dup_slots[:3], gaps[:3])
         assert len(slot_runs) >= 30
-        assert {r["id"] for r in runs} <= set(delivered), "a run was never executed"
+        # Every Completed run was executed; runs queued by slots that fell due between
+        # `settled()` and the stop (the scaled clock keeps firing) stay Queued for next time.
+        completed = {r["id"] for r in runs if r["status"] == "Completed"}
+        assert completed <= set(delivered), "a run was recorded Completed but never executed"
+        assert all(r["status"] in ("Completed", "Queued") for r in runs)
         assert all(r["status"] == "Completed" for r in runs)
     finally:
         d.close()

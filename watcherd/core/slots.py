@@ -140,18 +140,32 @@ class CatchUp:
     """What to do with the slots a time schedule missed while the daemon was down."""
 
     run: list[datetime]  # slots to run now, oldest first
-    missed: list[datetime]  # every missed slot looked at (the newest MISSED_LIMIT), oldest first
+    not_run: list[datetime]  # missed slots the policy drops (logged and counted), oldest first
     cursor: datetime  # the new cursor
 
 
-def catch_up(trigger: TimeTrigger, anchor: datetime, cursor: datetime, now: datetime) -> CatchUp:
+def catch_up(
+    trigger: TimeTrigger,
+    anchor: datetime,
+    cursor: datetime,
+    now: datetime,
+    *,
+    run_all_until: datetime | None = None,
+) -> CatchUp:
     """Missed slots in (cursor, now] under the trigger's `catch_up` policy (SPEC §3.3):
-    "none" runs none, "last" the newest, "all" the newest `max_catch_up`, oldest first."""
+    "none" runs none, "last" the newest, "all" the newest `max_catch_up`, oldest first.
+
+    Slots up to `run_all_until` all run whatever the policy: they fell due while some replica
+    was alive but none owned the schedule (a failover, SPEC §12); the policy governs only the
+    time when no daemon ran."""
     if cursor >= now:
         return CatchUp([], [], cursor)
     missed = slots_between(trigger, anchor, cursor, now, MISSED_LIMIT)
     if not missed:
         return CatchUp([], [], cursor)
+    owed = [s for s in missed if run_all_until is not None and s <= run_all_until]
+    rest = missed[len(owed) :]
     opts = trigger.options
     keep = {"none": 0, "last": 1, "all": opts.max_catch_up}[opts.catch_up]
-    return CatchUp(missed[-keep:] if keep else [], missed, max(now, missed[-1]))
+    kept = rest[-keep:] if keep else []
+    return CatchUp(owed + kept, rest[: len(rest) - len(kept)], max(now, missed[-1]))

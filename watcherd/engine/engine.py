@@ -1,28 +1,28 @@
-"""The engine: applies a config to the store and owns timers, pollers and the runner.
+"""The engine: applies a config to the store and owns the runner, the timers and pollers.
 
-`prepare()` reconciles the config with the stored schedules (`reconcile`), catches up missed
-slots in batches and arms every schedule; `run()` then owns every long-lived task in one
-TaskGroup until `stop()`. The engine is the pollers' ChangeSink and PollHealth, and offers the
-services layer public operations (save, enable/disable, delete, trigger, retry, cancel) so
-nothing outside touches its state. It is handed its store, pollers and dispatchers through
-`ports`; it imports no adapter. One class on purpose (~450 lines): every method reads or
-changes the same schedule tables, and splitting them would only hide that.
+`prepare()` joins the cluster (one daemon with SQLite), applies the config to the stored
+schedules (`reconcile`, serialized in the store), and takes its schedule leases, catching up
+what was missed (`arming`); `run()` then owns every long-lived task in one TaskGroup until
+`stop()`. The engine is the pollers' ChangeSink and PollHealth, follows changes other
+replicas make, and offers the services layer public operations (save, enable/disable,
+delete, trigger, submit, retry, cancel), so nothing outside touches its state. It is handed
+its store, cluster, pollers and dispatchers through `ports`; it imports no adapter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 import structlog
 
-from watcherd.core.errors import Conflict, NotFound
+from watcherd.core.errors import Conflict, LeaseLost, NotFound, StateError
 from watcherd.core.models import (
     Config,
     CronTrigger,
@@ -41,49 +41,44 @@ from watcherd.core.runs import (
     concurrency_gate,
     file_run,
     manual_run,
-    slot_run,
     submit_run,
 )
-from watcherd.core.slots import catch_up, new_timer, trigger_key, upcoming
-from watcherd.core.timefmt import format_utc
+from watcherd.core.slots import new_timer, trigger_key, upcoming
+from watcherd.engine.arming import Arming, PollStatus
+from watcherd.engine.book import ScheduleBook
 from watcherd.engine.clock import Clock
 from watcherd.engine.contexts import plan_for
 from watcherd.engine.metrics import Metrics
 from watcherd.engine.ports import (
+    Change,
+    Cluster,
+    ConfigWrite,
     DispatcherFactory,
     FileChange,
-    Poller,
     PollerFactory,
+    Reading,
     ReplicaInfo,
     RunStore,
-    SlotBatch,
 )
 from watcherd.engine.reconcile import Reconciled, reconcile
 from watcherd.engine.retry import StoreHealth, persist
-from watcherd.engine.runner import Runner
-from watcherd.engine.timers import Timers
+from watcherd.engine.runner import Plan, Runner
 
-__all__ = ["Engine", "PollStatus"]
+__all__ = ["Engine", "PollStatus", "config_hash"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-CATCH_UP_BATCH = 500  # schedules per catch-up transaction at start
 
 
-@dataclass(slots=True)
-class PollStatus:
-    """The last poll attempt of one datastore schedule."""
-
-    attempts: int = 0
-    ok: bool = False
-    error: str | None = None
-    last_mono: float | None = None
-    files: int = 0
+def config_hash(cfg: Config) -> str:
+    """What every replica must share: datastores, pipelines and schedules (not [daemon])."""
+    text = repr((sorted(cfg.datastores.items()), sorted(cfg.pipelines.items()), cfg.schedules))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Engine:
-    """The scheduling core of one daemon."""
+    """The scheduling core of one daemon (one replica)."""
 
     def __init__(
         self,
@@ -91,25 +86,22 @@ class Engine:
         store: RunStore,
         clock: Clock,
         *,
+        cluster: Cluster,
         pollers: PollerFactory,
         dispatchers: DispatcherFactory,
         metrics: Metrics | None = None,
     ) -> None:
-        self.config = config
         self.store = store
         self.clock = clock
+        self.cluster = cluster
+        self.replica_id = cluster.replica_id
         self.metrics = metrics or Metrics()
         self.health = StoreHealth()
-        self.schedules: dict[str, Schedule] = {}
-        self.rows: dict[str, StoredSchedule] = {}
-        self.broken: dict[str, str] = {}  # stored API schedules in error: id → why
-        self.pipeline_status: dict[str, Status] = {}
-        self.poll: dict[str, PollStatus] = {}
+        self.book = ScheduleBook(config)
         self.reload_error: str | None = None
         self.started = asyncio.Event()
         self.started_mono = clock.monotonic()
         self.started_at = clock.now()
-        self.replica_id = socket.gethostname()
         self._pollers = pollers
         self._dispatchers = dispatchers
         self.runner = Runner(
@@ -117,138 +109,150 @@ class Engine:
             clock=clock,
             metrics=self.metrics,
             health=self.health,
-            resolve=lambda run: plan_for(run, self.config, self.schedules, clock),
+            replica_id=self.replica_id,
+            resolve=self._resolve,
             dispatchers=dispatchers,
             max_concurrent=config.daemon.max_concurrent_runs,
         )
-        self.timers = Timers(
+        self.arming = Arming(
+            self.book,
+            store=store,
+            cluster=cluster,
             clock=clock,
             metrics=self.metrics,
-            slot_run=self._slot_run,
-            commit=self._commit_slots,
-            active_runs=self.runner.active,
+            runner=self.runner,
+            pollers=pollers,
+            sink=self,
+            health=self,
+            persist=self._persist,
         )
-        self._poller_tasks: dict[str, asyncio.Task[None]] = {}
-        self._pending_pollers: dict[str, Poller] = {}  # started by run()
-        self._tg: asyncio.TaskGroup | None = None
+        self.timers = self.arming.timers
+        self.poll = self.arming.poll
         self._stop = asyncio.Event()
+
+    @property
+    def config(self) -> Config:
+        return self.book.config
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        return self.book.schedules
+
+    @property
+    def rows(self) -> dict[str, StoredSchedule]:
+        return self.book.rows
+
+    @property
+    def broken(self) -> dict[str, str]:
+        return self.book.broken
+
+    @property
+    def pipeline_status(self) -> dict[str, Status]:
+        return self.book.pipeline_status
+
+    @property
+    def standby(self) -> bool:
+        """This replica's config is not the deployment's: it serves the API, runs nothing."""
+        return self.arming.standby
 
     # ── config → state ───────────────────────────────────────────────────────
 
     async def prepare(self) -> None:
-        """Load stored state, apply the config, catch up missed slots, arm everything."""
+        """Join, load stored state, apply the config, take leases (catching up), arm."""
+        ok = await self.cluster.join(
+            host=socket.gethostname(), config_hash=config_hash(self.config)
+        )
+        self.arming.alive_until = await self.cluster.alive_until()
         await self.runner.load()
-        await self._apply(self.config, first=True)
+        await self._apply(self.config, config_ok=ok)
+        await self.arming.leases.beat()
 
     async def reload(self, new: Config) -> None:
         """Apply a new config (SIGHUP); raises ConfigErrors and keeps the old one."""
-        await self._apply(new, first=False)
+        ok = await self.cluster.join(host=socket.gethostname(), config_hash=config_hash(new))
+        old = dict(self.book.schedules)
+        old_rows = dict(self.book.rows)
+        await self._apply(new, config_ok=ok)
+        for sid in set(old) | set(self.book.schedules):
+            if old.get(sid) != self.book.schedules.get(sid) or old_rows.get(
+                sid
+            ) != self.book.rows.get(sid):
+                await self.arming.refresh(sid)
+        self.arming.leases.wake()
 
-    async def _apply(self, new: Config, *, first: bool) -> None:
+    async def _apply(self, new: Config, *, config_ok: bool) -> None:
         now = self.clock.now()
-        rows = {r.id: r for r in await self.store.load_schedules()}
-        pipes = await self.store.load_pipelines()
-        plan = reconcile(new, rows, pipes, now)  # raises ConfigErrors: nothing changed yet
-        await self._persist(lambda: self.store.save_pipelines(plan.pipeline_rows), "pipelines")
-        await self._persist(lambda: self.store.save_schedules(plan.changed), "schedules")
-        old = self.schedules
-        self.config, self.pipeline_status = new, plan.pipeline_status
-        self.rows, self.schedules, self.broken = plan.rows, plan.schedules, plan.broken
+
+        def compute(reading: Reading) -> ConfigWrite:
+            plan = reconcile(new, reading.schedules, reading.pipelines, now)
+            return ConfigWrite(plan.pipeline_rows, plan.changed, plan)
+
+        if config_ok:
+            written = await self._persist(lambda: self.store.apply_config(compute), "config")
+            plan: Reconciled = written.result
+        else:  # stand by: show the deployment's state, change nothing, run nothing
+            rows = {r.id: r for r in await self.store.load_schedules()}
+            plan = compute(Reading(rows, await self.store.load_pipelines())).result
+            log.error("config_mismatch", reason="another replica runs a different config")
+        self.arming.standby = not config_ok
+        self.book.load(new, plan)
         self.runner.max_concurrent = new.daemon.max_concurrent_runs
-        for sid in list(old):
-            if first or sid not in plan.schedules or old[sid] != plan.schedules[sid]:
-                self._disarm(sid)
-        if first:
-            await self._catch_up(plan)
-        for sid, s in plan.schedules.items():
-            if first or old.get(sid) != s or rows.get(sid) != plan.rows[sid]:
-                self._arm(s)
+        self.runner.paused = not config_ok
         for sid, why in plan.broken.items():
-            log.error("schedule_error", schedule=rows[sid].name, id=sid, error=why)
+            log.error("schedule_error", schedule=plan.rows[sid].name, id=sid, error=why)
 
-    async def _catch_up(self, plan: Reconciled) -> None:
-        """Slots that fell due while the daemon was down (SPEC §3.3), committed in batches of
-        CATCH_UP_BATCH schedules, one transaction each."""
-        now = self.clock.now()
-        batches: list[SlotBatch] = []
-        for sid, s in plan.schedules.items():
-            row = plan.rows[sid]
-            if sid in plan.fresh or s.status is not Status.ACTIVE or row.cursor is None:
-                continue
-            if not isinstance(s.trigger, RecurrenceTrigger | CronTrigger) or row.anchor is None:
-                continue
+    # ── changes made by other replicas ───────────────────────────────────────
+
+    async def _follow(self) -> None:
+        async for change in self.cluster.changes():
             try:
-                todo = catch_up(s.trigger, row.anchor, row.cursor, now)
-            except (ValueError, OverflowError) as exc:  # this schedule's problem only
-                self.broken[sid] = f"cannot compute missed slots: {exc}"
-                continue
-            if not todo.missed:
-                continue
-            if len(todo.missed) > len(todo.run):
-                log.info(
-                    "slots_missed", schedule=s.name, count=len(todo.missed) - len(todo.run),
-                    catch_up=s.trigger.options.catch_up, first=format_utc(todo.missed[0]),
-                    last=format_utc(todo.missed[-1]),
-                )  # fmt: skip
-                self.metrics.slots_not_run.labels(schedule=s.name).inc(
-                    len(todo.missed) - len(todo.run)
-                )
-            runs = [r for slot in todo.run if (r := self._slot_run(s, slot)) is not None]
-            batches.append(SlotBatch(sid, todo.cursor, runs))
-        for i in range(0, len(batches), CATCH_UP_BATCH):
-            await self._commit_slots(batches[i : i + CATCH_UP_BATCH], now)
+                await self._on_change(change)
+            except StateError as exc:  # a reconnect brings a "resync"
+                log.warning("change_not_applied", kind=change.kind, error=str(exc))
 
-    # ── arming ───────────────────────────────────────────────────────────────
+    async def _on_change(self, change: Change) -> None:
+        if change.kind == "schedule":
+            row = await self.store.load_schedule(change.ident)
+            if row is None:
+                self.arming.disarm(change.ident)
+                self.book.drop(change.ident)
+            elif self.book.rows.get(row.id) != row:
+                self.book.put(row, self.book.from_row(row))
+                await self.arming.refresh(row.id)
+        elif change.kind == "pipeline":
+            pipes = await self.store.load_pipelines()
+            for pid, prow in pipes.items():
+                self.book.pipeline_status[pid] = Status(prow.status)
+        elif change.kind == "runs":
+            await self.runner.refresh()
+        elif change.kind == "cancel":
+            await self.runner.cancel_here(change.ident)
+        elif change.kind == "resync":
+            await self._resync()
 
-    def _arm(self, s: Schedule) -> None:
-        if s.status is not Status.ACTIVE or s.id in self.broken:
-            return
-        if isinstance(s.trigger, DatastoreTrigger):
-            self._start_poller(s)
-            return
-        row = self.rows[s.id]
-        if row.anchor is None or row.cursor is None:
-            self.broken[s.id] = "no stored timer"
-            return
-        self.timers.arm(s, row.anchor, row.cursor)
+    async def _resync(self) -> None:
+        """Notifications may have been missed: re-read everything cached."""
+        rows = {r.id: r for r in await self.store.load_schedules()}
+        plan = reconcile(self.config, rows, await self.store.load_pipelines(), self.clock.now())
+        old, old_rows = dict(self.book.schedules), dict(self.book.rows)
+        self.book.load(self.config, dataclasses.replace(plan, rows=rows))
+        for sid in set(old) | set(self.book.schedules):
+            if old.get(sid) != self.book.schedules.get(sid) or old_rows.get(sid) != rows.get(sid):
+                await self.arming.refresh(sid)
+        await self.runner.refresh()
 
-    def _disarm(self, sid: str) -> None:
-        self.timers.disarm(sid)
-        task = self._poller_tasks.pop(sid, None)
-        if task is not None:
-            task.cancel()
-        self.poll.pop(sid, None)
+    # ── runs ─────────────────────────────────────────────────────────────────
 
-    def _start_poller(self, s: Schedule) -> None:
-        assert isinstance(s.trigger, DatastoreTrigger)
-        ds = self.config.datastores[s.trigger.datastore]
-        poller = self._pollers.poller(
-            s, ds, sink=self, health=self, max_pending=self.config.daemon.max_pending
-        )
-        self.poll[s.id] = PollStatus()
-        if self._tg is not None:
-            self._poller_tasks[s.id] = self._tg.create_task(poller.run())
-        else:  # started by run()
-            self._pending_pollers[s.id] = poller
-
-    # ── runs from triggers ───────────────────────────────────────────────────
-
-    def _runnable(self, s: Schedule) -> bool:
-        return s.status is Status.ACTIVE and self.pipeline_status.get(s.pipeline) is Status.ACTIVE
-
-    def _slot_run(self, s: Schedule, slot: datetime) -> NewRun | None:
-        current = self.schedules.get(s.id, s)
-        if not self._runnable(current):
+    def _resolve(self, run: Run) -> Plan | str | None:
+        """The Plan of a Queued run; None when this replica cannot serve its file."""
+        file = run.file
+        if file is not None and file.local_path is not None:
+            ds = self.config.datastores.get(file.datastore)
+            if ds is not None and not self._pollers.can_serve(ds):
+                return None
+        if self.standby:
             return None
-        return slot_run(current, self.config.pipeline_by_id(current.pipeline), slot)
-
-    async def _commit_slots(self, batches: list[SlotBatch], now: datetime) -> None:
-        ids = await self._persist(lambda: self.store.record_slots(batches, now), "slots")
-        for b in batches:
-            row = self.rows.get(b.schedule_id)
-            if row is not None and (row.cursor is None or b.cursor > row.cursor):
-                self.rows[b.schedule_id] = dataclasses.replace(row, cursor=b.cursor)
-        self.runner.enqueue_new([r for b in batches for r in b.runs], ids, now)
+        return plan_for(run, self.config, self.book.schedules, self.clock)
 
     def _file_ref(self, s: Schedule, name: bytes, version: str) -> FileRef:
         assert isinstance(s.trigger, DatastoreTrigger)
@@ -280,10 +284,10 @@ class Engine:
         fire: Sequence[FileChange],
         marker: str | None = None,
     ) -> int:
-        s = self.schedules.get(schedule_id)
+        s = self.book.schedules.get(schedule_id)
         now = self.clock.now()
         runs: list[NewRun] = []
-        if s is not None and fire and self._runnable(s):
+        if s is not None and fire and self.book.runnable(s):
             pipeline = self.config.pipeline_by_id(s.pipeline)
             for ch in fire:
                 runs.append(file_run(s, pipeline, self._file_ref(s, ch.name, ch.version)))
@@ -291,12 +295,17 @@ class Engine:
                     self.metrics.detection_lag.labels(schedule=s.name).observe(
                         max(0.0, (now - ch.modified).total_seconds())
                     )
-        ids = await self._persist(
-            lambda: self.store.commit_changes(
-                schedule_id, baseline_key, upserts, deletes, runs, now, marker
-            ),
-            "snapshot",
-        )
+        epoch = self.arming.leases.epoch(schedule_id)
+        try:
+            ids = await self._persist(
+                lambda: self.store.commit_changes(
+                    schedule_id, baseline_key, upserts, deletes, runs, now, marker, epoch
+                ),
+                "snapshot",
+            )
+        except LeaseLost:  # another replica owns this schedule now: stop its poller
+            self.arming.leases.lost(schedule_id)
+            raise
         if fire and len(ids) < len(fire):  # the poller logs each file_changed itself
             log.info(
                 "changes_not_run",
@@ -317,7 +326,7 @@ class Engine:
     def poll_finished(
         self, schedule_id: str, *, ok: bool, duration: float, files: int, error: str | None
     ) -> None:
-        st = self.poll.setdefault(schedule_id, PollStatus())
+        st = self.arming.poll.setdefault(schedule_id, PollStatus())
         st.attempts += 1
         st.ok, st.error, st.files = ok, error, files
         st.last_mono = self.clock.monotonic()
@@ -326,27 +335,21 @@ class Engine:
 
     def schedule(self, ident: str) -> Schedule:
         """A schedule by id, else by name; raises NotFound."""
-        s = self.schedules.get(ident)
-        if s is not None:
-            return s
-        for s in self.schedules.values():
-            if s.name == ident:
-                return s
-        raise NotFound("schedule", ident)
+        return self.book.schedule(ident)
 
     async def save_schedule(self, s: Schedule, spec: Mapping[str, object]) -> None:
         """Store an API-created schedule (new or changed) and re-arm it; a changed trigger
         re-anchors it (SPEC §3.1)."""
         now = self.clock.now()
-        row = self.rows.get(s.id)
+        row = self.book.rows.get(s.id)
         tkey = anchor = cursor = None
         if isinstance(s.trigger, RecurrenceTrigger | CronTrigger):
             tkey = trigger_key(s.trigger)
             if row is not None and row.trigger_key == tkey:
                 anchor, cursor = row.anchor, row.cursor
             else:
-                active = self._runnable(s)
-                anchor, cursor = new_timer(s.trigger, now, active=active)
+                anchor, cursor = new_timer(s.trigger, now, active=self.book.runnable(s))
+                self.book.fresh.add(s.id)
         new_row = StoredSchedule(
             id=s.id,
             name=s.name,
@@ -361,40 +364,35 @@ class Engine:
             updated_at=now,
         )
         await self.store.save_schedules([new_row])
-        self.rows[s.id], self.schedules[s.id] = new_row, s
-        self._disarm(s.id)  # a datastore poller's baseline key decides on a new baseline
-        self._arm(s)
+        self.book.put(new_row, s)
+        await self.arming.refresh(s.id)  # a datastore poller's baseline key decides anew
         log.info("schedule_saved", schedule=s.name, id=s.id)
 
     async def set_schedule_status(self, sid: str, st: Status) -> None:
         """Enable or disable a schedule; enabling never fires by itself and a datastore
         schedule takes a fresh baseline."""
-        s, row = self.schedules.get(sid), self.rows[sid]
-        if st is Status.ACTIVE and sid in self.broken:
-            raise Conflict(f"schedule {row.name} is in error: {self.broken[sid]}", "in_error")
+        s, row = self.book.schedules.get(sid), self.book.rows[sid]
+        if st is Status.ACTIVE and sid in self.book.broken:
+            raise Conflict(f"schedule {row.name} is in error: {self.book.broken[sid]}", "in_error")
         now = self.clock.now()
         cursor = now if st is Status.ACTIVE and row.cursor is not None else row.cursor
         row = dataclasses.replace(row, status=st.value, cursor=cursor, updated_at=now)
+        self.arming.disarm(sid)  # before the write: no slot of the old state starts after it
         await self.store.save_schedules([row])
         if s is not None and st is Status.ACTIVE and isinstance(s.trigger, DatastoreTrigger):
             await self.store.drop_baseline(sid)
-        self.rows[sid] = row
-        self._disarm(sid)
-        if s is not None:
-            self.schedules[sid] = dataclasses.replace(s, status=st)
-            self._arm(self.schedules[sid])
+        self.book.put(row, dataclasses.replace(s, status=st) if s is not None else None)
+        await self.arming.refresh(sid)
         log.info("schedule_status", schedule=row.name, status=st.value)
 
     async def delete_schedule(self, sid: str) -> None:
-        self._disarm(sid)
+        self.arming.disarm(sid)
         await self.store.delete_schedule(sid)
-        self.schedules.pop(sid, None)
-        self.rows.pop(sid, None)
-        self.broken.pop(sid, None)
+        self.book.drop(sid)
 
     async def set_pipeline_status(self, pipeline_id: str, st: Status) -> None:
         await self.store.set_pipeline_status(pipeline_id, st.value)
-        self.pipeline_status[pipeline_id] = st
+        self.book.pipeline_status[pipeline_id] = st
         log.info("pipeline_status", pipeline=pipeline_id, status=st.value)
 
     async def trigger(
@@ -407,7 +405,7 @@ class Engine:
         idempotency_key: str | None,
     ) -> str:
         """Run a schedule now (SPEC §5 manual runs); returns the run id."""
-        if self.pipeline_status.get(s.pipeline) is not Status.ACTIVE:
+        if self.book.pipeline_status.get(s.pipeline) is not Status.ACTIVE:
             raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
         file = self._file_ref(s, path, "") if path is not None else None
         run = manual_run(
@@ -443,7 +441,7 @@ class Engine:
         p = self.config.pipeline_by_id(pipeline_id)
         if p is None:
             raise NotFound("pipeline", pipeline_id)
-        if self.pipeline_status.get(p.id) is not Status.ACTIVE:
+        if self.book.pipeline_status.get(p.id) is not Status.ACTIVE:
             raise Conflict(f"pipeline {p.name} is Disabled", "pipeline_disabled")
         run = submit_run(
             p,
@@ -462,6 +460,7 @@ class Engine:
         return await self.runner.retry(run)
 
     async def cancel_run(self, run_id: str) -> None:
+        """Cancel a Queued or Running run, wherever it runs (SPEC §12: within 1 s)."""
         await self.runner.cancel(run_id)
         await self.runner.wait_run(run_id)
 
@@ -476,51 +475,52 @@ class Engine:
 
     def schedule_error(self, sid: str) -> str | None:
         """Why a schedule cannot run now: a failing poll, a timer error, a stored spec."""
-        if sid in self.broken:
-            return self.broken[sid]
-        poll = self.poll.get(sid)
+        if sid in self.book.broken:
+            return self.book.broken[sid]
+        poll = self.arming.poll.get(sid)
         if poll is not None and poll.attempts and not poll.ok:
             return poll.error
         armed = self.timers.armed.get(sid)
         return armed.error if armed is not None else None
 
     async def replicas(self) -> list[ReplicaInfo]:
-        """The live daemons sharing this store: here, this one."""
-        owned = frozenset(self.timers.armed) | frozenset(self._poller_tasks)
-        return [
-            ReplicaInfo(
-                id=self.replica_id,
-                host=socket.gethostname(),
-                started=self.started_at,
-                last_heartbeat=self.clock.now(),
-                schedules=owned,
-                running=self.runner.total_running(),
-                config_hash="",
-            )
-        ]
+        """The live daemons sharing this store (with SQLite: this one)."""
+        return await self.cluster.replicas()
+
+    def not_ready(self) -> str | None:
+        """Why this replica cannot do its share now (None: it can)."""
+        if self.standby:
+            return "config_mismatch: another replica runs a different config"
+        if self.health.error is not None:
+            return f"state store: {self.health.error}"
+        if self.arming.leases.error is not None:
+            return f"heartbeat: {self.arming.leases.error}"
+        return None
 
     # ── lifecycle ────────────────────────────────────────────────────────────
 
     async def run(self) -> None:
-        """Own the runner, the timers and the pollers until stop()."""
+        """Own the runner, the timers, the pollers and the lease keeper until stop()."""
         async with asyncio.TaskGroup() as tg:
-            self._tg = tg
             runner = tg.create_task(self.runner.run())
-            timers = tg.create_task(self.timers.run())
-            for sid, poller in self._pending_pollers.items():
-                self._poller_tasks[sid] = tg.create_task(poller.run())
-            self._pending_pollers = {}
+            follow = tg.create_task(self._follow())
+            self.arming.start(tg)
             self.started_mono = self.clock.monotonic()
             self.started.set()
             await self._stop.wait()
-            timers.cancel()
-            for t in self._poller_tasks.values():
-                t.cancel()
+            follow.cancel()
+            self.arming.stop()
             stopped = await self.runner.drain(self.config.daemon.shutdown_timeout.total_seconds())
             if stopped:
                 log.warning("runs_stopped_at_shutdown", count=stopped)
             await runner
-        self._tg = None
+            await self._leave()
+
+    async def _leave(self) -> None:
+        try:
+            await self.cluster.leave()
+        except StateError as exc:  # the others take over when the leases expire
+            log.warning("leave_failed", error=str(exc))
 
     def stop(self) -> None:
         self._stop.set()

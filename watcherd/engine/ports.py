@@ -175,8 +175,9 @@ class RunStore(Protocol):
         ...
 
     # runs
-    async def requeue_interrupted(self, reason: str) -> int:
-        """Running runs (left by a crash) back to Queued as their next attempt."""
+    async def requeue_interrupted(self, reason: str, *, replica_id: str) -> int:
+        """This replica's Running runs (left by a crash) back to Queued as their next attempt
+        (with one daemon: every Running run)."""
         ...
 
     async def queued_runs(self) -> list[Run]: ...
@@ -486,4 +487,8 @@ class PollerFactory(Protocol):
 
     def locate(self, datastore: Datastore, name: bytes) -> tuple[bytes | None, str | None]:
         """(absolute local path, blob URL without credentials) of a file in a datastore."""
+        ...
+
+    def can_serve(self, datastore: Datastore) -> bool:
+        """Whether this replica can watch it (a local root it can read; SPEC §12)."""
         ...

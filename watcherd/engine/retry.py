@@ -11,7 +11,7 @@ from typing import TypeVar
 import structlog
 from tenacity import RetryCallState, wait_exponential_jitter
 
-from watcherd.core.errors import StateError
+from watcherd.core.errors import ClaimLost, LeaseLost, StateError
 from watcherd.engine.clock import Clock
 
 __all__ = ["StoreHealth", "backoff_delay", "persist"]
@@ -61,6 +61,8 @@ async def persist(
     while True:
         try:
             result = await op()
+        except (LeaseLost, ClaimLost):  # refused on purpose: retrying cannot help
+            raise
         except StateError as exc:
             attempt += 1
             now = clock.monotonic()

@@ -21,13 +21,20 @@ from typing import Any, TypeVar
 import structlog
 
 from watcherd.core.durations import format_duration
-from watcherd.core.errors import StateError, TransientError
+from watcherd.core.errors import ClaimLost, StateError, TransientError
 from watcherd.core.models import TERMINAL, Pipeline, Run, RunStatus
 from watcherd.core.runs import NewRun, on_failure_run
 from watcherd.core.timefmt import format_utc
 from watcherd.engine.clock import Clock
 from watcherd.engine.metrics import Metrics
-from watcherd.engine.ports import DispatcherFactory, Outcome, RunContext, RunStore
+from watcherd.engine.ports import (
+    Claim,
+    ClaimResult,
+    DispatcherFactory,
+    Outcome,
+    RunContext,
+    RunStore,
+)
 from watcherd.engine.retry import StoreHealth, backoff_delay, persist
 
 __all__ = ["Plan", "Runner"]
@@ -47,7 +54,9 @@ class Plan:
     make_context: Callable[[Run, int], RunContext]
 
 
-Resolver = Callable[[Run], "Plan | str"]  # a Plan, or why the run cannot be dispatched
+# A Plan; or why the run cannot be dispatched (it then ends Failed); or None: not on this
+# replica (a file on a root it cannot read, or a standby replica) — it stays Queued for another.
+Resolver = Callable[[Run], "Plan | str | None"]
 
 
 class Runner:
@@ -60,6 +69,7 @@ class Runner:
         clock: Clock,
         metrics: Metrics,
         health: StoreHealth,
+        replica_id: str,
         resolve: Resolver,
         dispatchers: DispatcherFactory,
         max_concurrent: int,
@@ -68,7 +78,9 @@ class Runner:
         self.clock = clock
         self.metrics = metrics
         self.health = health
+        self.replica_id = replica_id
         self.resolve = resolve
+        self.paused = False  # a standby replica claims nothing
         self.dispatchers = dispatchers
         self.max_concurrent = max_concurrent
         self._queued: OrderedDict[str, Run] = OrderedDict()
@@ -78,6 +90,8 @@ class Runner:
         self._busy_files: set[tuple[str, bytes]] = set()
         self._queued_files: Counter[tuple[str, bytes]] = Counter()
         self._cancel_requested: set[str] = set()
+        self._attempt: dict[str, int] = {}  # running run id → the attempt this replica holds
+        self._busy_elsewhere: set[str] = set()  # BUSY at claim time: wait for a refresh
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._intake = True
@@ -111,11 +125,23 @@ class Runner:
     async def load(self) -> None:
         """Re-queue runs a crash left Running and load every Queued run."""
         n = await self._persist(
-            lambda: self.store.requeue_interrupted("interrupted by restart"), "requeue"
+            lambda: self.store.requeue_interrupted(
+                "interrupted by restart", replica_id=self.replica_id
+            ),
+            "requeue",
         )
         if n:
             log.warning("runs_requeued", count=n, reason="interrupted by restart")
         self._add(await self.store.queued_runs())
+
+    async def refresh(self) -> None:
+        """Re-read the Queued runs (queued by another replica, or waiting on a busy file)."""
+        self._busy_elsewhere.clear()
+        queued = await self.store.queued_runs()
+        ids = {r.id for r in queued}
+        for run_id in [r for r in self._queued if r not in ids]:  # taken or ended elsewhere
+            self._remove_queued(run_id)
+        self._add(queued)
 
     async def enqueue(self, run_ids: list[str]) -> None:
         """Take Queued runs by id (runs whose rows changed: retried, re-queued)."""
@@ -186,7 +212,7 @@ class Runner:
         while started and self._intake and len(self._running) < self.max_concurrent:
             started = False
             for run in list(self._queued.values()):
-                if len(self._running) >= self.max_concurrent:
+                if len(self._running) >= self.max_concurrent or self.paused:
                     break
                 plan = self._eligible(run, superseded)
                 if plan is None:
@@ -200,6 +226,8 @@ class Runner:
         await self._notify_changed()
 
     def _eligible(self, run: Run, superseded: list[str]) -> Plan | None:
+        if run.id in self._busy_elsewhere:
+            return None
         key = _file_key(run)
         if key is not None:
             if key in self._busy_files:
@@ -209,6 +237,8 @@ class Runner:
                 self._remove_queued(run.id)
                 return None
         plan = self.resolve(run)
+        if plan is None:
+            return None
         if isinstance(plan, str):
             self._remove_queued(run.id)
             assert self._tg is not None
@@ -231,6 +261,7 @@ class Runner:
 
     def _release(self, run: Run) -> None:
         self._running.pop(run.id, None)
+        self._attempt.pop(run.id, None)
         self._running_by_schedule[run.schedule_id] -= 1
         key = _file_key(run)
         if key is not None:
@@ -251,11 +282,21 @@ class Runner:
     # ── one run ──────────────────────────────────────────────────────────────
 
     async def _move(self, run_id: str, to: RunStatus, **fields: Any) -> tuple[bool, list[str]]:
-        """A durable status change (see `RunStore.transition_run`)."""
+        """A durable status change (see `RunStore.transition_run`); a move out of Running is
+        conditional on this replica's claim (SPEC §12)."""
+        attempt = self._attempt.get(run_id)
+        claim = Claim(self.replica_id, attempt) if attempt is not None else None
         return await self._persist(
-            lambda: self.store.transition_run(run_id, to, now=self.clock.now(), **fields),
+            lambda: self.store.transition_run(
+                run_id, to, now=self.clock.now(), claim=claim, **fields
+            ),
             f"run {to.value}",
         )
+
+    def _requeue_local(self, run: Run) -> None:
+        """Claim said BUSY: keep the run Queued here, untried until the next refresh."""
+        self._busy_elsewhere.add(run.id)
+        self._add([run])
 
     async def _finish_unresolvable(self, run: Run, why: str) -> None:
         await self._move(run.id, RunStatus.FAILED, among=[RunStatus.QUEUED], error=why,
@@ -269,11 +310,18 @@ class Runner:
             with structlog.contextvars.bound_contextvars(
                 run_id=run.id, schedule=plan.schedule_name
             ):
-                ok, _ = await self._move(
-                    run.id, RunStatus.RUNNING, started_at=now, next_attempt_at=None
+                claimed = await self._persist(
+                    lambda: self.store.claim_run(
+                        run.id, replica_id=self.replica_id, now=now, serial=plan.serial
+                    ),
+                    "run claim",
                 )
-                if not ok:  # canceled or skipped meanwhile
+                if claimed is ClaimResult.BUSY:  # its file or schedule runs on another replica
+                    self._requeue_local(run)
                     return
+                if claimed is ClaimResult.GONE:  # canceled, skipped or claimed elsewhere
+                    return
+                self._attempt[run.id] = run.attempt
                 if run.queued_at is not None:
                     self.metrics.dispatch_lag.observe(
                         max(0.0, (now - run.queued_at).total_seconds())
@@ -300,10 +348,16 @@ class Runner:
             with contextlib.suppress(StateError):  # the next start re-queues it anyway
                 await asyncio.shield(self._interrupted(run, attempts))
             raise
+        except ClaimLost:
+            log.error("run_claim_lost", reason="re-queued by another replica meanwhile")
+            return
         except Exception as exc:  # a dispatcher bug must not take the daemon down
             log.exception("dispatch_crashed")
             outcome = Outcome(status=RunStatus.FAILED, error=f"internal error: {exc!r}")
-        await self._finish(run, plan, outcome, attempts)
+        try:
+            await self._finish(run, plan, outcome, attempts)
+        except ClaimLost:  # another replica runs it again: this outcome is not recorded
+            log.error("run_claim_lost", status=outcome.status.value)
 
     async def _attempts(self, run: Run, plan: Plan, attempts: list[dict[str, object]]) -> Outcome:
         attempt = run.attempt
@@ -328,12 +382,14 @@ class Runner:
                     functools.partial(
                         self.store.update_running,
                         run.id,
+                        claim=Claim(self.replica_id, self._attempt.get(run.id, attempt - 1)),
                         attempt=attempt,
                         next_attempt_at=nxt,
                         attempts=list(attempts),
                     ),
                     "run retry",
                 )
+                self._attempt[run.id] = attempt
                 await self.clock.sleep(delay)
                 continue
             attempts.append(
@@ -350,18 +406,20 @@ class Runner:
 
     async def _interrupted(self, run: Run, attempts: list[dict[str, object]]) -> None:
         now = self.clock.now()
+        attempt = self._attempt.get(run.id, run.attempt)
+        claim = Claim(self.replica_id, attempt)
         if run.id in self._cancel_requested:
             self._cancel_requested.discard(run.id)
             await self.store.transition_run(
-                run.id, RunStatus.CANCELED, among=[RunStatus.RUNNING], now=now,
+                run.id, RunStatus.CANCELED, among=[RunStatus.RUNNING], now=now, claim=claim,
                 finished_at=now, error="canceled", attempts=attempts, next_attempt_at=None,
             )  # fmt: skip
             self.metrics.runs.labels(status="Canceled", pipeline=run.pipeline_id).inc()
             log.info("run_canceled")
             return
         await self.store.transition_run(
-            run.id, RunStatus.QUEUED, among=[RunStatus.RUNNING], now=now,
-            error="interrupted by shutdown", attempt=run.attempt + 1, attempts=attempts,
+            run.id, RunStatus.QUEUED, among=[RunStatus.RUNNING], now=now, claim=claim,
+            error="interrupted by shutdown", attempt=attempt + 1, attempts=attempts,
             next_attempt_at=None,
         )  # fmt: skip
         log.warning("run_requeued", reason="interrupted by shutdown")
@@ -421,6 +479,17 @@ class Runner:
         if r is not None or ok:
             await self._notify_changed()
         return ok
+
+    async def cancel_here(self, run_id: str) -> None:
+        """Another replica asked to cancel a run: stop it if it runs here."""
+        if run_id in self._running:
+            self._cancel_requested.add(run_id)
+            self._running[run_id].cancel()
+        elif self._remove_queued(run_id) is not None:
+            await self._notify_changed()
+
+    def runs_here(self, run_id: str) -> bool:
+        return run_id in self._running
 
     async def retry(self, run: Run) -> bool:
         """`runs retry`: a finished run back to Queued as its next attempt."""

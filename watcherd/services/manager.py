@@ -474,7 +474,8 @@ class Manager:
             if sid not in eng.schedules:
                 errors.append({"schedule": eng.rows[sid].name, "error": why})
         state_error = eng.health.error
-        ready = eng.started.is_set() and not waiting and state_error is None
+        why_not = eng.not_ready()
+        ready = eng.started.is_set() and not waiting and why_not is None
         if errors and self.config.daemon.readyz_strict:
             ready = False
         body: JSON = {"ready": ready, "waiting": waiting, "errors": errors}
@@ -482,6 +483,8 @@ class Manager:
             body["reload_error"] = eng.reload_error
         if state_error:
             body["state_error"] = state_error
+        if why_not and not state_error:
+            body["not_ready"] = why_not
         return ready, body
 
 

@@ -120,7 +120,7 @@ class SqliteStore:
 
     # ── runs ─────────────────────────────────────────────────────────────────
 
-    async def requeue_interrupted(self, reason: str) -> int:
+    async def requeue_interrupted(self, reason: str, *, replica_id: str = "") -> int:
         return await self.db.write(runs_sql.requeue_interrupted, reason)
 
     async def queued_runs(self) -> list[Run]:

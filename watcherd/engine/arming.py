@@ -1,0 +1,276 @@
+"""`Arming`: which schedules run here, and their timers and pollers.
+
+A schedule is armed (its timer set, or its poller started) only while this replica holds its
+lease (`leases.LeaseKeeper`; with one daemon, every lease). A schedule gained is first caught
+up: the slots it missed since its stored cursor are queued in batched, fenced transactions —
+all of them when some replica was alive meanwhile (a failover, SPEC §12), else as its
+`catch_up` says (SPEC §3.3). Every slot commit is fenced by the lease's epoch; a refused one
+drops that schedule (another replica owns it now) and commits the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from watcherd.core.errors import LeaseLost
+from watcherd.core.models import CronTrigger, DatastoreTrigger, RecurrenceTrigger, Schedule, Status
+from watcherd.core.runs import NewRun, slot_run
+from watcherd.core.slots import catch_up
+from watcherd.core.timefmt import format_utc
+from watcherd.engine.book import ScheduleBook
+from watcherd.engine.clock import Clock
+from watcherd.engine.leases import LeaseKeeper
+from watcherd.engine.metrics import Metrics
+from watcherd.engine.ports import (
+    ChangeSink,
+    Cluster,
+    PollerFactory,
+    PollHealth,
+    RunStore,
+    SlotBatch,
+)
+from watcherd.engine.runner import Runner
+from watcherd.engine.timers import Timers
+
+__all__ = ["Arming", "PollStatus"]
+
+log = structlog.get_logger(__name__)
+
+CATCH_UP_BATCH = 500  # schedules per catch-up transaction
+
+Persist = Callable[[Callable[[], Awaitable[list[str]]], str], Awaitable[list[str]]]
+
+
+@dataclass(slots=True)
+class PollStatus:
+    """The last poll attempt of one datastore schedule."""
+
+    attempts: int = 0
+    ok: bool = False
+    error: str | None = None
+    last_mono: float | None = None
+    files: int = 0
+
+
+class Arming:
+    """Timers and pollers of the schedules this replica owns."""
+
+    def __init__(
+        self,
+        book: ScheduleBook,
+        *,
+        store: RunStore,
+        cluster: Cluster,
+        clock: Clock,
+        metrics: Metrics,
+        runner: Runner,
+        pollers: PollerFactory,
+        sink: ChangeSink,
+        health: PollHealth,
+        persist: Persist,
+    ) -> None:
+        self.book = book
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.runner = runner
+        self.pollers = pollers
+        self.sink = sink
+        self.health = health
+        self.persist = persist
+        self.poll: dict[str, PollStatus] = {}
+        self.standby = False  # this replica's config is not the deployment's: own nothing
+        self.alive_until: datetime | None = None  # another replica was alive until then
+        self.timers = Timers(
+            clock=clock,
+            metrics=metrics,
+            slot_run=self._slot_run,
+            commit=self.commit_slots,
+            active_runs=runner.active,
+        )
+        self.leases = LeaseKeeper(
+            cluster,
+            clock,
+            wanted=self.wanted,
+            running=runner.total_running,
+            on_gain=self._gained,
+            on_loss=self._lost,
+        )
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._started = False  # the first gain (start-up) takes rows as reconciled
+
+    # ── ownership ────────────────────────────────────────────────────────────
+
+    def wanted(self) -> list[str]:
+        """The schedules this replica would run: Active, not in error, and (local datastores)
+        on a root it can read."""
+        if self.standby:
+            return []
+        out = []
+        for sid, s in self.book.schedules.items():
+            if s.status is not Status.ACTIVE or sid in self.book.broken:
+                continue
+            t = s.trigger
+            if isinstance(t, DatastoreTrigger):
+                ds = self.book.config.datastores.get(t.datastore)
+                if ds is None or not self.pollers.can_serve(ds):
+                    continue
+            out.append(sid)
+        return out
+
+    def owned(self) -> frozenset[str]:
+        return frozenset(self.timers.armed) | frozenset(self._tasks)
+
+    async def refresh(self, sid: str) -> None:
+        """A schedule changed here or elsewhere: re-arm it if owned, else ask for it."""
+        self.disarm(sid)
+        s = self.book.schedules.get(sid)
+        if s is None or s.status is not Status.ACTIVE:
+            return
+        if self.leases.epoch(sid) is not None:
+            self.arm(s)
+        else:
+            await self.leases.beat()  # one daemon: granted at once; replicas: maybe
+
+    async def _gained(self, gained: Mapping[str, int]) -> None:
+        if self._started:  # the previous owner may have moved the cursors: re-read them
+            rows = {r.id: r for r in await self.store.load_schedules() if r.id in gained}
+            for sid, row in rows.items():
+                if sid in self.book.rows:
+                    self.book.rows[sid] = row
+        run_all_until = self.alive_until if not self._started else self.clock.now()
+        self._started = True
+        await self._catch_up(list(gained), run_all_until)
+        for sid in gained:
+            s = self.book.schedules.get(sid)
+            if s is not None:
+                self.arm(s)
+
+    def _lost(self, sids: set[str]) -> None:
+        for sid in sids:
+            self.disarm(sid)
+
+    # ── catch-up ─────────────────────────────────────────────────────────────
+
+    async def _catch_up(self, sids: list[str], run_all_until: datetime | None) -> None:
+        now = self.clock.now()
+        batches: list[SlotBatch] = []
+        for sid in sids:
+            s, row = self.book.schedules.get(sid), self.book.rows.get(sid)
+            if s is None or row is None or sid in self.book.fresh:
+                continue
+            t = s.trigger
+            if not isinstance(t, RecurrenceTrigger | CronTrigger) or s.status is not Status.ACTIVE:
+                continue
+            if row.anchor is None or row.cursor is None:
+                continue
+            try:
+                todo = catch_up(t, row.anchor, row.cursor, now, run_all_until=run_all_until)
+            except (ValueError, OverflowError) as exc:  # this schedule's problem only
+                self.book.broken[sid] = f"cannot compute missed slots: {exc}"
+                continue
+            if todo.not_run:
+                log.info(
+                    "slots_missed", schedule=s.name, count=len(todo.not_run),
+                    catch_up=t.options.catch_up, first=format_utc(todo.not_run[0]),
+                    last=format_utc(todo.not_run[-1]),
+                )  # fmt: skip
+                self.metrics.slots_not_run.labels(schedule=s.name).inc(len(todo.not_run))
+            if todo.cursor != row.cursor:
+                runs = [r for slot in todo.run if (r := self._slot_run(s, slot)) is not None]
+                batches.append(SlotBatch(sid, todo.cursor, runs))
+        for i in range(0, len(batches), CATCH_UP_BATCH):
+            await self.commit_slots(batches[i : i + CATCH_UP_BATCH], now)
+
+    # ── timers and pollers ───────────────────────────────────────────────────
+
+    def arm(self, s: Schedule) -> None:
+        if s.status is not Status.ACTIVE or s.id in self.book.broken:
+            return
+        if self.leases.epoch(s.id) is None:
+            return
+        self.book.fresh.discard(s.id)
+        if isinstance(s.trigger, DatastoreTrigger):
+            self._start_poller(s)
+            return
+        row = self.book.rows[s.id]
+        if row.anchor is None or row.cursor is None:
+            self.book.broken[s.id] = "no stored timer"
+            return
+        self.timers.arm(s, row.anchor, row.cursor)
+
+    def disarm(self, sid: str) -> None:
+        self.timers.disarm(sid)
+        task = self._tasks.pop(sid, None)
+        if task is not None:
+            task.cancel()
+        self.poll.pop(sid, None)
+
+    def _start_poller(self, s: Schedule) -> None:
+        assert isinstance(s.trigger, DatastoreTrigger)
+        if s.id in self._tasks:
+            return
+        ds = self.book.config.datastores[s.trigger.datastore]
+        poller = self.pollers.poller(
+            s,
+            ds,
+            sink=self.sink,
+            health=self.health,
+            max_pending=self.book.config.daemon.max_pending,
+        )
+        self.poll[s.id] = PollStatus()
+        if self._tg is not None:  # else start() starts it, once the engine runs
+            self._tasks[s.id] = self._tg.create_task(poller.run())
+
+    def start(self, tg: asyncio.TaskGroup) -> None:
+        """Run timers, the lease keeper and (from now on) pollers in `tg`."""
+        self._tg = tg
+        self._loops = [tg.create_task(self.timers.run()), tg.create_task(self.leases.run())]
+        for sid in self.leases.held:
+            s = self.book.schedules.get(sid)
+            if s is not None and isinstance(s.trigger, DatastoreTrigger) and sid not in self._tasks:
+                self.arm(s)
+
+    def stop(self) -> None:
+        """Stop every timer, poller and the lease keeper (shutdown)."""
+        for task in self._loops:
+            task.cancel()
+        for sid in list(self.timers.armed) + list(self._tasks):
+            self.disarm(sid)
+
+    # ── slots ────────────────────────────────────────────────────────────────
+
+    def _slot_run(self, s: Schedule, slot: datetime) -> NewRun | None:
+        current = self.book.schedules.get(s.id, s)
+        if not self.book.runnable(current):
+            return None
+        return slot_run(current, self.book.config.pipeline_by_id(current.pipeline), slot)
+
+    async def commit_slots(self, batches: list[SlotBatch], now: datetime) -> None:
+        """Record slots (fenced by each schedule's lease epoch) and hand the runs over."""
+        todo = [dataclasses.replace(b, epoch=self.leases.epoch(b.schedule_id)) for b in batches]
+        while True:
+            if not todo:
+                return
+            try:
+                ids = await self.persist(
+                    functools.partial(self.store.record_slots, todo, now), "slots"
+                )
+                break
+            except LeaseLost as exc:  # another replica owns it now: its slots are not ours
+                todo = [b for b in todo if b.schedule_id != exc.schedule_id]
+                self.leases.lost(exc.schedule_id)
+        for b in todo:
+            row = self.book.rows.get(b.schedule_id)
+            if row is not None and (row.cursor is None or b.cursor > row.cursor):
+                self.book.rows[b.schedule_id] = dataclasses.replace(row, cursor=b.cursor)
+        self.runner.enqueue_new([r for b in todo for r in b.runs], ids, now)

@@ -1,0 +1,136 @@
+"""Which schedules this replica runs: the lease keeper (SPEC §12).
+
+Every lease_ttl / 3 (or at once when woken: a schedule enabled, created or changed) it
+heartbeats through the `Cluster` port, which renews, releases and takes schedule leases on
+the store's clock. Schedules gained are handed to `on_gain` (the engine arms them); schedules
+lost to `on_loss` (the engine disarms them). When heartbeats fail, every timer and poller is
+stopped before the lease could have expired anywhere: at the send time of the last
+successful beat + lease_ttl − 1 s on this replica's monotonic clock, whatever the store says
+later. With one daemon (SQLite) the cluster grants every wanted schedule forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
+
+import structlog
+
+from watcherd.core.errors import StateError
+from watcherd.engine.clock import Clock
+from watcherd.engine.ports import Cluster, Membership
+from watcherd.engine.retry import backoff_delay
+
+__all__ = ["LeaseKeeper"]
+
+log = structlog.get_logger(__name__)
+
+OnGain = Callable[[Mapping[str, int]], Awaitable[None]]  # schedule id → epoch
+OnLoss = Callable[[set[str]], None]
+
+
+class LeaseKeeper:
+    """Keeps this replica's schedule leases, and tells the engine what it gained or lost."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        clock: Clock,
+        *,
+        wanted: Callable[[], Sequence[str]],
+        running: Callable[[], int],
+        on_gain: OnGain,
+        on_loss: OnLoss,
+    ) -> None:
+        self.cluster = cluster
+        self.clock = clock
+        self.wanted = wanted
+        self.running = running
+        self.on_gain = on_gain
+        self.on_loss = on_loss
+        self.held: dict[str, int] = {}
+        self.config_ok = True
+        self.replicas = 1
+        self.error: str | None = None
+        self.valid_until = math.inf
+        self._wake = asyncio.Event()
+        self._failures = 0
+        self._lock = asyncio.Lock()  # the loop and an API change may beat at once
+
+    def epoch(self, schedule_id: str) -> int | None:
+        """The epoch this replica holds the schedule's lease at (None: not held)."""
+        return self.held.get(schedule_id)
+
+    def wake(self) -> None:
+        """Beat now (a schedule became wanted or changed)."""
+        self._wake.set()
+
+    def lost(self, schedule_id: str) -> None:
+        """A fenced write was refused: the lease is gone whatever the last beat said."""
+        if self.held.pop(schedule_id, None) is not None:
+            log.warning("lease_lost", schedule_id=schedule_id, reason="fenced write refused")
+            self.on_loss({schedule_id})
+
+    async def beat(self, *, wanted: Sequence[str] | None = None) -> Membership:
+        """One heartbeat; applies what it says. Raises StateError when the store fails."""
+        async with self._lock:
+            return await self._beat(wanted)
+
+    async def _beat(self, wanted: Sequence[str] | None) -> Membership:
+        sent = self.clock.monotonic()
+        m = await self.cluster.beat(
+            wanted=list(self.wanted() if wanted is None else wanted), running=self.running()
+        )
+        # The store computed valid_until from its own send time; never trust more than ours.
+        self.valid_until = min(m.valid_until, sent + self.cluster.lease_ttl.total_seconds() - 1)
+        self.config_ok, self.replicas = m.config_ok, m.replicas
+        lost = set(self.held) - set(m.leases)
+        gained = {sid: e for sid, e in m.leases.items() if self.held.get(sid) != e}
+        if lost:
+            for sid in lost:
+                del self.held[sid]
+            log.info("leases_released", count=len(lost))
+            self.on_loss(lost)
+        if gained:
+            self.held.update(gained)
+            await self.on_gain(gained)
+        return m
+
+    async def run(self) -> None:
+        """Beat every lease_ttl / 3 until cancelled; on failure back off, and drop every
+        lease at its local deadline."""
+        interval = self.cluster.lease_ttl.total_seconds() / 3
+        while True:
+            wait = interval
+            try:
+                # A beat that hangs (a dead connection) must not outlive the lease deadline.
+                remaining = self.valid_until - self.clock.monotonic()
+                async with asyncio.timeout(None if math.isinf(remaining) else max(remaining, 0.1)):
+                    await self.beat()
+                if self.error is not None:
+                    log.info("heartbeat_recovered", failures=self._failures)
+                self.error, self._failures = None, 0
+            except (StateError, TimeoutError) as exc:
+                self._failures += 1
+                if self.error is None:
+                    log.error("heartbeat_failed", error=str(exc) or "timed out")
+                self.error = str(exc) or "heartbeat timed out"
+                wait = min(interval, backoff_delay(self._failures, self.cluster.lease_ttl))
+            remaining = self.valid_until - self.clock.monotonic()
+            if self.held and remaining <= 0:
+                self._drop_all("heartbeat failed past the lease deadline")
+                remaining = math.inf
+            await self._sleep(min(wait, max(0.0, remaining)))
+
+    def _drop_all(self, why: str) -> None:
+        lost = set(self.held)
+        self.held.clear()
+        log.error("leases_lost", count=len(lost), reason=why)
+        self.on_loss(lost)
+
+    async def _sleep(self, seconds: float) -> None:
+        deadline = self.clock.now() + timedelta(seconds=seconds)
+        await self.clock.sleep_until(deadline, self._wake)
+        self._wake.clear()
