@@ -129,7 +129,8 @@ class DaemonProc:
     # ── state ────────────────────────────────────────────────────────────────
 
     def db(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(f"file:{self.state_dir / 'state.db'}?mode=ro", uri=True, timeout=10)
+        uri = (self.state_dir / "state.db").resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=10)
         conn.row_factory = sqlite3.Row
         return conn
 

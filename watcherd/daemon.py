@@ -63,9 +63,16 @@ def _token(cfg: Config) -> tuple[str, Path]:
             return text, path
     except FileNotFoundError:
         pass
+    except OSError as exc:  # ELOOP: a symlink was planted there; never read through it
+        log.warning("token_file_replaced", path=str(path), error=_os_error(exc))
     tok = secrets.token_urlsafe(32)
     _write_private(path, tok + "\n", 0o600)
     return tok, path
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an OSError, e.g. "[Errno 98] address already in use"."""
+    return f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
 
 
 def _write_private(path: Path, text: str, mode: int) -> None:
@@ -244,7 +251,11 @@ class Daemon:
                 app = make_app(
                     manager, token=token, bind=cfg.daemon.api, api_hosts=cfg.daemon.api_hosts
                 )
-                self.url = await serve(app, cfg.daemon.api, stack)
+                try:
+                    self.url = await serve(app, cfg.daemon.api, stack)
+                except OSError as exc:  # in use, not an address of this host, unresolvable
+                    log.error("api_bind_failed", api=cfg.daemon.api, error=_os_error(exc))
+                    return 1
                 self._write_discovery(cfg, token_path)
             self._install_signals(stack, shutdown_trigger is None)
             async with asyncio.TaskGroup() as tg:

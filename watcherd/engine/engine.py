@@ -22,8 +22,9 @@ from typing import TypeVar
 
 import structlog
 
-from watcherd.core.errors import Conflict, LeaseLost, NotFound, StateError
+from watcherd.core.errors import Conflict, LeaseLost, NotFound, StateError, ValidationError
 from watcherd.core.models import (
+    BlobDatastore,
     Config,
     CronTrigger,
     DatastoreTrigger,
@@ -254,6 +255,17 @@ class Engine:
             return None
         return plan_for(run, self.config, self.book.schedules, self.clock)
 
+    def _refused_name(self, s: Schedule, name: bytes) -> str | None:
+        """SPEC §5: a blob whose name starts with "-" would read as an option of a command."""
+        p = self.config.pipeline_by_id(s.pipeline)
+        t = s.trigger
+        if p is None or p.kind != "command" or not isinstance(t, DatastoreTrigger):
+            return None
+        ds = self.config.datastores.get(t.datastore)
+        if isinstance(ds, BlobDatastore) and name.startswith(b"-"):
+            return "a blob name starting with '-' would read as an option: no command run"
+        return None
+
     def _file_ref(self, s: Schedule, name: bytes, version: str) -> FileRef:
         assert isinstance(s.trigger, DatastoreTrigger)
         ds = self.config.datastores[s.trigger.datastore]
@@ -290,7 +302,11 @@ class Engine:
         if s is not None and fire and self.book.runnable(s):
             pipeline = self.config.pipeline_by_id(s.pipeline)
             for ch in fire:
-                runs.append(file_run(s, pipeline, self._file_ref(s, ch.name, ch.version)))
+                run = file_run(s, pipeline, self._file_ref(s, ch.name, ch.version))
+                if (why := self._refused_name(s, ch.name)) is not None:
+                    log.warning("file_skipped", path=run.trigger["path"], reason=why)
+                    run = run.skipped(why)
+                runs.append(run)
                 if ch.modified is not None:  # the one detection-lag observation per file
                     self.metrics.detection_lag.labels(schedule=s.name).observe(
                         max(0.0, (now - ch.modified).total_seconds())
@@ -407,6 +423,8 @@ class Engine:
         """Run a schedule now (SPEC §5 manual runs); returns the run id."""
         if self.book.pipeline_status.get(s.pipeline) is not Status.ACTIVE:
             raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
+        if path is not None and (why := self._refused_name(s, path)) is not None:
+            raise ValidationError(why, "path")
         file = self._file_ref(s, path, "") if path is not None else None
         run = manual_run(
             s,
