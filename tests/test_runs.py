@@ -1,0 +1,138 @@
+"""core.runs: the one transition table, run identity, what a run carries from queue time."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from watcherd.core.errors import InvalidTransition
+from watcherd.core.models import (
+    TERMINAL,
+    CommandTarget,
+    DatastoreTrigger,
+    FileRef,
+    Pipeline,
+    RecurrenceTrigger,
+    Run,
+    RunStatus,
+    Schedule,
+    TimeOptions,
+)
+from watcherd.core.recurrence import Recurrence
+from watcherd.core.runs import (
+    ALLOWED,
+    concurrency_gate,
+    file_run,
+    on_failure_run,
+    run_id_for,
+    slot_run,
+    sources_of,
+    submit_run,
+    transition,
+)
+
+Q, R = RunStatus.QUEUED, RunStatus.RUNNING
+PIPE = Pipeline(
+    id="p", name="p", target=CommandTarget(steps=(("true",),)), parameters={"a": "1", "b": "1"}
+)
+
+
+def _schedule(trigger: object, **kw: object) -> Schedule:
+    return Schedule(
+        id="s",
+        name="S",
+        pipeline="p",
+        experiment_name="E",
+        trigger=trigger,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+# Every (from, to) the lifecycle of SPEC §5 allows; everything else is refused.
+LIFECYCLE = {
+    (Q, R), (Q, RunStatus.CANCELED), (Q, RunStatus.SKIPPED), (Q, RunStatus.FAILED),
+    (R, RunStatus.COMPLETED), (R, RunStatus.FAILED), (R, RunStatus.SUBMITTED),
+    (R, RunStatus.CANCELED), (R, Q),
+    *((t, Q) for t in TERMINAL),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("frm", list(RunStatus))
+@pytest.mark.parametrize("to", list(RunStatus))
+def test_transition_allows_exactly_the_lifecycle(frm: RunStatus, to: RunStatus) -> None:
+    if (frm, to) in LIFECYCLE:
+        assert transition("r1", frm, to) is to
+    else:
+        with pytest.raises(InvalidTransition) as err:
+            transition("r1", frm, to)
+        assert (err.value.from_status, err.value.to_status) == (frm.value, to.value)
+        assert f"from {frm.value} to {to.value}" in str(err.value) and err.value.code
+
+
+def test_sources_of_names_where_a_status_comes_from_and_refuses_a_bad_ask() -> None:
+    assert sources_of(R) == {Q}
+    assert sources_of(Q) == {R, *TERMINAL}
+    assert sources_of(Q, [RunStatus.FAILED]) == {RunStatus.FAILED}
+    with pytest.raises(InvalidTransition, match="Queued to Completed"):
+        sources_of(RunStatus.COMPLETED, [Q])
+    assert set(ALLOWED) == set(RunStatus)
+
+
+def test_run_ids_are_stable_for_their_key() -> None:
+    slot = datetime(2026, 11, 25, 10, 15, tzinfo=UTC)
+    s = _schedule(RecurrenceTrigger(recurrence=Recurrence(frequency="Minute", interval=15)))
+    a, b = slot_run(s, PIPE, slot), slot_run(s, PIPE, slot)
+    assert a.id == b.id == run_id_for("s", a.dedup)
+    assert a.trigger == {"kind": "time", "slot": "2026-11-25T10:15:00Z"}
+
+
+def test_a_file_run_carries_its_parameters_and_file_from_queue_time() -> None:
+    trig = DatastoreTrigger(datastore="inbox", data_path_parameter_name="input")
+    s = _schedule(trig, pipeline_parameters={"b": "2"})
+    ref = FileRef(
+        datastore="inbox",
+        relative_path=b"in/\xffa.csv",
+        local_path=b"/srv/in/\xffa.csv",
+        version="1:2:3",
+        parameter="input",
+    )
+    run = file_run(s, PIPE, ref)
+    assert run.parameters == {"a": "1", "b": "2"}  # pipeline < schedule
+    assert run.file == ref and run.path == b"in/\xffa.csv"
+    assert run.trigger["path"] == "in/\\xffa.csv"  # shown with invalid bytes as \xNN
+    assert file_run(s, PIPE, ref).id == run.id  # one run per (file, version)
+    assert file_run(s, PIPE, dataclasses.replace(ref, version="1:2:4")).id != run.id
+
+
+def test_submit_and_on_failure_runs() -> None:
+    a = submit_run(
+        PIPE, "E", by="sdk", parameters={"b": "9"}, continue_on_step_failure=True, nonce="n"
+    )
+    assert a.schedule_id == "" and a.parameters == {"a": "1", "b": "9"}
+    assert a.trigger == {"kind": "manual", "by": "sdk", "continue_on_step_failure": True}
+    failed = Run(
+        id="r", schedule_id="s", pipeline_id="p", experiment_name="E",
+        status=RunStatus.FAILED, trigger={"kind": "time"},
+    )  # fmt: skip
+    f = on_failure_run(failed, "alert", error="boom", exit_code=3)
+    assert f.pipeline_id == "alert" and f.dedup == "on_failure:r"
+    assert json.loads(f.parameters["failed_run"])["exit_code"] == 3
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "queued", "running", "why"),
+    [
+        ("allow", 5, 5, None),
+        ("forbid", 0, 0, None),
+        ("forbid", 1, 0, "previous run still active (concurrency = forbid)"),
+        ("forbid", 0, 1, "previous run still active (concurrency = forbid)"),
+        ("queue", 9, 1, None),
+        ("queue", 10, 0, "queue full"),
+    ],
+)
+def test_concurrency_gate(concurrency: str, queued: int, running: int, why: str | None) -> None:
+    opts = TimeOptions(concurrency=concurrency, max_queued=10)  # type: ignore[arg-type]
+    assert concurrency_gate(opts, queued=queued, running=running) == why
