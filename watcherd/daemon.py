@@ -35,6 +35,7 @@ from watcherd.engine.clock import Clock, clock_from_env
 from watcherd.engine.engine import Engine
 from watcherd.engine.metrics import Metrics
 from watcherd.engine.ports import ChangeSink, Cluster, Dispatcher, Poller, PollHealth, RunStore
+from watcherd.engine.retry import backoff_delay
 from watcherd.notify import Notifier
 from watcherd.services.manager import Manager
 from watcherd.state.sqlite.cluster import SoloCluster
@@ -224,8 +225,9 @@ class Daemon:
 
     async def run(self, cfg: Config, *, shutdown_trigger: ShutdownTrigger | None = None) -> int:
         async with AsyncExitStack() as stack:
+            self._install_signals(stack, shutdown_trigger is None)
             try:
-                store = SqliteStore(cfg.daemon.state_dir)
+                opened = await self._open_state(cfg)
             except AlreadyRunning as exc:
                 log.error("already_running", error=str(exc))
                 return 1
@@ -235,9 +237,12 @@ class Daemon:
                     error = f"state_dir {cfg.daemon.state_dir} is not a directory"
                 log.error("state_unavailable", error=error)
                 return 1
+            if opened is None:  # stopped while waiting for the database
+                return 0
+            store, cluster = opened
             stack.push_async_callback(store.close)
             token, token_path = _token(cfg)
-            self.engine = engine = build_engine(cfg, store, self.clock)
+            self.engine = engine = build_engine(cfg, store, self.clock, cluster)
             stack.push_async_callback(engine.close)
             try:
                 await engine.prepare()
@@ -257,7 +262,6 @@ class Daemon:
                     log.error("api_bind_failed", api=cfg.daemon.api, error=_os_error(exc))
                     return 1
                 self._write_discovery(cfg, token_path)
-            self._install_signals(stack, shutdown_trigger is None)
             async with asyncio.TaskGroup() as tg:
                 engine_task = tg.create_task(engine.run())
                 await engine.started.wait()
@@ -287,6 +291,33 @@ class Daemon:
             log.info("daemon_stopped")
         self.notifier.close()
         return 0
+
+    async def _open_state(self, cfg: Config) -> tuple[RunStore, Cluster | None] | None:
+        """SQLite in state_dir (the default), or PostgreSQL for replicas: a database that
+        cannot be reached yet is retried with backoff, logged once (SPEC §12)."""
+        if not cfg.daemon.database:
+            return SqliteStore(cfg.daemon.state_dir), None
+        from watcherd.state.postgres import SchemaTooNew, open_pg
+
+        cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                return await open_pg(
+                    cfg.daemon.database,
+                    replica_id=replica_id(cfg),
+                    lease_ttl=cfg.daemon.lease_ttl,
+                    clock=self.clock,
+                )
+            except SchemaTooNew:
+                raise
+            except StateError as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.error("database_unavailable", error=str(exc))
+                delay = backoff_delay(attempt, timedelta(seconds=30))
+                await self.clock.sleep_until(self.clock.now() + timedelta(seconds=delay), self._stop)
+        return None
 
     async def _trigger_stop(self, trigger: ShutdownTrigger) -> None:
         await trigger()
