@@ -62,3 +62,43 @@ def test_daemon_start_does_not_import_azure_without_blob_datastores() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "False"
+
+
+def test_sdk_v2_surface() -> None:
+    import watcherd.sdk.v2 as v2
+    import watcherd.sdk.v2.constants as constants
+    import watcherd.sdk.v2.entities as entities
+
+    assert sorted(v2.__all__) == [
+        "CronTrigger",
+        "DatastoreTrigger",
+        "JobSchedule",
+        "LROPoller",
+        "MLClient",
+        "RecurrencePattern",
+        "RecurrenceTrigger",
+        "ScheduleListViewType",
+        "ScheduleOperations",
+        "ScheduleTriggerResult",
+        "TimeZone",
+    ]
+    # azure.ai.ml.entities / azure.ai.ml.constants imports map one to one.
+    for name in ("JobSchedule", "RecurrenceTrigger", "RecurrencePattern", "CronTrigger"):
+        assert getattr(entities, name) is getattr(v2, name)
+    assert constants.TimeZone is v2.TimeZone
+
+
+def test_client_side_imports_no_daemon_side() -> None:
+    """client.py and the SDKs never import the daemon side (STYLE.md §2)."""
+    code = (
+        "import sys\n"
+        "import watcherd.client, watcherd.sdk, watcherd.sdk.v2\n"
+        "bad = [m for m in sys.modules if m.startswith(('watcherd.engine', 'watcherd.state',"
+        " 'watcherd.services', 'watcherd.api', 'watcherd.daemon', 'watcherd.pollers',"
+        " 'watcherd.dispatch', 'watcherd.config'))]\n"
+        "print(','.join(sorted(bad)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ""

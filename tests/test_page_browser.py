@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.api.seed_daemon import PIPELINE_ID, SECRETS, start_daemon
-from tests.harness import DaemonProc
+from tests.harness import DaemonProc, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -98,8 +98,11 @@ def test_page_lists_updates_and_acts(browser: Any, daemon: DaemonProc, tmp_path:
                 "recurrence": {"frequency": "Minute", "interval": 15},
             },
         ).json()
-        runs = api.get("/api/v1/runs", params={"schedule_id": created["id"]}).json()["items"]
-    assert runs, "the creation fire should have queued a run"
+        # The creation fire is queued by the schedule's timer, just after the 201.
+        runs = wait_until(
+            lambda: api.get("/api/v1/runs", params={"schedule_id": created["id"]}).json()["items"],
+            timeout=10,
+        )
     run_row = page.locator(f'[id="run-{runs[0]["id"]}"]')
     run_row.wait_for()
     page.wait_for_function(
@@ -139,6 +142,20 @@ def test_page_lists_updates_and_acts(browser: Any, daemon: DaemonProc, tmp_path:
     first.get_by_role("button", name="Retry").click()
     page.locator("#toast").get_by_text("Run queued again").wait_for()
 
+    # A pipeline submitted by hand (no schedule) shows up by itself, named by its pipeline.
+    with daemon.client() as api:
+        submitted = api.post(
+            f"/api/v1/pipelines/{PIPELINE_ID}/submit", json={"experiment_name": "ByHand"}
+        ).json()
+    page.locator(f'[id="run-{submitted["id"]}"]').get_by_text("train (submitted)").wait_for()
+
+    # The replicas section: this daemon, with the schedules it owns.
+    with daemon.client() as api:
+        replica = api.get("/api/v1/replicas").json()["items"][0]
+    replica_row = page.locator(f'[id="replica-{replica["id"]}"]')
+    replica_row.wait_for()
+    assert str(len(replica["schedules"])) in replica_row.inner_text()
+
     # The log opens in a dialog.
     first.get_by_role("button", name="Log").click()
     page.locator("#log-text").get_by_text("training on").wait_for()
@@ -156,6 +173,7 @@ def test_page_lists_updates_and_acts(browser: Any, daemon: DaemonProc, tmp_path:
     page.wait_for_timeout(300)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     assert page.locator("#schedules thead").is_hidden()
+    assert page.locator("#replicas thead").is_hidden()
     _shot(page, tmp_path, "page-390.png")
     context.close()
 

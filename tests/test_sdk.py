@@ -176,7 +176,7 @@ def test_schedule_methods(seed_daemon: DaemonProc) -> None:
 
     assert s.get_last_pipeline_run() is None
     run = s.trigger(parameters={"input_data": "x.csv"})
-    assert run.wait_for_completion(timeout=20) == "Completed"
+    assert run.wait_for_completion(show_output=False, timeout_seconds=20) == "Completed"
     assert run.get_details()["trigger"] == {"kind": "manual", "by": "sdk"}
     assert "training on x.csv" in run.get_log()
     last = s.get_last_pipeline_run()
@@ -211,7 +211,7 @@ def test_schedule_methods(seed_daemon: DaemonProc) -> None:
         reactive.update(recurrence=ScheduleRecurrence("Hour", 1))
     (seed_daemon.workdir / "inbox" / "a.csv").write_text("1,2\n")
     run = reactive.trigger(path="a.csv")
-    assert run.wait_for_completion(timeout=20) == "Completed"
+    assert run.wait_for_completion(show_output=False, timeout_seconds=20) == "Completed"
     reactive.disable()
     reactive.delete()
     with pytest.raises(NotFoundError):
@@ -314,8 +314,8 @@ def test_create_checks_like_azure_ml(kwargs: dict[str, Any], message: str) -> No
             "Can only specify week days if frequency is Week.",
         ),
         (
-            {"frequency": "Day", "interval": 1, "time_of_day": "25:00"},
-            "Time of day hour value must be between 0 and 23.",
+            {"frequency": "Minute", "interval": 1, "time_of_day": "10:00"},
+            "Can only specify hours if frequency is Week or Day.",
         ),
         (
             {"frequency": "Day", "interval": 1, "time_zone": "Mars Standard Time"},
@@ -323,12 +323,53 @@ def test_create_checks_like_azure_ml(kwargs: dict[str, Any], message: str) -> No
         ),
     ],
 )
-def test_recurrence_checks(kwargs: dict[str, Any], message: str) -> None:
+def test_recurrence_rules_at_validate(kwargs: dict[str, Any], message: str) -> None:
+    """As azureml-pipeline-core 1.62: the constructor takes it, validate() (and so
+    Schedule.create, which calls it) refuses it with Azure ML's message."""
+    rec = ScheduleRecurrence(**kwargs)
+    for _ in range(2):
+        with pytest.raises(ValidationError) as exc:
+            rec.validate()
+        assert exc.value.message == message
+        assert isinstance(exc.value, ValueError)
+        assert isinstance(exc.value, core_errors.ValidationError)
+    with pytest.raises(ValidationError, match=message.replace(".", r"\.")):
+        Schedule.create(OFFLINE, "n", "p", "e", recurrence=rec)  # before any request
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"frequency": "Day", "interval": 1, "time_of_day": "25:00"},
+            "Time of day hour value must be between 0 and 23.",
+        ),
+        (
+            {"frequency": "Day", "interval": 1, "time_of_day": "99:99"},
+            "Time of day hour value must be between 0 and 23.",
+        ),
+        (
+            {"frequency": "Day", "interval": 1, "time_of_day": "7:60"},
+            "Time of day minute value must be between 0 and 59.",
+        ),
+        (
+            {"frequency": "Day", "interval": 1, "time_of_day": "18:30:00"},
+            "time_of_day should be in the format hh:mm.",
+        ),
+        (
+            {"frequency": "Day", "interval": 1, "time_of_day": "18:30", "hours": [1]},
+            "Can not specify time_of_day and hours or minutes.",
+        ),
+        (
+            {"frequency": "Daily", "interval": 0, "start_time": "2026-01-01T00:00:00+02:00"},
+            "Can not specify tzinfo for start_time, use time_zone instead.",
+        ),
+    ],
+)
+def test_recurrence_checks_at_construction(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError) as exc:
         ScheduleRecurrence(**kwargs)
     assert exc.value.message == message
-    assert isinstance(exc.value, ValueError)
-    assert isinstance(exc.value, core_errors.ValidationError)
 
 
 def test_time_zone_enum() -> None:
@@ -382,6 +423,7 @@ def test_public_surface() -> None:
     import watcherd.sdk as sdk
 
     assert sorted(sdk.__all__) == [
+        "ActivityFailedException",
         "AuthenticationError",
         "ConflictError",
         "DaemonUnreachable",

@@ -49,7 +49,7 @@ def _schedule(sid: str, name: str, status: str = "Active") -> JSON:
     }
 
 
-def _run(rid: str, sid: str, status: str = "Completed") -> JSON:
+def _run(rid: str, sid: str | None, status: str = "Completed") -> JSON:
     return {
         "id": rid,
         "schedule_id": sid,
@@ -135,6 +135,30 @@ class FakeServices:
         p["status"] = status
         return p
 
+    async def submit_pipeline(
+        self,
+        ident: str,
+        *,
+        experiment_name: str,
+        parameters: Mapping[str, str] | None = None,
+        continue_on_step_failure: bool | None = None,
+        by: str = "api",
+    ) -> JSON:
+        p = await self.get_pipeline(ident)
+        self.calls.append(
+            ("submit", (p["id"], experiment_name, parameters, continue_on_step_failure, by))
+        )
+        if p["status"] != "Active":
+            raise Conflict(f"pipeline {p['name']} is Disabled", "pipeline_disabled")
+        if not experiment_name.strip():
+            raise ValidationError("experiment_name must be a non-empty string", "experiment_name")
+        rid = f"r{len(self.runs) + 1}"
+        run = _run(rid, None, "Queued")
+        run["trigger"] = {"kind": "manual", "by": by}
+        run["experiment_name"] = experiment_name
+        self.runs[rid] = run
+        return run
+
     async def list_experiments(self) -> list[JSON]:
         return [{"name": "E"}]
 
@@ -169,6 +193,17 @@ class FakeServices:
             raise ConfigErrors(problems, "body")
         sid = f"s{len(self.schedules) + 1}"
         self.schedules[sid] = _schedule(sid, str(body["name"]))
+        return self.schedules[sid]
+
+    async def create_schedule_yaml(self, text: str) -> JSON:
+        self.calls.append(("create_schedule_yaml", text))
+        if "name:" not in text:
+            raise ConfigErrors(
+                [ConfigError("body.name", "Missing data for required field.")], "body"
+            )
+        name = text.split("name:", 1)[1].split("\n", 1)[0].strip()
+        sid = f"s{len(self.schedules) + 1}"
+        self.schedules[sid] = _schedule(sid, name)
         return self.schedules[sid]
 
     async def update_schedule(self, ident: str, body: Mapping[str, Any]) -> JSON:
@@ -233,6 +268,19 @@ class FakeServices:
         if run["status"] not in ("Queued", "Running"):
             raise Conflict("run finished", "run_finished")
         return run
+
+    async def list_replicas(self) -> list[JSON]:
+        return [
+            {
+                "id": "host-a-1f2e",
+                "host": "host-a",
+                "started": "2026-11-25T09:00:00Z",
+                "last_heartbeat": "2026-11-25T10:00:00Z",
+                "schedules": sorted(self.schedules),
+                "running": 0,
+                "config_hash": "0123456789abcdef",
+            }
+        ]
 
     def readiness(self) -> tuple[bool, JSON]:
         if isinstance(self.explode, StateError):

@@ -309,3 +309,84 @@ def test_discovery_file(daemon: DaemonProc) -> None:
 
     data = json.loads((daemon.state_dir / "config.json").read_text())
     assert data["url"] == daemon.url and Path(data["token_file"]).exists()
+
+
+def test_submit_pipeline(api: httpx.Client, anon: httpx.Client) -> None:
+    body = {"experiment_name": "Submitted", "parameters": {"input_data": "s.csv"}}
+    r = api.post(f"{API}/pipelines/train/submit", json=body, headers={"X-Watcherd-Client": "cli"})
+    assert r.status_code == 202, r.text
+    run = r.json()
+    assert r.headers["Location"] == f"{API}/runs/{run['id']}"
+    assert run["schedule_id"] is None and run["experiment_name"] == "Submitted"
+    assert run["trigger"]["kind"] == "manual" and run["trigger"]["by"] == "cli"
+    done = _wait_terminal(api, run["id"])
+    assert done["status"] == "Completed"
+    assert "training on s.csv" in api.get(f"{API}/runs/{run['id']}/log").text
+    assert anon.post(f"{API}/pipelines/train/submit", json=body).status_code == 401
+    r = api.post(f"{API}/pipelines/train/submit", json={"experiment_name": ""})
+    assert r.status_code == 422 and r.json()["error"]["key_path"] == "body.experiment_name"
+    assert api.post(f"{API}/pipelines/nope/submit", json=body).status_code == 404
+    assert api.post(f"{API}/pipelines/notify/disable").status_code == 200
+    try:
+        r = api.post(f"{API}/pipelines/notify/submit", json={"experiment_name": "E"})
+        assert r.status_code == 409, r.text
+    finally:
+        assert api.post(f"{API}/pipelines/notify/enable").status_code == 200
+
+
+def test_replicas(anon: httpx.Client) -> None:
+    r = anon.get(f"{API}/replicas")
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert len(items) == 1
+    replica = items[0]
+    assert {
+        "id",
+        "host",
+        "started",
+        "last_heartbeat",
+        "schedules",
+        "running",
+        "config_hash",
+    } <= set(replica)
+    nightly = anon.get(f"{API}/schedules/Nightly").json()["id"]
+    assert nightly in replica["schedules"]
+
+
+DOCS_RECURRENCE_YAML = """\
+$schema: https://azuremlschemas.azureedge.net/latest/schedule.schema.json
+name: simple_recurrence_job_schedule
+display_name: Simple recurrence job schedule
+description: a simple hourly recurrence job schedule
+
+trigger:
+  type: recurrence
+  frequency: day #can be minute, hour, day, week, month
+  interval: 1 #every day
+  schedule:
+    hours: [4,5,10,11,12]
+    minutes: [0,30]
+  start_time: "2022-07-10T10:00:00" # optional - default will be schedule creation time
+  time_zone: "Pacific Standard Time" # optional - default will be UTC
+
+# create_job: ./simple-pipeline-job.yml
+create_job: azureml:train
+"""
+
+
+def test_create_schedule_from_yaml(api: httpx.Client) -> None:
+    """Azure ML's documented v2 YAML, create_job naming a watcherd pipeline (needs the config
+    layer's YAML parser, watcherd.config.yaml)."""
+    yaml = {"Content-Type": "application/yaml"}
+    r = api.post(f"{API}/schedules", content=DOCS_RECURRENCE_YAML.encode(), headers=yaml)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["name"] == "simple_recurrence_job_schedule"
+    assert created["pipeline"] == PIPELINE_ID
+    assert created["trigger"]["schedule"]["hours"] == [4, 5, 10, 11, 12]
+    assert r.headers["Location"] == f"{API}/schedules/{created['id']}"
+    r = api.post(f"{API}/schedules", content=b"name: [unclosed\n", headers=yaml)
+    assert r.status_code in (400, 422) and r.json()["error"]["code"]
+    r = api.post(f"{API}/schedules", content=b"name: x\n" + b"#" * (1 << 20), headers=yaml)
+    assert r.status_code == 413
+    api.post(f"{API}/schedules/{created['id']}/disable")

@@ -66,6 +66,7 @@ def test_parse_bind() -> None:
 MUTATIONS = [
     ("POST", "/api/v1/pipelines/p1/enable"),
     ("POST", "/api/v1/pipelines/p1/disable"),
+    ("POST", "/api/v1/pipelines/p1/submit"),
     ("POST", "/api/v1/schedules"),
     ("PATCH", "/api/v1/schedules/s1"),
     ("DELETE", "/api/v1/schedules/s1"),
@@ -308,3 +309,105 @@ def test_make_app_returns_an_application(services: FakeServices) -> None:
     assert isinstance(
         make_app(services, token=TOKEN, bind="127.0.0.1:0", api_hosts=()), web.Application
     )
+
+
+async def test_submit_pipeline(services: FakeServices) -> None:
+    async with running(services) as client:
+        url = "/api/v1/pipelines/train/submit"
+        headers = {**AUTH, "X-Watcherd-Client": "sdk"}
+        body = {"experiment_name": "E", "parameters": {"k": "v"}, "continue_on_step_failure": True}
+        r = await client.post(url, headers=headers, json=body)
+        assert r.status_code == 202, r.text
+        run = r.json()
+        assert r.headers["Location"] == f"/api/v1/runs/{run['id']}"
+        assert run["schedule_id"] is None and run["trigger"] == {"kind": "manual", "by": "sdk"}
+        assert services.calls[-1] == ("submit", ("p1", "E", {"k": "v"}, True, "sdk"))
+        assert (await client.post(url, json=body)).status_code == 401
+        for bad, key in [
+            ({}, "body.experiment_name"),
+            ({"experiment_name": 3}, "body.experiment_name"),
+            ({"experiment_name": "E", "parameters": {"k": 1}}, "body.parameters.k"),
+            (
+                {"experiment_name": "E", "continue_on_step_failure": "yes"},
+                "body.continue_on_step_failure",
+            ),
+            ({"experiment_name": "E", "extra": 1}, "body.extra"),
+        ]:
+            r = await client.post(url, headers=AUTH, json=bad)
+            assert r.status_code == 422 and r.json()["error"]["key_path"] == key, (bad, r.text)
+        assert (
+            await client.post(url, headers=AUTH, json={"experiment_name": " "})
+        ).status_code == 422
+        r = await client.post("/api/v1/pipelines/nope/submit", headers=AUTH, json=body)
+        assert r.status_code == 404
+        services.pipelines["p1"]["status"] = "Disabled"
+        r = await client.post(url, headers=AUTH, json=body)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "pipeline_disabled"
+
+
+async def test_replicas(services: FakeServices) -> None:
+    async with running(services) as client:
+        r = await client.get("/api/v1/replicas")
+        assert r.status_code == 200
+        body = r.json()
+        assert body["next_cursor"] is None and body["items"][0]["id"] == "host-a-1f2e"
+    async with running(services, bind="0.0.0.0:8765", listen="127.0.0.1:0") as client:
+        assert (await client.get("/api/v1/replicas")).status_code == 401
+        assert (await client.get("/api/v1/replicas", headers=AUTH)).status_code == 200
+
+
+async def test_schedule_yaml_body(services: FakeServices) -> None:
+    async with running(services) as client:
+        text = "name: from-yaml\ntrigger: {type: cron, expression: '0 * * * *'}\n"
+        for ctype in ("application/yaml", "application/x-yaml", "text/yaml; charset=utf-8"):
+            r = await client.post(
+                "/api/v1/schedules",
+                headers={**AUTH, "Content-Type": ctype},
+                content=text.encode(),
+            )
+            assert r.status_code == 201, (ctype, r.text)
+            assert r.json()["name"] == "from-yaml"
+            assert services.calls[-1] == ("create_schedule_yaml", text)
+        yaml = {**AUTH, "Content-Type": "application/yaml"}
+        r = await client.post("/api/v1/schedules", headers=yaml, content=b"trigger: {}\n")
+        assert r.status_code == 422 and r.json()["error"]["key_path"] == "body.name"
+        r = await client.post("/api/v1/schedules", headers=yaml, content=b"name: \xff\n")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_yaml"
+        big = b"name: x\n" + b"#" * (1024 * 1024)
+        r = await client.post("/api/v1/schedules", headers=yaml, content=big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+        calls = len(services.calls)
+        no_token = {"Content-Type": "application/yaml"}
+        r = await client.post("/api/v1/schedules", content=b"name: y\n", headers=no_token)
+        assert r.status_code == 401 and len(services.calls) == calls
+
+
+async def test_trigger_file_names(services: FakeServices) -> None:
+    async with running(services) as client:
+        url = "/api/v1/schedules/s1/trigger"
+        r = await client.post(url, headers=AUTH, json={"path_b64": "Y2Fm6S1mZi5jc3Y="})
+        assert r.status_code == 202
+        assert services.calls[-1][1][0] == b"caf\xe9-ff.csv".decode("utf-8", "surrogateescape")
+        r = await client.post(url, headers=AUTH, json={"path_b64": "YS5jc3Y="})
+        assert services.calls[-1][1][0] == "a.csv"
+        raw = {**AUTH, "Content-Type": "application/json"}
+        for body, key in [
+            (b'{"path": "\\udcff.csv"}', "body.path"),
+            (b'{"path": "a\\u0000b"}', "body.path"),
+            (b'{"path_b64": "YQBi"}', "body.path_b64"),
+            (b'{"path_b64": "!!"}', "body.path_b64"),
+            (b'{"path_b64": ""}', "body.path_b64"),
+            (b'{"path_b64": "YQ==", "path": "a"}', "body.path_b64"),
+        ]:
+            r = await client.post(url, headers=raw, content=body)
+            assert r.status_code == 422, body
+            assert r.json()["error"]["key_path"] == key, body
+
+
+async def test_long_or_odd_cursor_is_refused_before_the_services(services: FakeServices) -> None:
+    async with running(services) as client:
+        for cursor in ("9" * 101, "1\x00", "\u200e1"):
+            services.calls.clear()
+            r = await client.get("/api/v1/runs", params={"cursor": cursor})
+            assert r.status_code == 400 and r.json()["error"]["key_path"] == "query.cursor"
+            assert services.calls == []

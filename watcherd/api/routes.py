@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 from aiohttp import web
 
+from watcherd.api import parsing
 from watcherd.api.openapi import openapi_document
+from watcherd.api.parsing import ApiProblem
 from watcherd.core.errors import ValidationError
-from watcherd.core.models import RunStatus
 from watcherd.services import Services
 
 __all__ = [
@@ -26,20 +26,8 @@ __all__ = [
 API = "/api/v1"
 SERVICES: web.AppKey[Services] = web.AppKey("watcherd_services")
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_CLIENTS = frozenset({"cli", "sdk", "web"})  # X-Watcherd-Client values recorded as "by"
-_MAX_KEY = 200
-_RUN_STATUSES = {s.value.lower(): s.value for s in RunStatus}
-_TRIGGER_KEYS = frozenset({"path", "parameters"})
 
 _dumps = partial(json.dumps, ensure_ascii=False, default=str)
-
-
-class ApiProblem(Exception):
-    """A request the handlers refuse before reaching the services (400/422)."""
-
-    def __init__(self, status: int, code: str, message: str, key_path: str | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.key_path = status, code, message, key_path
 
 
 def error_response(
@@ -70,103 +58,11 @@ def _ident(request: web.Request) -> str:
     return request.match_info["id"]
 
 
-# ── request parsing ───────────────────────────────────────────────────────────
-
-
-def _bool_param(request: web.Request, name: str, default: bool) -> bool:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise ApiProblem(
-        400, "bad_request", f"{name} must be true or false, not {raw!r}", f"query.{name}"
-    )
-
-
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = lo - 1
-    if not lo <= value <= hi:
-        raise ApiProblem(
-            400, "bad_request", f"{name} must be an integer from {lo} to {hi}", f"query.{name}"
-        )
-    return value
-
-
-def _str_param(request: web.Request, name: str) -> str | None:
-    raw = request.query.get(name)
-    return raw if raw else None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if optional:
-            return {}
-        raise ApiProblem(422, "invalid", "a JSON object is required", "body")
-    try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ApiProblem(400, "bad_json", f"invalid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ApiProblem(422, "invalid", "must be a JSON object", "body")
-    return data
-
-
-def _trigger_args(body: Mapping[str, Any]) -> tuple[str | None, dict[str, str] | None]:
-    for key in body:
-        if key not in _TRIGGER_KEYS:
-            raise ApiProblem(
-                422, "invalid", f"unknown key {key!r} (allowed: path, parameters)", f"body.{key}"
-            )
-    path = body.get("path")
-    if path is not None and not isinstance(path, str):
-        raise ApiProblem(422, "invalid", "must be a string", "body.path")
-    params = body.get("parameters")
-    if params is None:
-        return path, None
-    if not isinstance(params, dict):
-        raise ApiProblem(422, "invalid", "must be an object of strings", "body.parameters")
-    for k, v in params.items():
-        if not isinstance(v, str):
-            raise ApiProblem(422, "invalid", "parameter values are strings", f"body.parameters.{k}")
-    return path, dict(params)
-
-
-def _idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not key or len(key) > _MAX_KEY or not key.isprintable():
-        raise ApiProblem(
-            400, "bad_request", f"Idempotency-Key must be 1 to {_MAX_KEY} printable characters"
-        )
-    return key
-
-
-def _by(request: web.Request) -> str:
-    client = request.headers.get("X-Watcherd-Client", "").lower()
-    return client if client in _CLIENTS else "api"
-
-
 # ── pipelines, experiments, datastores ────────────────────────────────────────
 
 
 async def list_pipelines(request: web.Request) -> web.Response:
-    active_only = _bool_param(request, "active_only", False)
+    active_only = parsing.bool_param(request, "active_only", False)
     return _page(await _svc(request).list_pipelines(active_only=active_only))
 
 
@@ -180,6 +76,27 @@ async def enable_pipeline(request: web.Request) -> web.Response:
 
 async def disable_pipeline(request: web.Request) -> web.Response:
     return json_response(await _svc(request).set_pipeline_status(_ident(request), "Disabled"))
+
+
+async def submit_pipeline(request: web.Request) -> web.Response:
+    """`PublishedPipeline.submit`: one run now, with no schedule (409 while Disabled)."""
+    body = await parsing.json_object(request)
+    parsing.unknown_keys(body, parsing.SUBMIT_KEYS)
+    experiment = body.get("experiment_name")
+    if not isinstance(experiment, str):
+        raise ApiProblem(422, "invalid", "required: a string", "body.experiment_name")
+    cosf = body.get("continue_on_step_failure")
+    if cosf is not None and not isinstance(cosf, bool):
+        key = "body.continue_on_step_failure"
+        raise ApiProblem(422, "invalid", "must be true, false or null", key)
+    run = await _svc(request).submit_pipeline(
+        _ident(request),
+        experiment_name=experiment,
+        parameters=parsing.parameters(body),
+        continue_on_step_failure=cosf,
+        by=parsing.by(request),
+    )
+    return json_response(run, status=202, Location=f"{API}/runs/{run.get('id', '')}")
 
 
 async def list_experiments(request: web.Request) -> web.Response:
@@ -207,15 +124,18 @@ async def get_datastore(request: web.Request) -> web.Response:
 
 
 async def list_schedules(request: web.Request) -> web.Response:
-    active_only = _bool_param(request, "active_only", False)
-    pipeline_id = _str_param(request, "pipeline_id")
+    active_only = parsing.bool_param(request, "active_only", False)
+    pipeline_id = parsing.str_param(request, "pipeline_id")
     svc = _svc(request)
     return _page(await svc.list_schedules(active_only=active_only, pipeline_id=pipeline_id))
 
 
 async def create_schedule(request: web.Request) -> web.Response:
-    body = await _json_object(request)
-    created = await _svc(request).create_schedule(body)
+    svc = _svc(request)
+    if request.content_type in parsing.YAML_TYPES:  # SPEC §13: Azure ML v2 schedule YAML
+        created = await svc.create_schedule_yaml(await parsing.yaml_text(request))
+    else:
+        created = await svc.create_schedule(await parsing.json_object(request))
     location = f"{API}/schedules/{created.get('id', '')}"
     return json_response(created, status=201, Location=location)
 
@@ -225,7 +145,7 @@ async def get_schedule(request: web.Request) -> web.Response:
 
 
 async def update_schedule(request: web.Request) -> web.Response:
-    body = await _json_object(request)
+    body = await parsing.json_object(request)
     return json_response(await _svc(request).update_schedule(_ident(request), body))
 
 
@@ -243,45 +163,34 @@ async def disable_schedule(request: web.Request) -> web.Response:
 
 
 async def trigger_schedule(request: web.Request) -> web.Response:
-    key = _idempotency_key(request)
-    path, parameters = _trigger_args(await _json_object(request, optional=True))
+    key = parsing.idempotency_key(request)
+    path, parameters = parsing.trigger_args(await parsing.json_object(request, optional=True))
     run = await _svc(request).trigger_schedule(
         _ident(request),
         path=path,
         parameters=parameters,
-        by=_by(request),
+        by=parsing.by(request),
         idempotency_key=key,
     )
     return json_response(run, status=202, Location=f"{API}/runs/{run.get('id', '')}")
 
 
 async def next_fire_times(request: web.Request) -> web.Response:
-    n = _int_param(request, "n", 5, 1, 100)
+    n = parsing.int_param(request, "n", 5, 1, 100)
     return _page(list(await _svc(request).next_fire_times(_ident(request), n)))
 
 
 # ── runs ──────────────────────────────────────────────────────────────────────
 
 
-def _status_param(request: web.Request) -> str | None:
-    raw = request.query.get("status")
-    if raw is None:
-        return None
-    status = _RUN_STATUSES.get(raw.lower())
-    if status is None:
-        allowed = ", ".join(_RUN_STATUSES.values())
-        raise ApiProblem(400, "bad_request", f"status must be one of {allowed}", "query.status")
-    return status
-
-
 async def list_runs(request: web.Request) -> web.Response:
     try:
         items, cursor = await _svc(request).list_runs(
-            schedule_id=_str_param(request, "schedule_id"),
-            pipeline_id=_str_param(request, "pipeline_id"),
-            status=_status_param(request),
-            limit=_int_param(request, "limit", 50, 1, 1000),
-            cursor=_str_param(request, "cursor"),
+            schedule_id=parsing.str_param(request, "schedule_id"),
+            pipeline_id=parsing.str_param(request, "pipeline_id"),
+            status=parsing.status_param(request),
+            limit=parsing.int_param(request, "limit", 50, 1, 1000),
+            cursor=parsing.cursor_param(request),
         )
     except ValidationError as exc:  # a bad filter or cursor: a query problem, not a body one
         raise ApiProblem(400, "bad_request", exc.message, f"query.{exc.key}") from exc
@@ -305,7 +214,11 @@ async def cancel_run(request: web.Request) -> web.Response:
     return json_response(await _svc(request).cancel_run(_ident(request)))
 
 
-# ── operations ────────────────────────────────────────────────────────────────
+# ── replicas, operations ──────────────────────────────────────────────────────
+
+
+async def list_replicas(request: web.Request) -> web.Response:
+    return _page(await _svc(request).list_replicas())
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -331,6 +244,7 @@ _ROUTES: tuple[tuple[str, str, Any, str], ...] = (
     ("GET", "/pipelines/{id}", get_pipeline, "get_pipeline"),
     ("POST", "/pipelines/{id}/enable", enable_pipeline, "enable_pipeline"),
     ("POST", "/pipelines/{id}/disable", disable_pipeline, "disable_pipeline"),
+    ("POST", "/pipelines/{id}/submit", submit_pipeline, "submit_pipeline"),
     ("GET", "/experiments", list_experiments, "list_experiments"),
     ("GET", "/datastores", list_datastores, "list_datastores"),
     ("GET", "/datastores/{name}", get_datastore, "get_datastore"),
@@ -348,6 +262,7 @@ _ROUTES: tuple[tuple[str, str, Any, str], ...] = (
     ("GET", "/runs/{id}/log", get_run_log, "run_log"),
     ("POST", "/runs/{id}/retry", retry_run, "retry_run"),
     ("POST", "/runs/{id}/cancel", cancel_run, "cancel_run"),
+    ("GET", "/replicas", list_replicas, "list_replicas"),
     ("GET", "/openapi.json", openapi, "openapi"),
 )
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-_MANAGE = ("schedules", "pipelines", "experiments", "runs")
+_MANAGE = ("schedules", "pipelines", "experiments", "runs", "replicas")
 
 
 def _err(msg: str) -> None:
@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     for name in _MANAGE:
         sub.add_parser(name, help=f"manage {name} of a running daemon", add_help=False)
+    # `state copy` parses its own options (watcherd.cli.state_copy): listed here for --help.
+    state = sub.add_parser("state", help="the daemon's stored state", add_help=False)
+    state.add_argument(
+        "action", nargs="?", metavar="copy", help="copy --to URL [--from DIR] [--config FILE]"
+    )
     return p
 
 
@@ -50,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watcherd.cli.watch import main as watch_main
 
         return int(watch_main(args[1:]))
+    if args[:2] == ["state", "copy"]:
+        return _state_copy(args[2:])
     if args and args[0] in _MANAGE:
         from watcherd.cli.manage import main as manage_main
 
@@ -63,8 +70,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(ns.config, os.environ)
     if ns.command == "check-config":
         return _check(ns.config, ns.json, os.environ)
+    if ns.command == "state":
+        _err("usage: watcherd state copy --to URL [--from DIR] [--config FILE]")
+        return 2
     parser.print_help(sys.stderr)
     return 2
+
+
+def _state_copy(argv: list[str]) -> int:
+    """`watcherd state copy …` (SPEC §12): `watcherd.cli.state_copy.main(argv)` with the
+    arguments after `state copy`; imported only when used."""
+    try:
+        from watcherd.cli import state_copy
+    except ImportError as exc:  # e.g. the PostgreSQL driver is not installed
+        _err(f"state copy is not available in this installation ({exc})")
+        return 1
+    return int(state_copy.main(argv))
 
 
 def _load(arg: str | None, env: Mapping[str, str]) -> object:

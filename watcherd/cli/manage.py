@@ -7,72 +7,34 @@ value (422). Lists print an aligned table (`--json`: one JSON document).
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
+import base64
+import binascii
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from watcherd.client import Client, ValidationError, WatcherdError, discover, quote_id
+from watcherd.cli.output import UsageError
+from watcherd.cli.output import details as _details
+from watcherd.cli.output import dump as _dump
+from watcherd.cli.output import err as _err
+from watcherd.cli.output import out as _out
+from watcherd.cli.output import table as _table
+from watcherd.cli.schedule_files import schedules_create, schedules_export
+from watcherd.client import (
+    Client,
+    Discovery,
+    ValidationError,
+    WatcherdError,
+    find_daemon,
+    quote_id,
+)
 
 __all__ = ["main"]
 
 JSON = dict[str, Any]
 Command = Callable[[Client, argparse.Namespace], int]
-
-# Keys `schedules export` writes: the §2 schedule keys, in the config file's order.
-_EXPORT_SKIP = frozenset(
-    {"source", "created_at", "updated_at", "next_fire_times", "trigger_words", "last_run", "error"}
-)
-_MAX_CELL = 48
-
-
-# ── output ────────────────────────────────────────────────────────────────────
-
-
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(f"watcherd: {text}\n")
-
-
-def _dump(data: Any) -> None:
-    _out(json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _cell(value: Any, tty: bool) -> str:
-    if value is None or value == "":
-        text = "-"
-    elif isinstance(value, dict | list):
-        text = json.dumps(value, ensure_ascii=False)
-    else:
-        text = " ".join(str(value).split())
-    if tty and len(text) > _MAX_CELL:
-        text = text[: _MAX_CELL - 1] + "…"
-    return text
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str) -> None:
-    if not rows:
-        _out(empty)
-        return
-    tty = sys.stdout.isatty()
-    cells = [[_cell(v, tty) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    for line in [list(headers), *cells]:
-        text = "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-        if tty:
-            text = text[: shutil.get_terminal_size().columns]
-        _out(text)
-
-
-def _details(data: JSON) -> None:
-    width = max((len(k) for k in data), default=0)
-    for key, value in data.items():
-        _out(f"{key.ljust(width)}  {_cell(value, False)}")
 
 
 def _emit(ns: argparse.Namespace, data: Any, human: Callable[[], None]) -> int:
@@ -174,10 +136,26 @@ def _param(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _trigger_path(ns: argparse.Namespace) -> JSON:
+    """`path`, or `path_b64` for a name that is not UTF-8 (argv holds its bytes as PEP 383
+    surrogates) or was given as `--path-b64`."""
+    if ns.path_b64 is not None:
+        try:
+            base64.b64decode(ns.path_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise UsageError(f"--path-b64: not base64: {ns.path_b64!r}") from None
+        return {"path_b64": ns.path_b64}
+    if ns.path is None:
+        return {}
+    raw = os.fsencode(ns.path)
+    try:
+        return {"path": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"path_b64": base64.b64encode(raw).decode("ascii")}
+
+
 def schedules_trigger(client: Client, ns: argparse.Namespace) -> int:
-    body: JSON = {}
-    if ns.path is not None:
-        body["path"] = ns.path
+    body: JSON = _trigger_path(ns)
     if ns.param:
         body["parameters"] = dict(ns.param)
     run = client.post(
@@ -191,33 +169,6 @@ def schedules_delete(client: Client, ns: argparse.Namespace) -> int:
     client.delete(f"/schedules/{quote_id(s['id'])}")
     result = {"deleted": s["id"], "name": s["name"]}
     return _emit(ns, result, lambda: _out(f"deleted schedule {s['name']} ({s['id']})"))
-
-
-def export_toml(schedules: Sequence[JSON]) -> str:
-    """API-created schedules as `[[schedules]]` tables the config loader accepts."""
-    from watcherd.config.export import toml_key, toml_value
-
-    blocks = []
-    for s in schedules:
-        lines = ["[[schedules]]"]
-        for key, value in s.items():
-            if value is None or key in _EXPORT_SKIP:
-                continue
-            lines.append(f"{toml_key(key)} = {toml_value(value)}")
-        blocks.append("\n".join(lines) + "\n")
-    return "\n".join(blocks)
-
-
-def schedules_export(client: Client, ns: argparse.Namespace) -> int:
-    items = [s for s in client.get("/schedules")["items"] if s.get("source") == "api"]
-    items.sort(key=lambda s: s["name"])
-    if ns.json:
-        _dump(items)
-    elif items:
-        sys.stdout.write(export_toml(items))
-    else:
-        _out("# no API-created schedules")
-    return 0
 
 
 # ── pipelines, experiments ────────────────────────────────────────────────────
@@ -312,6 +263,28 @@ def _run_action(action: str) -> Command:
     return command
 
 
+# ── replicas ──────────────────────────────────────────────────────────────────
+
+
+def replicas_list(client: Client, ns: argparse.Namespace) -> int:
+    """The live replicas (SPEC §12); one without a shared database."""
+    items = client.get("/replicas")["items"]
+    rows = [
+        [
+            r["id"],
+            r.get("host"),
+            r.get("started"),
+            r.get("last_heartbeat"),
+            len(r.get("schedules") or []),
+            r.get("running"),
+            (r.get("config_hash") or "")[:12],
+        ]
+        for r in sorted(items, key=lambda r: r["id"])
+    ]
+    headers = ["ID", "HOST", "STARTED", "LAST HEARTBEAT", "SCHEDULES", "RUNNING", "CONFIG"]
+    return _emit(ns, items, lambda: _table(headers, rows, "no live replicas"))
+
+
 # ── argv ──────────────────────────────────────────────────────────────────────
 
 
@@ -342,10 +315,17 @@ def _schedules(sub: Any) -> None:
     _add(g, "enable", _set_status("schedules", "enable"), "enable a schedule", "schedule")
     _add(g, "disable", _set_status("schedules", "disable"), "disable a schedule", "schedule")
     p = _add(g, "trigger", schedules_trigger, "run a schedule now", "schedule")
-    p.add_argument("--path", help="for a datastore schedule: a file in the watched directory")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--path", help="for a datastore schedule: a file in the watched directory")
+    where.add_argument(
+        "--path-b64", metavar="B64", help="the same, as base64 of the name's bytes (any bytes)"
+    )
     p.add_argument("--param", action="append", type=_param, metavar="K=V", default=[])
     _add(g, "delete", schedules_delete, "delete a Disabled API-created schedule", "schedule")
-    _add(g, "export", schedules_export, "print API-created schedules as TOML")
+    p = _add(g, "export", schedules_export, "print API-created schedules (TOML or v2 YAML)")
+    p.add_argument("--format", choices=("toml", "yaml"), default="toml")
+    p = _add(g, "create", schedules_create, "create a schedule from Azure ML v2 schedule YAML")
+    p.add_argument("--file", required=True, metavar="SCHEDULE.yml", help="YAML file, - for stdin")
 
 
 def _others(sub: Any) -> None:
@@ -369,6 +349,8 @@ def _others(sub: Any) -> None:
     _add(g, "logs", runs_logs, "print a run's kept output", "run")
     _add(g, "retry", _run_action("retry"), "queue a finished run again", "run")
     _add(g, "cancel", _run_action("cancel"), "cancel a Queued or Running run", "run")
+    g = sub.add_parser("replicas", help="replicas").add_subparsers(dest="action", required=True)
+    _add(g, "list", replicas_list, "list the live replicas (SPEC §12)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -379,17 +361,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _call(found: Discovery, ns: argparse.Namespace) -> int:
+    try:
+        client = Client.for_discovery(found)
+    except WatcherdError as exc:  # a URL httpx cannot use: a usage error
+        raise UsageError(exc.message) from None
+    with client:
+        result: int = ns.func(client, ns)
+        return result
+
+
 def main(argv: list[str]) -> int:
     """Run one management command; `argv` starts with the group, e.g. ["schedules", "list"]."""
     try:
         ns = _parser().parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code in (0, None) else 2
-    url, token = discover(ns.url, ns.token)
+    found = find_daemon(ns.url, ns.token)
+    for path, reason in found.skipped:
+        _err(f"warning: ignoring {path}: {reason}")
     try:
-        with Client(url, token) as client:
-            result: int = ns.func(client, ns)
-            return result
+        return _call(found, ns)
+    except UsageError as exc:
+        _err(str(exc))
+        return 2
+
     except ValidationError as exc:
         _err(f"{exc.key_path}: {exc.message}" if exc.key_path else exc.message)
         return 2

@@ -7,12 +7,15 @@
 Everything is synchronous (httpx, no event loop), so it works inside Jupyter. Errors:
 `WatcherdError` (.status .code .message), `ValidationError` (422 or a client-side Azure ML
 check; also a ValueError), `DaemonUnreachable` (also a ConnectionError), `NotFoundError`,
-`ConflictError`, `AuthenticationError`.
+`ConflictError`, `AuthenticationError`, `ActivityFailedException` (a run waited for ended
+Failed or Canceled). The Azure ML v2 shapes are in `watcherd.sdk.v2` (SPEC §13).
 """
 
 from __future__ import annotations
 
+import base64
 import builtins
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
@@ -28,16 +31,18 @@ from watcherd.client import (
     quote_id,
 )
 from watcherd.sdk.objects import (
+    SDK_HEADERS,
     Datastore,
     Experiment,
-    PipelineRun,
     PublishedPipeline,
-    ScheduleRecurrence,
-    TimeZone,
     Workspace,
+    parameters_json,
 )
+from watcherd.sdk.recurrence import ScheduleRecurrence, TimeZone
+from watcherd.sdk.runs import ActivityFailedException, PipelineRun
 
 __all__ = [
+    "ActivityFailedException",
     "AuthenticationError",
     "ConflictError",
     "DaemonUnreachable",
@@ -55,7 +60,6 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
-_SDK = {"X-Watcherd-Client": "sdk"}
 
 
 def _invalid(message: str) -> ValidationError:
@@ -70,17 +74,35 @@ def _text(value: object) -> object:
     return value
 
 
-def _parameters(params: Mapping[str, Any] | None) -> dict[str, str] | None:
-    # Azure ML accepts numbers as parameter values; the daemon keeps strings.
-    if params is None:
-        return None
-    return {str(k): v if isinstance(v, str) else str(v) for k, v in params.items()}
-
-
 def _recurrence(value: ScheduleRecurrence | Mapping[str, Any]) -> JSON:
     if isinstance(value, ScheduleRecurrence):
+        value.validate()  # as Azure ML's Schedule.create and update do
         return value.to_dict()
     return {k: _text(v) for k, v in value.items() if v is not None}
+
+
+def _file_name(path: str | bytes) -> JSON:
+    """`path`, or `path_b64` for a name that is not UTF-8 (bytes, or a str holding undecodable
+    bytes as os.fsdecode does)."""
+    raw = os.fsencode(path)
+    try:
+        return {"path": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"path_b64": base64.b64encode(raw).decode("ascii")}
+
+
+class _TriggerMethod(dict[str, Any]):
+    """`Schedule.trigger`: the v1 method `s.trigger(path=None, parameters=None)`, and also the
+    v2 trigger's dict of a `trigger` schedule (SPEC §13; empty for the other kinds)."""
+
+    def __init__(self, schedule: Schedule, data: Mapping[str, Any] | None) -> None:
+        super().__init__(data or {})
+        self._schedule = schedule
+
+    def __call__(
+        self, path: str | bytes | None = None, parameters: Mapping[str, Any] | None = None
+    ) -> PipelineRun:
+        return self._schedule._trigger_now(path, parameters)
 
 
 def _common(
@@ -93,7 +115,7 @@ def _common(
     body: JSON = {
         "name": name,
         "description": description,
-        "pipeline_parameters": _parameters(pipeline_parameters),
+        "pipeline_parameters": parameters_json(pipeline_parameters),
         "continue_on_step_failure": continue_on_step_failure,
         "status": status,
     }
@@ -112,7 +134,11 @@ class Schedule:
     `recurrence`, `datastore_name`, `polling_interval`, `data_path_parameter_name`,
     `path_on_datastore`, `continue_on_step_failure`; plus `experiment_name`, `cron`,
     `time_zone`, `pipeline_parameters`, `source`, `trigger_words`, `next_fire_times`.
+    A schedule with a v2 `trigger` (SPEC §13) has `recurrence` None and its trigger's dict in
+    `trigger`, which is also the method that runs the schedule now.
     """
+
+    trigger: _TriggerMethod
 
     def __init__(self, workspace: Workspace, data: JSON) -> None:
         self._ws = workspace
@@ -128,6 +154,7 @@ class Schedule:
         self.experiment_name: str = data["experiment_name"]
         rec = data.get("recurrence")
         self.recurrence = ScheduleRecurrence._from_dict(rec) if rec else None
+        self.trigger = _TriggerMethod(self, data.get("trigger"))
         self.cron: str | None = data.get("cron")
         self.time_zone: str | None = data.get("time_zone")
         self.datastore_name: str | None = data.get("datastore")
@@ -142,9 +169,11 @@ class Schedule:
 
     @property
     def schedule_type(self) -> str:
-        """ "Recurrence", "Cron" or "DataStore"."""
+        """ "Recurrence", "Cron", "DataStore", or the v2 trigger's type ("recurrence", "cron")."""
         if self.datastore_name is not None:
             return "DataStore"
+        if self.trigger:
+            return str(self.trigger.get("type", "trigger"))
         return "Cron" if self.cron is not None else "Recurrence"
 
     def _path(self, suffix: str = "") -> str:
@@ -297,9 +326,9 @@ class Schedule:
         datastore for a time schedule, raises ValidationError with Azure ML's message.
         """
         del wait_for_provisioning, wait_timeout
-        if recurrence is not None and self.schedule_type == "DataStore":
+        if recurrence is not None and self.datastore_name is not None:
             raise _invalid("Can not specify a recurrence for a Datastore schedule.")
-        if datastore is not None and self.schedule_type != "DataStore":
+        if datastore is not None and self.datastore_name is None:
             raise _invalid("Can not specify a Datastore for a Recurrence schedule.")
         if status is not None and status not in ("Active", "Disabled"):
             raise _invalid("Status must be either Active or Disabled")
@@ -326,16 +355,15 @@ class Schedule:
 
     # ── runs ──────────────────────────────────────────────────────────────────
 
-    def trigger(
-        self, path: str | None = None, parameters: Mapping[str, Any] | None = None
+    def _trigger_now(
+        self, path: str | bytes | None = None, parameters: Mapping[str, Any] | None = None
     ) -> PipelineRun:
-        """Run now; a datastore schedule needs `path`, a file directly in its directory."""
-        body: JSON = {}
-        if path is not None:
-            body["path"] = path
+        """`s.trigger(path=None, parameters=None)`: run now; a datastore schedule needs `path`,
+        a file directly in its directory (bytes, or str; any name, UTF-8 or not)."""
+        body: JSON = {} if path is None else _file_name(path)
         if parameters is not None:
-            body["parameters"] = _parameters(parameters)
-        data = self._ws._client.post(self._path("/trigger"), body, headers=_SDK)
+            body["parameters"] = parameters_json(parameters)
+        data = self._ws._client.post(self._path("/trigger"), body, headers=SDK_HEADERS)
         return PipelineRun(self._ws, data)
 
     def get_pipeline_runs(self) -> builtins.list[PipelineRun]:

@@ -1,29 +1,27 @@
-"""The SDK's objects other than Schedule: Workspace, Experiment, Datastore, PublishedPipeline,
-PipelineRun, ScheduleRecurrence and TimeZone (import them from `watcherd.sdk`)."""
+"""The SDK's objects other than Schedule: Workspace, Experiment, Datastore, PublishedPipeline
+(import them from `watcherd.sdk`); PipelineRun, ScheduleRecurrence and TimeZone live in
+`runs` and `recurrence` and are re-exported here for older imports."""
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 import weakref
 from collections.abc import Mapping
-from datetime import datetime
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from watcherd.client import (
     Client,
+    UntrustedConfig,
     ValidationError,
-    WatcherdError,
-    discover,
+    find_daemon,
+    log_discovery,
     quote_id,
     read_config_json,
 )
-from watcherd.core import errors as _errors
-from watcherd.core.recurrence import make_recurrence
-from watcherd.core.timezones import WINDOWS_ZONE_NAMES, enum_member_name
+from watcherd.sdk.recurrence import ScheduleRecurrence, TimeZone
+from watcherd.sdk.runs import TERMINAL_STATUSES, PipelineRun, page_link
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -34,21 +32,22 @@ __all__ = [
     "ScheduleRecurrence",
     "TimeZone",
     "Workspace",
+    "parameters_json",
 ]
 
 JSON = dict[str, Any]
-TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Submitted", "Canceled", "Skipped"})
-
-# Azure ML's TimeZone enum: a member's name is its value without non-alphanumerics.
-TimeZone = Enum(  # type: ignore[misc]  # members computed from the 131 Windows names
-    "TimeZone",
-    [(enum_member_name(v), v) for v in WINDOWS_ZONE_NAMES],
-    module=__name__,
-)
+SDK_HEADERS = {"X-Watcherd-Client": "sdk"}
 
 
 def _invalid(message: str, key: str = "") -> ValidationError:
     return ValidationError(message, key_path=key or None)
+
+
+def parameters_json(params: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """Parameter values as the daemon keeps them: Azure ML accepts numbers, watcherd strings."""
+    if params is None:
+        return None
+    return {str(k): v if isinstance(v, str) else str(v) for k, v in params.items()}
 
 
 class Workspace:
@@ -70,21 +69,34 @@ class Workspace:
         token: str | None = None,
     ) -> Workspace:
         """Find the daemon: `$WATCHERD_URL` (+ `$WATCHERD_TOKEN`), `.watcherd/config.json`
-        upward from the working directory, `/run/watcherd/config.json`.
+        upward from the working directory, `/run/watcherd/config.json` (SPEC §7's trust rule:
+        untrusted files are skipped and logged).
 
         Args:
             path: a daemon's config.json, or a directory to search upward from.
             url: an explicit URL (then `token` or `$WATCHERD_TOKEN`).
             token: an explicit API token.
+
+        Raises:
+            ValidationError: `path` is a file that is not a trusted watcherd config.json.
         """
         if path is not None and url is None and Path(path).is_file():
-            found = read_config_json(Path(path))
-            if found is None:
-                raise _invalid(f"{path}: not a watcherd config.json")
-            return cls(found[0], token or found[1])
-        cwd = Path(path) if path is not None else None
-        found_url, found_token = discover(url, token, cwd=cwd)
-        return cls(found_url, found_token)
+            return cls._from_file(Path(path), token)
+        found = find_daemon(url, token, cwd=Path(path) if path is not None else None)
+        log_discovery(found)
+        return cls(found.url, found.token, client=Client.for_discovery(found))
+
+    @classmethod
+    def _from_file(cls, path: Path, token: str | None) -> Workspace:
+        try:
+            found = read_config_json(path)
+        except UntrustedConfig as exc:
+            raise _invalid(exc.message) from None
+        if found is None:
+            raise _invalid(f"{path}: not a watcherd config.json")
+        url, file_token, url_only = found
+        # An explicit token goes with a URL-only file the user named: it is not "found".
+        return cls(url, token if url_only else token or file_token)
 
     def close(self) -> None:
         self._client.close()
@@ -156,6 +168,40 @@ class PublishedPipeline:
     def get(workspace: Workspace, id: str) -> PublishedPipeline:  # noqa: A002 - Azure's name
         return PublishedPipeline(workspace, workspace._client.get(f"/pipelines/{quote_id(id)}"))
 
+    def submit(
+        self,
+        workspace: Workspace,
+        experiment_name: str,
+        pipeline_parameters: Mapping[str, Any] | None = None,
+        continue_on_step_failure: bool | None = None,
+        *,
+        parent_run_id: str | None = None,
+        _workflow_provider: object = None,
+        _service_endpoint: object = None,
+    ) -> PipelineRun:
+        """Start one run of this pipeline now, with no schedule (a manual run).
+
+        Azure ML's `PublishedPipeline.submit`; `parent_run_id` and the private arguments are
+        accepted and ignored. Prints `Submitted PipelineRun <id>` and a link, as Azure ML does.
+
+        Raises:
+            ConflictError: the pipeline is Disabled (409).
+            ValidationError: a bad experiment name or parameter (422).
+        """
+        del parent_run_id, _workflow_provider, _service_endpoint
+        body: JSON = {"experiment_name": experiment_name}
+        if pipeline_parameters is not None:
+            body["parameters"] = parameters_json(pipeline_parameters)
+        if continue_on_step_failure is not None:
+            body["continue_on_step_failure"] = continue_on_step_failure
+        path = f"/pipelines/{quote_id(self.id)}/submit"
+        run = PipelineRun(workspace, workspace._client.post(path, body, headers=SDK_HEADERS))
+        sys.stdout.write(f"Submitted PipelineRun {run.id}\n")
+        link = page_link(workspace.url, run.id)
+        if link:
+            sys.stdout.write(f"Link to the watcherd page: {link}\n")
+        return run
+
     def enable(self) -> None:
         self._load(self._ws._client.post(f"/pipelines/{quote_id(self.id)}/enable"))
 
@@ -168,160 +214,3 @@ class PublishedPipeline:
             f"PublishedPipeline(Name: {self.name}, Id: {self.id}, Status: {self.status}, "
             f"Endpoint: {self.endpoint})"
         )
-
-
-class ScheduleRecurrence:
-    """How often and when a time schedule fires; checked at construction (SPEC §3.1).
-
-    Raises:
-        ValidationError: with Azure ML's message, e.g. "Interval must be an integer greater
-            than 0."
-    """
-
-    def __init__(
-        self,
-        frequency: str,
-        interval: int,
-        start_time: datetime | str | None = None,
-        time_zone: Enum | str | None = None,
-        hours: list[int] | None = None,
-        minutes: list[int] | None = None,
-        week_days: list[str] | None = None,
-        time_of_day: str | None = None,
-    ) -> None:
-        self.frequency = frequency
-        self.interval = interval
-        self.start_time = start_time
-        self.time_zone = time_zone
-        self.hours = hours
-        self.minutes = minutes
-        self.week_days = week_days
-        self.time_of_day = time_of_day
-        self.validate()
-
-    def validate(self) -> None:
-        """Check every rule of §3.1; the first failure raises ValidationError."""
-        try:
-            rec = make_recurrence(
-                self.frequency,
-                self.interval,
-                self.start_time,
-                _zone_name(self.time_zone),
-                self.hours,
-                self.minutes,
-                self.week_days,
-                self.time_of_day,
-            )
-        except _errors.ValidationError as exc:
-            raise _invalid(exc.message, exc.key) from None
-        if self.time_of_day is not None:
-            self.hours, self.minutes = list(rec.hours or ()), list(rec.minutes or ())
-
-    @classmethod
-    def _from_dict(cls, data: Mapping[str, Any]) -> ScheduleRecurrence:
-        """The daemon's (already valid) recurrence, without re-checking it."""
-        self = cls.__new__(cls)
-        self.frequency = data["frequency"]
-        self.interval = data["interval"]
-        self.start_time = data.get("start_time")
-        self.time_zone = data.get("time_zone")
-        self.hours = data.get("hours")
-        self.minutes = data.get("minutes")
-        self.week_days = data.get("week_days")
-        self.time_of_day = None
-        return self
-
-    def to_dict(self) -> JSON:
-        """The `recurrence` object of the API (unset keys left out)."""
-        start = self.start_time
-        if isinstance(start, datetime):
-            start = start.isoformat(timespec="seconds")
-        out: JSON = {"frequency": self.frequency, "interval": self.interval}
-        extra = {
-            "start_time": start,
-            "time_zone": _zone_name(self.time_zone),
-            "hours": self.hours,
-            "minutes": self.minutes,
-            "week_days": self.week_days,
-        }
-        out.update({k: v for k, v in extra.items() if v is not None})
-        return out
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
-        return f"ScheduleRecurrence({args})"
-
-
-def _zone_name(value: object) -> Any:
-    return value.value if isinstance(value, Enum) else value
-
-
-class PipelineRun:
-    """One run of a pipeline for a schedule."""
-
-    def __init__(self, workspace: Workspace, data: JSON) -> None:
-        self._ws = workspace
-        self._load(data)
-
-    def _load(self, data: JSON) -> None:
-        self._data = data
-        self.id: str = data["id"]
-        self.status: str = data["status"]
-        self.schedule_id: str | None = data.get("schedule_id")
-        self.experiment_name: str | None = data.get("experiment_name")
-
-    def _path(self, suffix: str = "") -> str:
-        return f"/runs/{quote_id(self.id)}{suffix}"
-
-    def refresh(self) -> PipelineRun:
-        self._load(self._ws._client.get(self._path()))
-        return self
-
-    def get_status(self) -> str:
-        """The current status (asks the daemon)."""
-        return self.refresh().status
-
-    def get_details(self) -> JSON:
-        """Everything the daemon knows about the run: trigger, attempts, error, times…"""
-        return dict(self.refresh()._data)
-
-    def get_log(self) -> str:
-        """The run's kept output (needs the token)."""
-        return self._ws._client.log(self.id).decode("utf-8", "replace")
-
-    def cancel(self) -> None:
-        self._load(self._ws._client.post(self._path("/cancel")))
-
-    def retry(self) -> None:
-        self._load(self._ws._client.post(self._path("/retry")))
-
-    def wait_for_completion(
-        self,
-        timeout: float | None = None,
-        show_output: bool = False,
-        raise_on_error: bool = False,
-    ) -> str:
-        """Poll until the run is terminal; returns its status.
-
-        Raises:
-            TimeoutError: still not finished after `timeout` seconds.
-            WatcherdError: the run Failed and `raise_on_error` is true.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay, last = 0.1, None
-        while self.get_status() not in TERMINAL_STATUSES:
-            if show_output and self.status != last:
-                sys.stdout.write(f"{self.id}: {self.status}\n")
-            last = self.status
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise TimeoutError(f"run {self.id} still {self.status} after {timeout}s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
-        if show_output:
-            sys.stdout.write(f"{self.id}: {self.status}\n")
-        if raise_on_error and self.status == "Failed":
-            raise WatcherdError(f"run {self.id} failed: {self._data.get('error')}", code="failed")
-        return self.status
-
-    def __repr__(self) -> str:
-        return f"PipelineRun(Id: {self.id}, Status: {self.status})"

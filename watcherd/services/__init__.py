@@ -76,7 +76,10 @@ class Services(Protocol):
         parameters: Mapping[str, str] | None = None,
         by: str = "api",
         idempotency_key: str | None = None,
-    ) -> JSON: ...
+    ) -> JSON:
+        """Run a schedule now; `path` (datastore schedules) may hold undecodable bytes as
+        surrogates, as os.fsdecode gives them."""
+        ...
 
     async def list_runs(
         self,

@@ -367,9 +367,13 @@ class Manager:
             )
         name = f"{prefix}/{rel}" if prefix else rel
         ds = self.config.datastores.get(s.trigger.datastore)
-        if isinstance(ds, LocalDatastore) and not os.path.isfile(ds.root / name):
+        try:  # a raw name arrives as os.fsdecode does it: undecodable bytes as surrogates
+            raw = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise ValidationError(f"{path!r} is not a file name", "path") from None
+        if isinstance(ds, LocalDatastore) and not os.path.isfile(os.path.join(ds.root, raw)):
             raise ValidationError(f"no file {name!r} in datastore {ds.name}", "path")
-        return name.encode()
+        return raw
 
     # ── runs ─────────────────────────────────────────────────────────────────
 

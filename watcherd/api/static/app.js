@@ -12,7 +12,7 @@
 
   const state = {
     token: sessionStorage.getItem(TOKEN_KEY) || "",
-    pipelines: [], schedules: [], runs: [], ready: null,
+    pipelines: [], schedules: [], runs: [], replicas: [], ready: null,
     runsSchedule: null, timer: null, busy: false, lastOk: null,
   };
 
@@ -288,6 +288,13 @@
 
   function renderRuns() {
     const scheds = schedById();
+    const pipes = pipeById();
+    const runName = (r, sched) => {
+      if (r.schedule_name || sched) return r.schedule_name || sched.name;
+      if (r.schedule_id) return r.schedule_id;
+      const pipe = pipes.get(r.pipeline_id);  // a submitted pipeline run has no schedule
+      return (pipe ? pipe.name : r.pipeline_id || "—") + " (submitted)";
+    };
     const rows = state.runs.map((r) => {
       const url = `${API}/runs/${encodeURIComponent(r.id)}`;
       const sched = scheds.get(r.schedule_id);
@@ -295,7 +302,7 @@
         id: "run-" + r.id, status: r.status,
         cells: [
           badge(r.status),
-          h("div", { class: "name" }, h("strong", {}, r.schedule_name || (sched && sched.name) || r.schedule_id),
+          h("div", { class: "name" }, h("strong", {}, runName(r, sched)),
             h("span", { class: "id mono" }, r.id)),
           runTrigger(r),
           timeCell(r.started_at || r.queued_at, "—"),
@@ -321,6 +328,24 @@
     $("runs").replaceChildren(table(
       ["Status", "Schedule", "Trigger", "Started", "Duration", "Exit", "Error", ""], rows,
       "No runs yet. They appear here as soon as a schedule fires."));
+  }
+
+  function renderReplicas() {
+    const rows = state.replicas.map((r) => ({
+      id: "replica-" + r.id, status: "",
+      cells: [
+        nameCell(r.host || "—", r.id),
+        timeCell(r.last_heartbeat, "—"),
+        timeCell(r.started, "—"),
+        h("span", { title: (r.schedules || []).length + " schedule(s) owned" }, String((r.schedules || []).length)),
+        h("span", { class: "mono", title: r.config_hash || "" }, (r.config_hash || "—").slice(0, 12)),
+        r.running === null || r.running === undefined ? "—" : String(r.running),
+      ],
+    }));
+    $("replicas-count").textContent = state.replicas.length > 1 ? String(state.replicas.length) : "";
+    $("replicas").replaceChildren(table(
+      ["Replica", "Last heartbeat", "Started", "Schedules", "Config", "Running"], rows,
+      "No live replica reported."));
   }
 
   function renderSummary() {
@@ -355,16 +380,18 @@
     const runQuery = new URLSearchParams({ limit: "50" });
     if (state.runsSchedule) runQuery.set("schedule_id", state.runsSchedule.id);
     if ($("runs-status").value) runQuery.set("status", $("runs-status").value);
-    const [pipelines, schedules, runs] = await Promise.all([
+    const [pipelines, schedules, runs, replicas] = await Promise.all([
       api("GET", `${API}/pipelines`),
       api("GET", `${API}/schedules`),
       api("GET", `${API}/runs?${runQuery}`),
+      api("GET", `${API}/replicas`).catch((e) => (e.status === 404 ? { items: [] } : Promise.reject(e))),
     ]);
     let ready = null;
     try { ready = await api("GET", "/readyz"); } catch (e) { ready = e.status === 503 ? false : null; }
     state.pipelines = pipelines.items.slice().sort((a, b) => a.name.localeCompare(b.name));
     state.schedules = schedules.items.slice().sort((a, b) => a.name.localeCompare(b.name));
     state.runs = runs.items;
+    state.replicas = replicas.items.slice().sort((a, b) => String(a.id).localeCompare(String(b.id)));
     state.ready = ready;
   }
 
@@ -382,7 +409,7 @@
       await load();
       state.lastOk = new Date();
       setBanner("");
-      renderSummary(); renderPipelines(); renderSchedules(); renderRuns();
+      renderSummary(); renderPipelines(); renderSchedules(); renderRuns(); renderReplicas();
       const readyText = state.ready === false ? "Not ready" : "Running";
       renderHealth(state.ready === false ? "warn" : "ok", readyText, dtf.format(state.lastOk));
     } catch (e) {
