@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -171,11 +172,18 @@ experiment_name = "E"
 recurrence = {{ frequency = "Hour", interval = 1 }}
 """
     clock = _clock()
+
+    def tries() -> int:
+        return counter.read_text().count("x") if counter.exists() else 0
+
     async with running_engine(tmp_path, text, clock) as h:
-        for _ in range(2):  # two backoffs on the injected clock: timers + the run sleep
-            await eventually(lambda: clock.sleepers == 2)
-            await h.advance(seconds=2)
-            await eventually(lambda: clock.sleepers == 1)
+        for n in (2, 3):  # two backoffs, slept on the injected clock
+            await eventually(lambda n=n: h.runs() and h.runs()[0].attempt == n)
+            async with asyncio.timeout(10):
+                # The run saved attempt n, then sleeps on the clock: advance until it ran.
+                while tries() < n:  # noqa: ASYNC110
+                    await h.advance(seconds=2)
+                    await asyncio.sleep(0.01)
         await eventually(lambda: len(h.runs()) == 2)
         await h.settle()
         failed, alert = h.runs()
@@ -286,3 +294,47 @@ recurrence = { frequency = "Day", interval = 1 }
     )
     assert res.returncode == 2
     assert "schedules[0].pipeline:" in res.stderr and "nope" in res.stderr
+
+
+async def test_a_pipeline_submit_has_no_schedule_in_its_environment(tmp_path: Path) -> None:
+    out = tmp_path / "env.json"
+    code = "import os,json,sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+    text = f"""
+[daemon]
+api = ""
+[pipelines.dump]
+kind = "command"
+steps = [[{json.dumps(PY)}, "-c", {json.dumps(code)}, "{out}"]]
+"""
+    async with running_engine(tmp_path, text, _clock()) as h:
+        run = await h.manager.submit_pipeline("dump", experiment_name="Adhoc")
+        await h.settle()
+        (done,) = h.runs()
+    assert done.id == run["id"] and done.status is RunStatus.COMPLETED
+    env = json.loads(out.read_text())
+    assert env["WATCHERD_RUN_ID"] == done.id and env["WATCHERD_EXPERIMENT"] == "Adhoc"
+    assert not [k for k in env if k.startswith("WATCHERD_SCHEDULE_")]
+
+
+async def test_a_blob_named_like_an_option_never_reaches_a_command(tmp_path: Path) -> None:
+    """The engine skips such runs (SPEC §5); the dispatcher refuses them all the same."""
+    from watcherd.core.models import CommandTarget, FileRef, Pipeline, Run
+    from watcherd.dispatch.command import CommandDispatcher
+    from watcherd.engine.ports import RunContext
+
+    marker = tmp_path / "ran"
+    pipeline = Pipeline(
+        id="p", name="p", target=CommandTarget(steps=(("touch", str(marker), "{f}"),))
+    )
+    run = Run(id="r", schedule_id="s", pipeline_id="p", experiment_name="E",
+              status=RunStatus.RUNNING, trigger={"kind": "file"})  # fmt: skip
+    ctx = RunContext(
+        run=run, pipeline=pipeline, schedule=None, parameters={},
+        file=FileRef(datastore="b", relative_path=b"--help", url="https://a/c/--help",
+                     parameter="f"),
+        trigger_time=datetime(2026, 11, 25, tzinfo=UTC), continue_on_step_failure=False,
+        config_dir=tmp_path, attempt=1,
+    )  # fmt: skip
+    outcome = await CommandDispatcher().dispatch(ctx)
+    assert outcome.status is RunStatus.FAILED and "starts with '-'" in (outcome.error or "")
+    assert not marker.exists()

@@ -34,7 +34,8 @@ def test_redact_url() -> None:
 
 
 def test_url_secrets() -> None:
-    assert url_secrets("https://u:pw@h/x?sig=abc") == ["u:pw", "pw", "sig=abc"]
+    assert url_secrets("https://u:pw@h/x?sig=abc") == ["u:pw", "pw", "sig=abc", "abc"]
+    assert url_secrets("https://h/x?sig=abc", values=False) == ["sig=abc"]
     assert url_secrets("https://h/x") == []
 
 

@@ -263,6 +263,9 @@ class Daemon:
                     return 1
                 self._write_discovery(cfg, token_path)
             async with asyncio.TaskGroup() as tg:
+                from watcherd.dispatch.process import Reaper
+
+                reaper = tg.create_task(Reaper().run())  # zombies of adopted orphans (PID 1)
                 engine_task = tg.create_task(engine.run())
                 await engine.started.wait()
                 self.notifier.ready(self._summary())
@@ -288,6 +291,7 @@ class Daemon:
                     h.cancel()
                 engine.stop()
                 await engine_task
+                reaper.cancel()  # after the drain: orphans stopped at shutdown are reaped too
             log.info("daemon_stopped")
         self.notifier.close()
         return 0
@@ -316,7 +320,9 @@ class Daemon:
                 if attempt == 1:
                     log.error("database_unavailable", error=str(exc))
                 delay = backoff_delay(attempt, timedelta(seconds=30))
-                await self.clock.sleep_until(self.clock.now() + timedelta(seconds=delay), self._stop)
+                await self.clock.sleep_until(
+                    self.clock.now() + timedelta(seconds=delay), self._stop
+                )
         return None
 
     async def _trigger_stop(self, trigger: ShutdownTrigger) -> None:
@@ -445,5 +451,8 @@ async def run_daemon(
     clock: Clock | None = None,
 ) -> int:
     """Run a daemon until a signal (or `shutdown_trigger`); returns the exit code."""
+    from watcherd.dispatch.process import set_child_subreaper
+
+    set_child_subreaper()  # orphans of runs stay ours: stoppable (#11.18) and reaped (#17)
     cfg = cfg or config_mod.load(config_path, env)
     return await Daemon(config_path, env, clock=clock).run(cfg, shutdown_trigger=shutdown_trigger)

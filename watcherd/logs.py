@@ -1,4 +1,9 @@
-"""structlog set-up: JSON lines off a TTY, console on one; secrets masked in every event."""
+"""structlog set-up: JSON lines off a TTY, console on one; secrets masked in every event.
+
+Exceptions are formatted to text before the redaction step in both formats: the console
+renderer would otherwise format `exc_info` itself, after redaction, and print a secret quoted
+in an exception message (issue #11 item 13).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from watcherd.core.redact import MASK, make_redactor, redact_url
+from watcherd.core.redact import MASK, make_redactor, redact_urls_in_text
 
 __all__ = ["configure", "redaction_processor"]
 
@@ -35,7 +40,7 @@ def redaction_processor(secrets: Iterable[str]) -> Callable[..., MutableMapping[
         if isinstance(value, str):
             value = scrub(value)
             if "://" in value and ("@" in value or "?" in value):
-                value = redact_url(value) if " " not in value else value
+                value = redact_urls_in_text(value)
             return value
         if isinstance(value, dict):
             return {
@@ -78,7 +83,7 @@ def configure(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if fmt == "json" else _noop,
+            structlog.processors.format_exc_info,  # to text, so that redaction sees it
             redaction_processor(secrets),
             renderer,
         ],
@@ -86,7 +91,3 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-
-
-def _noop(_l: Any, _n: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    return event

@@ -330,3 +330,16 @@ def test_importing_the_module_does_not_import_azure() -> None:
         "sys.exit(any(m.split('.')[0] == 'azure' for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_pipeline_submit_has_no_schedule_tag() -> None:
+    import dataclasses
+
+    ctx = make_ctx("http://x/", file=False)
+    run = dataclasses.replace(ctx.run, schedule_id="")
+    body = azureml_body(dataclasses.replace(ctx, run=run, schedule=None))
+    assert body["Description"] == "train-aml"
+    assert body["tags"] == {
+        "watcherd_run_id": RUN_ID,
+        "watcherd_trigger_time": "2026-11-25T10:15:30Z",
+    }

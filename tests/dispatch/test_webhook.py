@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 from collections.abc import AsyncIterator, Mapping
@@ -189,6 +190,17 @@ async def test_time_run_has_no_data_paths_and_uses_the_description(
     assert "DataPathAssignments" not in body
     assert body["Description"] == "nightly"
     assert body["ParameterAssignments"] == {"epochs": "10", "input_data": "data/latest.csv"}
+
+
+async def test_a_pipeline_submit_has_a_null_schedule(
+    hook: Hook, dispatcher: HttpDispatcher
+) -> None:
+    ctx = make_ctx(hook.url(), file=False)
+    run = dataclasses.replace(ctx.run, schedule_id="", trigger={"kind": "manual", "by": "api"})
+    await dispatcher.dispatch(dataclasses.replace(ctx, run=run, schedule=None))
+    body = hook.seen[0].body
+    assert (body["ScheduleId"], body["ScheduleName"]) == (None, None)
+    assert body["Description"] == "notify"  # the pipeline's description, else its name
 
 
 async def test_500_500_200_two_retryable_then_submitted_with_one_key(

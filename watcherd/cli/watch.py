@@ -11,7 +11,8 @@ Per file: after it becomes eligible, wait until no event for it for `--debounce`
 changed while its command runs is run once more afterwards, with its newest version. At most
 `--jobs` commands run at once. Each command runs in its own session; SIGINT or SIGTERM stops
 the running ones' process groups (SIGINT, 5 s, SIGTERM, 5 s, SIGKILL) and exits 0; a second
-signal skips to SIGKILL.
+signal skips to SIGKILL. Starting and stopping are `dispatch.process`'s, as for the daemon's
+command runs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import structlog
 
 from watcherd.core.durations import parse_duration
 from watcherd.core.models import DatastoreTrigger, LocalDatastore, Schedule
+from watcherd.dispatch.process import WATCH_STOP, ProcessGroup
 from watcherd.engine.clock import SystemClock
 from watcherd.engine.ports import FileChange
 from watcherd.pollers.local import LocalPoller
@@ -40,7 +42,6 @@ __all__ = ["main"]
 log = structlog.get_logger("watcherd.cli.watch")
 
 RESCAN_INTERVAL = timedelta(minutes=1)  # with events on: the safety-net rescan
-STOP_STEPS = ((signal.SIGINT, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, None))
 
 
 class UsageError(Exception):
@@ -211,18 +212,18 @@ class Runner:
         argv = command_for(self._opts.command, path)
         started = time.monotonic()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
-            )
+            group = await ProcessGroup.start(argv)
         except OSError as exc:
             log.error("command_failed", path=_show(path), error=str(exc))
             return
-        log.info("command_started", path=_show(path), pid=proc.pid)
+        log.info("command_started", path=_show(path), pid=group.pid)
         try:
-            code = await proc.wait()
+            code = await group.wait()
         except asyncio.CancelledError:
-            await self._stop(proc)
+            await group.stop(WATCH_STOP, event="command", force=self._force)
             raise
+        finally:
+            await group.close()
         duration = round(time.monotonic() - started, 3)
         log.info("command_finished", path=_show(path), exit_code=code, duration=duration)
 
@@ -235,64 +236,6 @@ class Runner:
     def force(self) -> None:
         """A second signal: kill what is still running now."""
         self._force.set()
-
-    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
-        """Stop the process group of `proc`: SIGINT, 5 s, SIGTERM, 5 s, SIGKILL."""
-        pgid = proc.pid  # a session leader: its pid is its process group id
-        for sig, grace in STOP_STEPS:
-            if self._force.is_set():
-                sig, grace = signal.SIGKILL, None
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                return
-            log.info("command_signalled", pid=pgid, signal=sig.name, grace=grace)
-            if grace is None:
-                await proc.wait()
-                return
-            if await self._wait_group(proc, pgid, grace):
-                log.info("command_stopped", pid=pgid, signal=sig.name)
-                return
-
-    async def _wait_group(self, proc: asyncio.subprocess.Process, pgid: int, grace: float) -> bool:
-        """True once the whole group is gone within `grace` (or a forced kill is asked)."""
-        deadline = time.monotonic() + grace
-        force = asyncio.ensure_future(self._force.wait())
-        exited = asyncio.ensure_future(proc.wait())
-        try:
-            await asyncio.wait({force, exited}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            force.cancel()
-            exited.cancel()
-        if self._force.is_set() or not exited.done() or exited.cancelled():
-            return False
-        if not group_alive(pgid):
-            return True
-        # The leader is gone but others of its group are not: no event tells when they
-        # go, so give them the rest of the grace once, then escalate.
-        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-        return not group_alive(pgid)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is in process group `pgid`."""
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
 
 
 # ── wiring ────────────────────────────────────────────────────────────────────

@@ -3,22 +3,33 @@
 Secrets are the daemon `token`, datastore `connection_string` / `account_key` / `sas_token`,
 every http `headers` value, every command `env` value, and the userinfo and query string of
 every URL. Each shows as `***`.
+
+A secret is also masked in part (issue #11 item 5): a failing endpoint may echo only the token
+of `Authorization: Bearer <token>`, or only the `sig=` value of a secret URL. So every secret
+is searched for together with its parts (`secret_parts`): the credential after an auth scheme
+word, the values of a query string or SAS token (raw and percent-decoded), a URL's userinfo
+and password, and a Basic credential's decoded `user:password` and password.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable, Iterable, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 __all__ = [
     "MASK",
     "MIN_SEARCH_LEN",
     "connection_string_secrets",
     "make_redactor",
+    "query_values",
     "redact",
     "redact_obj",
     "redact_url",
+    "redact_urls_in_text",
+    "secret_parts",
     "url_secrets",
 ]
 
@@ -29,13 +40,20 @@ MASK = "***"
 # key is known (API, page, export), since those never print the value at all.
 MIN_SEARCH_LEN = 4
 
+_SCHEME_WORD = re.compile(r"[A-Za-z][A-Za-z0-9._+-]*")  # "Bearer", "SharedAccessSignature", …
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>\\`]+")
+
 
 def make_redactor(secrets: Iterable[str]) -> Callable[[str], str]:
-    """A function masking each secret (≥ MIN_SEARCH_LEN chars) as `***`, compiled once.
+    """A function masking each secret and its parts (≥ MIN_SEARCH_LEN chars) as `***`.
 
-    Longer secrets are tried first, so a secret containing another is masked whole.
+    Compiled once. Longer texts are tried first, so a secret containing another is masked
+    whole.
     """
-    ordered = sorted({s for s in secrets if len(s) >= MIN_SEARCH_LEN}, key=len, reverse=True)
+    found: set[str] = set()
+    for secret in secrets:
+        found.update(secret_parts(secret))
+    ordered = sorted({s for s in found if len(s) >= MIN_SEARCH_LEN}, key=len, reverse=True)
     if not ordered:
         return _identity
     pattern = re.compile("|".join(re.escape(s) for s in ordered))
@@ -49,6 +67,44 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 def _identity(text: str) -> str:
     return text
+
+
+def secret_parts(secret: str) -> list[str]:
+    """The secret and each part of it a server might echo alone (see the module docstring)."""
+    parts = [secret]
+    text = secret.strip()
+    if not text:
+        return parts
+    if "://" in text:
+        return parts + url_secrets(text)
+    words = text.split()
+    if len(words) == 2 and _SCHEME_WORD.fullmatch(words[0]):
+        scheme, text = words
+        parts.append(text)
+        if scheme.lower() == "basic":
+            parts += _basic_parts(text)
+    if "=" in text and ("&" in text or text.startswith("?")):
+        parts += query_values(text.removeprefix("?"))
+    return parts
+
+
+def _basic_parts(credential: str) -> list[str]:
+    try:
+        decoded = base64.b64decode(credential, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return []
+    user, sep, password = decoded.partition(":")
+    return [decoded, password] if sep and password else [decoded]
+
+
+def query_values(query: str) -> list[str]:
+    """Each value of a query string (or SAS token), as written and percent-decoded."""
+    found: list[str] = []
+    for pair in re.split(r"[&;]", query):
+        _, sep, value = pair.partition("=")
+        if sep and value:
+            found += [value, unquote(value), unquote_plus(value)]
+    return list(dict.fromkeys(v for v in found if v))
 
 
 def redact_url(url: str) -> str:
@@ -69,8 +125,16 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def url_secrets(url: str) -> list[str]:
-    """The secret parts of a URL: its userinfo (and password alone) and its query string."""
+def redact_urls_in_text(text: str) -> str:
+    """`redact_url` applied to every URL found in free text (an exception, an error body)."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def url_secrets(url: str, *, values: bool = True) -> list[str]:
+    """The secret parts of a URL: its userinfo (and password alone) and its query string,
+    with (unless `values` is false) each query value alone."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -81,9 +145,12 @@ def url_secrets(url: str) -> list[str]:
         found.append(userinfo)
         if ":" in userinfo:
             found.append(userinfo.partition(":")[2])
+        found += [unquote(s) for s in found]
     if parts.query:
         found.append(parts.query)
-    return [s for s in found if s]
+        if values:
+            found += query_values(parts.query)
+    return list(dict.fromkeys(s for s in found if s))
 
 
 def connection_string_secrets(conn: str) -> list[str]:

@@ -37,7 +37,13 @@ from watcherd.engine.ports import Outcome, RunContext
 if TYPE_CHECKING:
     from azure.identity.aio import DefaultAzureCredential
 
-__all__ = ["REQUEST_TIMEOUT", "AzureMLDispatcher", "TokenProvider", "azureml_body"]
+__all__ = [
+    "REQUEST_TIMEOUT",
+    "AzureMLDispatcher",
+    "AzureTokens",
+    "TokenProvider",
+    "azureml_body",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -68,11 +74,12 @@ def azureml_body(ctx: RunContext) -> dict[str, Any]:
     if continue_on_failure is not None:
         body["ContinueRunOnStepFailure"] = continue_on_failure
     body["RunSource"] = "API"
-    body["tags"] = {
-        "watcherd_run_id": ctx.run.id,
-        "watcherd_schedule_id": ctx.schedule.id if ctx.schedule else ctx.run.schedule_id,
-        "watcherd_trigger_time": trigger_time_text(ctx.trigger_time),
-    }
+    schedule_id = ctx.schedule.id if ctx.schedule else ctx.run.schedule_id
+    tags = {"watcherd_run_id": ctx.run.id}
+    if schedule_id:  # a pipeline submit has none
+        tags["watcherd_schedule_id"] = schedule_id
+    tags["watcherd_trigger_time"] = trigger_time_text(ctx.trigger_time)
+    body["tags"] = tags
     return body
 
 
@@ -107,18 +114,18 @@ def _remote_id(body: bytes) -> str | None:
     return str(ident) if ident else None
 
 
-class AzureMLDispatcher:
-    """Dispatcher for `azureml` pipelines.
+class AzureTokens:
+    """Azure AD access tokens for the Azure ML dispatchers (azureml, batch_endpoint).
 
     Args:
-        token_provider: returns an Azure AD token for a scope; by default one
-            `azure.identity.aio.DefaultAzureCredential`, created on first use.
+        provider: returns a token for a scope; by default one
+            `azure.identity.aio.DefaultAzureCredential`, created on first use (azure-identity
+            caches and refreshes its tokens).
     """
 
-    def __init__(self, token_provider: TokenProvider | None = None) -> None:
-        self._token_provider = token_provider
+    def __init__(self, provider: TokenProvider | None = None) -> None:
+        self._provider = provider
         self._credential: DefaultAzureCredential | None = None
-        self._poster = JsonPoster()
 
     async def _default_token(self, scope: str) -> str:
         if self._credential is None:
@@ -127,10 +134,34 @@ class AzureMLDispatcher:
             self._credential = DefaultAzureCredential()
         return (await self._credential.get_token(scope)).token
 
-    async def _token(self, scope: str) -> str:
-        provider = self._token_provider or self._default_token
+    async def token(self, scope: str) -> str:
+        """A token for `scope`.
+
+        Raises:
+            DispatchUnavailable: Azure AD could not be reached (retryable).
+            DispatchRejected: no credential works (the message says why).
+        """
+        provider = self._provider or self._default_token
         with _map_token_errors(scope):
             return await provider(scope)
+
+    async def aclose(self) -> None:
+        """Close the default credential, if one was made."""
+        credential, self._credential = self._credential, None
+        if credential is not None:
+            await credential.close()
+
+
+class AzureMLDispatcher:
+    """Dispatcher for `azureml` pipelines.
+
+    Args:
+        token_provider: returns an Azure AD token for a scope (see `AzureTokens`).
+    """
+
+    def __init__(self, token_provider: TokenProvider | None = None) -> None:
+        self._tokens = AzureTokens(token_provider)
+        self._poster = JsonPoster()
 
     async def dispatch(self, ctx: RunContext) -> Outcome:
         """Submit the run; 2xx → Submitted with the PipelineRun's Id as remote_id.
@@ -144,7 +175,7 @@ class AzureMLDispatcher:
             raise TypeError(f"pipeline {ctx.pipeline.name!r} is not an azureml pipeline")
         bound = log.bind(run_id=ctx.run.id, endpoint=redact_url(target.endpoint))
         try:
-            token = await self._token(target.scope)
+            token = await self._tokens.token(target.scope)
         except DispatchRejected as exc:
             bound.warning("azureml_token_failed", error=str(exc))
             return Outcome(status=RunStatus.FAILED, error=str(exc))
@@ -165,6 +196,4 @@ class AzureMLDispatcher:
     async def aclose(self) -> None:
         """Close the HTTP session and the default credential."""
         await self._poster.aclose()
-        credential, self._credential = self._credential, None
-        if credential is not None:
-            await credential.close()
+        await self._tokens.aclose()

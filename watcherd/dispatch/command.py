@@ -1,11 +1,17 @@
-"""Command pipelines: steps of argv run in order, without a shell, each in its own session."""
+"""Command pipelines: steps of argv run in order, without a shell, each in its own session.
+
+A step ends when its process exits, whatever it left behind: a background child holding the
+output pipe must not hold the run (issue #11 item 2). After a short drain of the pipe, what
+remains of the step (its process group, `setsid` descendants, orphans carrying the run's
+`WATCHERD_RUN_ID`) is stopped with SIGTERM, 10 s, SIGKILL, and the run's log says what was
+stopped. Cancellation (timeout, `runs cancel`, shutdown) stops it the same way, also when the
+step's own process has already exited. `process.ProcessGroup` is the one implementation.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 from collections.abc import Mapping
 
 import structlog
@@ -13,14 +19,17 @@ import structlog
 from watcherd.core.errors import DispatchUnavailable
 from watcherd.core.models import CommandTarget, RunStatus
 from watcherd.core.placeholders import expand_bytes
+from watcherd.core.timefmt import format_utc
+from watcherd.dispatch.process import RUN_STOP, ProcessGroup
 from watcherd.engine.ports import Outcome, RunContext
 
-__all__ = ["CommandDispatcher", "build_argv", "build_env", "stop_process_group"]
+__all__ = ["DRAIN", "CommandDispatcher", "build_argv", "build_env", "refusal"]
 
 log = structlog.get_logger(__name__)
 
 _PASS_ENV = ("PATH", "HOME", "LANG", "TZ", "TMPDIR")
-STOP_GRACE = 10.0
+DRAIN = 0.25  # seconds to read what a step wrote once it exited, before stopping the rest
+_KEEP_INTERRUPTED = 64
 
 
 def _file_values(ctx: RunContext) -> tuple[dict[str, bytes], dict[str, bytes]]:
@@ -41,7 +50,10 @@ def build_argv(step: tuple[str, ...], ctx: RunContext) -> list[bytes]:
 
 
 def build_env(ctx: RunContext, target: CommandTarget) -> dict[bytes, bytes]:
-    """The minimal environment of SPEC §5: no API token, no datastore credentials."""
+    """The minimal environment of SPEC §5: no API token, no datastore credentials.
+
+    A run without a schedule (a pipeline submit) has no `WATCHERD_SCHEDULE_*` at all.
+    """
     env: dict[str, str] = {}
     for k, v in os.environ.items():
         if k in _PASS_ENV or k.startswith("LC_"):
@@ -51,12 +63,15 @@ def build_env(ctx: RunContext, target: CommandTarget) -> dict[bytes, bytes]:
             env[k] = os.environ[k]
     env.update(target.env)
     run = ctx.run
+    env["WATCHERD_RUN_ID"] = run.id
+    if ctx.schedule is not None:
+        env["WATCHERD_SCHEDULE_ID"] = ctx.schedule.id
+        env["WATCHERD_SCHEDULE_NAME"] = ctx.schedule.name
+    elif run.schedule_id:  # its schedule was deleted since: the id is still the run's
+        env["WATCHERD_SCHEDULE_ID"] = run.schedule_id
     env.update(
-        WATCHERD_RUN_ID=run.id,
-        WATCHERD_SCHEDULE_ID=run.schedule_id,
-        WATCHERD_SCHEDULE_NAME=ctx.schedule.name if ctx.schedule else "",
         WATCHERD_EXPERIMENT=run.experiment_name,
-        WATCHERD_TRIGGER_TIME=ctx.trigger_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        WATCHERD_TRIGGER_TIME=format_utc(ctx.trigger_time),
         WATCHERD_ATTEMPT=str(ctx.attempt),
         WATCHERD_CONTINUE_ON_STEP_FAILURE="true" if ctx.continue_on_step_failure else "false",
     )
@@ -72,23 +87,16 @@ def build_env(ctx: RunContext, target: CommandTarget) -> dict[bytes, bytes]:
     return out
 
 
-async def stop_process_group(proc: asyncio.subprocess.Process, grace: float = STOP_GRACE) -> None:
-    """SIGTERM the child's process group, wait `grace`, then SIGKILL; logs each step."""
-    if proc.returncode is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        log.info("process_signal", pid=proc.pid, signal=sig.name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            async with asyncio.timeout(grace):
-                await proc.wait()
-            break
-        except TimeoutError:
-            continue
-    # A group member that outlived its leader still gets the final SIGKILL.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def refusal(ctx: RunContext) -> str | None:
+    """Why this run must not start a command at all, or None.
+
+    A blob whose name starts with `-` would read as an option (SPEC §5). The engine skips
+    such runs before dispatch; this is the last line of defence.
+    """
+    f = ctx.file
+    if f is not None and f.local_path is None and f.relative_path.startswith(b"-"):
+        return "blob name starts with '-': it would read as an option, no command was started"
+    return None
 
 
 class _Tail:
@@ -107,22 +115,53 @@ class _Tail:
         return bytes(self.buf[-self.limit :]) if self.limit else b""
 
 
+async def _pump(stream: asyncio.StreamReader, tail: _Tail) -> None:
+    while chunk := await stream.read(65536):
+        tail.add(chunk)
+
+
 class CommandDispatcher:
     """Runs a command pipeline's steps."""
 
+    def __init__(self) -> None:
+        self._interrupted: dict[str, bytes] = {}  # run id -> log of an interrupted attempt
+
+    def partial_log(self, run_id: str) -> bytes | None:
+        """The log of the run's attempt that was cancelled (timeout, cancel, shutdown), once.
+
+        A cancelled dispatch can only re-raise CancelledError; this is where its output and
+        what was stopped can still be had (the runner may store it with the run).
+        """
+        return self._interrupted.pop(run_id, None)
+
     async def dispatch(self, ctx: RunContext) -> Outcome:
+        """Run the steps; a step's non-zero exit in `retry_exit_codes` raises
+        DispatchUnavailable; on cancellation the log so far is kept for `partial_log`."""
         target = ctx.pipeline.target
         assert isinstance(target, CommandTarget)
-        env = build_env(ctx, target)
-        cwd = target.cwd or ctx.config_dir
         tail = _Tail(target.log_limit)
+        try:
+            return await self._dispatch(ctx, target, tail)
+        except asyncio.CancelledError:
+            self._interrupted[ctx.run.id] = tail.value()
+            while len(self._interrupted) > _KEEP_INTERRUPTED:  # never fetched: forget the oldest
+                del self._interrupted[next(iter(self._interrupted))]
+            raise
+
+    async def _dispatch(self, ctx: RunContext, target: CommandTarget, tail: _Tail) -> Outcome:
+        if (why := refusal(ctx)) is not None:
+            log.warning("command_refused", run_id=ctx.run.id, reason=why)
+            return Outcome(status=RunStatus.FAILED, error=why)
+        env = build_env(ctx, target)
+        marker = b"WATCHERD_RUN_ID=" + ctx.run.id.encode()
+        cwd = target.cwd or ctx.config_dir
         codes: list[int] = []
         failed: str | None = None
         for i, step in enumerate(target.steps):
             argv = build_argv(step, ctx)
             tail.add(b"$ " + b" ".join(argv) + b"\n")
             try:
-                code = await self._run_step(argv, env, cwd, tail)
+                code = await self._run_step(i, argv, env, cwd, tail, marker)
             except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
                 tail.add(f"watcherd: cannot start step {i}: {exc}\n".encode())
                 codes.append(127)
@@ -150,25 +189,45 @@ class CommandDispatcher:
 
     @staticmethod
     async def _run_step(
-        argv: list[bytes], env: Mapping[bytes, bytes], cwd: os.PathLike[str] | str, tail: _Tail
+        index: int,
+        argv: list[bytes],
+        env: Mapping[bytes, bytes],
+        cwd: os.PathLike[str] | str,
+        tail: _Tail,
+        marker: bytes,
     ) -> int:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+        """Run one step to its process's exit, then stop whatever it left running."""
+        group = await ProcessGroup.start(
+            argv,
+            env=env,
+            cwd=cwd,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
+            marker=marker,
         )
+        assert group.proc.stdout is not None
+        pump = asyncio.ensure_future(_pump(group.proc.stdout, tail))
+        stopping: asyncio.Future[list[str]] | None = None
         try:
-            assert proc.stdout is not None
-            while chunk := await proc.stdout.read(65536):
-                tail.add(chunk)
-            return await proc.wait()
+            code = await group.wait()
+            await asyncio.wait({pump}, timeout=DRAIN)  # its last words, unless a child holds on
+            stopping = asyncio.ensure_future(group.stop(RUN_STOP))
+            lines = await asyncio.shield(stopping)
+            if lines:
+                await asyncio.wait({pump}, timeout=DRAIN)  # what the stopped ones wrote
+                for line in lines:
+                    tail.add(f"watcherd: step {index} left processes running: {line}\n".encode())
+            return code
         except asyncio.CancelledError:
-            await asyncio.shield(stop_process_group(proc))
+            # Timeout, cancel or shutdown: stop the rest even if the step itself has exited.
+            if stopping is None:
+                stopping = asyncio.ensure_future(group.stop(RUN_STOP))
+            for line in await asyncio.shield(stopping):
+                tail.add(f"watcherd: step {index} interrupted: {line}\n".encode())
             raise
+        finally:
+            pump.cancel()
+            await group.close()
 
     async def aclose(self) -> None:
         return None

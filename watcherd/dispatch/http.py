@@ -4,7 +4,8 @@
 aiohttp session, aiohttp's exceptions mapped in one place, and the status rules of SPEC §5
 (2xx submitted; connection errors, timeouts, 408/429/5xx retryable; any other status fails
 with the status and a short body excerpt). Header values and a URL's userinfo and query
-never appear in an error or a log line.
+never appear in an error or a log line. Placeholders in the URL are put in by
+`dispatch.urls.expand_url`, each value encoded for the part of the URL it lands in.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import structlog
 
 from watcherd.core.errors import DispatchRejected, DispatchUnavailable
 from watcherd.core.models import HttpTarget, RunStatus
-from watcherd.core.placeholders import expand
 from watcherd.core.redact import make_redactor, redact_url, url_secrets
+from watcherd.dispatch.urls import UrlError, expand_url
 from watcherd.engine.ports import Outcome, RunContext
 
 __all__ = [
@@ -85,14 +86,17 @@ def data_path_assignments(ctx: RunContext) -> dict[str, dict[str, str]] | None:
 
 
 def http_body(ctx: RunContext) -> dict[str, Any]:
-    """SPEC §5's HTTP body, exactly: Azure ML's submission shape plus run identity."""
+    """SPEC §5's HTTP body, exactly: Azure ML's submission shape plus run identity.
+
+    A pipeline submit has no schedule: `ScheduleId` and `ScheduleName` are null.
+    """
     schedule = ctx.schedule
     body: dict[str, Any] = {
         "ExperimentName": ctx.run.experiment_name,
         "Description": describe(ctx),
         "RunId": ctx.run.id,
-        "ScheduleId": schedule.id if schedule is not None else ctx.run.schedule_id,
-        "ScheduleName": schedule.name if schedule is not None else "",
+        "ScheduleId": schedule.id if schedule is not None else (ctx.run.schedule_id or None),
+        "ScheduleName": schedule.name if schedule is not None else None,
         "Attempt": ctx.attempt,
         "TriggerTime": trigger_time_text(ctx.trigger_time),
         "ParameterAssignments": parameter_assignments(ctx),
@@ -246,14 +250,18 @@ class HttpDispatcher:
         target = ctx.pipeline.target
         if not isinstance(target, HttpTarget):
             raise TypeError(f"pipeline {ctx.pipeline.name!r} is not an http pipeline")
+        # The template's query values are secrets; values put in by placeholders are not.
         secrets = [*target.headers.values(), *url_secrets(target.url)]
         values, urls = _placeholder_values(ctx)
         try:
-            url = expand(target.url, values, urls)
+            url = expand_url(target.url, values, urls)
         except KeyError as exc:
             error = f"url: no value for placeholder {{{exc.args[0]}}}"
             return Outcome(status=RunStatus.FAILED, error=error)
-        scrub = make_redactor([*secrets, *url_secrets(url)])
+        except UrlError as exc:
+            log.warning("http_url_refused", run_id=ctx.run.id, error=str(exc))
+            return Outcome(status=RunStatus.FAILED, error=f"url: {exc}")
+        scrub = make_redactor([*secrets, *url_secrets(url, values=False)])
         headers = {k: v for k, v in target.headers.items() if k.lower() != "idempotency-key"}
         headers["Idempotency-Key"] = ctx.run.id
         bound = log.bind(run_id=ctx.run.id, url=redact_url(url), attempt=ctx.attempt)

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from watcherd.core.models import Config, CronTrigger, RecurrenceTrigger, Run, Schedule
+from watcherd.core.models import (
+    BlobDatastore,
+    Config,
+    CronTrigger,
+    RecurrenceTrigger,
+    Run,
+    Schedule,
+)
 from watcherd.core.timefmt import parse_utc
 from watcherd.engine.clock import Clock
 from watcherd.engine.ports import RunContext
@@ -48,6 +55,7 @@ def plan_for(
         extra = {}
         if r.trigger.get("kind") == "on_failure" and "failed_run" in r.parameters:
             extra["WATCHERD_FAILED_RUN"] = r.parameters["failed_run"]
+        ds = config.datastores.get(r.file.datastore) if r.file is not None else None
         return RunContext(
             run=r,
             pipeline=p,
@@ -59,6 +67,7 @@ def plan_for(
             config_dir=config.base_dir,
             attempt=attempt,
             extra_env=extra,
+            azureml_datastore=ds.azureml_datastore if isinstance(ds, BlobDatastore) else None,
         )
 
     return Plan(

@@ -354,6 +354,7 @@ class RunContext:
     config_dir: Path
     attempt: int
     extra_env: Mapping[str, str] = field(default_factory=dict)  # e.g. WATCHERD_FAILED_RUN
+    azureml_datastore: str | None = None  # the file's blob datastore's Azure ML name (§13)
 
     @property
     def data_path_parameter_name(self) -> str | None:

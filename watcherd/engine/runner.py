@@ -343,7 +343,11 @@ class Runner:
                 outcome = await self._attempts(run, plan, attempts)
         except TimeoutError:
             text = format_duration(timeout) if timeout else "?"
-            outcome = Outcome(status=RunStatus.FAILED, error=f"timeout after {text}")
+            outcome = Outcome(
+                status=RunStatus.FAILED,
+                error=f"timeout after {text}",
+                log=self._partial_log(plan, run.id),
+            )
         except asyncio.CancelledError:
             with contextlib.suppress(StateError):  # the next start re-queues it anyway
                 await asyncio.shield(self._interrupted(run, attempts))
@@ -358,6 +362,11 @@ class Runner:
             await self._finish(run, plan, outcome, attempts)
         except ClaimLost:  # another replica runs it again: this outcome is not recorded
             log.error("run_claim_lost", status=outcome.status.value)
+
+    def _partial_log(self, plan: Plan, run_id: str) -> bytes:
+        """The output so far of an interrupted run, with what was stopped (command runs)."""
+        partial = getattr(self.dispatchers(plan.pipeline.kind), "partial_log", None)
+        return (partial(run_id) or b"") if partial is not None else b""
 
     async def _attempts(self, run: Run, plan: Plan, attempts: list[dict[str, object]]) -> Outcome:
         attempt = run.attempt

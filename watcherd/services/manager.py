@@ -371,7 +371,9 @@ class Manager:
             raw = name.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             raise ValidationError(f"{path!r} is not a file name", "path") from None
-        if isinstance(ds, LocalDatastore) and not os.path.isfile(os.path.join(ds.root, raw)):
+        if isinstance(ds, LocalDatastore) and not os.path.isfile(
+            os.path.join(os.fsencode(ds.root), raw)
+        ):
             raise ValidationError(f"no file {name!r} in datastore {ds.name}", "path")
         return raw
 
