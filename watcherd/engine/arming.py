@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -37,26 +36,16 @@ from watcherd.engine.ports import (
     SlotBatch,
 )
 from watcherd.engine.runner import Runner
+from watcherd.engine.sink import PollStatus
 from watcherd.engine.timers import Timers
 
-__all__ = ["Arming", "PollStatus"]
+__all__ = ["Arming"]
 
 log = structlog.get_logger(__name__)
 
 CATCH_UP_BATCH = 500  # schedules per catch-up transaction
 
 Persist = Callable[[Callable[[], Awaitable[list[str]]], str], Awaitable[list[str]]]
-
-
-@dataclass(slots=True)
-class PollStatus:
-    """The last poll attempt of one datastore schedule."""
-
-    attempts: int = 0
-    ok: bool = False
-    error: str | None = None
-    last_mono: float | None = None
-    files: int = 0
 
 
 class Arming:
@@ -74,6 +63,7 @@ class Arming:
         pollers: PollerFactory,
         sink: ChangeSink,
         health: PollHealth,
+        poll: dict[str, PollStatus],
         persist: Persist,
     ) -> None:
         self.book = book
@@ -85,7 +75,7 @@ class Arming:
         self.sink = sink
         self.health = health
         self.persist = persist
-        self.poll: dict[str, PollStatus] = {}
+        self.poll = poll  # the sink's: last poll attempt per datastore schedule
         self.standby = False  # this replica's config is not the deployment's: own nothing
         self.alive_until: datetime | None = None  # another replica was alive until then
         self.timers = Timers(

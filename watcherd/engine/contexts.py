@@ -19,8 +19,8 @@ from watcherd.core.models import (
 )
 from watcherd.core.timefmt import parse_utc
 from watcherd.engine.clock import Clock
+from watcherd.engine.execution import Plan
 from watcherd.engine.ports import RunContext
-from watcherd.engine.runner import Plan
 
 __all__ = ["plan_for"]
 

@@ -2,11 +2,13 @@
 
 `prepare()` joins the cluster (one daemon with SQLite), applies the config to the stored
 schedules (`reconcile`, serialized in the store), and takes its schedule leases, catching up
-what was missed (`arming`); `run()` then owns every long-lived task in one TaskGroup until
-`stop()`. The engine is the pollers' ChangeSink and PollHealth, follows changes other
-replicas make, and offers the services layer public operations (save, enable/disable,
-delete, trigger, submit, retry, cancel), so nothing outside touches its state. It is handed
-its store, cluster, pollers and dispatchers through `ports`; it imports no adapter.
+what was missed; `run()` then owns every long-lived task in one TaskGroup until `stop()`.
+Its collaborators: `book` (what it knows of schedules and pipelines), `runner`, `arming`
+(leases, timers, pollers), `sink` (what the pollers report to), `follower` (changes other
+replicas make). It offers the services layer public operations (save, enable/disable,
+delete, trigger, submit, retry, cancel), so nothing outside touches its state; it is handed
+its store, cluster, pollers and dispatchers through `ports` and imports no adapter.
+(~430 lines: the operations and the lifecycle read the same state; one class says so.)
 """
 
 from __future__ import annotations
@@ -16,19 +18,17 @@ import dataclasses
 import hashlib
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TypeVar
 
 import structlog
 
-from watcherd.core.errors import Conflict, LeaseLost, NotFound, StateError, ValidationError
+from watcherd.core.errors import Conflict, NotFound, StateError, ValidationError
 from watcherd.core.models import (
-    BlobDatastore,
     Config,
     CronTrigger,
     DatastoreTrigger,
-    FileRef,
     RecurrenceTrigger,
     Run,
     RunStatus,
@@ -38,24 +38,21 @@ from watcherd.core.models import (
     StoredSchedule,
 )
 from watcherd.core.runs import (
-    NewRun,
     concurrency_gate,
-    file_run,
     manual_run,
     submit_run,
 )
 from watcherd.core.slots import new_timer, trigger_key, upcoming
-from watcherd.engine.arming import Arming, PollStatus
+from watcherd.engine.arming import Arming
 from watcherd.engine.book import ScheduleBook
 from watcherd.engine.clock import Clock
 from watcherd.engine.contexts import plan_for
+from watcherd.engine.follow import ChangeFollower
 from watcherd.engine.metrics import Metrics
 from watcherd.engine.ports import (
-    Change,
     Cluster,
     ConfigWrite,
     DispatcherFactory,
-    FileChange,
     PollerFactory,
     Reading,
     ReplicaInfo,
@@ -64,6 +61,7 @@ from watcherd.engine.ports import (
 from watcherd.engine.reconcile import Reconciled, reconcile
 from watcherd.engine.retry import StoreHealth, persist
 from watcherd.engine.runner import Plan, Runner
+from watcherd.engine.sink import FileSink, PollStatus
 
 __all__ = ["Engine", "PollStatus", "config_hash"]
 
@@ -115,6 +113,17 @@ class Engine:
             dispatchers=dispatchers,
             max_concurrent=config.daemon.max_concurrent_runs,
         )
+        self.sink = FileSink(
+            self.book,
+            store=store,
+            runner=self.runner,
+            pollers=pollers,
+            clock=clock,
+            metrics=self.metrics,
+            persist=self._persist,
+            fence=lambda sid: self.arming.leases.epoch(sid),
+            lease_lost=lambda sid: self.arming.leases.lost(sid),
+        )
         self.arming = Arming(
             self.book,
             store=store,
@@ -123,12 +132,21 @@ class Engine:
             metrics=self.metrics,
             runner=self.runner,
             pollers=pollers,
-            sink=self,
-            health=self,
+            sink=self.sink,
+            health=self.sink,
+            poll=self.sink.poll,
             persist=self._persist,
         )
         self.timers = self.arming.timers
-        self.poll = self.arming.poll
+        self.poll = self.sink.poll
+        self.follower = ChangeFollower(
+            self.book,
+            cluster=cluster,
+            store=store,
+            arming=self.arming,
+            runner=self.runner,
+            clock=clock,
+        )
         self._stop = asyncio.Event()
 
     @property
@@ -202,46 +220,6 @@ class Engine:
         for sid, why in plan.broken.items():
             log.error("schedule_error", schedule=plan.rows[sid].name, id=sid, error=why)
 
-    # ── changes made by other replicas ───────────────────────────────────────
-
-    async def _follow(self) -> None:
-        async for change in self.cluster.changes():
-            try:
-                await self._on_change(change)
-            except StateError as exc:  # a reconnect brings a "resync"
-                log.warning("change_not_applied", kind=change.kind, error=str(exc))
-
-    async def _on_change(self, change: Change) -> None:
-        if change.kind == "schedule":
-            row = await self.store.load_schedule(change.ident)
-            if row is None:
-                self.arming.disarm(change.ident)
-                self.book.drop(change.ident)
-            elif self.book.rows.get(row.id) != row:
-                self.book.put(row, self.book.from_row(row))
-                await self.arming.refresh(row.id)
-        elif change.kind == "pipeline":
-            pipes = await self.store.load_pipelines()
-            for pid, prow in pipes.items():
-                self.book.pipeline_status[pid] = Status(prow.status)
-        elif change.kind == "runs":
-            await self.runner.refresh()
-        elif change.kind == "cancel":
-            await self.runner.cancel_here(change.ident)
-        elif change.kind == "resync":
-            await self._resync()
-
-    async def _resync(self) -> None:
-        """Notifications may have been missed: re-read everything cached."""
-        rows = {r.id: r for r in await self.store.load_schedules()}
-        plan = reconcile(self.config, rows, await self.store.load_pipelines(), self.clock.now())
-        old, old_rows = dict(self.book.schedules), dict(self.book.rows)
-        self.book.load(self.config, dataclasses.replace(plan, rows=rows))
-        for sid in set(old) | set(self.book.schedules):
-            if old.get(sid) != self.book.schedules.get(sid) or old_rows.get(sid) != rows.get(sid):
-                await self.arming.refresh(sid)
-        await self.runner.refresh()
-
     # ── runs ─────────────────────────────────────────────────────────────────
 
     def _resolve(self, run: Run) -> Plan | str | None:
@@ -254,98 +232,6 @@ class Engine:
         if self.standby:
             return None
         return plan_for(run, self.config, self.book.schedules, self.clock)
-
-    def _refused_name(self, s: Schedule, name: bytes) -> str | None:
-        """SPEC §5: a blob whose name starts with "-" would read as an option of a command."""
-        p = self.config.pipeline_by_id(s.pipeline)
-        t = s.trigger
-        if p is None or p.kind != "command" or not isinstance(t, DatastoreTrigger):
-            return None
-        ds = self.config.datastores.get(t.datastore)
-        if isinstance(ds, BlobDatastore) and name.startswith(b"-"):
-            return "a blob name starting with '-' would read as an option: no command run"
-        return None
-
-    def _file_ref(self, s: Schedule, name: bytes, version: str) -> FileRef:
-        assert isinstance(s.trigger, DatastoreTrigger)
-        ds = self.config.datastores[s.trigger.datastore]
-        local, url = self._pollers.locate(ds, name)
-        return FileRef(
-            datastore=ds.name,
-            relative_path=name,
-            local_path=local,
-            url=url,
-            version=version,
-            parameter=s.trigger.data_path_parameter_name,
-        )
-
-    # ── the pollers' ChangeSink and PollHealth ───────────────────────────────
-
-    async def load_snapshot(self, schedule_id: str, baseline_key: str) -> dict[bytes, str] | None:
-        return await self.store.load_snapshot(schedule_id, baseline_key)
-
-    async def load_marker(self, schedule_id: str, baseline_key: str) -> str | None:
-        return await self.store.load_marker(schedule_id, baseline_key)
-
-    async def commit(
-        self,
-        schedule_id: str,
-        baseline_key: str,
-        upserts: Sequence[tuple[bytes, str]],
-        deletes: Sequence[bytes],
-        fire: Sequence[FileChange],
-        marker: str | None = None,
-    ) -> int:
-        s = self.book.schedules.get(schedule_id)
-        now = self.clock.now()
-        runs: list[NewRun] = []
-        if s is not None and fire and self.book.runnable(s):
-            pipeline = self.config.pipeline_by_id(s.pipeline)
-            for ch in fire:
-                run = file_run(s, pipeline, self._file_ref(s, ch.name, ch.version))
-                if (why := self._refused_name(s, ch.name)) is not None:
-                    log.warning("file_skipped", path=run.trigger["path"], reason=why)
-                    run = run.skipped(why)
-                runs.append(run)
-                if ch.modified is not None:  # the one detection-lag observation per file
-                    self.metrics.detection_lag.labels(schedule=s.name).observe(
-                        max(0.0, (now - ch.modified).total_seconds())
-                    )
-        epoch = self.arming.leases.epoch(schedule_id)
-        try:
-            ids = await self._persist(
-                lambda: self.store.commit_changes(
-                    schedule_id, baseline_key, upserts, deletes, runs, now, marker, epoch
-                ),
-                "snapshot",
-            )
-        except LeaseLost:  # another replica owns this schedule now: stop its poller
-            self.arming.leases.lost(schedule_id)
-            raise
-        if fire and len(ids) < len(fire):  # the poller logs each file_changed itself
-            log.info(
-                "changes_not_run",
-                schedule=s.name if s else schedule_id,
-                changes=len(fire),
-                runs=len(ids),
-                reason="schedule or pipeline Disabled, or already recorded",
-            )
-        self.runner.enqueue_new(runs, ids, now)
-        return len(ids)
-
-    def pending(self, schedule_id: str) -> int:
-        return self.runner.queued(schedule_id)
-
-    async def wait_below(self, schedule_id: str, limit: int) -> None:
-        await self.runner.wait_queued_below(schedule_id, limit)
-
-    def poll_finished(
-        self, schedule_id: str, *, ok: bool, duration: float, files: int, error: str | None
-    ) -> None:
-        st = self.arming.poll.setdefault(schedule_id, PollStatus())
-        st.attempts += 1
-        st.ok, st.error, st.files = ok, error, files
-        st.last_mono = self.clock.monotonic()
 
     # ── operations for the services layer ────────────────────────────────────
 
@@ -423,9 +309,9 @@ class Engine:
         """Run a schedule now (SPEC §5 manual runs); returns the run id."""
         if self.book.pipeline_status.get(s.pipeline) is not Status.ACTIVE:
             raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
-        if path is not None and (why := self._refused_name(s, path)) is not None:
+        if path is not None and (why := self.sink.refused_name(s, path)) is not None:
             raise ValidationError(why, "path")
-        file = self._file_ref(s, path, "") if path is not None else None
+        file = self.sink.file_ref(s, path, "") if path is not None else None
         run = manual_run(
             s,
             self.config.pipeline_by_id(s.pipeline),
@@ -521,7 +407,7 @@ class Engine:
         """Own the runner, the timers, the pollers and the lease keeper until stop()."""
         async with asyncio.TaskGroup() as tg:
             runner = tg.create_task(self.runner.run())
-            follow = tg.create_task(self._follow())
+            follow = tg.create_task(self.follower.run())
             self.arming.start(tg)
             self.started_mono = self.clock.monotonic()
             self.started.set()

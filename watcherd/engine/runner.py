@@ -11,47 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import TypeVar
 
 import structlog
 
-from watcherd.core.durations import format_duration
-from watcherd.core.errors import ClaimLost, StateError, TransientError
-from watcherd.core.models import TERMINAL, Pipeline, Run, RunStatus
-from watcherd.core.runs import NewRun, on_failure_run
-from watcherd.core.timefmt import format_utc
+from watcherd.core.models import TERMINAL, Run, RunStatus
+from watcherd.core.runs import NewRun
 from watcherd.engine.clock import Clock
+from watcherd.engine.execution import Execution, Plan
 from watcherd.engine.metrics import Metrics
 from watcherd.engine.ports import (
-    Claim,
     ClaimResult,
     DispatcherFactory,
-    Outcome,
-    RunContext,
     RunStore,
 )
-from watcherd.engine.retry import StoreHealth, backoff_delay, persist
+from watcherd.engine.retry import StoreHealth, persist
 
-__all__ = ["Plan", "Runner"]
+__all__ = ["Plan", "Runner"]  # Plan: re-exported from execution
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What the engine resolved for a run from the current config."""
-
-    pipeline: Pipeline
-    schedule_name: str
-    serial: bool  # the schedule's concurrency is "queue": one run at a time
-    make_context: Callable[[Run, int], RunContext]
 
 
 # A Plan; or why the run cannot be dispatched (it then ends Failed); or None: not on this
@@ -89,8 +72,7 @@ class Runner:
         self._running_by_schedule: Counter[str] = Counter()
         self._busy_files: set[tuple[str, bytes]] = set()
         self._queued_files: Counter[tuple[str, bytes]] = Counter()
-        self._cancel_requested: set[str] = set()
-        self._attempt: dict[str, int] = {}  # running run id → the attempt this replica holds
+        self._executions: dict[str, Execution] = {}
         self._busy_elsewhere: set[str] = set()  # BUSY at claim time: wait for a refresh
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
@@ -261,7 +243,6 @@ class Runner:
 
     def _release(self, run: Run) -> None:
         self._running.pop(run.id, None)
-        self._attempt.pop(run.id, None)
         self._running_by_schedule[run.schedule_id] -= 1
         key = _file_key(run)
         if key is not None:
@@ -281,202 +262,61 @@ class Runner:
 
     # ── one run ──────────────────────────────────────────────────────────────
 
-    async def _move(self, run_id: str, to: RunStatus, **fields: Any) -> tuple[bool, list[str]]:
-        """A durable status change (see `RunStore.transition_run`); a move out of Running is
-        conditional on this replica's claim (SPEC §12)."""
-        attempt = self._attempt.get(run_id)
-        claim = Claim(self.replica_id, attempt) if attempt is not None else None
-        return await self._persist(
-            lambda: self.store.transition_run(
-                run_id, to, now=self.clock.now(), claim=claim, **fields
-            ),
-            f"run {to.value}",
-        )
-
     def _requeue_local(self, run: Run) -> None:
         """Claim said BUSY: keep the run Queued here, untried until the next refresh."""
         self._busy_elsewhere.add(run.id)
         self._add([run])
 
     async def _finish_unresolvable(self, run: Run, why: str) -> None:
-        await self._move(run.id, RunStatus.FAILED, among=[RunStatus.QUEUED], error=why,
-                         finished_at=self.clock.now())  # fmt: skip
+        now = self.clock.now()
+        await self._persist(
+            lambda: self.store.transition_run(
+                run.id,
+                RunStatus.FAILED,
+                among=[RunStatus.QUEUED],
+                now=now,
+                error=why,
+                finished_at=now,
+            ),  # fmt: skip
+            "run Failed",
+        )
         log.error("run_failed", run_id=run.id, error=why)
         self.metrics.runs.labels(status="Failed", pipeline=run.pipeline_id).inc()
 
     async def _execute(self, run: Run, plan: Plan) -> None:
-        now = self.clock.now()
+        execution = Execution(
+            run,
+            plan,
+            store=self.store,
+            clock=self.clock,
+            metrics=self.metrics,
+            health=self.health,
+            replica_id=self.replica_id,
+            dispatcher=self.dispatchers(plan.pipeline.kind),
+        )
+        self._executions[run.id] = execution
         try:
             with structlog.contextvars.bound_contextvars(
                 run_id=run.id, schedule=plan.schedule_name
             ):
-                claimed = await self._persist(
-                    lambda: self.store.claim_run(
-                        run.id, replica_id=self.replica_id, now=now, serial=plan.serial
-                    ),
-                    "run claim",
-                )
+                claimed = await execution.claim()
                 if claimed is ClaimResult.BUSY:  # its file or schedule runs on another replica
                     self._requeue_local(run)
                     return
-                if claimed is ClaimResult.GONE:  # canceled, skipped or claimed elsewhere
-                    return
-                self._attempt[run.id] = run.attempt
-                if run.queued_at is not None:
-                    self.metrics.dispatch_lag.observe(
-                        max(0.0, (now - run.queued_at).total_seconds())
-                    )
-                self.metrics.runs.labels(status="Running", pipeline=run.pipeline_id).inc()
-                log.info(
-                    "run_started", pipeline=plan.pipeline.name, attempt=run.attempt,
-                    trigger=dict(run.trigger),
-                )  # fmt: skip
-                await self._run_to_end(run, plan)
+                if claimed is ClaimResult.CLAIMED:  # GONE: canceled, skipped, taken elsewhere
+                    followups, ids = await execution.run()
+                    if ids:
+                        self.enqueue_new(followups, ids, self.clock.now())
         finally:
+            self._executions.pop(run.id, None)
             self._release(run)
-
-    async def _run_to_end(self, run: Run, plan: Plan) -> None:
-        attempts: list[dict[str, object]] = [dict(a) for a in run.attempts]
-        timeout = plan.pipeline.timeout
-        try:
-            async with asyncio.timeout(timeout.total_seconds() if timeout else None):
-                outcome = await self._attempts(run, plan, attempts)
-        except TimeoutError:
-            text = format_duration(timeout) if timeout else "?"
-            outcome = Outcome(
-                status=RunStatus.FAILED,
-                error=f"timeout after {text}",
-                log=self._partial_log(plan, run.id),
-            )
-        except asyncio.CancelledError:
-            with contextlib.suppress(StateError):  # the next start re-queues it anyway
-                await asyncio.shield(self._interrupted(run, attempts))
-            raise
-        except ClaimLost:
-            log.error("run_claim_lost", reason="re-queued by another replica meanwhile")
-            return
-        except Exception as exc:  # a dispatcher bug must not take the daemon down
-            log.exception("dispatch_crashed")
-            outcome = Outcome(status=RunStatus.FAILED, error=f"internal error: {exc!r}")
-        try:
-            await self._finish(run, plan, outcome, attempts)
-        except ClaimLost:  # another replica runs it again: this outcome is not recorded
-            log.error("run_claim_lost", status=outcome.status.value)
-
-    def _partial_log(self, plan: Plan, run_id: str) -> bytes:
-        """The output so far of an interrupted run, with what was stopped (command runs)."""
-        partial = getattr(self.dispatchers(plan.pipeline.kind), "partial_log", None)
-        return (partial(run_id) or b"") if partial is not None else b""
-
-    async def _attempts(self, run: Run, plan: Plan, attempts: list[dict[str, object]]) -> Outcome:
-        attempt = run.attempt
-        dispatcher = self.dispatchers(plan.pipeline.kind)
-        while True:
-            ctx = plan.make_context(run, attempt)
-            started = self.clock.now()
-            try:
-                outcome = await dispatcher.dispatch(ctx)
-            except TransientError as exc:
-                attempts.append(_attempt_record(attempt, started, self.clock.now(), error=str(exc)))
-                if attempt >= plan.pipeline.retry.attempts:
-                    return Outcome(
-                        status=RunStatus.FAILED,
-                        error=f"retries exhausted after {attempt} attempts: {exc}",
-                    )
-                delay = backoff_delay(attempt, plan.pipeline.retry.max_delay, exc.retry_after)
-                attempt += 1
-                nxt = self.clock.now() + timedelta(seconds=delay)
-                log.warning("run_retry", attempt=attempt, delay=round(delay, 3), error=str(exc))
-                await self._persist(
-                    functools.partial(
-                        self.store.update_running,
-                        run.id,
-                        claim=Claim(self.replica_id, self._attempt.get(run.id, attempt - 1)),
-                        attempt=attempt,
-                        next_attempt_at=nxt,
-                        attempts=list(attempts),
-                    ),
-                    "run retry",
-                )
-                self._attempt[run.id] = attempt
-                await self.clock.sleep(delay)
-                continue
-            attempts.append(
-                _attempt_record(
-                    attempt,
-                    started,
-                    self.clock.now(),
-                    error=outcome.error,
-                    exit_codes=list(outcome.exit_codes),
-                    http_status=outcome.http_status,
-                )
-            )
-            return outcome
-
-    async def _interrupted(self, run: Run, attempts: list[dict[str, object]]) -> None:
-        now = self.clock.now()
-        attempt = self._attempt.get(run.id, run.attempt)
-        claim = Claim(self.replica_id, attempt)
-        if run.id in self._cancel_requested:
-            self._cancel_requested.discard(run.id)
-            await self.store.transition_run(
-                run.id, RunStatus.CANCELED, among=[RunStatus.RUNNING], now=now, claim=claim,
-                finished_at=now, error="canceled", attempts=attempts, next_attempt_at=None,
-            )  # fmt: skip
-            self.metrics.runs.labels(status="Canceled", pipeline=run.pipeline_id).inc()
-            log.info("run_canceled")
-            return
-        await self.store.transition_run(
-            run.id, RunStatus.QUEUED, among=[RunStatus.RUNNING], now=now, claim=claim,
-            error="interrupted by shutdown", attempt=attempt + 1, attempts=attempts,
-            next_attempt_at=None,
-        )  # fmt: skip
-        log.warning("run_requeued", reason="interrupted by shutdown")
-
-    async def _finish(
-        self, run: Run, plan: Plan, outcome: Outcome, attempts: list[dict[str, object]]
-    ) -> None:
-        now = self.clock.now()
-        followups: list[NewRun] = []
-        if (
-            outcome.status is RunStatus.FAILED
-            and plan.pipeline.on_failure
-            and run.trigger.get("kind") != "on_failure"
-        ):
-            followups.append(
-                on_failure_run(
-                    run, plan.pipeline.on_failure, error=outcome.error, exit_code=outcome.exit_code
-                )
-            )
-        _, new = await self._move(
-            run.id,
-            outcome.status,
-            among=[RunStatus.RUNNING],
-            followups=followups,
-            finished_at=now,
-            error=outcome.error,
-            exit_code=outcome.exit_code,
-            remote_id=outcome.remote_id,
-            log=outcome.log,
-            attempts=attempts,
-            next_attempt_at=None,
-        )
-        self.metrics.runs.labels(status=outcome.status.value, pipeline=run.pipeline_id).inc()
-        log.info(
-            "run_finished",
-            status=outcome.status.value,
-            exit_code=outcome.exit_code,
-            error=outcome.error,
-        )
-        if new:
-            self.enqueue_new(followups, new, now)
 
     # ── control ──────────────────────────────────────────────────────────────
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a Queued or Running run; False when it is neither."""
         if run_id in self._running:
-            self._cancel_requested.add(run_id)
+            self._mark_canceled(run_id)
             self._running[run_id].cancel()
             return True
         r = self._remove_queued(run_id)
@@ -492,10 +332,15 @@ class Runner:
     async def cancel_here(self, run_id: str) -> None:
         """Another replica asked to cancel a run: stop it if it runs here."""
         if run_id in self._running:
-            self._cancel_requested.add(run_id)
+            self._mark_canceled(run_id)
             self._running[run_id].cancel()
         elif self._remove_queued(run_id) is not None:
             await self._notify_changed()
+
+    def _mark_canceled(self, run_id: str) -> None:
+        execution = self._executions.get(run_id)
+        if execution is not None:
+            execution.canceled = True
 
     def runs_here(self, run_id: str) -> bool:
         return run_id in self._running
@@ -542,15 +387,3 @@ def _file_key(run: Run) -> tuple[str, bytes] | None:
     if run.path is None or run.trigger.get("kind") != "file":
         return None
     return (run.schedule_id, run.path)
-
-
-def _attempt_record(
-    attempt: int, start: datetime, end: datetime, **fields: object
-) -> dict[str, object]:
-    rec: dict[str, object] = {
-        "attempt": attempt,
-        "start": format_utc(start, micro=True),
-        "end": format_utc(end, micro=True),
-    }
-    rec.update({k: v for k, v in fields.items() if v not in (None, [])})
-    return rec

@@ -1,0 +1,260 @@
+"""`Execution`: one claimed run, from its first attempt to its recorded end.
+
+It tries the dispatcher, backs off on retryable failures (the run stays Running with
+`next_attempt_at`), bounds the whole run by the pipeline's `timeout`, and records the end:
+Completed/Failed/Submitted, Canceled, or Queued again when the daemon stops. Every write out
+of Running carries this replica's claim (SPEC §12): refused, the outcome is not recorded and
+`run_claim_lost` is logged — another replica runs it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import structlog
+
+from watcherd.core.durations import format_duration
+from watcherd.core.errors import ClaimLost, StateError, TransientError
+from watcherd.core.models import Pipeline, Run, RunStatus
+from watcherd.core.runs import NewRun, on_failure_run
+from watcherd.core.timefmt import format_utc
+from watcherd.engine.clock import Clock
+from watcherd.engine.metrics import Metrics
+from watcherd.engine.ports import (
+    Claim,
+    ClaimResult,
+    Dispatcher,
+    Outcome,
+    RunContext,
+    RunStore,
+)
+from watcherd.engine.retry import StoreHealth, backoff_delay, persist
+
+__all__ = ["Execution", "Plan"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the engine resolved for a run from the current config."""
+
+    pipeline: Pipeline
+    schedule_name: str
+    serial: bool  # the schedule's concurrency is "queue": one run at a time
+    make_context: Callable[[Run, int], RunContext]
+
+
+class Execution:
+    """Runs one claimed run to its end (`run()`), or records why it stopped."""
+
+    def __init__(
+        self,
+        run: Run,
+        plan: Plan,
+        *,
+        store: RunStore,
+        clock: Clock,
+        metrics: Metrics,
+        health: StoreHealth,
+        replica_id: str,
+        dispatcher: Dispatcher,
+    ) -> None:
+        self.run_ = run
+        self.plan = plan
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.health = health
+        self.replica_id = replica_id
+        self.dispatcher = dispatcher
+        self.attempt = run.attempt  # the attempt this replica holds the claim at
+        self.attempts: list[dict[str, object]] = [dict(a) for a in run.attempts]
+        self.canceled = False  # set before the task is cancelled by `runs cancel`
+
+    async def _persist(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        return await persist(op, clock=self.clock, health=self.health, what=what)
+
+    async def claim(self) -> ClaimResult:
+        """Queued → Running for this replica (BUSY/GONE leave it to others)."""
+        now = self.clock.now()
+        run = self.run_
+        claimed = await self._persist(
+            lambda: self.store.claim_run(
+                run.id, replica_id=self.replica_id, now=now, serial=self.plan.serial
+            ),
+            "run claim",
+        )
+        if claimed is ClaimResult.CLAIMED:
+            if run.queued_at is not None:
+                self.metrics.dispatch_lag.observe(max(0.0, (now - run.queued_at).total_seconds()))
+            self.metrics.runs.labels(status="Running", pipeline=run.pipeline_id).inc()
+            log.info(
+                "run_started", pipeline=self.plan.pipeline.name, attempt=run.attempt,
+                trigger=dict(run.trigger),
+            )  # fmt: skip
+        return claimed
+
+    async def run(self) -> tuple[list[NewRun], list[str]]:
+        """Attempt until done; returns the follow-up runs (on_failure) and their Queued ids."""
+        timeout = self.plan.pipeline.timeout
+        try:
+            async with asyncio.timeout(timeout.total_seconds() if timeout else None):
+                outcome = await self._attempts()
+        except TimeoutError:
+            text = format_duration(timeout) if timeout else "?"
+            outcome = Outcome(
+                status=RunStatus.FAILED, error=f"timeout after {text}", log=self._partial_log()
+            )
+        except asyncio.CancelledError:
+            with contextlib.suppress(StateError):  # the next start re-queues it anyway
+                await asyncio.shield(self._interrupted())
+            raise
+        except ClaimLost:
+            log.error("run_claim_lost", reason="re-queued by another replica meanwhile")
+            return [], []
+        except Exception as exc:  # a dispatcher bug must not take the daemon down
+            log.exception("dispatch_crashed")
+            outcome = Outcome(status=RunStatus.FAILED, error=f"internal error: {exc!r}")
+        try:
+            return await self._finish(outcome)
+        except ClaimLost:  # another replica runs it again: this outcome is not recorded
+            log.error("run_claim_lost", status=outcome.status.value)
+            return [], []
+
+    def _partial_log(self) -> bytes:
+        """The output so far of an interrupted run, with what was stopped (command runs)."""
+        partial = getattr(self.dispatcher, "partial_log", None)
+        return (partial(self.run_.id) or b"") if partial is not None else b""
+
+    def _claim(self) -> Claim:
+        return Claim(self.replica_id, self.attempt)
+
+    async def _attempts(self) -> Outcome:
+        run, retry = self.run_, self.plan.pipeline.retry
+        while True:
+            ctx = self.plan.make_context(run, self.attempt)
+            started = self.clock.now()
+            try:
+                outcome = await self.dispatcher.dispatch(ctx)
+            except TransientError as exc:
+                self.attempts.append(
+                    _record(self.attempt, started, self.clock.now(), error=str(exc))
+                )
+                if self.attempt >= retry.attempts:
+                    return Outcome(
+                        status=RunStatus.FAILED,
+                        error=f"retries exhausted after {self.attempt} attempts: {exc}",
+                    )
+                delay = backoff_delay(self.attempt, retry.max_delay, exc.retry_after)
+                nxt = self.clock.now() + timedelta(seconds=delay)
+                log.warning("run_retry", attempt=self.attempt + 1, delay=round(delay, 3),
+                            error=str(exc))  # fmt: skip
+                await self._persist(
+                    functools.partial(
+                        self.store.update_running,
+                        run.id,
+                        claim=self._claim(),
+                        attempt=self.attempt + 1,
+                        next_attempt_at=nxt,
+                        attempts=list(self.attempts),
+                    ),  # fmt: skip
+                    "run retry",
+                )
+                self.attempt += 1
+                await self.clock.sleep(delay)
+                continue
+            self.attempts.append(
+                _record(
+                    self.attempt,
+                    started,
+                    self.clock.now(),
+                    error=outcome.error,
+                    exit_codes=list(outcome.exit_codes),
+                    http_status=outcome.http_status,
+                )
+            )
+            return outcome
+
+    async def _move(self, to: RunStatus, **fields: Any) -> tuple[bool, list[str]]:
+        return await self._persist(
+            lambda: self.store.transition_run(
+                self.run_.id,
+                to,
+                among=[RunStatus.RUNNING],
+                now=self.clock.now(),
+                claim=self._claim(),
+                **fields,
+            ),  # fmt: skip
+            f"run {to.value}",
+        )
+
+    async def _interrupted(self) -> None:
+        now = self.clock.now()
+        if self.canceled:
+            await self.store.transition_run(
+                self.run_.id, RunStatus.CANCELED, among=[RunStatus.RUNNING], now=now,
+                claim=self._claim(), finished_at=now, error="canceled",
+                attempts=self.attempts, next_attempt_at=None,
+            )  # fmt: skip
+            self.metrics.runs.labels(status="Canceled", pipeline=self.run_.pipeline_id).inc()
+            log.info("run_canceled")
+            return
+        await self.store.transition_run(
+            self.run_.id, RunStatus.QUEUED, among=[RunStatus.RUNNING], now=now,
+            claim=self._claim(), error="interrupted by shutdown", attempt=self.attempt + 1,
+            attempts=self.attempts, next_attempt_at=None,
+        )  # fmt: skip
+        log.warning("run_requeued", reason="interrupted by shutdown")
+
+    async def _finish(self, outcome: Outcome) -> tuple[list[NewRun], list[str]]:
+        run, pipeline = self.run_, self.plan.pipeline
+        now = self.clock.now()
+        followups: list[NewRun] = []
+        if (
+            outcome.status is RunStatus.FAILED
+            and pipeline.on_failure
+            and run.trigger.get("kind") != "on_failure"
+        ):
+            followups.append(
+                on_failure_run(
+                    run, pipeline.on_failure, error=outcome.error, exit_code=outcome.exit_code
+                )
+            )
+        _, new = await self._move(
+            outcome.status,
+            followups=followups,
+            finished_at=now,
+            error=outcome.error,
+            exit_code=outcome.exit_code,
+            remote_id=outcome.remote_id,
+            log=outcome.log,
+            attempts=self.attempts,
+            next_attempt_at=None,
+        )
+        self.metrics.runs.labels(status=outcome.status.value, pipeline=run.pipeline_id).inc()
+        log.info(
+            "run_finished",
+            status=outcome.status.value,
+            exit_code=outcome.exit_code,
+            error=outcome.error,
+        )
+        return followups, new
+
+
+def _record(attempt: int, start: datetime, end: datetime, **fields: object) -> dict[str, object]:
+    rec: dict[str, object] = {
+        "attempt": attempt,
+        "start": format_utc(start, micro=True),
+        "end": format_utc(end, micro=True),
+    }
+    rec.update({k: v for k, v in fields.items() if v not in (None, [])})
+    return rec

@@ -1,0 +1,78 @@
+"""Changes other replicas make, applied here (SPEC §12): notifications name what changed, and
+the follower re-reads it from the store (notifications carry no state and are not durable:
+after a reconnect the cluster says "resync" and everything cached is read again)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import structlog
+
+from watcherd.core.errors import StateError
+from watcherd.core.models import Status
+from watcherd.engine.arming import Arming
+from watcherd.engine.book import ScheduleBook
+from watcherd.engine.clock import Clock
+from watcherd.engine.ports import Change, Cluster, RunStore
+from watcherd.engine.reconcile import reconcile
+from watcherd.engine.runner import Runner
+
+__all__ = ["ChangeFollower"]
+
+log = structlog.get_logger(__name__)
+
+
+class ChangeFollower:
+    """Keeps the book, the armed schedules and the run queue in step with other replicas."""
+
+    def __init__(
+        self,
+        book: ScheduleBook,
+        *,
+        cluster: Cluster,
+        store: RunStore,
+        arming: Arming,
+        runner: Runner,
+        clock: Clock,
+    ) -> None:
+        self.book, self.cluster, self.store = book, cluster, store
+        self.arming, self.runner, self.clock = arming, runner, clock
+
+    async def run(self) -> None:
+        """Apply changes until cancelled."""
+        async for change in self.cluster.changes():
+            try:
+                await self.apply(change)
+            except StateError as exc:  # a reconnect brings a "resync"
+                log.warning("change_not_applied", kind=change.kind, error=str(exc))
+
+    async def apply(self, change: Change) -> None:
+        if change.kind == "schedule":
+            row = await self.store.load_schedule(change.ident)
+            if row is None:
+                self.arming.disarm(change.ident)
+                self.book.drop(change.ident)
+            elif self.book.rows.get(row.id) != row:
+                self.book.put(row, self.book.from_row(row))
+                await self.arming.refresh(row.id)
+        elif change.kind == "pipeline":
+            for pid, prow in (await self.store.load_pipelines()).items():
+                self.book.pipeline_status[pid] = Status(prow.status)
+        elif change.kind == "runs":
+            await self.runner.refresh()
+        elif change.kind == "cancel":
+            await self.runner.cancel_here(change.ident)
+        elif change.kind == "resync":
+            await self.resync()
+
+    async def resync(self) -> None:
+        """Notifications may have been missed: re-read everything cached."""
+        rows = {r.id: r for r in await self.store.load_schedules()}
+        cfg = self.book.config
+        plan = reconcile(cfg, rows, await self.store.load_pipelines(), self.clock.now())
+        old, old_rows = dict(self.book.schedules), dict(self.book.rows)
+        self.book.load(cfg, dataclasses.replace(plan, rows=rows))
+        for sid in set(old) | set(self.book.schedules):
+            if old.get(sid) != self.book.schedules.get(sid) or old_rows.get(sid) != rows.get(sid):
+                await self.arming.refresh(sid)
+        await self.runner.refresh()
