@@ -11,9 +11,7 @@ import contextlib
 import gc
 import json
 import os
-import secrets
 import signal
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -22,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from watcherd import config as config_mod
+from watcherd import statefiles
 from watcherd.core.errors import AlreadyRunning, ConfigErrors, StateError
 from watcherd.core.models import (
     Config,
@@ -46,51 +45,6 @@ __all__ = ["Daemon", "DefaultDispatchers", "DefaultPollers", "build_engine", "ru
 log = structlog.get_logger(__name__)
 
 ShutdownTrigger = Callable[[], Awaitable[object]]
-
-
-def _token(cfg: Config) -> tuple[str, Path]:
-    """The API token: from the config, else generated once into state_dir/token (0600)."""
-    path = cfg.daemon.state_dir / "token"
-    if cfg.daemon.token:
-        # Kept (0600) in the private state dir too, so the CLI and the SDK find it by
-        # config.json's token_file, as they do for a generated token.
-        _write_private(path, cfg.daemon.token + "\n", 0o600)
-        return cfg.daemon.token, path
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd) as f:
-            text = f.read().strip()
-        if text:
-            return text, path
-    except FileNotFoundError:
-        pass
-    except OSError as exc:  # ELOOP: a symlink was planted there; never read through it
-        log.warning("token_file_replaced", path=str(path), error=_os_error(exc))
-    tok = secrets.token_urlsafe(32)
-    _write_private(path, tok + "\n", 0o600)
-    return tok, path
-
-
-def _os_error(exc: OSError) -> str:
-    """One line for an OSError, e.g. "[Errno 98] address already in use"."""
-    return f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
-
-
-def _write_private(path: Path, text: str, mode: int) -> None:
-    """Write `text` to `path` with exactly `mode`: a fresh temp file (O_EXCL|O_NOFOLLOW, so a
-    planted symlink is never followed) renamed over the target, which replaces a symlink
-    rather than writing through it and drops whatever mode the old file had."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class DefaultPollers:
@@ -185,27 +139,11 @@ def build_engine(
         cfg,
         store,
         clock,
-        cluster=cluster or SoloCluster(replica_id(cfg), clock),
+        cluster=cluster or SoloCluster(statefiles.replica_id(cfg), clock),
         pollers=DefaultPollers(clock, metrics),
         dispatchers=DefaultDispatchers(),
         metrics=metrics,
     )
-
-
-def replica_id(cfg: Config) -> str:
-    """`[daemon] replica_id`, else the host name and a random suffix kept in state_dir."""
-    if cfg.daemon.replica_id:
-        return cfg.daemon.replica_id
-    path = cfg.daemon.state_dir / "replica_id"
-    try:
-        suffix = path.read_text().strip()
-    except OSError:
-        suffix = ""
-    if not suffix:
-        suffix = secrets.token_hex(3)
-        with contextlib.suppress(OSError):
-            _write_private(path, suffix + "\n", 0o600)
-    return f"{socket.gethostname()}-{suffix}"
 
 
 class Daemon:
@@ -241,7 +179,7 @@ class Daemon:
                 return 0
             store, cluster = opened
             stack.push_async_callback(store.close)
-            token, token_path = _token(cfg)
+            token, token_path = statefiles.token(cfg)
             self.engine = engine = build_engine(cfg, store, self.clock, cluster)
             stack.push_async_callback(engine.close)
             try:
@@ -259,7 +197,7 @@ class Daemon:
                 try:
                     self.url = await serve(app, cfg.daemon.api, stack)
                 except OSError as exc:  # in use, not an address of this host, unresolvable
-                    log.error("api_bind_failed", api=cfg.daemon.api, error=_os_error(exc))
+                    log.error("api_bind_failed", api=cfg.daemon.api, error=statefiles.os_error(exc))
                     return 1
                 self._write_discovery(cfg, token_path)
             async with asyncio.TaskGroup() as tg:
@@ -309,7 +247,7 @@ class Daemon:
             try:
                 return await open_pg(
                     cfg.daemon.database,
-                    replica_id=replica_id(cfg),
+                    replica_id=statefiles.replica_id(cfg),
                     lease_ttl=cfg.daemon.lease_ttl,
                     clock=self.clock,
                 )
@@ -351,12 +289,12 @@ class Daemon:
     def _write_discovery(self, cfg: Config, token_path: Path) -> None:
         assert self.url is not None
         doc = {"url": self.url, "token_file": str(token_path.resolve())}
-        _write_private(cfg.daemon.state_dir / "config.json", json.dumps(doc), 0o600)
+        statefiles.write_private(cfg.daemon.state_dir / "config.json", json.dumps(doc), 0o600)
         runtime = self.env.get("RUNTIME_DIRECTORY")
         if runtime:
             with contextlib.suppress(OSError):
                 path = Path(runtime.split(":")[0]) / "config.json"
-                _write_private(path, json.dumps({"url": self.url}), 0o644)
+                statefiles.write_private(path, json.dumps({"url": self.url}), 0o644)
 
     def _summary(self) -> str:
         eng = self.engine
