@@ -29,10 +29,9 @@ from watcherd.core.models import (
     Status,
 )
 from watcherd.core.timefmt import format_utc
-from watcherd.core.words import trigger_words
 from watcherd.engine.engine import Engine
 from watcherd.engine.metrics import Metrics
-from watcherd.services.views import pipeline_json, run_json
+from watcherd.services.views import Views, run_json
 
 __all__ = ["Manager"]
 
@@ -47,8 +46,7 @@ class Manager:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._words: dict[str, tuple[Schedule, str]] = {}
-        self._fires: dict[str, tuple[object, list[str]]] = {}
+        self.views = Views(engine)
 
     @property
     def config(self) -> Config:
@@ -69,36 +67,16 @@ class Manager:
             raise NotFound("pipeline", ident)
         return p.id
 
-    def _source(self, s: Schedule) -> str:
-        row = self.engine.rows.get(s.id)
-        return row.source if row else s.source.value
-
-    def _name(self, sid: str) -> str | None:
-        s = self.engine.schedules.get(sid)
-        return s.name if s else None
-
     # ── pipelines and experiments ────────────────────────────────────────────
-
-    def _pipeline_json(self, pid: str, last: Mapping[str, Run]) -> JSON:
-        p = self.config.pipeline_by_id(pid)
-        assert p is not None
-        scheds = [
-            s.id
-            for s in self.engine.schedules.values()
-            if s.pipeline == p.id and self._source(s) != Source.REMOVED.value
-        ]
-        status = self.engine.pipeline_status.get(p.id, p.status)
-        names = {sid: s.name for sid, s in self.engine.schedules.items()}
-        return pipeline_json(p, status, scheds, last, names)
 
     async def list_pipelines(self, active_only: bool = False) -> list[JSON]:
         last = await self.engine.store.last_runs()
-        out = [self._pipeline_json(p.id, last) for p in self.config.pipelines.values()]
+        out = [self.views.pipeline(p.id, last) for p in self.config.pipelines.values()]
         return [p for p in out if not active_only or p["status"] == "Active"]
 
     async def get_pipeline(self, ident: str) -> JSON:
         pid = self._pipeline_id(ident)
-        return self._pipeline_json(pid, await self.engine.store.last_runs())
+        return self.views.pipeline(pid, await self.engine.store.last_runs())
 
     async def set_pipeline_status(self, ident: str, status: str) -> JSON:
         pid = self._pipeline_id(ident)
@@ -155,63 +133,6 @@ class Manager:
         n = max(0, min(n, 100))
         return [format_utc(t) for t in self.engine.next_fire_times(s.id, n)]
 
-    def _next3(self, s: Schedule) -> list[str]:
-        """The three next fire times of the lists, cached until the schedule fires or changes."""
-        armed = self.engine.timers.armed.get(s.id)
-        if s.status is not Status.ACTIVE or armed is None:
-            return []
-        key = (armed.gen, armed.due, armed.schedule)
-        cached = self._fires.get(s.id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        times = [format_utc(t) for t in self.engine.next_fire_times(s.id, 3)]
-        self._fires[s.id] = (key, times)
-        return times
-
-    def _words_of(self, s: Schedule) -> str:
-        cached = self._words.get(s.id)
-        if cached is not None and cached[0] is s:
-            return cached[1]
-        words = trigger_words(s)
-        self._words[s.id] = (s, words)
-        return words
-
-    def _schedule_json(self, s: Schedule, last: Mapping[str, Run]) -> JSON:
-        body = config_mod.schedule_to_dict(s, self.config)
-        row = self.engine.rows.get(s.id)
-        lr = last.get(s.id)
-        body.update(
-            id=s.id,
-            status=s.status.value,
-            source=self._source(s),
-            created_at=format_utc(row.created_at) if row else None,
-            updated_at=format_utc(row.updated_at) if row else None,
-            next_fire_times=self._next3(s),
-            trigger_words=self._words_of(s),
-            last_run=run_json(lr, s.name) if lr else None,
-            error=self.engine.schedule_error(s.id),
-        )
-        return body
-
-    def _broken_json(self, sid: str, last: Mapping[str, Run]) -> JSON:
-        """A stored API schedule that no longer parses: its stored body and why."""
-        row = self.engine.rows[sid]
-        lr = last.get(sid)
-        body = {k: v for k, v in row.spec.items() if k not in ("id", "source")}
-        body.update(
-            id=sid,
-            name=row.name,
-            status=row.status,
-            source=row.source,
-            created_at=format_utc(row.created_at),
-            updated_at=format_utc(row.updated_at),
-            next_fire_times=[],
-            trigger_words=None,
-            last_run=run_json(lr, row.name) if lr else None,
-            error=self.engine.broken[sid],
-        )
-        return body
-
     async def list_schedules(
         self, active_only: bool = False, pipeline_id: str | None = None
     ) -> list[JSON]:
@@ -224,19 +145,19 @@ class Manager:
                     continue
             elif active_only and s.status is not Status.ACTIVE:
                 continue
-            out.append(self._schedule_json(s, last))
+            out.append(self.views.schedule(s, last))
         if pid is None:
             for sid in self.engine.broken:
                 if not active_only or self.engine.rows[sid].status == Status.ACTIVE.value:
-                    out.append(self._broken_json(sid, last))
+                    out.append(self.views.broken(sid, last))
         return out
 
     async def get_schedule(self, ident: str) -> JSON:
         broken = self._broken_id(ident)
         last = await self.engine.store.last_runs()
         if broken is not None:
-            return self._broken_json(broken, last)
-        return self._schedule_json(self._schedule(ident), last)
+            return self.views.broken(broken, last)
+        return self.views.schedule(self._schedule(ident), last)
 
     def _broken_id(self, ident: str) -> str | None:
         for sid in self.engine.broken:
@@ -278,7 +199,7 @@ class Manager:
                 )
             return await self.set_schedule_status(broken, str(body.get("status") or ""))
         s = self._schedule(ident)
-        if self._source(s) != Source.API.value:
+        if self.views.source(s) != Source.API.value:
             if set(k for k, v in body.items() if v is not None) - {"status"}:
                 raise Conflict(
                     f"schedule {s.name} is declared in the config file; "
@@ -302,7 +223,7 @@ class Manager:
         if sid is None:
             s = self._schedule(ident)
             sid = s.id
-            if self._source(s) == Source.REMOVED.value and st is Status.ACTIVE:
+            if self.views.source(s) == Source.REMOVED.value and st is Status.ACTIVE:
                 raise Conflict(f"schedule {s.name} was removed from the config file", "removed")
             if st is s.status:
                 return await self.get_schedule(sid)
@@ -325,7 +246,7 @@ class Manager:
             await self.engine.delete_schedule(sid)
             return
         s = self._schedule(ident)
-        if self._source(s) == Source.FILE.value:
+        if self.views.source(s) == Source.FILE.value:
             raise Conflict(
                 f"schedule {s.name} is declared in the config file", "declared_in_config"
             )
@@ -405,7 +326,7 @@ class Manager:
             limit=max(1, min(int(limit), 1000)),
             cursor=cursor or None,
         )
-        return [run_json(r, self._name(r.schedule_id)) for r in page.runs], page.next_cursor
+        return [run_json(r, self.views.name(r.schedule_id)) for r in page.runs], page.next_cursor
 
     async def _run(self, run_id: str) -> Run:
         r = await self.engine.store.get_run(run_id)
@@ -415,7 +336,7 @@ class Manager:
 
     async def get_run(self, run_id: str) -> JSON:
         r = await self._run(run_id)
-        return run_json(r, self._name(r.schedule_id))
+        return run_json(r, self.views.name(r.schedule_id))
 
     async def get_run_log(self, run_id: str) -> bytes:
         await self._run(run_id)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from watcherd.core.models import Pipeline, Run, Status
+from watcherd import config as config_mod
+from watcherd.core.models import Config, Pipeline, Run, Schedule, Source, Status
 from watcherd.core.redact import redact_url
 from watcherd.core.timefmt import format_utc
+from watcherd.core.words import trigger_words
+from watcherd.engine.engine import Engine
 
-__all__ = ["pipeline_json", "run_json"]
+__all__ = ["Views", "pipeline_json", "run_json"]
 
 JSON = dict[str, Any]
 
@@ -65,3 +68,95 @@ def pipeline_json(
         "schedules": list(schedule_ids),
         "last_run": run_json(newest, names.get(newest.schedule_id)) if newest else None,
     }
+
+
+class Views:
+    """What the lists show per pipeline and schedule, with the per-schedule caches of trigger
+    words and next fire times (recomputed only when the schedule changes or fires: the page
+    polls every 3 s and must not cost a slot computation per schedule each time)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._words: dict[str, tuple[Schedule, str]] = {}
+        self._fires: dict[str, tuple[object, list[str]]] = {}
+
+    @property
+    def config(self) -> Config:
+        return self.engine.config
+
+    def source(self, s: Schedule) -> str:
+        row = self.engine.rows.get(s.id)
+        return row.source if row else s.source.value
+
+    def name(self, sid: str) -> str | None:
+        s = self.engine.schedules.get(sid)
+        return s.name if s else None
+
+    def pipeline(self, pid: str, last: Mapping[str, Run]) -> JSON:
+        p = self.config.pipeline_by_id(pid)
+        assert p is not None
+        scheds = [
+            s.id
+            for s in self.engine.schedules.values()
+            if s.pipeline == p.id and self.source(s) != Source.REMOVED.value
+        ]
+        status = self.engine.pipeline_status.get(p.id, p.status)
+        names = {sid: s.name for sid, s in self.engine.schedules.items()}
+        return pipeline_json(p, status, scheds, last, names)
+
+    def _next3(self, s: Schedule) -> list[str]:
+        """The three next fire times of the lists, cached until the schedule fires or changes."""
+        armed = self.engine.timers.armed.get(s.id)
+        if s.status is not Status.ACTIVE or armed is None:
+            return []
+        key = (armed.gen, armed.due, armed.schedule)
+        cached = self._fires.get(s.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        times = [format_utc(t) for t in self.engine.next_fire_times(s.id, 3)]
+        self._fires[s.id] = (key, times)
+        return times
+
+    def _words_of(self, s: Schedule) -> str:
+        cached = self._words.get(s.id)
+        if cached is not None and cached[0] is s:
+            return cached[1]
+        words = trigger_words(s)
+        self._words[s.id] = (s, words)
+        return words
+
+    def schedule(self, s: Schedule, last: Mapping[str, Run]) -> JSON:
+        body = config_mod.schedule_to_dict(s, self.config)
+        row = self.engine.rows.get(s.id)
+        lr = last.get(s.id)
+        body.update(
+            id=s.id,
+            status=s.status.value,
+            source=self.source(s),
+            created_at=format_utc(row.created_at) if row else None,
+            updated_at=format_utc(row.updated_at) if row else None,
+            next_fire_times=self._next3(s),
+            trigger_words=self._words_of(s),
+            last_run=run_json(lr, s.name) if lr else None,
+            error=self.engine.schedule_error(s.id),
+        )
+        return body
+
+    def broken(self, sid: str, last: Mapping[str, Run]) -> JSON:
+        """A stored API schedule that no longer parses: its stored body and why."""
+        row = self.engine.rows[sid]
+        lr = last.get(sid)
+        body = {k: v for k, v in row.spec.items() if k not in ("id", "source")}
+        body.update(
+            id=sid,
+            name=row.name,
+            status=row.status,
+            source=row.source,
+            created_at=format_utc(row.created_at),
+            updated_at=format_utc(row.updated_at),
+            next_fire_times=[],
+            trigger_words=None,
+            last_run=run_json(lr, row.name) if lr else None,
+            error=self.engine.broken[sid],
+        )
+        return body
