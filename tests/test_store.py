@@ -1,8 +1,12 @@
 """The state store port (`RunStore`): the outbox's UNIQUE keys, the transition table, pruning
 and the declared-status rules; SQLite-specific checks (migrations, lock) at the end.
 
-Store-level tests take the `store` fixture, so they run against every store implementation.
+Store-level tests take the `store` fixture, so they run against every store implementation:
+SQLite and PostgreSQL (a real server from tests/postgres.py). Replica-only behaviour (leases,
+fencing, claims across replicas, notifications) is in test_replicas_store.py.
 """
+
+# ruff: noqa: F811  (the imported fixtures are test parameters)
 
 from __future__ import annotations
 
@@ -15,23 +19,80 @@ import pytest
 
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, running_engine
+from tests.postgres import _pg_store_db, pg_server, pg_store_url  # noqa: F401
 from watcherd.core.errors import AlreadyRunning, InvalidTransition, StateError
-from watcherd.core.models import RunStatus
+from watcherd.core.models import FileRef, RunStatus, StoredSchedule
 from watcherd.core.runs import NewRun
-from watcherd.engine.ports import RunStore, SlotBatch
+from watcherd.engine.ports import (
+    ClaimResult,
+    Cluster,
+    ConfigWrite,
+    PipelineRow,
+    Reading,
+    RunStore,
+    SlotBatch,
+)
+from watcherd.state.sqlite.cluster import SoloCluster
 from watcherd.state.sqlite.schema import SCHEMA_VERSION
 from watcherd.state.sqlite.store import SqliteStore
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunStore]:
-    s = SqliteStore(tmp_path / "state")
+    s: RunStore
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "state")
+    else:
+        from watcherd.state.postgres import open_pg
+
+        url = request.getfixturevalue("pg_store_url")
+        s, _ = await open_pg(
+            url, replica_id="r1", lease_ttl=timedelta(seconds=15), clock=ManualClock(NOW)
+        )
     try:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    """The cluster of a lone daemon: SQLite's SoloCluster, or a PgCluster with no peer."""
+    clock = ManualClock(NOW)
+    if request.param == "sqlite":
+        yield SoloCluster("r1", clock)
+        return
+    from watcherd.state.postgres import open_pg
+
+    store, c = await open_pg(
+        request.getfixturevalue("pg_store_url"),
+        replica_id="r1",
+        lease_ttl=timedelta(seconds=15),
+        clock=clock,
+    )
+    try:
+        yield c
+    finally:
+        await store.close()
+
+
+async def test_a_lone_replica_holds_what_it_wants(cluster: Cluster) -> None:
+    assert await cluster.join(host="h1", config_hash="c1")
+    m = await cluster.beat(wanted=["a", "b"], running=2)
+    assert dict(m.leases) == {"a": 1, "b": 1} and m.config_ok and m.replicas == 1
+    assert m.valid_until > ManualClock(NOW).monotonic()
+    [me] = await cluster.replicas()
+    assert (me.id, me.host, me.schedules, me.running, me.config_hash) == (
+        "r1", "h1", frozenset({"a", "b"}), 2, "c1",
+    )  # fmt: skip
+    assert await cluster.alive_until() is None  # nobody else ever ran
+    await cluster.release(["a"])
+    assert set((await cluster.replicas())[0].schedules) == {"b"}
+    m = await cluster.beat(wanted=["b"], running=0)
+    assert dict(m.leases) == {"b": 1}  # renewed: same epoch
+    await cluster.leave()
 
 
 def _run(dedup: str, schedule: str = "s") -> NewRun:
@@ -82,9 +143,11 @@ async def test_retention_prunes_only_old_finished_runs(store: RunStore) -> None:
 
 
 async def test_prune_works_in_batches(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from watcherd.state.postgres import store as pg_store
     from watcherd.state.sqlite import store as sqlite_store
 
     monkeypatch.setattr(sqlite_store, "PRUNE_BATCH", 7)
+    monkeypatch.setattr(pg_store, "PRUNE_BATCH", 7)
     runs = [_run(f"r{i}") for i in range(30)]
     when = NOW - timedelta(days=40)
     await store.record_slots([SlotBatch("s", NOW, runs)], when)
@@ -92,6 +155,291 @@ async def test_prune_works_in_batches(store: RunStore, monkeypatch: pytest.Monke
         await store.transition_run(r.id, RunStatus.SKIPPED, now=when, finished_at=when)
     assert await store.prune(NOW - timedelta(days=30)) == 30
     assert (await store.list_runs()).runs == []
+
+
+def _file_run(name: bytes, version: str, schedule: str = "f") -> NewRun:
+    return NewRun(
+        schedule_id=schedule,
+        pipeline_id="p",
+        experiment="Files",
+        dedup=f"file:{name.hex()}:{version}",
+        trigger={
+            "kind": "file",
+            "datastore": "d",
+            "path": name.decode(errors="backslashreplace"),
+            "version": version,
+        },
+        parameters={"k": "v"},
+        file=FileRef(
+            datastore="d",
+            relative_path=name,
+            local_path=b"/data/" + name,
+            url=None,
+            version=version,
+            parameter="input",
+        ),
+    )
+
+
+def _schedule(ident: str, name: str, created: datetime, **kw: object) -> StoredSchedule:
+    fields: dict[str, object] = {
+        "id": ident,
+        "name": name,
+        "source": "api",
+        "status": "Active",
+        "file_status": None,
+        "spec": {"name": name, "recurrence": {"frequency": "Minute", "interval": 1}},
+        "trigger_key": "k1",
+        "anchor": created,
+        "cursor": created,
+        "created_at": created,
+        "updated_at": created,
+    }
+    fields.update(kw)
+    return StoredSchedule(**fields)  # type: ignore[arg-type]
+
+
+async def test_pipelines_round_trip(store: RunStore) -> None:
+    assert await store.load_pipelines() == {}
+    rows = [PipelineRow("p1", "one", "Active", "Active"), PipelineRow("p2", "two", "Active", None)]
+    await store.save_pipelines(rows)
+    assert await store.load_pipelines() == {r.id: r for r in rows}
+    await store.set_pipeline_status("p1", "Disabled")
+    await store.save_pipelines([PipelineRow("p2", "renamed", "Disabled", "Disabled")])
+    assert await store.load_pipelines() == {
+        "p1": PipelineRow("p1", "one", "Disabled", "Active"),
+        "p2": PipelineRow("p2", "renamed", "Disabled", "Disabled"),
+    }
+
+
+async def test_schedules_round_trip_in_creation_order(store: RunStore) -> None:
+    later = _schedule("b", "beta", NOW + timedelta(seconds=1))
+    first = _schedule("a", "alpha", NOW, anchor=None, cursor=None, trigger_key=None)
+    same_time = _schedule("c", "Alpha2", NOW, source="file", file_status="Disabled")
+    await store.save_schedules([later, first, same_time])
+    got = await store.load_schedules()
+    assert [s.id for s in got] == ["c", "a", "b"]  # created_at, then name (bytewise)
+    assert got == [same_time, first, later]
+    assert await store.load_schedule("a") == first
+    assert await store.load_schedule("zzz") is None
+    moved = _schedule(
+        "b", "beta", NOW + timedelta(seconds=1), status="Disabled",
+        cursor=NOW + timedelta(minutes=5), updated_at=NOW + timedelta(minutes=6),
+    )  # fmt: skip
+    await store.save_schedules([moved])
+    assert await store.load_schedule("b") == moved
+
+
+async def test_delete_schedule_drops_its_snapshot_but_keeps_its_runs(store: RunStore) -> None:
+    await store.save_schedules([_schedule("f", "files", NOW)])
+    run = _file_run(b"x.csv", "v1")
+    await store.commit_changes("f", "K", [(b"x.csv", "v1")], [], [run], NOW, marker="m")
+    await store.delete_schedule("f")
+    assert await store.load_schedule("f") is None
+    assert await store.load_snapshot("f", "K") is None
+    assert await store.load_marker("f", "K") is None
+    assert [r.id for r in (await store.list_runs()).runs] == [run.id]
+
+
+async def test_apply_config_reads_computes_and_writes(store: RunStore) -> None:
+    await store.save_pipelines([PipelineRow("p1", "one", "Active", "Active")])
+    await store.save_schedules([_schedule("a", "alpha", NOW)])
+    seen: list[Reading] = []
+
+    def compute(reading: Reading) -> ConfigWrite:
+        seen.append(reading)
+        changed = _schedule("a", "alpha", NOW, status="Disabled")
+        return ConfigWrite(
+            pipelines=[PipelineRow("p1", "one", "Disabled", "Disabled")],
+            schedules=[changed, _schedule("n", "new", NOW)],
+            result="plan",
+        )
+
+    out = await store.apply_config(compute)
+    assert out.result == "plan"
+    assert list(seen[0].schedules) == ["a"] and list(seen[0].pipelines) == ["p1"]
+    assert [(s.id, s.status) for s in await store.load_schedules()] == [
+        ("a", "Disabled"),
+        ("n", "Active"),
+    ]
+    assert (await store.load_pipelines())["p1"].status == "Disabled"
+
+    def failing(reading: Reading) -> ConfigWrite:
+        raise RuntimeError("bad plan")
+
+    with pytest.raises(RuntimeError, match="bad plan"):
+        await store.apply_config(failing)
+    assert len(await store.load_schedules()) == 2
+
+
+async def test_record_slots_advances_cursors_and_returns_queued_ids(store: RunStore) -> None:
+    await store.save_schedules([_schedule("s", "s", NOW), _schedule("t", "t", NOW)])
+    a, b = _run("slot:a"), _run("slot:b").skipped("queue full")
+    c = _run("slot:c", schedule="t")
+    later = NOW + timedelta(minutes=3)
+    got = await store.record_slots([SlotBatch("s", later, [a, b]), SlotBatch("t", later, [c])], NOW)
+    assert got == [a.id, c.id]  # the Skipped run is recorded, not returned
+    assert (await store.load_schedule("s")).cursor == later  # type: ignore[union-attr]
+    assert (await store.load_schedule("t")).cursor == later  # type: ignore[union-attr]
+    skipped = await store.get_run(b.id)
+    assert skipped is not None and skipped.status is RunStatus.SKIPPED
+    assert skipped.error == "queue full" and skipped.finished_at == NOW
+    assert await store.experiments() == ["E"]
+    assert [r.id for r in await store.queued_runs()] == [a.id, c.id]
+
+
+async def test_snapshot_baseline_and_marker(store: RunStore) -> None:
+    assert await store.load_snapshot("f", "K") is None
+    r1 = _file_run(b"a.csv", "1")
+    ids = await store.commit_changes(
+        "f", "K", [(b"a.csv", "1"), (b"b\xff.csv", "1"), (b"a.csv", "1")], [], [r1], NOW
+    )
+    assert ids == [r1.id]
+    assert await store.load_snapshot("f", "K") == {b"a.csv": "1", b"b\xff.csv": "1"}
+    assert await store.load_snapshot("f", "other") is None
+    assert await store.load_marker("f", "K") is None
+    # A listing interrupted mid-way keeps its marker; None leaves it, "" clears it.
+    await store.commit_changes("f", "K", [(b"c.csv", "1")], [b"a.csv"], [], NOW, marker="page2")
+    assert await store.load_marker("f", "K") == "page2"
+    assert await store.load_marker("f", "other") is None
+    await store.commit_changes("f", "K", [], [], [], NOW)
+    assert await store.load_marker("f", "K") == "page2"
+    await store.commit_changes("f", "K", [], [], [], NOW, marker="")
+    assert await store.load_marker("f", "K") is None
+    assert await store.load_snapshot("f", "K") == {b"b\xff.csv": "1", b"c.csv": "1"}
+    # A new baseline key starts afresh.
+    await store.commit_changes("f", "K2", [(b"z", "9")], [], [], NOW, marker="m")
+    assert await store.load_snapshot("f", "K") is None
+    assert await store.load_snapshot("f", "K2") == {b"z": "9"}
+    await store.commit_changes("f", "K3", [], [], [], NOW)
+    assert await store.load_marker("f", "K3") is None  # the new baseline has no marker
+    await store.drop_baseline("f")
+    assert await store.load_snapshot("f", "K3") is None
+    # The same file version is queued once.
+    assert await store.commit_changes("f", "K", [(b"a.csv", "1")], [], [r1], NOW) == []
+
+
+async def test_file_runs_keep_their_file(store: RunStore) -> None:
+    run = _file_run(b"dir/\xfe.bin", "v7")
+    await store.commit_changes("f", "K", [(b"dir/\xfe.bin", "v7")], [], [run], NOW)
+    got = await store.get_run(run.id)
+    assert got is not None and got.file == run.file
+    assert got.parameters == {"k": "v"} and got.experiment_name == "Files"
+    assert got.trigger["kind"] == "file" and got.queued_at == NOW
+
+
+async def test_insert_manual_once_per_idempotency_key(store: RunStore) -> None:
+    first, second = _run("manual:1"), _run("manual:2")
+    assert await store.insert_manual(first, "key", NOW) == first.id
+    assert await store.insert_manual(second, "key", NOW) == first.id
+    assert await store.insert_manual(second, None, NOW) == second.id
+    assert sorted(r.id for r in (await store.list_runs()).runs) == sorted([first.id, second.id])
+    # Idempotency keys are pruned with the runs of their age.
+    assert await store.prune(NOW + timedelta(days=1)) == 0
+    assert await store.insert_manual(_run("manual:3"), "key", NOW) == _run("manual:3").id
+
+
+async def test_listing_filters_and_cursor(store: RunStore) -> None:
+    runs = [_run(f"slot:{i}", schedule="s" if i % 2 else "t") for i in range(7)]
+    for r in runs:
+        await store.record_slots([SlotBatch(r.schedule_id, NOW, [r])], NOW)
+    await store.transition_run(runs[0].id, RunStatus.CANCELED, now=NOW, finished_at=NOW)
+    newest_first = [r.id for r in reversed(runs)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_runs(limit=3, cursor=cursor)
+        seen += [r.id for r in page.runs]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == newest_first
+    by_s = await store.list_runs(schedule_id="s")
+    assert [r.id for r in by_s.runs] == [r.id for r in reversed(runs) if r.schedule_id == "s"]
+    assert [r.id for r in (await store.list_runs(status="Canceled")).runs] == [runs[0].id]
+    assert (await store.list_runs(pipeline_id="other")).runs == []
+    assert len((await store.list_runs(pipeline_id="p", limit=100)).runs) == 7
+    got = await store.get_runs([runs[3].id, runs[1].id, "missing"])
+    assert [r.id for r in got] == [runs[1].id, runs[3].id]  # insertion order
+    assert await store.get_runs([]) == []
+    assert await store.get_run("missing") is None
+    last = await store.last_runs()
+    assert {k: v.id for k, v in last.items()} == {"s": runs[5].id, "t": runs[6].id}
+
+
+async def test_claims_serialize_a_file_and_a_serial_schedule(store: RunStore) -> None:
+    v1, v2, other = _file_run(b"a", "1"), _file_run(b"a", "2"), _file_run(b"b", "1")
+    await store.commit_changes("f", "K", [], [], [v1, v2, other], NOW)
+    claim = store.claim_run
+    assert await claim(v1.id, replica_id="r1", now=NOW, serial=False) is ClaimResult.CLAIMED
+    assert await claim(v1.id, replica_id="r1", now=NOW, serial=False) is ClaimResult.GONE
+    assert await claim(v2.id, replica_id="r1", now=NOW, serial=False) is ClaimResult.BUSY
+    assert await claim(other.id, replica_id="r1", now=NOW, serial=False) is ClaimResult.CLAIMED
+    assert await claim("missing", replica_id="r1", now=NOW, serial=False) is ClaimResult.GONE
+    got = await store.get_run(v1.id)
+    assert got is not None and got.status is RunStatus.RUNNING and got.started_at == NOW
+    assert (await store.get_run(v2.id)).status is RunStatus.QUEUED  # type: ignore[union-attr]
+    await store.transition_run(v1.id, RunStatus.COMPLETED, now=NOW, finished_at=NOW)
+    assert await claim(v2.id, replica_id="r1", now=NOW, serial=False) is ClaimResult.CLAIMED
+    # serial (concurrency "queue"): one Running run per schedule.
+    s1, s2 = _run("slot:1"), _run("slot:2")
+    await store.record_slots([SlotBatch("s", NOW, [s1, s2])], NOW)
+    assert await claim(s1.id, replica_id="r1", now=NOW, serial=True) is ClaimResult.CLAIMED
+    assert await claim(s2.id, replica_id="r1", now=NOW, serial=True) is ClaimResult.BUSY
+    assert await claim(s2.id, replica_id="r1", now=NOW, serial=False) is ClaimResult.CLAIMED
+
+
+async def test_run_lifecycle_fields_log_and_followups(store: RunStore) -> None:
+    run = _run("slot:1")
+    await store.record_slots([SlotBatch("s", NOW, [run])], NOW)
+    await store.claim_run(run.id, replica_id="r1", now=NOW, serial=False)
+    retry_at = NOW + timedelta(seconds=30)
+    attempts = ({"attempt": 1, "error": "503"},)
+    assert await store.update_running(
+        run.id, attempt=2, next_attempt_at=retry_at, attempts=attempts
+    )
+    got = await store.get_run(run.id)
+    assert got is not None and (got.attempt, got.next_attempt_at) == (2, retry_at)
+    assert got.attempts == attempts
+    with pytest.raises(ValueError, match="cannot be set"):
+        await store.update_running(run.id, status="Completed")
+    follow = NewRun(
+        schedule_id="s", pipeline_id="on-fail", experiment="E", dedup=f"on_failure:{run.id}",
+        trigger={"kind": "on_failure", "run_id": run.id}, parameters={},
+    )  # fmt: skip
+    moved, ids = await store.transition_run(
+        run.id, RunStatus.FAILED, among=[RunStatus.RUNNING], followups=[follow], now=NOW,
+        finished_at=NOW, error="boom", exit_code=3, log=b"out\x00put",
+    )  # fmt: skip
+    assert moved and ids == [follow.id]
+    got = await store.get_run(run.id)
+    assert got is not None and (got.status, got.error, got.exit_code) == (
+        RunStatus.FAILED,
+        "boom",
+        3,
+    )
+    assert await store.run_log(run.id) == b"out\x00put"
+    assert await store.run_log(follow.id) is None
+    assert await store.run_log("missing") is None
+    assert not await store.update_running(run.id, attempt=5)  # no longer Running
+    # Retry: terminal → Queued.
+    moved, _ = await store.transition_run(run.id, RunStatus.QUEUED, now=NOW, error=None)
+    assert moved and (await store.get_run(run.id)).status is RunStatus.QUEUED  # type: ignore[union-attr]
+
+
+async def test_skip_and_requeue(store: RunStore) -> None:
+    a, b, c = _run("slot:a"), _run("slot:b"), _run("slot:c")
+    await store.record_slots([SlotBatch("s", NOW, [a, b, c])], NOW)
+    await store.claim_run(c.id, replica_id="r1", now=NOW, serial=False)
+    await store.skip_runs([a.id, c.id], "schedule disabled", NOW)
+    got = {r.id: r for r in await store.get_runs([a.id, b.id, c.id])}
+    assert got[a.id].status is RunStatus.SKIPPED and got[a.id].error == "schedule disabled"
+    assert got[c.id].status is RunStatus.RUNNING  # only Queued runs are skipped
+    assert await store.requeue_interrupted("interrupted", replica_id="r1") == 1
+    again = await store.get_run(c.id)
+    assert again is not None and again.status is RunStatus.QUEUED
+    assert (again.attempt, again.error) == (2, "interrupted")
+    assert await store.requeue_interrupted("interrupted", replica_id="r1") == 0
 
 
 SCHED = """

@@ -21,7 +21,7 @@ import structlog
 
 from watcherd import config as config_mod
 from watcherd import statefiles
-from watcherd.core.errors import AlreadyRunning, ConfigErrors, StateError
+from watcherd.core.errors import AlreadyRunning, ConfigErrors, IncompatibleStore, StateError
 from watcherd.core.models import (
     Config,
     Datastore,
@@ -187,6 +187,9 @@ class Daemon:
             except ConfigErrors as exc:
                 log.error("config_invalid", errors=[str(e) for e in exc.errors])
                 return 2
+            except StateError as exc:  # the store went away mid-start, or is too new
+                log.error("state_unavailable", error=str(exc))
+                return 1
             manager = Manager(engine)
             if cfg.daemon.api:
                 from watcherd.api.app import make_app, serve
@@ -200,39 +203,52 @@ class Daemon:
                     log.error("api_bind_failed", api=cfg.daemon.api, error=statefiles.os_error(exc))
                     return 1
                 self._write_discovery(cfg, token_path)
-            async with asyncio.TaskGroup() as tg:
-                from watcherd.dispatch.process import Reaper
-
-                reaper = tg.create_task(Reaper().run())  # zombies of adopted orphans (PID 1)
-                engine_task = tg.create_task(engine.run())
-                await engine.started.wait()
-                self.notifier.ready(self._summary())
-                gc.freeze()  # start-up objects leave the collector's generations
-                gc.enable()
-                log.info(
-                    "daemon_ready",
-                    url=self.url,
-                    schedules=len(engine.schedules),
-                    state_dir=str(cfg.daemon.state_dir),
-                )
-                helpers = [
-                    tg.create_task(self._reload_loop()),
-                    tg.create_task(self._watchdog()),
-                    tg.create_task(self._retention()),
-                ]
-                if shutdown_trigger is not None:
-                    helpers.append(tg.create_task(self._trigger_stop(shutdown_trigger)))
-                await self._stop.wait()
-                log.info("daemon_stopping")
-                self.notifier.stopping()
-                for h in helpers:
-                    h.cancel()
-                engine.stop()
-                await engine_task
-                reaper.cancel()  # after the drain: orphans stopped at shutdown are reaped too
+            incompatible: list[str] = []
+            try:
+                await self._serve(cfg, engine, shutdown_trigger)
+            except* IncompatibleStore as group:  # a newer watcherd migrated the database
+                incompatible.append(str(group.exceptions[0]))
+            if incompatible:
+                log.error("state_incompatible", error=incompatible[0])
+                return 1
             log.info("daemon_stopped")
         self.notifier.close()
         return 0
+
+    async def _serve(
+        self, cfg: Config, engine: Engine, shutdown_trigger: ShutdownTrigger | None
+    ) -> None:
+        """Run the engine and the daemon's own loops until a stop is asked for."""
+        async with asyncio.TaskGroup() as tg:
+            from watcherd.dispatch.process import Reaper
+
+            reaper = tg.create_task(Reaper().run())  # zombies of adopted orphans (PID 1)
+            engine_task = tg.create_task(engine.run())
+            await engine.started.wait()
+            self.notifier.ready(self._summary())
+            gc.freeze()  # start-up objects leave the collector's generations
+            gc.enable()
+            log.info(
+                "daemon_ready",
+                url=self.url,
+                schedules=len(engine.schedules),
+                state_dir=str(cfg.daemon.state_dir),
+            )
+            helpers = [
+                tg.create_task(self._reload_loop()),
+                tg.create_task(self._watchdog()),
+                tg.create_task(self._retention()),
+            ]
+            if shutdown_trigger is not None:
+                helpers.append(tg.create_task(self._trigger_stop(shutdown_trigger)))
+            await self._stop.wait()
+            log.info("daemon_stopping")
+            self.notifier.stopping()
+            for h in helpers:
+                h.cancel()
+            engine.stop()
+            await engine_task
+            reaper.cancel()  # after the drain: orphans stopped at shutdown are reaped too
 
     async def _open_state(self, cfg: Config) -> tuple[RunStore, Cluster | None] | None:
         """SQLite in state_dir (the default), or PostgreSQL for replicas: a database that

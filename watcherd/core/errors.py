@@ -9,6 +9,7 @@ WatcherdError
  ├── InvalidTransition    refused run state change; says from → to (also a Conflict)
  ├── StateError           the state store cannot be opened or written
  │    ├── AlreadyRunning  another daemon holds the state directory's lock
+ │    ├── IncompatibleStore  the store's schema is too new for this watcherd: exit 1
  │    ├── LeaseLost       a fenced write refused: another replica owns the schedule now
  │    └── ClaimLost       a run status write refused: the run was re-queued elsewhere
  ├── TransientError       retrying may help: timeout, 429, 503, reset
@@ -29,6 +30,7 @@ __all__ = [
     "Conflict",
     "DispatchRejected",
     "DispatchUnavailable",
+    "IncompatibleStore",
     "InvalidTransition",
     "LeaseLost",
     "NotFound",
@@ -114,6 +116,11 @@ class StateError(WatcherdError):
 
 class AlreadyRunning(StateError):
     """Another daemon holds the lock on this state directory."""
+
+
+class IncompatibleStore(StateError):
+    """The store was migrated by a newer watcherd beyond what this one works with: retrying
+    cannot help, the daemon exits naming both versions (SPEC §12)."""
 
 
 class LeaseLost(StateError):

@@ -153,7 +153,9 @@ class CommandDispatcher:
             log.warning("command_refused", run_id=ctx.run.id, reason=why)
             return Outcome(status=RunStatus.FAILED, error=why)
         env = build_env(ctx, target)
-        marker = b"WATCHERD_RUN_ID=" + ctx.run.id.encode()
+        # The run and its attempt: a replica that lost its claim must never stop the next
+        # attempt of the same run, started by another replica on the same host (SPEC §12).
+        marker = b"WATCHERD_RUN_ID=%s\0WATCHERD_ATTEMPT=%d" % (ctx.run.id.encode(), ctx.attempt)
         cwd = target.cwd or ctx.config_dir
         codes: list[int] = []
         failed: str | None = None

@@ -115,9 +115,10 @@ def child_pids(pid: int) -> list[int]:
 
 
 def environ_has(pid: int, entry: bytes) -> bool:
+    """Whether the process's environment holds every NUL-separated `NAME=value` of `entry`."""
     try:
         with open(f"{_PROC}/{pid}/environ", "rb") as f:
-            return entry in f.read().split(b"\0")
+            return set(entry.split(b"\0")) <= set(f.read().split(b"\0"))
     except OSError:  # gone, or another user's
         return False
 

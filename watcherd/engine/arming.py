@@ -245,12 +245,19 @@ class Arming:
             return None
         return slot_run(current, self.book.config.pipeline_by_id(current.pipeline), slot)
 
-    async def commit_slots(self, batches: list[SlotBatch], now: datetime) -> None:
-        """Record slots (fenced by each schedule's lease epoch) and hand the runs over."""
-        todo = [dataclasses.replace(b, epoch=self.leases.epoch(b.schedule_id)) for b in batches]
+    async def commit_slots(self, batches: list[SlotBatch], now: datetime) -> list[SlotBatch]:
+        """Record slots (fenced by each schedule's lease epoch), hand the runs over, and
+        return the batches recorded."""
+        # Only what this replica holds a lease on: a slot of a schedule whose lease is gone is
+        # its new owner's to record (an unfenced write could fire it twice).
+        todo = [
+            dataclasses.replace(b, epoch=epoch)
+            for b in batches
+            if (epoch := self.leases.epoch(b.schedule_id)) is not None
+        ]
         while True:
             if not todo:
-                return
+                return []
             try:
                 ids = await self.persist(
                     functools.partial(self.store.record_slots, todo, now), "slots"
@@ -264,3 +271,4 @@ class Arming:
             if row is not None and (row.cursor is None or b.cursor > row.cursor):
                 self.book.rows[b.schedule_id] = dataclasses.replace(row, cursor=b.cursor)
         self.runner.enqueue_new([r for b in todo for r in b.runs], ids, now)
+        return todo

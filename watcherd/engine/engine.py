@@ -365,8 +365,13 @@ class Engine:
 
     async def cancel_run(self, run_id: str) -> None:
         """Cancel a Queued or Running run, wherever it runs (SPEC §12: within 1 s)."""
-        await self.runner.cancel(run_id)
-        await self.runner.wait_run(run_id)
+        if await self.runner.cancel(run_id):
+            await self.runner.wait_run(run_id)
+            return
+        holder = await self.store.request_cancel(run_id)  # Running on another replica
+        if holder == self.replica_id:  # ours after all (our own notification is filtered)
+            await self.runner.cancel_here(run_id)
+            await self.runner.wait_run(run_id)
 
     # ── queries ──────────────────────────────────────────────────────────────
 

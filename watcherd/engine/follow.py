@@ -76,3 +76,5 @@ class ChangeFollower:
             if old.get(sid) != self.book.schedules.get(sid) or old_rows.get(sid) != rows.get(sid):
                 await self.arming.refresh(sid)
         await self.runner.refresh()
+        for run_id in await self.store.cancel_requests():  # asked while we were not listening
+            await self.runner.cancel_here(run_id)

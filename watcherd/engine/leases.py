@@ -55,6 +55,7 @@ class LeaseKeeper:
         self.replicas = 1
         self.error: str | None = None
         self.valid_until = math.inf
+        self.recheck_at: float | None = None
         self._wake = asyncio.Event()
         self._failures = 0
         self._lock = asyncio.Lock()  # the loop and an API change may beat at once
@@ -85,7 +86,7 @@ class LeaseKeeper:
         )
         # The store computed valid_until from its own send time; never trust more than ours.
         self.valid_until = min(m.valid_until, sent + self.cluster.lease_ttl.total_seconds() - 1)
-        self.config_ok, self.replicas = m.config_ok, m.replicas
+        self.config_ok, self.replicas, self.recheck_at = m.config_ok, m.replicas, m.recheck_at
         lost = set(self.held) - set(m.leases)
         gained = {sid: e for sid, e in m.leases.items() if self.held.get(sid) != e}
         if lost:
@@ -105,9 +106,11 @@ class LeaseKeeper:
         while True:
             wait = interval
             try:
-                # A beat that hangs (a dead connection) must not outlive the lease deadline.
+                # A beat that hangs (a dead connection) must not outlive the lease deadline by
+                # much; never less than a second (a slow start-up is not a dead store).
                 remaining = self.valid_until - self.clock.monotonic()
-                async with asyncio.timeout(None if math.isinf(remaining) else max(remaining, 0.1)):
+                limit = None if math.isinf(remaining) else min(max(remaining, 1.0), interval)
+                async with asyncio.timeout(limit):
                     await self.beat()
                 if self.error is not None:
                     log.info("heartbeat_recovered", failures=self._failures)
@@ -118,10 +121,13 @@ class LeaseKeeper:
                     log.error("heartbeat_failed", error=str(exc) or "timed out")
                 self.error = str(exc) or "heartbeat timed out"
                 wait = min(interval, backoff_delay(self._failures, self.cluster.lease_ttl))
-            remaining = self.valid_until - self.clock.monotonic()
-            if self.held and remaining <= 0:
+            now = self.clock.monotonic()
+            remaining = self.valid_until - now
+            if self.held and remaining <= 0 and self.error is not None:
                 self._drop_all("heartbeat failed past the lease deadline")
                 remaining = math.inf
+            if self.recheck_at is not None and self.error is None:
+                wait = min(wait, max(0.05, self.recheck_at - now))
             await self._sleep(min(wait, max(0.0, remaining)))
 
     def _drop_all(self, why: str) -> None:

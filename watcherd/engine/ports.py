@@ -236,6 +236,16 @@ class RunStore(Protocol):
 
     async def skip_runs(self, run_ids: Sequence[str], reason: str, now: datetime) -> None: ...
 
+    async def request_cancel(self, run_id: str) -> str | None:
+        """Ask the replica running `run_id` to stop it (SPEC §12: within 1 s); returns that
+        replica's id, or None when the run is not Running. The request is kept on the run
+        (`cancel_requests`), and a run whose holder dies then ends Canceled."""
+        ...
+
+    async def cancel_requests(self) -> list[str]:
+        """This replica's Running runs with a cancel pending (after a resync)."""
+        ...
+
     async def prune(self, before: datetime) -> int:
         """Delete runs finished before `before` (in small batches); returns how many."""
         ...
@@ -279,6 +289,9 @@ class Membership:
     valid_until: float  # local monotonic: the send time + lease_ttl − 1 s (SPEC §12)
     config_ok: bool  # this replica's config hash is the deployment's
     replicas: int  # live replicas, this one included
+    # Local monotonic: beat again by then (a lease this replica wants, or another replica's
+    # heartbeat, expires): a dead owner's schedules are taken within lease_ttl + 1 s.
+    recheck_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import TypeVar
 import structlog
 from tenacity import RetryCallState, wait_exponential_jitter
 
-from watcherd.core.errors import ClaimLost, LeaseLost, StateError
+from watcherd.core.errors import ClaimLost, IncompatibleStore, LeaseLost, StateError
 from watcherd.engine.clock import Clock
 
 __all__ = ["StoreHealth", "backoff_delay", "persist"]
@@ -36,7 +36,7 @@ def backoff_delay(
         return max(0.0, min(float(retry_after), limit))
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]  # a bare state is all wait_* reads
     state.attempt_number = attempt
-    wait = wait_exponential_jitter(initial=initial, max=limit, jitter=min(1.0, initial))
+    wait = wait_exponential_jitter(multiplier=initial, max=limit, jitter=min(1.0, initial))
     return min(float(wait(state)), limit)
 
 
@@ -61,7 +61,7 @@ async def persist(
     while True:
         try:
             result = await op()
-        except (LeaseLost, ClaimLost):  # refused on purpose: retrying cannot help
+        except (LeaseLost, ClaimLost, IncompatibleStore):  # retrying cannot help
             raise
         except StateError as exc:
             attempt += 1

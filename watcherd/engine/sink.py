@@ -123,6 +123,8 @@ class FileSink:
                         max(0.0, (now - ch.modified).total_seconds())
                     )
         epoch = self.fence(schedule_id)
+        if epoch is None:  # its lease is gone: the new owner's poller records it
+            raise LeaseLost(schedule_id)
         try:
             ids = await self.persist(
                 lambda: self.store.commit_changes(

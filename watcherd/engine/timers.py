@@ -30,7 +30,8 @@ __all__ = ["Armed", "Timers"]
 log = structlog.get_logger(__name__)
 
 SlotRun = Callable[[Schedule, datetime], "NewRun | None"]  # None: schedule or pipeline Disabled
-Commit = Callable[[list[SlotBatch], datetime], Awaitable[None]]  # store, then hand to the runner
+# Store, hand to the runner, and return what was recorded (a fenced-out schedule's is not).
+Commit = Callable[[list[SlotBatch], datetime], Awaitable[list[SlotBatch]]]
 ActiveRuns = Callable[[str], tuple[int, int]]  # schedule id → (queued, running)
 
 
@@ -137,11 +138,11 @@ class Timers:
             self._advance(a, due)
         if not batch:
             return
-        await self.commit(batch, now)
+        recorded = await self.commit(batch, now)
         committed = self.clock.now()
         for late in lateness:
             self.metrics.timer_lateness.observe(max(0.0, late + (committed - now).total_seconds()))
-        for b in batch:
+        for b in recorded:
             armed = self.armed.get(b.schedule_id)
             for r in b.runs:
                 log.info(

@@ -186,6 +186,12 @@ class SqliteStore:
     ) -> bool:
         return await self.db.write(runs_sql.update_running, run_id, fields)
 
+    async def request_cancel(self, run_id: str) -> str | None:
+        return None  # one daemon: a run it runs is canceled in place
+
+    async def cancel_requests(self) -> list[str]:
+        return []
+
     async def skip_runs(self, run_ids: Sequence[str], reason: str, now: datetime) -> None:
         await self.db.write(runs_sql.skip_runs, list(run_ids), reason, now)
 
