@@ -42,8 +42,12 @@ def test_parse_duration_rejects(text: str) -> None:
 def test_parse_duration_rejects_non_strings_and_overflow() -> None:
     with pytest.raises(ValueError, match="expected a duration string"):
         parse_duration(5)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="too long"):
+    with pytest.raises(ValueError, match="longer than the maximum 36524d"):
         parse_duration("99999999999999d")
+    with pytest.raises(ValueError, match="longer than the maximum 36524d"):
+        parse_duration("36525d")
+    assert parse_duration("36524d") == timedelta(days=36524)
+    assert parse_duration(f"{36524 * 86400 * 1000}ms") == timedelta(days=36524)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +122,8 @@ def test_polling_interval(value: object, expected: timedelta) -> None:
         (True, "expected a number of minutes"),
         (None, "expected a number of minutes"),
         (float("nan"), "invalid polling interval"),
-        (1e300, "too long"),
+        (1e300, "longer than the maximum 36524d"),
+        (36524 * 1440 + 1, "longer than the maximum 36524d"),
     ],
 )
 def test_polling_interval_rejects(value: object, message: str) -> None:

@@ -40,16 +40,21 @@ shutdown_timeout = "10s"
 log_format = "json"
 retention = "7d"
 readyz_strict = true
+database = "postgresql://watcherd:pw-fuzz@db.internal:5432/watcherd"
+replica_id = "replica-1"
+lease_ttl = "15s"
 
 [datastores.inbox]
 kind = "local"
 root = "inbox"
+follow_symlinks = "within_root"
 
 [datastores.lake]
 kind = "azure_blob"
 account_url = "https://acct.blob.core.windows.net"
 sas_token = "sv=2024&sig=abc"
 container = "data"
+azureml_datastore = "workspaceblobstore"
 
 [datastores.dev]
 kind = "azure_blob"
@@ -83,6 +88,14 @@ request_timeout = "5s"
 kind = "azureml"
 endpoint = "https://eastus.api.azureml.ms/pipelines/v1.0/x"
 scope = "https://management.azure.com/.default"
+
+[pipelines.score]
+kind = "batch_endpoint"
+endpoint = "https://ep.westeurope.inference.ml.azure.com/jobs"
+deployment = "blue"
+input_name = "heart_data"
+request_timeout = "1m"
+parameters = {{ mode = "append" }}
 
 [[schedules]]
 name = "weekly"
@@ -145,6 +158,36 @@ experiment_name = "E"
 datastore = "lake"
 path_on_datastore = "drop/"
 polling_interval = 5
+
+[[schedules]]
+name = "scored"
+pipeline = "score"
+experiment_name = "E"
+datastore = "lake"
+path_on_datastore = "score"
+events = {{ queue = "blob-events", poison_queue = "blob-events-bad" }}
+list_page_size = 100
+
+[[schedules]]
+name = "v2-monthly"
+pipeline = "score"
+experiment_name = "E"
+catch_up = "last"
+
+[schedules.trigger]
+type = "recurrence"
+frequency = "month"
+interval = 2
+schedule = {{ hours = [4], minutes = [50], month_days = [1, 15], week_days = ["friday"] }}
+start_time = "2026-01-01T04:50:00-08:00"
+end_time = "2030-01-01T00:00:00"
+time_zone = "Pacific Standard Time"
+
+[[schedules]]
+name = "v2-cron"
+pipeline = "alert"
+experiment_name = "E"
+trigger = {{ type = "cron", expression = "0 4 * * 1", timezone = "UTC" }}
 """
 
 BASES: dict[str, str] = {

@@ -14,7 +14,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from watcherd.config.schema import EnvStr, key_join
+from watcherd.config.limits import (
+    DEPTH_MAX,
+    ENTRIES_MAX,
+    NAME_MAX,
+    VALUE_MAX,
+    key_join,
+    key_problem,
+    string_problem,
+)
+from watcherd.config.schema import EnvStr
 
 __all__ = ["EnvStr", "substitute"]
 
@@ -28,37 +37,124 @@ class _BadReference(Exception):
         self.reason = reason
 
 
+Found = list[tuple[str, str, bool]]
+_PLAIN = frozenset({int, float, bool, type(None)})
+_SHORT = VALUE_MAX // 4  # characters: no string this short can exceed VALUE_MAX bytes
+
+
+def _plain(text: str) -> bool:
+    return "$" not in text and "\x00" not in text and len(text) <= _SHORT
+
+
 def substitute(
-    tree: Mapping[str, object], env: Mapping[str, str]
-) -> tuple[dict[str, object], list[tuple[str, str]]]:
-    """Substitute `${…}` in every string of `tree`; return the new tree and (key path, reason)
-    for every reference that could not be resolved (those values are left as written)."""
+    tree: Mapping[str, object], env: Mapping[str, str], *, top_lists: int = 1
+) -> tuple[dict[str, object], list[tuple[str, str]], Found]:
+    """Substitute `${…}` in every string of `tree`, checking every value on the way.
+
+    Returns the new tree; (key path, reason) for every reference that could not be resolved
+    (those values are left as written); and the problems `schema.scan` would find — NUL bytes,
+    values over VALUE_MAX, long keys, long arrays (beyond depth `top_lists`), nesting deeper
+    than DEPTH_MAX (not entered) — as (key path, reason, taints). One pass over the tree, with
+    key paths joined only for problems: a clean 10k-schedule file costs one walk (issue #14).
+    """
     problems: list[tuple[str, str]] = []
-    out = _walk(tree, "", env, problems)
+    found: Found = []
+    walker = _Walker(env, problems, found, top_lists)
+    out = walker.walk(tree, [], 0, None)
     assert isinstance(out, dict)
-    return out, problems
+    return out, problems, found
 
 
-def _walk(
-    value: object, path: str, env: Mapping[str, str], problems: list[tuple[str, str]]
-) -> object:
-    if isinstance(value, str):
-        try:
-            return _expand(value, env)
-        except _BadReference as exc:
-            problems.append((path, exc.reason))
+def _path(parts: list[str | int]) -> str:
+    path = ""
+    for part in parts:
+        path = key_join(path, part)
+    return path
+
+
+class _Walker:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        problems: list[tuple[str, str]],
+        found: Found,
+        top_lists: int,
+    ) -> None:
+        self.env, self.problems, self.found, self.top_lists = env, problems, found, top_lists
+        self.deep: set[str] = set()
+
+    def walk(self, value: object, parts: list[str | int], depth: int, lists: int | None) -> object:
+        """`parts` is the key path so far; `lists` the length of `parts` at the outermost
+        array on the way down (where nesting too deep is reported)."""
+        kind = type(value)
+        if kind is str:
+            return self._string(value, parts)  # type: ignore[arg-type]
+        if kind is dict or (kind is not list and isinstance(value, Mapping)):
+            if depth >= DEPTH_MAX:
+                return self._too_deep(value, parts, lists)
+            out: dict[str, object] = {}
+            for k, v in value.items():  # type: ignore[attr-defined]
+                if "\x00" in k or len(k) > NAME_MAX or not k.isascii():
+                    parts.append(k)
+                    self._bad_key(k, parts)
+                    parts.pop()
+                if type(v) in _PLAIN or (type(v) is str and _plain(v)):
+                    out[k] = v  # the common leaf: nothing to substitute or check
+                    continue
+                parts.append(k)
+                out[k] = self.walk(v, parts, depth + 1, lists)
+                parts.pop()
+            return out
+        if kind is list:
+            items_in: list[object] = value  # type: ignore[assignment]
+            if depth >= DEPTH_MAX:
+                return self._too_deep(value, parts, lists)
+            if len(items_in) > ENTRIES_MAX and depth > self.top_lists:
+                self.found.append((_path(parts), f"more than {ENTRIES_MAX} entries "
+                                   f"({len(items_in)})", True))  # fmt: skip
+                return value
+            here = len(parts) if lists is None else lists
+            items: list[object] = []
+            for i, v in enumerate(items_in):
+                if type(v) in _PLAIN or (type(v) is str and _plain(v)):
+                    items.append(v)
+                    continue
+                parts.append(i)
+                items.append(self.walk(v, parts, depth + 1, here))
+                parts.pop()
+            return items
+        return value
+
+    def _string(self, value: str, parts: list[str | int]) -> str:
+        if "$" in value:
+            try:
+                result = _expand(value, self.env)
+            except _BadReference as exc:
+                self.problems.append((_path(parts), exc.reason))
+                return value
+        else:
+            result = value
+        # Checked after substitution: a variable may bring a NUL or undecodable bytes.
+        if (reason := string_problem(result)) is not None:
+            self.found.append((_path(parts), reason, True))
             return value
-    if isinstance(value, Mapping):
-        return {k: _walk(v, key_join(path, k), env, problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_walk(v, key_join(path, i), env, problems) for i, v in enumerate(value)]
-    return value
+        return result
+
+    def _bad_key(self, key: str, parts: list[str | int]) -> None:
+        found = key_problem(key)
+        if found is not None:
+            self.found.append((_path(parts), *found))
+
+    def _too_deep(self, value: object, parts: list[str | int], lists: int | None) -> object:
+        where = _path(parts[: len(parts) if lists is None else lists])
+        if where not in self.deep:
+            self.deep.add(where)
+            self.found.append((where, f"nested too deeply (more than {DEPTH_MAX} levels)", True))
+        return value
 
 
 def _expand(text: str, env: Mapping[str, str]) -> str:
     """Substitute one string; raise `_BadReference` naming the first bad or unset reference."""
-    if "$" not in text:
-        return text
     out: list[str] = []
     pos = 0
     while (start := text.find("$", pos)) != -1:

@@ -6,12 +6,29 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from watcherd.core.durations import format_duration
-from watcherd.core.models import Config, CronTrigger, DatastoreTrigger, RecurrenceTrigger, Schedule
+from watcherd.core.models import (
+    BlobEvents,
+    Config,
+    CronTrigger,
+    DatastoreTrigger,
+    LocalDatastore,
+    RecurrenceTrigger,
+    Schedule,
+    Trigger,
+)
 
-__all__ = ["export_toml", "polling_interval_value", "schedule_to_dict", "toml_key", "toml_value"]
+__all__ = [
+    "export_toml",
+    "polling_interval_value",
+    "schedule_to_dict",
+    "toml_key",
+    "toml_value",
+    "trigger_name",
+]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MINUTE = timedelta(minutes=1)
@@ -46,7 +63,9 @@ def schedule_to_dict(schedule: Schedule, config: Config) -> dict[str, object]:
         "continue_on_step_failure": schedule.continue_on_step_failure,
     }
     trigger = schedule.trigger
-    if isinstance(trigger, RecurrenceTrigger):
+    if not isinstance(trigger, DatastoreTrigger) and trigger.v2 is not None:
+        out["trigger"] = _plain(trigger.v2)  # as given (SPEC §13), never as v1 terms
+    elif isinstance(trigger, RecurrenceTrigger):
         out["recurrence"] = trigger.recurrence.to_dict()
         out["end_time"] = _wall(trigger.end_time)
     elif isinstance(trigger, CronTrigger):
@@ -56,7 +75,7 @@ def schedule_to_dict(schedule: Schedule, config: Config) -> dict[str, object]:
         out["start_time"] = _wall(rule.start_time)
         out["end_time"] = _wall(rule.end_time)
     else:
-        out.update(_datastore_keys(trigger))
+        out.update(_datastore_keys(trigger, config))
     if not isinstance(trigger, DatastoreTrigger):
         opts = trigger.options
         out["catch_up"] = opts.catch_up
@@ -67,7 +86,31 @@ def schedule_to_dict(schedule: Schedule, config: Config) -> dict[str, object]:
     return out
 
 
-def _datastore_keys(trigger: DatastoreTrigger) -> dict[str, object]:
+def _events(events: bool | BlobEvents | None) -> object:
+    if isinstance(events, BlobEvents):
+        return {k: v for k, v in asdict(events).items() if v is not None}
+    return events
+
+
+def trigger_name(trigger: Trigger) -> str:
+    """The API key that holds a schedule's trigger: recurrence, cron, trigger or datastore."""
+    if not isinstance(trigger, DatastoreTrigger) and trigger.v2 is not None:
+        return "trigger"
+    return trigger.kind
+
+
+def _plain(value: object) -> object:
+    """A deep copy made of dicts and lists (a frozen schedule never shares its tables)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _datastore_keys(trigger: DatastoreTrigger, config: Config) -> dict[str, object]:
+    # list_page_size pages a blob listing; a local schedule shows None (not applicable).
+    blob = not isinstance(config.datastores.get(trigger.datastore), LocalDatastore)
     return {
         "datastore": trigger.datastore,
         "path_on_datastore": trigger.path_on_datastore,
@@ -78,7 +121,8 @@ def _datastore_keys(trigger: DatastoreTrigger) -> dict[str, object]:
         "ignore_defaults": trigger.ignore_defaults,
         "settle": _duration(trigger.settle),
         "initial": trigger.initial,
-        "events": trigger.events,
+        "events": _events(trigger.events),
+        "list_page_size": trigger.list_page_size if blob else None,
     }
 
 
@@ -99,13 +143,18 @@ def export_toml(schedules: Iterable[Schedule], config: Config) -> str:
 
 
 def toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else toml_value(key)
+    # Table keys are never substituted (SPEC §2): no `$${` escape here.
+    return key if _BARE_KEY.fullmatch(key) else _toml_str(key)
 
 
 def toml_value(value: object) -> str:
-    """A TOML literal for a str, bool, int, float, list, mapping (inline table) or datetime."""
+    """A TOML literal for a str, bool, int, float, list, mapping (inline table) or datetime.
+
+    Strings are written as the loader must read them back: every string value of a config
+    file goes through `${VAR}` substitution, so a literal `${` is written `$${` (issue #11:
+    an exported schedule must not pull the daemon's environment into its parameters)."""
     if isinstance(value, str):
-        return _toml_str(value)
+        return _toml_str(value.replace("${", "$${"))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

@@ -14,8 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from watcherd.config.daemon import database_secrets
 from watcherd.config.env import substitute
-from watcherd.config.export import export_toml, schedule_to_dict
+from watcherd.config.export import export_toml, schedule_to_dict, trigger_name
+from watcherd.config.limits import scan, tainted
 from watcherd.config.refs import check_compat, on_failure_problems, placeholder_problems
 from watcherd.config.schedules import Context, build_schedule
 from watcherd.config.schema import At, Problems, describe, unknown_key
@@ -31,6 +33,8 @@ from watcherd.core.redact import connection_string_secrets, redact, url_secrets
 
 __all__ = [
     "check_compat",
+    "collect_secrets",
+    "events_secrets",
     "export_toml",
     "find_config_path",
     "load",
@@ -40,6 +44,7 @@ __all__ = [
 ]
 
 DEFAULT_NAME = "watcherd.toml"
+FILE_MAX = 64 * 1024 * 1024  # bytes: a config file larger than this is a mistake
 _TOP_LEVEL = ("daemon", "datastores", "pipelines", "schedules")
 _READ_ONLY = ("id", "source", "created_at", "updated_at", "next_fire_times")
 _TOML_POSITION = re.compile(r"(.*) \((at line \d+, column \d+|at end of document)\)", re.S)
@@ -59,11 +64,14 @@ def load(path: Path, env: Mapping[str, str]) -> Config:
             (with its line and column) is a single problem.
     """
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(FILE_MAX + 1)
     except FileNotFoundError:
         raise _one(path, f"config file {path} not found") from None
     except OSError as exc:
         raise _one(path, f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(data) > FILE_MAX:
+        raise _one(path, f"config file {path} is larger than {FILE_MAX // 1024 // 1024} MiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -73,6 +81,8 @@ def load(path: Path, env: Mapping[str, str]) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _one(path, _syntax_reason(str(exc), text)) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays/tables
+        raise _one(path, "TOML values nested too deeply (more than 32 levels)") from None
     return parse(raw, path=path, base_dir=path.absolute().parent, env=env)
 
 
@@ -101,10 +111,18 @@ def parse(
         ConfigErrors: every problem found.
     """
     problems = Problems()
-    tree, env_problems = substitute(raw, env)
+    tree, env_problems, bad = substitute(raw, env, top_lists=1)
+    _raise_deep(bad, str(path) if path else "config")
     for key_path, reason in env_problems:
         problems.add(key_path, reason)
-    unresolved = {key_path for key_path, _ in env_problems}
+    # A value whose ${…} failed (or holds a NUL) is left as written; its converter's
+    # complaint is noise.
+    noise = {key_path for key_path, _ in env_problems}
+    for key_path, reason, taints in bad:
+        problems.add(key_path, reason)
+        if taints:
+            noise.add(key_path)
+    first_converter_error = len(problems.errors)
     secrets = collect_secrets(tree)
     root = At("", problems)
     for key in tree:
@@ -125,11 +143,34 @@ def parse(
     schedules = _parse_schedules(tree.get("schedules"), root / "schedules", ctx)
     problems.errors += on_failure_problems(config)
     if problems:
-        # A value whose ${…} failed is left as written; its converter's complaint is noise.
-        kept = [e for i, e in enumerate(problems.errors) if i < len(env_problems) or
-                e.key_path not in unresolved]  # fmt: skip
-        raise _redacted(kept, secrets, str(path) if path else "config")
+        kept = [e for i, e in enumerate(problems.errors) if i < first_converter_error or
+                not tainted(e.key_path, noise)]  # fmt: skip
+        raise _redacted(_unique(kept), secrets, str(path) if path else "config")
     return replace(config, schedules=tuple(schedules))
+
+
+def _scan_or_raise(raw: object, root: str, source: str) -> list[tuple[str, str, bool]]:
+    """`scan` an API body; nesting too deep is raised at once (the rest of the checks walk
+    the tree recursively), every other problem is returned."""
+    found = scan(raw, root)
+    _raise_deep(found, source)
+    return found
+
+
+def _raise_deep(found: list[tuple[str, str, bool]], source: str) -> None:
+    deep = [ConfigError(p, r) for p, r, _ in found if r.startswith("nested too deeply")]
+    if deep:
+        raise ConfigErrors(deep, source=source)
+
+
+def _unique(errors: list[ConfigError]) -> list[ConfigError]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for e in errors:
+        if (e.key_path, e.reason) not in seen:
+            seen.add((e.key_path, e.reason))
+            out.append(e)
+    return out
 
 
 def _parse_schedules(raw: object, at: At, ctx: Context) -> list[Schedule]:
@@ -184,6 +225,12 @@ def parse_schedule(
     at = At(key_prefix, problems)
     if not isinstance(raw, Mapping):
         raise ConfigErrors([ConfigError(key_prefix, f"expected an object, got {describe(raw)}")])
+    noise = set()
+    for key_path, reason, taints in _scan_or_raise(raw, key_prefix, "schedule"):
+        problems.add(key_path, reason)
+        if taints:
+            noise.add(key_path)
+    first_converter_error = len(problems.errors)
     body = {k: v for k, v in raw.items() if v is not None}
     merged = body if existing is None else _merge_patch(body, existing, config, at)
     schedule = None
@@ -197,28 +244,43 @@ def parse_schedule(
         for reason in placeholder_problems(schedule, config):
             (at / "pipeline").error(reason)
     if problems or schedule is None:
-        raise _redacted(problems.errors, config.secrets, "schedule")
+        kept = [e for i, e in enumerate(problems.errors) if i < first_converter_error or
+                not tainted(e.key_path, noise)]  # fmt: skip
+        raise _redacted(_unique(kept), config.secrets, "schedule")
     return schedule
 
 
 _KIND_CHANGE = {
     ("recurrence", "datastore"): "Can not specify a recurrence for a Datastore schedule.",
+    ("cron", "datastore"): "Can not specify a cron for a Datastore schedule.",
+    ("trigger", "datastore"): "Can not specify a trigger for a Datastore schedule.",
     ("datastore", "recurrence"): "Can not specify a Datastore for a Recurrence schedule.",
     ("datastore", "cron"): "Can not specify a Datastore for a Recurrence schedule.",
-    ("cron", "datastore"): "Can not specify a cron for a Datastore schedule.",
-    ("cron", "recurrence"): "Can not specify a cron for a Recurrence schedule.",
-    ("recurrence", "cron"): "Can not specify a recurrence for a cron schedule.",
+    ("datastore", "trigger"): "Can not specify a Datastore for a Recurrence schedule.",
+}
+_TIME_KEYS = {  # what each time trigger owns; a PATCH with another of the three replaces them
+    "recurrence": ("recurrence", "end_time"),
+    "cron": ("cron", "time_zone", "start_time", "end_time"),
+    "trigger": ("trigger",),
 }
 
 
 def _merge_patch(
     patch: dict[str, Any], existing: Schedule, config: Config, at: At
 ) -> dict[str, Any] | None:
-    """The existing schedule's keys overlaid with the patch; None after a refused change."""
+    """The existing schedule's keys overlaid with the patch; None after a refused change.
+
+    A time schedule's `recurrence`, `cron` or `trigger` may be replaced by another of the three
+    (SPEC §13); a datastore schedule stays one, and a time schedule a time schedule."""
     before = len(at.problems.errors)
-    kind = existing.trigger.kind
-    for key in ("recurrence", "cron", "datastore"):
-        if key in patch and key != kind:
+    kind = trigger_name(existing.trigger)
+    replaced = None
+    for key in ("recurrence", "cron", "trigger", "datastore"):
+        if key not in patch or key == kind:
+            continue
+        if key in _TIME_KEYS and kind in _TIME_KEYS:
+            replaced = kind
+        else:
             (at / key).error(_KIND_CHANGE[(key, kind)])
     ref = patch.get("pipeline")
     if isinstance(ref, str):
@@ -233,7 +295,7 @@ def _merge_patch(
     merged = {
         k: v
         for k, v in schedule_to_dict(existing, config).items()
-        if v is not None and k not in _READ_ONLY
+        if v is not None and k not in _READ_ONLY and k not in _TIME_KEYS.get(replaced or "", ())
     }
     merged.update(patch)
     return merged
@@ -270,6 +332,8 @@ def collect_secrets(tree: Mapping[str, object]) -> frozenset[str]:
     daemon = tree.get("daemon")
     if isinstance(daemon, Mapping):
         found += _strings(daemon.get("token"))
+        for database in _strings(daemon.get("database")):
+            found += database_secrets(database)
     for store in _tables(tree.get("datastores")):
         for conn in _strings(store.get("connection_string")):
             found += connection_string_secrets(conn)
@@ -282,4 +346,20 @@ def collect_secrets(tree: Mapping[str, object]) -> frozenset[str]:
         found += _strings(pipeline.get("headers")) + _strings(pipeline.get("env"))
         for url in _strings(pipeline.get("url")) + _strings(pipeline.get("endpoint")):
             found += url_secrets(url)
+    schedules = tree.get("schedules")
+    for schedule in schedules if isinstance(schedules, list) else ():
+        events = schedule.get("events") if isinstance(schedule, Mapping) else None
+        if isinstance(events, Mapping):
+            found += events_secrets(events)
     return frozenset(s for s in found if s)
+
+
+def events_secrets(events: Mapping[str, object]) -> list[str]:
+    """The secrets of a blob trigger's `events` table: the queue connection string with its
+    key or SAS, and the userinfo and query of the queue URL."""
+    found: list[str] = []
+    for conn in _strings(events.get("queue_connection_string")):
+        found += connection_string_secrets(conn)
+    for url in _strings(events.get("queue_account_url")):
+        found += url_secrets(url)
+    return found

@@ -12,6 +12,7 @@ and at every reload (`check_compat`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
 
 from watcherd.config.schema import key_join
 from watcherd.core.errors import ConfigError
@@ -33,24 +34,42 @@ FAILED_RUN = "failed_run"
 _URL_RULE = "is only defined for the data_path_parameter_name file of an azure_blob datastore"
 
 
-def _templates(pipeline: Pipeline) -> Iterator[tuple[str, str]]:
+def _templates(name: str, texts: tuple[tuple[str, ...], ...] | str) -> Iterator[tuple[str, str]]:
     """(key path, template) of every text that takes placeholders: argv elements, http url."""
-    base = key_join("pipelines", pipeline.name)
-    target = pipeline.target
-    if isinstance(target, CommandTarget):
-        for i, argv in enumerate(target.steps):
-            for j, arg in enumerate(argv):
-                yield f"{key_join(base, 'steps')}[{i}][{j}]", arg
-    elif isinstance(target, HttpTarget):
-        yield key_join(base, "url"), target.url
+    base = key_join("pipelines", name)
+    if isinstance(texts, str):
+        yield key_join(base, "url"), texts
+        return
+    for i, argv in enumerate(texts):
+        for j, arg in enumerate(argv):
+            yield f"{key_join(base, 'steps')}[{i}][{j}]", arg
 
 
 def _unresolved(pipeline: Pipeline, defined: set[str], urls: set[str]) -> list[str]:
     """A reason for each placeholder with no value (first occurrence only); `urls` are the
     names that also have `{NAME.url}`."""
+    target = pipeline.target
+    if isinstance(target, CommandTarget):
+        texts: tuple[tuple[str, ...], ...] | str = target.steps
+    elif isinstance(target, HttpTarget):
+        texts = target.url
+    else:
+        return []
+    return list(_unresolved_in(pipeline.name, texts, frozenset(defined), frozenset(urls)))
+
+
+@lru_cache(maxsize=4096)
+def _unresolved_in(
+    name: str,
+    texts: tuple[tuple[str, ...], ...] | str,
+    defined: frozenset[str],
+    urls: frozenset[str],
+) -> tuple[str, ...]:
+    # Memoized per (pipeline, names defined): 10k schedules of a few pipelines ask the same
+    # question, and the key paths are built once (issue #14).
     seen: set[str] = set()
     reasons = []
-    for where, template in _templates(pipeline):
+    for where, template in _templates(name, texts):
         for ref in references(template):
             name, _, url = ref.partition(".")
             ok = name in urls if url else name in defined
@@ -61,7 +80,7 @@ def _unresolved(pipeline: Pipeline, defined: set[str], urls: set[str]) -> list[s
             if url:
                 reason += f" ({{NAME.url}} {_URL_RULE})"
             reasons.append(reason)
-    return reasons
+    return tuple(reasons)
 
 
 def _on_failure_targets(config: Config) -> set[str]:

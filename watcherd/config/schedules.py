@@ -1,8 +1,9 @@
 """One schedule, from a `[[schedules]]` table or an API body, into a validated `Schedule`.
 
-The trigger kind is the one of `recurrence`, `cron` and `datastore` present; keys of another
-kind are errors. Azure ML's own messages are kept for its checks (both or neither trigger,
-datastore-only keys without a datastore), and `make_recurrence` / `make_cron` give theirs.
+The trigger kind is the one of `recurrence`, `cron`, `trigger` (Azure ML v2, SPEC §13) and
+`datastore` present; keys of another kind are errors. Azure ML's own messages are kept for its
+checks (both or neither trigger, datastore-only keys without a datastore), and
+`make_recurrence` / `make_cron` give theirs.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
-from pathlib import PurePosixPath
+from functools import cached_property, lru_cache
 from typing import Any
 
+from watcherd.config.files import DATASTORE_KEYS, datastore_fields, datastore_trigger
+from watcherd.config.limits import DESCRIPTION_MAX
 from watcherd.config.schema import (
     At,
     Converter,
@@ -22,28 +25,27 @@ from watcherd.config.schema import (
     Invalid,
     as_bool,
     as_choice,
-    as_duration,
     as_int,
     as_name,
     as_str,
-    as_str_list,
     as_str_map,
+    as_text,
     as_wall_time,
     describe,
     did_you_mean,
     read_table,
 )
-from watcherd.config.targets import PIPELINE_ID, resolve_pipeline
+from watcherd.config.targets import PIPELINE_ID
+from watcherd.config.v2 import V2_HINT_KEYS, as_v2_trigger
 from watcherd.core import cron as cron_mod
 from watcherd.core import recurrence as recurrence_mod
-from watcherd.core.durations import parse_polling_interval
 from watcherd.core.errors import ValidationError
 from watcherd.core.models import (
-    BlobDatastore,
+    BatchEndpointTarget,
     Config,
     CronTrigger,
-    Datastore,
     DatastoreTrigger,
+    LocalDatastore,
     Pipeline,
     RecurrenceTrigger,
     Schedule,
@@ -53,6 +55,7 @@ from watcherd.core.models import (
     Trigger,
     default_schedule_id,
 )
+from watcherd.core.v2 import V2Trigger
 
 __all__ = ["COMMON_KEYS", "TRIGGER_KEYS", "Context", "build_schedule", "trigger_kind"]
 
@@ -75,10 +78,8 @@ _TIME_OPTIONS = ("end_time", "catch_up", "max_catch_up", "concurrency", "max_que
 TRIGGER_KEYS: dict[str, tuple[str, ...]] = {
     "recurrence": ("recurrence", *_TIME_OPTIONS),
     "cron": ("cron", "time_zone", "start_time", *_TIME_OPTIONS),
-    "datastore": (
-        "datastore", "path_on_datastore", "polling_interval", "data_path_parameter_name",
-        "pattern", "ignore", "ignore_defaults", "settle", "initial", "events",
-    ),
+    "trigger": ("trigger", *_TIME_OPTIONS[1:]),
+    "datastore": DATASTORE_KEYS,
 }  # fmt: skip
 _RECURRENCE_KEYS = (
     "frequency", "interval", "start_time", "time_zone", "hours", "minutes", "week_days",
@@ -89,20 +90,42 @@ _RECURRENCE_KEYS = (
 @dataclass(frozen=True)
 class Context:
     """What a schedule is checked against: the config's pipelines and datastores, plus the
-    names/ids of broken ones (already reported, so references to them add no error)."""
+    names/ids of broken ones (already reported, so references to them add no error).
+
+    The key tables are built once per context, not once per schedule (issue #14)."""
 
     config: Config
     broken_pipelines: frozenset[str] = field(default_factory=frozenset)
     broken_datastores: frozenset[str] = field(default_factory=frozenset)
 
+    @cached_property
+    def tables(self) -> dict[tuple[str, bool], tuple[dict[str, Field], tuple[str, ...]]]:
+        """(converters, required keys) by (trigger kinds, file table), filled as met."""
+        return {}
+
+    def fields_for(
+        self, kinds: tuple[str, ...], *, with_id: bool
+    ) -> tuple[dict[str, Field], tuple[str, ...]]:
+        key = ("+".join(kinds), with_id)
+        found = self.tables.get(key)
+        if found is None:
+            table = _common_fields(self, with_id=with_id)
+            for kind in kinds:
+                table.update(_trigger_fields(kind, self))
+            found = table, tuple(k for k, spec in table.items() if spec.required)
+            self.tables[key] = found
+        return found
+
 
 def trigger_kind(raw: Mapping[str, object], at: At) -> str | None:
     """The one trigger kind present, else report Azure ML's message and return None."""
     present = {k for k in TRIGGER_KEYS if raw.get(k) is not None}
-    if "datastore" in present and present & {"recurrence", "cron"}:
+    if "datastore" in present and present & {"recurrence", "cron", "trigger"}:
         at.error(BOTH)
     elif present == {"recurrence", "cron"}:
         at.error("Can not specify both a Recurrence and a cron expression")
+    elif len(present) > 1:
+        at.error(f"give one of {', '.join(sorted(present))}, not both")
     elif not present:
         at.error(NEITHER)
     else:
@@ -130,20 +153,24 @@ def build_schedule(
     before = len(at.problems.errors)
     kind = trigger_kind(raw, at)
     skip = _sdk_checks(raw, at)
-    fields = _common_fields(ctx, with_id=not api_body)
     # With two triggers, check both anyway; with none, other trigger keys can't be judged.
     kinds = [kind] if kind else [k for k in TRIGGER_KEYS if raw.get(k) is not None]
-    for each in kinds:
-        fields.update(_trigger_fields(each, ctx))
+    fields, required = ctx.fields_for(tuple(kinds), with_id=not api_body)
     if not kinds:
         skip |= {k for keys in TRIGGER_KEYS.values() for k in keys}
     values = read_table(raw, at, fields, foreign=_foreign(kind, api_body), skip=skip)
-    if values is None or kind is None or len(at.problems.errors) > before:
+    if values is None or kind is None:
         return None
-    if any(spec.required and key not in values for key, spec in fields.items()):
+    if len(at.problems.errors) > before:
+        if kind == "datastore" and "datastore" in values:
+            _BUILDERS[kind](values, at, ctx)  # its datastore-dependent checks, reported too
+        return None
+    if any(key not in values for key in required):
         return None  # a reference to a broken pipeline or datastore, already reported
     trigger = _BUILDERS[kind](values, at, ctx)
     if trigger is None:
+        return None
+    if not _target_fits(values["pipeline"], trigger, ctx.config, at / "pipeline"):
         return None
     if fixed_id is None and api_body:
         fixed_id = str(uuid.uuid4())
@@ -162,6 +189,21 @@ def _assemble(
     return Schedule(id=ident, pipeline=pipeline.id, trigger=trigger, source=source, **common)
 
 
+def _target_fits(pipeline: Pipeline, trigger: Trigger, config: Config, at: At) -> bool:
+    """A batch endpoint reads its input file from Azure storage: a local datastore cannot feed
+    one (SPEC §13)."""
+    if isinstance(pipeline.target, BatchEndpointTarget) and isinstance(trigger, DatastoreTrigger):
+        store = config.datastores.get(trigger.datastore)
+        if isinstance(store, LocalDatastore):
+            at.error(
+                f"pipeline {pipeline.name!r} is a batch_endpoint, which reads its input from "
+                f"Azure storage: local datastore {store.name!r} cannot feed it "
+                "(use an azure_blob datastore)"
+            )
+            return False
+    return True
+
+
 def _sdk_checks(raw: Mapping[str, object], at: At) -> set[str]:
     """Azure ML's messages for datastore-only keys without a datastore; returns those keys."""
     found = set()
@@ -173,6 +215,7 @@ def _sdk_checks(raw: Mapping[str, object], at: At) -> set[str]:
     return found
 
 
+@lru_cache(maxsize=16)
 def _foreign(kind: str | None, api_body: bool) -> dict[str, str]:
     """Reasons for keys of another trigger kind (and read-only keys of an API body)."""
     out: dict[str, str] = {}
@@ -184,8 +227,15 @@ def _foreign(kind: str | None, api_body: bool) -> dict[str, str]:
     for other, keys in TRIGGER_KEYS.items():
         for key in keys:
             if key not in TRIGGER_KEYS[kind] and key not in out:
-                hint = " (put it inside recurrence)" if key in _RECURRENCE_KEYS else ""
+                hint = ""
+                if kind == "trigger" and key in V2_HINT_KEYS:
+                    hint = " (put it inside trigger)"
+                elif key in _RECURRENCE_KEYS and kind != "cron":
+                    hint = " (put it inside recurrence)"
                 out[key] = f"{key!r} is a key of {other} schedules, not of {kind} schedules{hint}"
+    if kind == "trigger":
+        for key in V2_HINT_KEYS:
+            out.setdefault(key, f"{key!r} goes inside trigger (v2 syntax, SPEC §13)")
     return out
 
 
@@ -202,7 +252,7 @@ def _as_schedule_id(value: object, at: At) -> str:
 def _as_pipeline_ref(ctx: Context) -> Converter:
     def convert(value: object, at: At) -> Pipeline:
         ref = as_name(value, at)
-        pipeline = resolve_pipeline(ctx.config.pipelines, ref)
+        pipeline = ctx.config.pipeline_by_id(ref)
         if pipeline is not None:
             return pipeline
         if ref in ctx.broken_pipelines:
@@ -218,7 +268,7 @@ def _common_fields(ctx: Context, *, with_id: bool) -> dict[str, Field]:
         "name": Field(as_name, required=True),
         "pipeline": Field(_as_pipeline_ref(ctx), required=True),
         "experiment_name": Field(as_name, required=True),
-        "description": Field(as_str),
+        "description": Field(as_text(DESCRIPTION_MAX)),
         "status": Field(as_choice(*Status)),
         "pipeline_parameters": Field(as_str_map()),
         "continue_on_step_failure": Field(as_bool),
@@ -243,11 +293,12 @@ def _env_int(value: object) -> object:
 
 
 def _as_int_list(value: object, at: At) -> object:
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise Invalid(f"expected an array of integers, got {describe(value)}")
-    return [_env_int(v) for v in value]
+    """Items of an exact `${…}` become integers; anything else is left to `make_recurrence`,
+    so its rules keep SPEC §3.1's order (a scalar `hours` with Minute is rule 3's message, as
+    the SDK says, not a type complaint of ours)."""
+    if isinstance(value, list):
+        return [_env_int(v) for v in value]
+    return _env_int(value)
 
 
 def _as_time_of_day(value: object, at: At) -> object:
@@ -284,54 +335,11 @@ def _as_recurrence(value: object, at: At) -> recurrence_mod.Recurrence:
         raise Invalid(None) from None
 
 
-def _as_datastore_ref(ctx: Context) -> Converter:
-    def convert(value: object, at: At) -> Datastore:
-        name = as_name(value, at)
-        store = ctx.config.datastores.get(name)
-        if store is not None:
-            return store
-        if name in ctx.broken_datastores:
-            raise Invalid(None)
-        known = [*ctx.config.datastores, *ctx.broken_datastores]
-        raise Invalid(f"unknown datastore {name!r}" + did_you_mean(name, known))
-
-    return convert
-
-
-def _as_path_on_datastore(value: object, at: At) -> str:
-    text = as_str(value, at)
-    if "\\" in text:
-        raise Invalid(f"use / as the separator, got {text!r}")
-    path = PurePosixPath(text)
-    if path.is_absolute() or ".." in path.parts:
-        raise Invalid(f"must be a relative path without '..', got {text!r}")
-    return "" if str(path) == "." else str(path)
-
-
-def _as_polling_interval(value: object, at: At) -> object:
-    if isinstance(value, EnvStr):
-        try:
-            value = float(value) if "." in value else int(value)
-        except ValueError:
-            pass  # a duration string
-    try:
-        return parse_polling_interval(value)
-    except ValueError as exc:
-        raise Invalid(str(exc)) from None
-
-
-def _as_pattern(value: object, at: At) -> tuple[str, ...]:
-    patterns: tuple[str, ...] = as_str_list(allow_str=True)(value, at)
-    if not patterns:
-        raise Invalid('needs at least one glob (all files: "*")')
-    return patterns
-
-
 _TIME_OPTION_FIELDS = {
     "catch_up": Field(as_choice("none", "last", "all")),
-    "max_catch_up": Field(as_int(1)),
+    "max_catch_up": Field(as_int(1, 1000)),
     "concurrency": Field(as_choice("allow", "forbid", "queue")),
-    "max_queued": Field(as_int(1)),
+    "max_queued": Field(as_int(1, 100_000)),
 }
 
 
@@ -342,25 +350,16 @@ def _trigger_fields(kind: str | None, ctx: Context) -> dict[str, Field]:
             "end_time": Field(as_wall_time("end_time")),
             **_TIME_OPTION_FIELDS,
         }
+    if kind == "trigger":
+        return {"trigger": Field(as_v2_trigger, required=True), **_TIME_OPTION_FIELDS}
     if kind == "cron":
         return {
-            "cron": Field(as_str, required=True),
+            "cron": Field(as_text(256, empty=False), required=True),
             **{k: Field(_as_is) for k in ("time_zone", "start_time", "end_time")},
             **_TIME_OPTION_FIELDS,
         }
     if kind == "datastore":
-        return {
-            "datastore": Field(_as_datastore_ref(ctx), required=True),
-            "path_on_datastore": Field(_as_path_on_datastore),
-            "polling_interval": Field(_as_polling_interval),
-            "data_path_parameter_name": Field(as_name),
-            "pattern": Field(_as_pattern),
-            "ignore": Field(as_str_list()),
-            "ignore_defaults": Field(as_bool),
-            "settle": Field(as_duration()),
-            "initial": Field(as_choice("skip", "fire")),
-            "events": Field(as_bool),
-        }
+        return datastore_fields(ctx.config.datastores, ctx.broken_datastores)
     return {}
 
 
@@ -387,19 +386,21 @@ def _cron_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | Non
     return CronTrigger(cron=rule, options=_time_options(values))
 
 
+def _v2_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
+    v2: V2Trigger = values["trigger"]
+    options = _time_options(values)
+    if isinstance(v2.rule, cron_mod.CronRule):
+        return CronTrigger(cron=v2.rule, options=options, v2=v2.given)
+    return RecurrenceTrigger(recurrence=v2.rule, end_time=v2.end_time, options=options, v2=v2.given)
+
+
 def _datastore_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
-    store: Datastore = values["datastore"]
-    if values.get("events") and isinstance(store, BlobDatastore):
-        (at / "events").error(
-            f"events are only available for local datastores ({store.name!r} is azure_blob)"
-        )
-        return None
-    keys = TRIGGER_KEYS["datastore"][1:]
-    return DatastoreTrigger(datastore=store.name, **{k: values[k] for k in keys if k in values})
+    return datastore_trigger(values, at, ctx.config)
 
 
 _BUILDERS = {
     "recurrence": _recurrence_trigger,
     "cron": _cron_trigger,
+    "trigger": _v2_trigger,
     "datastore": _datastore_trigger,
 }

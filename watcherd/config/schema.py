@@ -4,19 +4,20 @@ A converter takes `(value, at)` and returns the converted value, or raises `Inva
 for a problem with the value itself. A converter that checks nested values reports each
 problem at its own key path through `at` and then raises `Invalid(None)` ("already
 reported"). `read_table` runs the converters of one table and collects every problem.
+
+The converters check the size limits of their keys (`config.limits`, issue #11 item 19).
 """
 
 from __future__ import annotations
 
 import difflib
-import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from watcherd.config.limits import ENTRIES_MAX, NAME_MAX, PATH_MAX, key_join
 from watcherd.core.durations import parse_duration, parse_size
 from watcherd.core.errors import ConfigError, ValidationError
 from watcherd.core.wallclock import parse_local_datetime
@@ -40,6 +41,7 @@ __all__ = [
     "as_str",
     "as_str_list",
     "as_str_map",
+    "as_text",
     "as_wall_time",
     "describe",
     "did_you_mean",
@@ -49,7 +51,6 @@ __all__ = [
     "unknown_key",
 ]
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TRUE = {"true": True, "false": False}
 
 
@@ -58,14 +59,6 @@ class EnvStr(str):
     boolean and duration keys convert it (SPEC §2)."""
 
     __slots__ = ()
-
-
-def key_join(path: str, key: str | int) -> str:
-    """`schedules` + 2 → `schedules[2]`; `a` + `b` → `a.b`; odd keys are quoted: `a."x.y"`."""
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    part = key if _BARE_KEY.fullmatch(key) else json.dumps(key)
-    return f"{path}.{part}" if path else part
 
 
 class Invalid(Exception):
@@ -89,15 +82,40 @@ class Problems:
         return bool(self.errors)
 
 
-@dataclass(frozen=True)
 class At:
-    """Where a converter is: a key path and the collector to report nested problems to."""
+    """Where a converter is: a key path and the collector to report nested problems to.
 
-    path: str
-    problems: Problems
+    The path text is built only when asked for (a problem to report): a config of 10k
+    schedules descends into ~100k places and reports none (issue #14)."""
+
+    __slots__ = ("_key", "_parent", "_path", "problems")
+
+    def __init__(self, path: str, problems: Problems) -> None:
+        self._path: str | None = path
+        self._parent: At | None = None
+        self._key: str | int = ""
+        self.problems = problems
+
+    @property
+    def path(self) -> str:
+        if self._path is None:
+            assert self._parent is not None
+            self._path = key_join(self._parent.path, self._key)
+        return self._path
 
     def __truediv__(self, key: str | int) -> At:
-        return At(key_join(self.path, key), self.problems)
+        child = At.__new__(At)
+        child._path, child._parent, child._key, child.problems = None, self, key, self.problems
+        return child
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, At) and (self.path, self.problems) == (other.path, other.problems)
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __repr__(self) -> str:
+        return f"At({self.path!r})"
 
     def error(self, reason: str) -> None:
         self.problems.add(self.path, reason)
@@ -208,9 +226,27 @@ def as_str(value: object, at: At) -> str:
     return str(value)  # drop the EnvStr subclass
 
 
+def _limit(text: str, most: int) -> str:
+    if len(text) > most:
+        raise Invalid(f"longer than {most} characters ({len(text)})")
+    return text
+
+
+def as_text(most: int, *, empty: bool = True) -> Callable[[object, At], str]:
+    """A string of at most `most` characters (non-empty unless `empty`)."""
+
+    def convert(value: object, at: At) -> str:
+        text = _limit(as_str(value, at), most)
+        if not text and not empty:
+            raise Invalid("must not be empty")
+        return text
+
+    return convert
+
+
 def as_name(value: object, at: At) -> str:
-    """A non-empty string."""
-    text = as_str(value, at)
+    """A non-empty string of at most NAME_MAX characters."""
+    text = _limit(as_str(value, at), NAME_MAX)
     if not text:
         raise Invalid("must not be empty")
     return text
@@ -285,17 +321,23 @@ def as_size(value: object, at: At) -> int:
         raise Invalid(str(exc)) from None
 
 
+_as_path_text = as_text(PATH_MAX, empty=False)
+
+
 def as_path(base_dir: Path) -> Converter:
     """A non-empty path string; relative paths resolve against `base_dir` (no `~` expansion)."""
 
     def convert(value: object, at: At) -> Path:
-        return base_dir / as_name(value, at)
+        return base_dir / _as_path_text(value, at)
 
     return convert
 
 
-def as_str_list(item: Converter = as_name, *, allow_str: bool = False) -> Converter:
-    """An array of strings (each checked by `item`), or a single string when `allow_str`."""
+def as_str_list(
+    item: Converter = as_name, *, allow_str: bool = False, most: int = ENTRIES_MAX
+) -> Converter:
+    """An array of at most `most` strings (each checked by `item`), or a single string when
+    `allow_str`."""
 
     def convert(value: object, at: At) -> tuple[Any, ...]:
         if allow_str and isinstance(value, str):
@@ -303,6 +345,8 @@ def as_str_list(item: Converter = as_name, *, allow_str: bool = False) -> Conver
         if not isinstance(value, list):
             want = "a string or an array of strings" if allow_str else "an array of strings"
             raise Invalid(f"expected {want}, got {describe(value)}")
+        if len(value) > most:
+            raise Invalid(f"more than {most} entries ({len(value)})")
         return _each(value, at, item)
 
     return convert
@@ -329,6 +373,8 @@ def as_str_map(*, secret: bool = False) -> Converter:
     def convert(value: object, at: At) -> dict[str, str]:
         if not isinstance(value, Mapping):
             raise Invalid(f"expected a table of strings, got {describe(value)}")
+        if len(value) > ENTRIES_MAX:
+            raise Invalid(f"more than {ENTRIES_MAX} entries ({len(value)})")
         out: dict[str, str] = {}
         failed = False
         for k, v in value.items():

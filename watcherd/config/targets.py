@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from watcherd.config.daemon import parse_daemon
+from watcherd.config.limits import DESCRIPTION_MAX, PATH_MAX, URL_MAX
 from watcherd.config.schema import (
     At,
     Converter,
@@ -25,15 +27,16 @@ from watcherd.config.schema import (
     as_str,
     as_str_list,
     as_str_map,
+    as_text,
     describe,
     did_you_mean,
     read_table,
 )
 from watcherd.core.models import (
     AzureMLTarget,
+    BatchEndpointTarget,
     BlobDatastore,
     CommandTarget,
-    DaemonSettings,
     Datastore,
     HttpTarget,
     LocalDatastore,
@@ -55,60 +58,21 @@ __all__ = [
 ]
 
 PIPELINE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# An Azure ML datastore name goes into azureml://datastores/<name>/paths/…: keep it URI-safe.
+_AZUREML_DATASTORE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,254}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Azure's container rule, plus the two special containers.
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]|\$root|\$web")
-
-
-# ── [daemon] ──────────────────────────────────────────────────────────────────
-
-
-def _as_api(base_dir: Path) -> Converter:
-    def convert(value: object, at: At) -> str:
-        text = as_str(value, at)
-        if text == "":
-            return text
-        if text.startswith("unix:"):
-            if not text[5:]:
-                raise Invalid('unix: needs a socket path, e.g. "unix:/run/watcherd/api.sock"')
-            return "unix:" + str(base_dir / text[5:])
-        host, _, port = text.rpartition(":")
-        ipv6 = host.startswith("[") and host.endswith("]")
-        if host and port.isdigit() and int(port) <= 65535 and (ipv6 or ":" not in host):
-            return text
-        raise Invalid(f'invalid address {text!r}: expected "host:port", "unix:/path" or ""')
-
-    return convert
-
-
-def parse_daemon(raw: object, at: At, base_dir: Path, env: Mapping[str, str]) -> DaemonSettings:
-    """The `[daemon]` table; `state_dir` defaults to $STATE_DIRECTORY, else `.watcherd`."""
-    fields = {
-        "state_dir": Field(as_path(base_dir)),
-        "api": Field(_as_api(base_dir)),
-        "api_hosts": Field(as_str_list()),
-        "token": Field(as_secret),
-        "max_concurrent_runs": Field(as_int(1)),
-        "max_pending": Field(as_int(1)),
-        "shutdown_timeout": Field(as_duration()),
-        "log_format": Field(as_choice("auto", "json", "console")),
-        "retention": Field(as_duration(positive=True)),
-        "readyz_strict": Field(as_bool),
-    }
-    values = read_table({} if raw is None else raw, at, fields) or {}
-    if "state_dir" not in values:
-        # systemd passes a colon-separated list when StateDirectory= names several.
-        systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
-        values["state_dir"] = base_dir / (systemd or ".watcherd")
-    return DaemonSettings(**values)
 
 
 # ── [datastores.*] ────────────────────────────────────────────────────────────
 
 
 def _as_url(*schemes: str) -> Converter:
+    as_url_text = as_text(URL_MAX, empty=False)
+
     def convert(value: object, at: At) -> str:
-        text = as_name(value, at)
+        text = as_url_text(value, at)
         try:
             parts = urlsplit(text)
         except ValueError:
@@ -129,14 +93,28 @@ def _as_container(value: object, at: At) -> str:
     return text
 
 
+def _as_azureml_datastore(value: object, at: At) -> str:
+    text = as_name(value, at)
+    if not _AZUREML_DATASTORE.fullmatch(text):
+        raise Invalid(
+            f"invalid Azure ML datastore name {text!r}: up to 255 characters from "
+            "A-Z a-z 0-9 _ - (not starting with -)"
+        )
+    return text
+
+
 _DATASTORE_KINDS: dict[str, dict[str, Field]] = {
-    "local": {"root": Field(as_name, required=True)},
+    "local": {
+        "root": Field(as_text(PATH_MAX, empty=False), required=True),
+        "follow_symlinks": Field(as_choice("within_root", "always")),
+    },
     "azure_blob": {
         "container": Field(_as_container, required=True),
         "connection_string": Field(as_secret),
         "account_url": Field(_as_url("https", "http")),
         "sas_token": Field(as_secret),
         "account_key": Field(as_secret),
+        "azureml_datastore": Field(_as_azureml_datastore),
     },
 }
 
@@ -166,9 +144,9 @@ def _parse_datastore(name: str, raw: object, at: At, base_dir: Path) -> Datastor
         return None
     values.pop("kind")
     if kind == "local":
-        return (
-            LocalDatastore(name=name, root=base_dir / values["root"]) if "root" in values else None
-        )
+        if "root" not in values:
+            return None
+        return LocalDatastore(name=name, **{**values, "root": base_dir / values["root"]})
     if "connection_string" in values and "account_url" in values:
         (at / "account_url").error("give either connection_string or account_url, not both")
     elif "connection_string" not in values and "account_url" not in values:
@@ -216,7 +194,7 @@ def _as_env_name(value: object, at: At) -> str:
 
 
 def _as_retry(value: object, at: At) -> RetryPolicy:
-    fields = {"attempts": Field(as_int(1)), "max_delay": Field(as_duration())}
+    fields = {"attempts": Field(as_int(1, 1000)), "max_delay": Field(as_duration())}
     values = read_table(value, at, fields)
     if values is None:
         raise Invalid(None)
@@ -246,13 +224,19 @@ def _pipeline_kinds(base_dir: Path) -> dict[str, dict[str, Field]]:
             "endpoint": Field(_as_url("https", "http"), required=True),
             "scope": Field(as_name),
         },
+        "batch_endpoint": {
+            "endpoint": Field(_as_url("https", "http"), required=True),
+            "deployment": Field(as_name),
+            "input_name": Field(as_name),
+            "request_timeout": Field(as_duration(positive=True)),
+        },
     }
 
 
 _PIPELINE_COMMON: dict[str, Field] = {
     "kind": Field(as_str, required=True),
     "id": Field(_as_pipeline_id),
-    "description": Field(as_str),
+    "description": Field(as_text(DESCRIPTION_MAX)),
     "status": Field(as_choice(*Status)),
     "parameters": Field(as_str_map()),
     "continue_on_step_failure": Field(as_bool),
@@ -261,10 +245,11 @@ _PIPELINE_COMMON: dict[str, Field] = {
     "on_failure": Field(as_name),
 }
 
-_TARGETS: dict[str, type[CommandTarget] | type[HttpTarget] | type[AzureMLTarget]] = {
+_TARGETS: dict[str, type[Target]] = {
     "command": CommandTarget,
     "http": HttpTarget,
     "azureml": AzureMLTarget,
+    "batch_endpoint": BatchEndpointTarget,
 }
 
 

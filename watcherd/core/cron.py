@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
+from functools import lru_cache
 
 from cronsim import CronSim, CronSimError
 
@@ -31,7 +32,15 @@ from watcherd.core.wallclock import (
     wall_to_utc,
 )
 
-__all__ = ["CronRule", "anchor_for", "describe", "fires_between", "make_cron", "next_fire"]
+__all__ = [
+    "CronRule",
+    "anchor_for",
+    "creation_fire",
+    "describe",
+    "fires_between",
+    "make_cron",
+    "next_fire",
+]
 
 _FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
 _NAMES = {
@@ -50,6 +59,7 @@ class CronRule:
     zone: str = "UTC"
     start_time: datetime | None = None
     end_time: datetime | None = None
+    v2: bool = False  # an Azure ML v2 cron trigger: without start_time, fires once at creation
 
     @property
     def elapsed(self) -> bool:
@@ -67,11 +77,18 @@ _TERMS = [_term_re(i) for i in range(5)]
 
 
 def _check_expression(expression: object) -> str:
+    if not isinstance(expression, str):
+        raise ValidationError(f"Invalid cron expression {expression!r}: expected a string", "cron")
+    return _checked(expression)
+
+
+@lru_cache(maxsize=4096)
+def _checked(expression: str) -> str:
+    # Cached (a valid result only: errors are raised afresh): schedules share expressions,
+    # and cronsim's parse is the costly part of loading a cron schedule (issue #14).
     def bad(reason: str) -> ValidationError:
         return ValidationError(f"Invalid cron expression {expression!r}: {reason}", "cron")
 
-    if not isinstance(expression, str):
-        raise bad("expected a string")
     fields = expression.split()
     if len(fields) != 5:
         raise bad(f"expected 5 fields (MIN HOUR DOM MON DOW), got {len(fields)}")
@@ -171,10 +188,19 @@ def _elapsed(rule: CronRule, floor: datetime) -> Iterator[datetime]:
     yield from (slot for slot in held if slot > floor)
 
 
+def creation_fire(rule: CronRule, anchor: datetime) -> datetime | None:
+    """A v2 cron trigger without `start_time` fires once at creation (SPEC §13); v1's never."""
+    return as_utc(anchor, "anchor") if rule.v2 and rule.start_time is None else None
+
+
 def _slots_after(rule: CronRule, anchor: datetime, after: datetime) -> Iterator[datetime]:
     floor = max(after, anchor - _TINY)  # slots ≥ anchor
     try:
         end = None if rule.end_time is None else wall_to_utc(rule.end_time, rule.zone)
+        if (first := creation_fire(rule, anchor)) is not None:
+            floor = max(after, anchor)  # then the pattern, strictly after the creation fire
+            if first > after and (end is None or first <= end):
+                yield first
         gen = (_elapsed if rule.elapsed else _fixed)(rule, floor)
         for slot in gen:
             if end is not None and slot > end:
@@ -219,6 +245,8 @@ def describe(rule: CronRule) -> str:
         text += f" ({rule.time_zone})"
     if rule.start_time is not None:
         text += f", starting {rule.start_time:%Y-%m-%d %H:%M}"
+    elif rule.v2:
+        text += ", first run on creation"
     if rule.end_time is not None:
         text += f", until {rule.end_time:%Y-%m-%d %H:%M}"
     return text

@@ -12,6 +12,7 @@ import re
 from datetime import timedelta
 
 __all__ = [
+    "MAX_DURATION",
     "format_duration",
     "format_size",
     "parse_duration",
@@ -32,6 +33,10 @@ _UNITS: dict[str, timedelta] = {
 _SIZES: dict[str, int] = {"GiB": 1024**3, "MiB": 1024**2, "KiB": 1024, "B": 1}
 
 MIN_POLLING_INTERVAL = timedelta(seconds=1)
+# No duration of the config may reach past year 9999 from any instant a schedule can see
+# (issue #11): 100 years, as the longest recurrence interval (SPEC §3.1 rule 2b).
+MAX_DURATION = timedelta(days=36524)
+_TOO_LONG = "is longer than the maximum 36524d (100 years)"
 
 
 def parse_duration(text: str) -> timedelta:
@@ -47,10 +52,11 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(
             f"invalid duration {text!r}: expected <integer><unit>, unit one of ms s m h d"
         )
-    try:
-        return int(m.group(1)) * _UNITS[m.group(2)]
-    except OverflowError:
-        raise ValueError(f"duration {text!r} is too long") from None
+    count = int(m.group(1))
+    unit = _UNITS[m.group(2)]
+    if count > MAX_DURATION // unit:
+        raise ValueError(f"duration {text!r} {_TOO_LONG}")
+    return count * unit
 
 
 def format_duration(value: timedelta) -> str:
@@ -111,10 +117,9 @@ def parse_polling_interval(value: object) -> timedelta:
     else:
         if not math.isfinite(value):
             raise ValueError(f"invalid polling interval {value!r}")
-        try:
-            interval = timedelta(minutes=value)
-        except OverflowError:
-            raise ValueError(f"polling interval {value!r} is too long") from None
+        if value > MAX_DURATION / timedelta(minutes=1):
+            raise ValueError(f"polling interval {value!r} {_TOO_LONG}")
+        interval = timedelta(minutes=value)
     if interval < MIN_POLLING_INTERVAL:
         raise ValueError(f"polling interval {value!r} is shorter than 1s")
     return interval

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,14 +48,27 @@ __all__ = [
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "watcherd")
 
 
+_NAMESPACE_BYTES = NAMESPACE.bytes
+
+
+def _uuid5(name: str) -> str:
+    """`str(uuid.uuid5(NAMESPACE, name))`, without building UUID objects: a config of 10k
+    schedules computes 10k of these at load (issue #14); a test pins the equality."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def default_pipeline_id(name: str) -> str:
     """The id a pipeline gets when its config declares none (SPEC §1)."""
-    return str(uuid.uuid5(NAMESPACE, "pipeline/" + name))
+    return _uuid5("pipeline/" + name)
 
 
 def default_schedule_id(name: str) -> str:
     """The id a declared schedule gets when its config declares none (SPEC §2)."""
-    return str(uuid.uuid5(NAMESPACE, "schedule/" + name))
+    return _uuid5("schedule/" + name)
 
 
 class Status(StrEnum):
@@ -224,20 +238,29 @@ class TimeOptions:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RecurrenceTrigger:
-    """Azure ML's ScheduleRecurrence, plus end_time and the §3.3 options."""
+    """Azure ML's ScheduleRecurrence, plus end_time and the §3.3 options.
+
+    Also an Azure ML v2 recurrence trigger (SPEC §13): then `recurrence.v2` is set and `v2`
+    holds the `trigger` table as given, which the API and export show instead of
+    `recurrence`."""
 
     recurrence: Recurrence
     end_time: datetime | None = None  # naive wall time in the recurrence's zone
     options: TimeOptions = TimeOptions()
+    v2: Mapping[str, object] | None = None
     kind: Literal["recurrence"] = "recurrence"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CronTrigger:
-    """A five-field cron expression in a time zone, plus the §3.3 options."""
+    """A five-field cron expression in a time zone, plus the §3.3 options.
+
+    Also an Azure ML v2 cron trigger (SPEC §13): then `cron.v2` is set and `v2` holds the
+    `trigger` table as given."""
 
     cron: CronRule
     options: TimeOptions = TimeOptions()
+    v2: Mapping[str, object] | None = None
     kind: Literal["cron"] = "cron"
 
 
@@ -340,13 +363,17 @@ class Config:
     pipelines: Mapping[str, Pipeline] = field(default_factory=dict)
     schedules: tuple[Schedule, ...] = ()
     secrets: frozenset[str] = frozenset()  # secret values to redact wherever text is shown
+    # pipelines by id: every schedule resolves its pipeline, 10k of them at load (issue #14)
+    _by_id: Mapping[str, Pipeline] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_id", {p.id: p for p in self.pipelines.values()})
 
     def pipeline_by_id(self, ident: str) -> Pipeline | None:
         """A pipeline by id, else by name."""
-        for p in self.pipelines.values():
-            if p.id == ident:
-                return p
-        return self.pipelines.get(ident)
+        return self._by_id.get(ident) or self.pipelines.get(ident)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

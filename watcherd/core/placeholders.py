@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping
+from functools import lru_cache
 
 __all__ = ["expand", "expand_bytes", "names", "references"]
 
@@ -40,7 +41,13 @@ def _tokens(template: str) -> Iterator[tuple[str, str | None, bool]]:
 
 def references(template: str) -> list[str]:
     """Every reference in order of appearance (`"NAME"` or `"NAME.url"`), repeats kept."""
-    return [name + (".url" if url else "") for _, name, url in _tokens(template) if name]
+    return list(_references(template))
+
+
+@lru_cache(maxsize=8192)
+def _references(template: str) -> tuple[str, ...]:
+    # Cached: every schedule of a shared pipeline checks the same argv (issue #14).
+    return tuple(name + (".url" if url else "") for _, name, url in _tokens(template) if name)
 
 
 def names(template: str) -> set[str]:

@@ -11,16 +11,15 @@ ambiguous (autumn fold) fires once, at its first occurrence (fold=0).
 
 from __future__ import annotations
 
-import calendar
 import re
-from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 from functools import lru_cache
 
 from watcherd.core.errors import ValidationError
+from watcherd.core.patterns import Pattern, walls
 from watcherd.core.timezones import resolve_zone
 from watcherd.core.wallclock import (
     as_utc,
@@ -33,6 +32,7 @@ from watcherd.core.wallclock import (
 
 __all__ = [
     "FREQUENCIES",
+    "MAX_INTERVAL",
     "WEEK_DAYS",
     "Recurrence",
     "anchor_for",
@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 FREQUENCIES = ("Minute", "Hour", "Day", "Week", "Month")
+# SPEC §3.1 rule 2b: an interval spans at most 100 years (36524 days), so that no slot can
+# fall past year 9999 (watcherd's rule, §11).
+MAX_INTERVAL = {"Minute": 52_594_560, "Hour": 876_576, "Day": 36_524, "Week": 5_217, "Month": 1_200}
 WEEK_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _TIME_OF_DAY = re.compile(r"[0-9]{1,2}:[0-9]{2}")
 _ELAPSED = {"Minute": timedelta(minutes=1), "Hour": timedelta(hours=1)}
@@ -52,7 +55,11 @@ _TINY = timedelta(microseconds=1)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Recurrence:
-    """A validated recurrence. `start_time` is naive wall time in `zone`."""
+    """A validated recurrence. `start_time` is naive wall time in `zone`.
+
+    `v2` marks an Azure ML v2 recurrence (SPEC §13, built by `core.v2`): a slot exactly at
+    `start_time` fires even with a pattern, and Month takes hours, minutes, week days and
+    `month_days`."""
 
     frequency: str  # Minute | Hour | Day | Week | Month
     interval: int
@@ -62,6 +69,8 @@ class Recurrence:
     hours: tuple[int, ...] | None = None
     minutes: tuple[int, ...] | None = None
     week_days: tuple[str, ...] | None = None
+    month_days: tuple[int, ...] | None = None  # v2 Month only
+    v2: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """The recurrence's keys as the API and TOML export show them (None omitted)."""
@@ -144,6 +153,10 @@ def make_recurrence(
         )
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
         raise ValidationError("Interval must be an integer greater than 0.", "interval")
+    if interval > (top := MAX_INTERVAL[frequency]):
+        raise ValidationError(
+            f"Interval must be at most {top} for frequency {frequency}.", "interval"
+        )
     if raw_hours is not None and frequency not in ("Day", "Week"):
         raise ValidationError("Can only specify hours if frequency is Week or Day.", "hours")
     if raw_minutes is not None and frequency not in ("Day", "Week"):
@@ -180,7 +193,12 @@ def creation_fire(rec: Recurrence, anchor: datetime) -> datetime | None:
 
 
 def _has_pattern(rec: Recurrence) -> bool:
-    return rec.hours is not None or rec.minutes is not None or rec.week_days is not None
+    return (
+        rec.hours is not None
+        or rec.minutes is not None
+        or rec.week_days is not None
+        or rec.month_days is not None
+    )
 
 
 def _anchor_wall(rec: Recurrence, anchor: datetime) -> datetime:
@@ -188,48 +206,19 @@ def _anchor_wall(rec: Recurrence, anchor: datetime) -> datetime:
     return rec.start_time if rec.start_time is not None else to_wall(anchor, rec.zone)
 
 
-def _times(rec: Recurrence, aw: datetime) -> tuple[time, ...]:
-    return _grid(rec.hours or (aw.hour,), rec.minutes or (aw.minute,))
-
-
-@lru_cache(maxsize=256)
-def _grid(hours: tuple[int, ...], minutes: tuple[int, ...]) -> tuple[time, ...]:
-    # Cached: a dense pattern (24 × 60) costs more to build than to search.
-    return tuple(sorted({time(h, m) for h in hours for m in minutes}))
-
-
-def _weekdays(rec: Recurrence, aw: datetime) -> list[int]:
-    return sorted({WEEK_DAYS.index(d) for d in rec.week_days or ()} or {aw.weekday()})
-
-
-def _walls(rec: Recurrence, aw: datetime, floor_wall: datetime) -> Iterator[datetime]:
-    """Slot wall times after `floor_wall` in increasing order; periods are jumped to, not walked."""
-    n, start = rec.interval, floor_wall.date()
-    if rec.frequency == "Month":
-        first = aw.year * 12 + aw.month - 1
-        k = max(0, (start.year * 12 + start.month - 1 - first) // n)
-        while (year := (first + k * n) // 12) <= 9999:
-            month = (first + k * n) % 12 + 1
-            if aw.day <= calendar.monthrange(year, month)[1]:
-                yield aw.replace(year=year, month=month)
-            k += 1
-        return
-    times = _times(rec, aw)
-    if rec.frequency == "Day":
-        origin, days, length = aw.date(), [0], n
-    else:
-        origin, days, length = aw.date() - timedelta(days=aw.weekday()), _weekdays(rec, aw), 7 * n
-    p = max(0, (start - origin).days // length)
-    try:
-        while True:
-            base = origin + timedelta(days=p * length)
-            for day in (base + timedelta(days=offset) for offset in days):
-                if day >= start:
-                    skip = bisect_right(times, floor_wall.time()) if day == start else 0
-                    yield from (datetime.combine(day, t) for t in times[skip:])
-            p += 1
-    except OverflowError:  # past year 9999
-        return
+@lru_cache(maxsize=1024)
+def _pattern(rec: Recurrence, aw: datetime) -> Pattern:
+    days = None if rec.week_days is None else tuple(WEEK_DAYS.index(d) for d in rec.week_days)
+    return Pattern(
+        rec.frequency,
+        rec.interval,
+        aw,
+        hours=rec.hours,
+        minutes=rec.minutes,
+        week_days=days,
+        month_days=rec.month_days,
+        v2=rec.v2,
+    )
 
 
 def _end_utc(rec: Recurrence, end_time: datetime | None) -> datetime | None:
@@ -260,7 +249,7 @@ def _wall_slots(rec: Recurrence, anchor: datetime, floor: datetime) -> Iterator[
             return
         floor_wall = datetime.min
     last = floor
-    for wall in _walls(rec, _anchor_wall(rec, anchor), floor_wall):
+    for wall in walls(_pattern(rec, _anchor_wall(rec, anchor)), floor_wall):
         # Walls ≤ floor_wall fire at or before `floor` (the DST rule is monotonic).
         if wall <= floor_wall:
             continue
@@ -283,10 +272,10 @@ def _slots_after(
         if end is not None and anchor > end:
             return
         yield anchor  # the creation fire
-    if rec.start_time is None or _has_pattern(rec):
+    if rec.start_time is None or (_has_pattern(rec) and not rec.v2):
         floor = max(after, anchor)  # strictly after the anchor (fired at creation, or excluded)
     else:
-        floor = max(after, anchor - _TINY)
+        floor = max(after, anchor - _TINY)  # v2, or no pattern: a slot at start_time fires
     gen = _elapsed_slots if rec.frequency in _ELAPSED else _wall_slots
     for slot in gen(rec, anchor, floor):
         if end is not None and slot > end:
@@ -314,15 +303,21 @@ def next_fire(
     return next(_slots_after(rec, anchor, after, _end_utc(rec, end_time)), None)
 
 
+_WINDOW_MAX = 3_000_000  # days: past any two instants a schedule can see (years 1900–9999)
+
+
 def _window(rec: Recurrence, limit: int) -> timedelta:
+    """About `limit` slots' worth of time (last_slots widens it when slots cluster); never
+    more than datetime can hold, whatever the interval of a stored schedule."""
     if rec.frequency in _ELAPSED:
-        return rec.interval * _ELAPSED[rec.frequency] * (limit + 1)
-    if rec.frequency == "Month":
-        return timedelta(days=31 * rec.interval * (limit + 1))
-    # About `limit` slots if they were spread evenly; last_slots widens it when they cluster.
-    per_period = len(rec.hours or (0,)) * len(rec.minutes or (0,)) * len(rec.week_days or (0,))
-    days = rec.interval * (7 if rec.frequency == "Week" else 1)
-    return timedelta(days=days * (limit + 1) / per_period)
+        days = rec.interval * (limit + 1) * (_ELAPSED[rec.frequency] / timedelta(days=1))
+    elif rec.frequency == "Month":
+        days = 31 * rec.interval * (limit + 1)
+    else:
+        per_period = len(rec.hours or (0,)) * len(rec.minutes or (0,))
+        per_period *= len(rec.week_days or (0,))
+        days = rec.interval * (7 if rec.frequency == "Week" else 1) * (limit + 1) / per_period
+    return timedelta(days=min(days, _WINDOW_MAX))
 
 
 def fires_between(
@@ -380,6 +375,8 @@ def describe(rec: Recurrence) -> str:
     n, st = rec.interval, rec.start_time
     if rec.frequency in _ELAPSED:
         text = _plural(n, rec.frequency.lower())
+    elif rec.frequency == "Month" and rec.v2 and _has_pattern(rec):
+        text = _plural(n, "month") + _month_days(rec) + (_at(rec) or " at the time of creation")
     elif rec.frequency == "Month":
         text = _plural(n, "month")
         text += f" on day {st.day} at {st:%H:%M}" if st else " on the day and time of creation"
@@ -395,4 +392,20 @@ def describe(rec: Recurrence) -> str:
         text += f" ({rec.time_zone})"
     if st is not None:
         text += f", starting {st:%Y-%m-%d %H:%M}"
+    elif rec.v2:
+        text += ", first run on creation"
     return text
+
+
+def _month_days(rec: Recurrence) -> str:
+    """ " on day 1, 15 and every Monday" for a v2 Month pattern."""
+    parts = []
+    if rec.month_days:
+        parts.append(f"day {_nums(rec.month_days)}")
+    if rec.week_days:
+        days = sorted(set(rec.week_days), key=WEEK_DAYS.index)
+        parts.append("every " + ", ".join(days))
+    if not parts:
+        st = rec.start_time
+        parts.append(f"day {st.day}" if st else "the day of creation")
+    return " on " + " and ".join(parts)

@@ -3,6 +3,11 @@
 A time schedule's timer is (anchor, cursor): the anchor is `start_time` or the instant its
 trigger was created or changed; the cursor is the last slot handled. The next slot is the
 first one strictly after the cursor. Pure: the caller passes `now`.
+
+Time triggers are v1 `recurrence`, `cron`, and Azure ML v2's `trigger` (SPEC §13), which is a
+RecurrenceTrigger or CronTrigger whose rule carries `v2=True` and whose `v2` holds the table as
+given: the rule decides the slots (v2's rules live in core.recurrence / core.cron), the table
+only how the schedule is shown.
 """
 
 from __future__ import annotations
@@ -67,30 +72,26 @@ def anchor_for(trigger: TimeTrigger, created_at: datetime) -> datetime:
 
 
 def creation_fire(trigger: TimeTrigger, anchor: datetime) -> datetime | None:
-    """The creation fire's instant, for recurrences without start_time (SPEC §3.1)."""
+    """The creation fire's instant: recurrences (v1, v2) and v2 cron without start_time
+    (SPEC §3.1, §13)."""
     if isinstance(trigger, RecurrenceTrigger):
         return recurrence.creation_fire(trigger.recurrence, anchor)
-    return None
+    return cron.creation_fire(trigger.cron, anchor)
 
 
 def trigger_key(trigger: TimeTrigger) -> str:
-    """A stable text of what defines the slots: a change re-anchors the schedule."""
+    """A stable text of what defines the slots: a change re-anchors the schedule.
+
+    v1 keys keep their original form (stored keys must not change across upgrades, or every
+    schedule would re-anchor and fire on creation again); v2 keys are marked as such."""
     if isinstance(trigger, RecurrenceTrigger):
         r = trigger.recurrence
-        return repr(
-            (
-                "recurrence",
-                r.frequency,
-                r.interval,
-                r.start_time,
-                r.zone,
-                r.hours,
-                r.minutes,
-                r.week_days,
-            )
-        )
+        v1 = ("recurrence", r.frequency, r.interval, r.start_time, r.zone, r.hours, r.minutes,
+              r.week_days)  # fmt: skip
+        return repr(("v2", *v1, r.month_days) if r.v2 else v1)
     c = trigger.cron
-    return repr(("cron", c.expression, c.zone, c.start_time))
+    key = ("cron", c.expression, c.zone, c.start_time)
+    return repr(("v2", *key) if c.v2 else key)
 
 
 def new_timer(trigger: TimeTrigger, now: datetime, *, active: bool) -> tuple[datetime, datetime]:

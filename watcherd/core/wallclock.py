@@ -18,7 +18,10 @@ from zoneinfo import ZoneInfo
 from watcherd.core.errors import ValidationError
 
 __all__ = [
+    "YEAR_MAX",
+    "YEAR_MIN",
     "as_utc",
+    "check_year",
     "fold_length",
     "last_slots",
     "parse_local_datetime",
@@ -28,7 +31,13 @@ __all__ = [
     "wall_to_utc",
 ]
 
+# start_time / end_time years (issue #11): with intervals of at most 100 years (SPEC §3.1 rule
+# 2b) no slot computed from these can pass year 9999, and no zone conversion leaves datetime's
+# range at either end.
+YEAR_MIN, YEAR_MAX = 1900, 9899
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_WIDEST = timedelta(days=100_000_000)
 _SECOND = timedelta(seconds=1)
 _LOCAL = r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2}))?"
 _LOCAL_RE = re.compile(_LOCAL, re.ASCII)
@@ -113,17 +122,27 @@ def parse_local_datetime(value: object, key: str) -> datetime:
     """
     reject_offset(value, key)
     if isinstance(value, datetime):
-        return value.replace(microsecond=0, fold=0)
+        return check_year(value.replace(microsecond=0, fold=0), key)
     if isinstance(value, str) and (m := _LOCAL_RE.fullmatch(value)):
         try:
             year, month, day, hour, minute, second = (int(g) for g in m.groups(default="0"))
-            return datetime(year, month, day, hour, minute, second)
+            parsed = datetime(year, month, day, hour, minute, second)
         except ValueError as exc:
             raise ValidationError(f"{key} {value!r} is not a valid date-time: {exc}", key) from exc
+        return check_year(parsed, key)
     raise ValidationError(
         f"{key} must be a local date-time YYYY-MM-DDThh:mm[:ss] without an offset, got {value!r}",
         key,
     )
+
+
+def check_year(value: datetime, key: str) -> datetime:
+    """`value` when its year is within YEAR_MIN..YEAR_MAX, else a ValidationError for `key`."""
+    if not YEAR_MIN <= value.year <= YEAR_MAX:
+        raise ValidationError(
+            f"{key} year must be between {YEAR_MIN} and {YEAR_MAX}, got {value.year}", key
+        )
+    return value
 
 
 def last_slots(
@@ -154,4 +173,4 @@ def last_slots(
             found.append(slot)
         if len(found) >= limit or start == after:
             return list(found)
-        window *= 4
+        window = window * 4 if window < _WIDEST else timedelta.max
