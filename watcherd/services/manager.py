@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from watcherd import config as config_mod
+from watcherd.config import limits
 from watcherd.core.errors import Conflict, NotFound, ValidationError
 from watcherd.core.models import (
     TERMINAL,
@@ -109,7 +110,7 @@ class Manager:
         pid = self._pipeline_id(ident)
         if not isinstance(experiment_name, str) or not experiment_name.strip():
             raise ValidationError("experiment_name must be a non-empty string", "experiment_name")
-        params = {str(k): str(v) for k, v in (parameters or {}).items()}
+        params = _parameters(parameters)
         rid = await self.engine.submit(
             pid,
             experiment_name,
@@ -265,7 +266,7 @@ class Manager:
     ) -> JSON:
         s = self._schedule(ident)
         raw_path = self._trigger_path(s, path)
-        params = {str(k): str(v) for k, v in (parameters or {}).items()}
+        params = _parameters(parameters)
         rid = await self.engine.trigger(
             s, by=by, path=raw_path, parameters=params, idempotency_key=idempotency_key
         )
@@ -413,6 +414,17 @@ class Manager:
         if why_not and not state_error:
             body["not_ready"] = why_not
         return ready, body
+
+
+def _parameters(given: Mapping[str, str] | None) -> dict[str, str]:
+    """Run parameters given by hand, under the config's limits (NUL bytes, sizes, text that
+    is not Unicode are refused with their key path, as in a config file)."""
+    params = {str(k): str(v) for k, v in (given or {}).items()}
+    problems = limits.scan(params, "parameters")
+    if problems:
+        key_path, reason, _ = problems[0]
+        raise ValidationError(reason, key_path)
+    return params
 
 
 def _reject_readonly(body: Mapping[str, Any]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from watcherd import config as config_mod
 from watcherd.core.models import Config, Pipeline, Run, Schedule, Source, Status
-from watcherd.core.redact import redact_url
+from watcherd.core.redact import MASK, redact_url
 from watcherd.core.timefmt import format_utc
 from watcherd.core.words import trigger_words
 from watcherd.engine.engine import Engine
@@ -126,7 +126,7 @@ class Views:
         return words
 
     def schedule(self, s: Schedule, last: Mapping[str, Run]) -> JSON:
-        body = config_mod.schedule_to_dict(s, self.config)
+        body = _masked(config_mod.schedule_to_dict(s, self.config))
         row = self.engine.rows.get(s.id)
         lr = last.get(s.id)
         body.update(
@@ -146,7 +146,7 @@ class Views:
         """A stored API schedule that no longer parses: its stored body and why."""
         row = self.engine.rows[sid]
         lr = last.get(sid)
-        body = {k: v for k, v in row.spec.items() if k not in ("id", "source")}
+        body = _masked({k: v for k, v in row.spec.items() if k not in ("id", "source")})
         body.update(
             id=sid,
             name=row.name,
@@ -160,3 +160,16 @@ class Views:
             error=self.engine.broken[sid],
         )
         return body
+
+
+def _masked(body: dict[str, Any]) -> dict[str, Any]:
+    """A schedule body as shown: the secrets of a blob trigger's queue (SPEC §8) masked."""
+    events = body.get("events")
+    if isinstance(events, dict):
+        events = dict(events)
+        if events.get("queue_connection_string"):
+            events["queue_connection_string"] = MASK
+        if isinstance(events.get("queue_account_url"), str):
+            events["queue_account_url"] = redact_url(events["queue_account_url"])
+        body = {**body, "events": events}
+    return body
