@@ -119,6 +119,8 @@ def parse_polling_interval(value: object) -> timedelta:
             raise ValueError(f"invalid polling interval {value!r}")
         if value > MAX_DURATION / timedelta(minutes=1):
             raise ValueError(f"polling interval {value!r} {_TOO_LONG}")
+        if value < 0:
+            raise ValueError(f"polling interval {value!r} is shorter than 1s")
         interval = timedelta(minutes=value)
     if interval < MIN_POLLING_INTERVAL:
         raise ValueError(f"polling interval {value!r} is shorter than 1s")
