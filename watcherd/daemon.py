@@ -360,7 +360,7 @@ class Daemon:
             s = eng.schedules.get(sid)
             if s is None or not isinstance(s.trigger, DatastoreTrigger):
                 continue
-            if eng.runner.queued(sid) > eng.config.daemon.max_pending:
+            if eng.runner.queued(sid) >= eng.config.daemon.max_pending:
                 continue  # paused by backpressure (SPEC §4): waiting, not stuck
             limit = max(3 * s.trigger.polling_interval, timedelta(minutes=5)).total_seconds()
             since = st.last_mono if st.last_mono is not None else eng.started_mono

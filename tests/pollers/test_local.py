@@ -10,186 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
-from tests.clocks import ManualClock
-from watcherd.core.models import DatastoreTrigger, LocalDatastore, Schedule
+from tests.pollers.local_helpers import (
+    SUB,
+    WAIT,
+    RecordingHealth,
+    RecordingSink,
+    StepClock,
+    evented,
+    make,
+    mark,
+    polled,
+    running,
+    write,
+)
 from watcherd.engine.clock import SystemClock
-from watcherd.engine.metrics import Metrics
-from watcherd.engine.ports import FileChange
-from watcherd.pollers import localfs
+from watcherd.pollers import local, localfs, localwatch
 from watcherd.pollers.local import LocalPoller
-
-WAIT = 5.0
-SUB = "incoming"
-
-
-class RecordingSink:
-    """An in-memory ChangeSink: records every commit; tests wait on it."""
-
-    def __init__(self, snapshot: dict[bytes, str] | None = None, key: str | None = None) -> None:
-        self.snapshot = snapshot
-        self.key = key
-        self.commits: list[tuple[list[tuple[bytes, str]], list[bytes], list[FileChange]]] = []
-        self.fired: list[FileChange] = []
-        self.queued = 0
-        self.released = asyncio.Event()
-        self.paused = asyncio.Event()
-        self._changed = asyncio.Event()
-
-    async def load_snapshot(self, schedule_id: str, baseline_key: str) -> dict[bytes, str] | None:
-        if self.snapshot is None or (self.key is not None and self.key != baseline_key):
-            return None
-        return dict(self.snapshot)
-
-    async def commit(
-        self,
-        schedule_id: str,
-        baseline_key: str,
-        upserts: Sequence[tuple[bytes, str]],
-        deletes: Sequence[bytes],
-        fire: Sequence[FileChange],
-    ) -> int:
-        assert {(c.name, c.version) for c in fire} <= set(upserts)
-        if self.snapshot is None or self.key != baseline_key:
-            self.snapshot, self.key = {}, baseline_key
-        self.snapshot.update(upserts)
-        for name in deletes:
-            del self.snapshot[name]
-        self.commits.append((list(upserts), list(deletes), list(fire)))
-        self.fired.extend(fire)
-        self._changed.set()
-        return len(fire)
-
-    def pending(self, schedule_id: str) -> int:
-        return self.queued
-
-    async def wait_below(self, schedule_id: str, limit: int) -> None:
-        self.paused.set()
-        await self.released.wait()
-
-    def names(self) -> list[bytes]:
-        return [c.name for c in self.fired]
-
-    async def until(self, pred: Callable[[], bool]) -> None:
-        async with asyncio.timeout(WAIT):
-            while not pred():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-class RecordingHealth:
-    def __init__(self) -> None:
-        self.polls: list[tuple[bool, int, str | None]] = []
-        self._changed = asyncio.Event()
-
-    def poll_finished(
-        self, schedule_id: str, *, ok: bool, duration: float, files: int, error: str | None
-    ) -> None:
-        self.polls.append((ok, files, error))
-        self._changed.set()
-
-    async def until_polls(self, n: int) -> None:
-        async with asyncio.timeout(WAIT):
-            while len(self.polls) < n:
-                self._changed.clear()
-                await self._changed.wait()
-
-
-class StepClock(ManualClock):
-    """A ManualClock that counts the poller's waits, so a test can let it run to its next one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waits = 0
-        self._waiting = asyncio.Event()
-
-    async def sleep_until(self, deadline: datetime, wake: asyncio.Event | None = None) -> bool:
-        while self._now < deadline:
-            if wake is not None and wake.is_set():
-                return True
-            self.waits += 1
-            self._waiting.set()
-            waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._changed.wait())}
-            if wake is not None:
-                waits.add(asyncio.ensure_future(wake.wait()))
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-        return False
-
-    async def step(self, seconds: float = 0.0) -> None:
-        """Advance, then return once the poller waits again."""
-        n = self.waits
-        self.advance(seconds)
-        await self.wait_for_wait(n + 1)
-
-    async def wait_for_wait(self, n: int = 1) -> None:
-        async with asyncio.timeout(WAIT):
-            while self.waits < n:
-                self._waiting.clear()
-                await self._waiting.wait()
-
-
-def make(root: Path, *, path: str = SUB, **trigger: Any) -> tuple[Schedule, LocalDatastore]:
-    trigger.setdefault("polling_interval", timedelta(hours=1))
-    trig = DatastoreTrigger(datastore="inbox", path_on_datastore=path, **trigger)
-    sched = Schedule(id="s1", name="reactive", pipeline="p", experiment_name="e", trigger=trig)
-    return sched, LocalDatastore(name="inbox", root=root)
-
-
-@asynccontextmanager
-async def running(poller: LocalPoller) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(poller.run())
-        try:
-            yield
-        finally:
-            task.cancel()
-
-
-def write(path: Path, data: bytes = b"x") -> str:
-    with open(path, "wb") as f:
-        f.write(data)
-    st = os.stat(path)
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
 @pytest.fixture
 def inbox(tmp_path: Path) -> Path:
     (tmp_path / SUB).mkdir()
     return tmp_path / SUB
-
-
-@asynccontextmanager
-async def evented(
-    tmp_path: Path, sink: RecordingSink | None = None, **trigger: Any
-) -> AsyncIterator[tuple[LocalPoller, RecordingSink]]:
-    """A poller with events on, waiting until its baseline is committed."""
-    sink = sink or RecordingSink()
-    trigger.setdefault("settle", timedelta(minutes=10))  # fires come from events only
-    sched, ds = make(tmp_path, events=True, **trigger)
-    poller = LocalPoller(
-        schedule=sched, datastore=ds, sink=sink, health=RecordingHealth(), clock=SystemClock()
-    )
-    async with running(poller):
-        await sink.until(lambda: bool(sink.commits))
-        yield poller, sink
-
-
-async def mark(sink: RecordingSink, inbox: Path, name: str = "zz-marker.csv") -> None:
-    """Write a marker file and wait for it: every earlier event has been handled then."""
-    write(inbox / name)
-    await sink.until(lambda: f"{SUB}/{name}".encode() in sink.names())
 
 
 # ── events ────────────────────────────────────────────────────────────────────
@@ -353,18 +202,6 @@ async def test_overflow_forces_a_full_rescan(tmp_path: Path, inbox: Path) -> Non
 # ── settle, polling, baseline, failures ───────────────────────────────────────
 
 
-def polled(
-    tmp_path: Path, sink: RecordingSink | None = None, **trigger: Any
-) -> tuple[LocalPoller, RecordingSink, RecordingHealth, StepClock]:
-    trigger.setdefault("polling_interval", timedelta(seconds=60))
-    sched, ds = make(tmp_path, events=False, **trigger)
-    sink, health, clock = sink or RecordingSink(), RecordingHealth(), StepClock()
-    poller = LocalPoller(
-        schedule=sched, datastore=ds, sink=sink, health=health, clock=clock, metrics=Metrics()
-    )
-    return poller, sink, health, clock
-
-
 async def test_events_off_change_fires_after_settle_at_its_own_deadline(
     tmp_path: Path, inbox: Path
 ) -> None:
@@ -459,13 +296,13 @@ async def test_missing_directory_fails_once_then_recovers(tmp_path: Path) -> Non
     with structlog.testing.capture_logs() as logs:
         async with running(poller):
             await clock.wait_for_wait()
-            await clock.step(1)  # backoff 1 s
-            await clock.step(2)  # then 2 s
+            await clock.step(2)  # backoff 1-2 s (engine.retry.backoff_delay: with jitter)
+            await clock.step(3)  # then 2-3 s
             assert [ok for ok, _, _ in health.polls] == [False, False, False]
             assert "No such file or directory" in (health.polls[0][2] or "")
             (tmp_path / SUB).mkdir()
             write(tmp_path / SUB / "a.csv")
-            await clock.step(4)
+            await clock.step(5)
             assert health.polls[-1] == (True, 1, None)
             assert sink.commits and sink.fired == []  # the baseline, taken on recovery
     events = [e["event"] for e in logs]
@@ -476,8 +313,7 @@ async def test_missing_directory_fails_once_then_recovers(tmp_path: Path) -> Non
 async def test_backpressure_pauses_diffing_without_advancing_the_snapshot(
     tmp_path: Path, inbox: Path
 ) -> None:
-    poller, sink, health, clock = polled(tmp_path, settle=timedelta(0))
-    poller._max_pending = 2
+    poller, sink, health, clock = polled(tmp_path, settle=timedelta(0), max_pending=2)
     with structlog.testing.capture_logs() as logs:
         async with running(poller):
             await clock.wait_for_wait()
@@ -502,7 +338,7 @@ async def test_events_unavailable_falls_back_to_polling(
     def refuse(*args: Any, **kw: Any) -> None:
         raise OSError(28, "inotify watch limit reached")
 
-    monkeypatch.setattr(localfs, "start_dir_watch", refuse)
+    monkeypatch.setattr(localwatch, "start_dir_watch", refuse)
     sched, ds = make(tmp_path, events=True, polling_interval=timedelta(seconds=60))
     sink, clock = RecordingSink(), StepClock()
     poller = LocalPoller(
@@ -519,35 +355,24 @@ async def test_events_unavailable_falls_back_to_polling(
     assert [e["event"] for e in logs].count("events_unavailable") == 1
 
 
-async def test_write_without_close_fires_once_settled(tmp_path: Path, inbox: Path) -> None:
-    async with evented(tmp_path, settle=timedelta(milliseconds=200)) as (_, sink):
-        fd = os.open(inbox / "held.csv", os.O_WRONLY | os.O_CREAT)
-        try:
-            os.write(fd, b"abc")
-            await sink.until(lambda: len(sink.fired) == 1)  # settled while still open
-            assert sink.fired[0].version.startswith("3:")
-        finally:
-            os.close(fd)
-        await mark(sink, inbox)  # the close of an unchanged file is not a new version
-    assert sink.names() == [b"incoming/held.csv", b"incoming/zz-marker.csv"]
-
-
 async def test_an_overrun_is_logged_counted_and_missed_ticks_skipped(
-    tmp_path: Path, inbox: Path
+    tmp_path: Path, inbox: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     poller, _, health, clock = polled(tmp_path)
-    real_scan = poller._scanner.scan
+    slow = [True]
 
-    def slow_scan() -> localfs.Scan:
-        clock._now += timedelta(seconds=90)  # the scan "takes" 90 s of a 60 s interval
-        clock._mono += 90
-        return real_scan()
+    class SlowScan(localfs.DirScan):
+        def next_chunk(self) -> localfs.ScanChunk:
+            if slow[0]:  # the scan "takes" 90 s of a 60 s interval
+                clock._now += timedelta(seconds=90)
+                clock._mono += 90
+            return super().next_chunk()
 
-    poller._scanner.scan = slow_scan  # type: ignore[method-assign]
+    monkeypatch.setattr(local, "DirScan", SlowScan)
     with structlog.testing.capture_logs() as logs:
         async with running(poller):
             await clock.wait_for_wait()
-            poller._scanner.scan = real_scan  # type: ignore[method-assign]
+            slow[0] = False
             await clock.step(29)  # t=119: the ticks at 60 were missed, the next is 120
             assert len(health.polls) == 1
             await clock.step(1)

@@ -16,11 +16,8 @@ import fnmatch
 import os
 import re
 from collections.abc import Iterable
-from typing import TypeVar
 
 __all__ = ["NameMatcher"]
-
-T = TypeVar("T")
 
 
 class NameMatcher:
@@ -42,8 +39,8 @@ class NameMatcher:
     def __call__(self, name: bytes) -> bool:
         return self._pattern(name) and not self._ignore(name)
 
-    def select(self, names: list[bytes], values: list[T]) -> tuple[list[bytes], list[T]]:
-        """The names that match, with their values (`values[i]` goes with `names[i]`).
+    def select(self, names: list[bytes]) -> list[int] | None:
+        """The indexes of the names that match; None when all do.
 
         One call per batch (a rescan's chunk): with the pattern `*` and only simple ignore
         globs, as by default, it is one comprehension of C calls, no call per name.
@@ -55,9 +52,8 @@ class NameMatcher:
         else:
             out = [not self(n) for n in names]
         if not any(out):
-            return names, values
-        kept = [i for i, o in enumerate(out) if not o]
-        return [names[i] for i in kept], [values[i] for i in kept]
+            return None
+        return [i for i, o in enumerate(out) if not o]
 
     def __repr__(self) -> str:
         return f"NameMatcher(patterns={self.patterns!r}, ignore={self.ignore!r})"

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-__all__ = ["FINGERPRINT_MASK", "Diff", "Snapshot", "baseline_key", "fingerprint"]
+__all__ = ["FINGERPRINT_MASK", "Diff", "Snapshot", "baseline_key", "fingerprint", "trim_heap"]
 
 FINGERPRINT_MASK = (1 << 60) - 1
 
@@ -205,7 +205,7 @@ class Snapshot:
             start = end
         self.fps = fps
         del blob, lengths, values
-        _trim_heap()
+        trim_heap()
 
     def diff(self, listing: Iterable[tuple[bytes, str]]) -> Diff:
         """Compare a complete listing of `(name, version)` pairs with the snapshot.
@@ -234,8 +234,11 @@ def _chain_live(base: dict[bytes, int], overlay: dict[bytes, int | None]) -> Ite
             yield name
 
 
-def _trim_heap() -> None:
-    """glibc keeps freed heap pages mapped; malloc_trim(0) returns them (no-op elsewhere)."""
+def trim_heap() -> None:
+    """glibc keeps freed heap pages mapped; malloc_trim(0) returns them (no-op elsewhere).
+
+    Worth calling after building something large in chunks (a first poll): the chunks' lists
+    came from the worker threads' malloc arenas, which otherwise keep them."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

@@ -1,58 +1,54 @@
-"""The local file system edge of the local poller: one-level scans, stats and inotify watches.
+"""The local file system edge of the local poller: one-level listings, stats, symlink rules.
 
-A steady rescan costs little more than the `os.scandir` + `stat` it needs: the listing is first
-summed into an order-independent digest, and only when that differs from the digest of the
-last diffed listing is the snapshot consulted, name by name.
+Everything here blocks; the poller runs it on the shared pool (`fspool.off_loop`).
 
-Events come from watchdog's inotify layer (`InotifyFD`: one reader thread shared by every
-watch in the process) through a `WatchCallback` on exactly one directory, non-recursive. We
-register on that layer rather than through an `Observer`: it is where an inotify queue
-overflow is reported (`on_queue_overflow`; an observer only logs it for non-recursive
-watches), and it adds no 0.5 s move-pairing delay in front of later events.
+A rescan is one pass: `DirScan` lists the directory a chunk at a time, each chunk one short
+pool job, and compares each entry with the snapshot as it goes (the snapshot's base is frozen
+while the scan runs, so the scan can count the known names it met: when that count is the
+snapshot's size, nothing was deleted, and no second pass is needed). Only when some known name
+was not met does `missing_names` list the names once more (no stat) to say which.
+
+Symlinks (SPEC §4, `follow_symlinks`): the scan follows them, as a listing; a version becomes
+eligible only through `stat_names`, which, under "within_root", resolves a symlinked entry and
+reports it `outside` unless its target lies inside the datastore's real root. `check_dir` holds
+the watched directory itself to the same rule.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import os
 import stat
-import sys
-import threading
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import islice
 from operator import attrgetter
-from typing import Any, Literal, ParamSpec, TypeVar
-
-import structlog
+from typing import Literal
 
 from watcherd.core.matching import NameMatcher
-from watcherd.core.snapshot import FINGERPRINT_MASK, Snapshot
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from watcherd.core.snapshot import FINGERPRINT_MASK
 
 __all__ = [
-    "off_loop",
-    "DirEvents",
-    "DirScanner",
-    "DirWatch",
-    "EventKind",
+    "CHUNK",
+    "DirChanged",
+    "DirScan",
     "Obs",
-    "Scan",
+    "OutsideRoot",
+    "ScanChunk",
+    "Stats",
+    "check_dir",
     "local_fingerprint",
-    "start_dir_watch",
+    "missing_names",
     "stat_names",
     "version_of",
 ]
 
-log = structlog.get_logger("watcherd.pollers.local")
-
 Obs = tuple[int, int, int]  # (size, mtime_ns, inode): one observed version of a file
-EventKind = Literal["closed", "writing", "attrib", "check", "rescan", "overflow"]
+
+CHUNK = 4096  # entries per scan job: a few ms each, so events and other schedules interleave
 
 _S_IFMT, _S_IFREG = 0o170000, 0o100000
-_STAT_KEY = attrgetter("st_mode", "st_size", "st_mtime_ns", "st_ino")
+_OBS = attrgetter("st_size", "st_mtime_ns", "st_ino")
 
 
 def version_of(obs: Obs) -> str:
@@ -69,322 +65,253 @@ def local_fingerprint(version: str) -> int:
     return hash((size, mtime_ns, ino)) & FINGERPRINT_MASK
 
 
-# ── scanning ──────────────────────────────────────────────────────────────────
+class OutsideRoot(OSError):
+    """The watched directory resolves outside the datastore's real root."""
 
 
-class Scan:
-    """One listing: its digest, the changed eligible files, and the deleted names."""
+class DirChanged(OSError):
+    """Another directory than the one last polled is at the watched path now."""
 
-    __slots__ = ("changed", "deleted", "digest", "unchanged")
+
+def _inside(path: bytes, root: bytes) -> bool:
+    return path == root or path.startswith(root.rstrip(b"/") + b"/")
+
+
+def real_root(root: bytes) -> bytes:
+    return os.path.realpath(root)
+
+
+def check_dir(path: bytes, root: bytes | None) -> tuple[int, int]:
+    """(st_dev, st_ino) of the watched directory; with `root` (follow_symlinks="within_root"),
+    it must resolve inside root's real path.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError: it is gone.
+        OutsideRoot: it is (or goes through) a symlink leading outside the root.
+    """
+    info = os.stat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fsdecode(path))
+    if root is not None:
+        real, top = os.path.realpath(path), real_root(root)
+        if not _inside(real, top):
+            shown = real.decode("utf-8", "backslashreplace")
+            raise OutsideRoot(errno.EXDEV, f"resolves to {shown}, outside the datastore root")
+    return info.st_dev, info.st_ino
+
+
+# ── the rescan ────────────────────────────────────────────────────────────────
+
+
+@dataclass(slots=True)
+class ScanChunk:
+    """What one chunk of a listing showed against the snapshot's base."""
+
+    changed: list[tuple[bytes, Obs]] = field(default_factory=list)  # known files, modified
+    new_names: list[bytes] = field(default_factory=list)  # files not in the base (matching)
+    new_obs: list[Obs] = field(default_factory=list)  # their versions (not when quiet)
+    new_fps: list[int] = field(default_factory=list)  # ... as snapshot fingerprints
+    new_versions: list[str] = field(default_factory=list)  # ... as persisted version strings
+    gone: list[bytes] = field(default_factory=list)  # known names listed but no file any more
+    done: bool = False  # the listing is complete
+
+
+class DirScan:
+    """One pass over one directory level, a chunk per `next_chunk()` call (never two at once).
+
+    `base` is the snapshot's name -> fingerprint map, which must not change until the scan is
+    done; `known` counts the base names met as files (or unreadable ones: not deleted).
+
+    The per-entry loop is kept to what a bare `scandir` + `stat` pass does plus a dict lookup
+    and a hash. New names are matched against the globs in one go per chunk, and their
+    fingerprints and version strings made here too: a first listing of a million files then
+    leaves the event loop nothing to do per file (and doing it there, while this thread lists
+    the next chunk, would make both wait on each other for the GIL).
+    """
 
     def __init__(
         self,
-        digest: int,
-        changed: list[tuple[bytes, Obs]] | None = None,
-        deleted: list[bytes] | None = None,
+        path: bytes,
+        match: NameMatcher,
+        base: Mapping[bytes, int],
         *,
-        unchanged: bool = False,
+        root: bytes | None = None,
+        watched: tuple[int, int] | bool = False,
+        quiet: bool = False,
     ) -> None:
-        self.digest = digest
-        self.changed = changed or []
-        self.deleted = deleted or []
-        self.unchanged = unchanged  # the digest matched: nothing was diffed
-
-
-class DirScanner:
-    """Lists one directory level against a snapshot. Blocking: run it in a worker thread.
-
-    `digest` is the digest of the last listing whose changes were handled; the owner sets it
-    once it has committed what `scan()` returned, or clears it to force a diff.
-    """
-
-    def __init__(self, path: bytes, match: NameMatcher, snapshot: Snapshot) -> None:
         self.path = path
-        self.match = match
-        self.snapshot = snapshot
-        self.digest: int | None = None
+        self.known = 0
+        self.ident: tuple[int, int] | None = None  # by the first next_chunk (check_dir)
+        self._match = match
+        self._base = base
+        self._root = root
+        self._watched = watched  # DirEvents.watching(): list only once this is watched
+        self._quiet = quiet  # a skip-baseline: new files need no `new_obs`
+        self._it: os._ScandirIterator[bytes] | None = None
+        self._closed = False
 
-    def scan(self) -> Scan:
-        if self.digest is not None:
-            digest = _listing_digest(self.path)
-            if digest == self.digest:
-                return Scan(digest, unchanged=True)
-        return self._diff()
-
-    def _diff(self) -> Scan:
-        fps = self.snapshot.fps
-        get, match, mask = fps.get, self.match, FINGERPRINT_MASK
-        changed: list[tuple[bytes, Obs]] = []
-        seen: set[bytes] = set()
-        acc = 0
-        with os.scandir(self.path) as it:
-            for entry in it:
-                name = entry.name
-                try:
-                    key = _STAT_KEY(entry.stat())
-                except OSError as exc:
-                    acc += hash((name, exc.errno))
-                    if exc.errno != errno.ENOENT and name in fps:
-                        seen.add(name)  # unreadable is not deleted
-                    continue
-                acc += hash((name, key))
-                if key[0] & _S_IFMT != _S_IFREG:
-                    continue
-                old = get(name)
-                if old is None:
-                    if not match(name):
-                        continue
-                else:
-                    seen.add(name)
-                obs: Obs = key[1:]
-                if hash(obs) & mask != old:
-                    changed.append((name, obs))
-        deleted = [n for n in fps if n not in seen] if len(seen) < len(fps) else []
-        return Scan(acc, changed, deleted)
-
-
-def off_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
-    """Run a blocking filesystem call in its own daemon thread.
-
-    Not asyncio's shared pool: a stat() stuck on a dead NFS/FUSE server would hold a pool
-    worker forever, and `asyncio.run()` waits for that pool at exit, so SIGTERM would hang.
-    A daemon thread is simply abandoned at exit.
-    """
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
-
-    def _settle(result: T | None, exc: BaseException | None) -> None:
-        if fut.done():
-            return
-        if exc is not None:
-            fut.set_exception(exc)
+    def next_chunk(self) -> ScanChunk:
+        """The next chunk. The first call checks the directory (`check_dir` with `root`, its
+        errors raised) and, when events are on and another directory is watched, returns an
+        empty chunk: the caller watches `ident` first, so nothing listed after goes unseen."""
+        if self._closed:
+            return ScanChunk(done=True)
+        if self.ident is None:
+            self.ident = check_dir(self.path, self._root)
+            if self._watched is not False and self._watched != self.ident:
+                return ScanChunk()
+        if self._it is None:
+            self._it = os.scandir(self.path)
+        out = ScanChunk()
+        if self._base:
+            listed = self._diff(out)
+        elif self._quiet:
+            listed = self._list(out)  # a first listing, recorded as it is
         else:
-            fut.set_result(result)  # type: ignore[arg-type]  # result is T when exc is None
+            listed = self._diff(out)  # a first listing, every file new
+        if out.new_obs:
+            mask = FINGERPRINT_MASK
+            out.new_fps = [hash(o) & mask for o in out.new_obs]
+            out.new_versions = [f"{a}:{b}:{c}" for a, b, c in out.new_obs]  # version_of
+        kept = self._match.select(out.new_names)
+        if kept is not None:
+            out.new_names = [out.new_names[i] for i in kept]
+            out.new_fps = [out.new_fps[i] for i in kept]
+            out.new_versions = [out.new_versions[i] for i in kept]
+            if out.new_obs:
+                out.new_obs = [out.new_obs[i] for i in kept]
+        if listed < CHUNK:
+            self.close()
+            out.done = True
+        return out
 
-    def _work() -> None:
-        result: T | None = None
-        error: BaseException | None = None
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:  # handed to the awaiting task
-            error = exc
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
-            loop.call_soon_threadsafe(_settle, result, error)
-
-    threading.Thread(target=_work, name="watcherd-fs", daemon=True).start()
-    return fut
-
-
-def _listing_digest(path: bytes) -> int:
-    # Order-independent, so readdir order does not matter. Must hash exactly as _diff does.
-    acc = 0
-    with os.scandir(path) as it:
-        for entry in it:
+    def _list(self, out: ScanChunk) -> int:
+        """A first listing: names, fingerprints and version strings, nothing else kept (what
+        a chunk keeps alive costs more than the work: fresh memory, not a reused block)."""
+        add_name, add_fp, add_version = (
+            out.new_names.append,
+            out.new_fps.append,
+            out.new_versions.append,
+        )
+        mask = FINGERPRINT_MASK
+        listed = 0
+        assert self._it is not None
+        for listed, entry in enumerate(islice(self._it, CHUNK), 1):  # noqa: B007 (read after)
             try:
-                acc += hash((entry.name, _STAT_KEY(entry.stat())))
+                st = entry.stat()
+            except OSError:
+                continue
+            if st.st_mode & _S_IFMT == _S_IFREG:
+                a, b, c = obs = _OBS(st)
+                add_name(entry.name)
+                add_fp(hash(obs) & mask)
+                add_version(f"{a}:{b}:{c}")  # version_of, inline
+        return listed
+
+    def _diff(self, out: ScanChunk) -> int:
+        changed, gone, mask = out.changed, out.gone, FINGERPRINT_MASK
+        add_name, add_obs = out.new_names.append, out.new_obs.append
+        base, get = self._base, self._base.get
+        other = listed = 0  # other: entries that are not known names still present
+        assert self._it is not None
+        for listed, entry in enumerate(islice(self._it, CHUNK), 1):  # noqa: B007 (read after)
+            name = entry.name
+            try:
+                st = entry.stat()
             except OSError as exc:
-                acc += hash((entry.name, exc.errno))
-    return acc
+                if name not in base:
+                    other += 1
+                elif exc.errno == errno.ENOENT:
+                    other += 1
+                    gone.append(name)  # removed between readdir and stat
+                continue  # (a known name, unreadable, is not deleted)
+            if hash(_OBS(st)) & mask == get(name):
+                continue  # the hot path: a known file, unchanged
+            obs: Obs = _OBS(st)
+            old = get(name)
+            if st.st_mode & _S_IFMT != _S_IFREG:
+                other += 1
+                if old is not None:
+                    gone.append(name)  # e.g. replaced by a directory
+            elif old is None:
+                other += 1
+                add_name(name)
+                add_obs(obs)
+            else:
+                changed.append((name, obs))
+        self.known += listed - other
+        return listed
+
+    def close(self) -> None:
+        """Release the directory handle (call it when no `next_chunk` is running)."""
+        self._closed = True
+        if self._it is not None:
+            self._it.close()
+            self._it = None
 
 
-def stat_names(path: bytes, names: list[bytes]) -> dict[bytes, Obs | None | Literal[False]]:
-    """Obs per name in `path`; None = no regular file there; False = stat failed otherwise."""
-    out: dict[bytes, Obs | None | Literal[False]] = {}
+def missing_names(path: bytes, names: Mapping[bytes, int]) -> list[bytes]:
+    """The names of `names` not in `path` now (a names-only listing: no stat)."""
+    with os.scandir(path) as it:
+        listed = {entry.name for entry in it}
+    return [name for name in names if name not in listed]
+
+
+# ── stats of named entries (events, settle deadlines) ────────────────────────
+
+
+@dataclass(slots=True)
+class Stats:
+    """`obs`: per name, its version; None = no eligible file there; False = stat failed.
+    `linked`: names that are symlinks or hard links (made without an open() for writing).
+    `outside`: name -> resolved target of symlinks leading outside the root (obs is None)."""
+
+    obs: dict[bytes, Obs | None | Literal[False]] = field(default_factory=dict)
+    linked: set[bytes] = field(default_factory=set)
+    outside: dict[bytes, tuple[bytes, Obs]] = field(default_factory=dict)
+
+
+def stat_names(
+    path: bytes, names: list[bytes], root: bytes | None, ident: tuple[int, int] | None = None
+) -> Stats:
+    """Stat each name in `path`. With `root`, a symlink counts only while it resolves inside
+    root's real path. With `ident`, first checks that the directory is still that one.
+
+    Raises:
+        DirChanged: another directory (or nothing) is at `path` now.
+    """
+    if ident is not None:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            raise DirChanged(exc.errno, exc.strerror, os.fsdecode(path)) from exc
+        if (info.st_dev, info.st_ino) != ident:
+            raise DirChanged(errno.ESTALE, "directory replaced", os.fsdecode(path))
+    out = Stats()
+    top = real_root(root) if root is not None else None
     for name in names:
+        full = os.path.join(path, name)
         try:
-            st = os.stat(os.path.join(path, name))
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                out.linked.add(name)
+                st = os.stat(full)
+                if top is not None and stat.S_ISREG(st.st_mode):
+                    target = os.path.realpath(full)
+                    if not _inside(target, top):
+                        out.outside[name] = (target, _OBS(st))
+                        out.obs[name] = None
+                        continue
         except (FileNotFoundError, NotADirectoryError):
-            out[name] = None
-        except OSError:
-            out[name] = False
-        else:
-            regular = stat.S_ISREG(st.st_mode)
-            out[name] = (st.st_size, st.st_mtime_ns, st.st_ino) if regular else None
-    return out
-
-
-# ── inotify ───────────────────────────────────────────────────────────────────
-
-# inotify(7) bits (kernel ABI).
-_IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x2, 0x4, 0x8
-_IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
-_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_UNMOUNT = 0x400, 0x800, 0x2000
-_IN_ONLYDIR, _IN_EXCL_UNLINK, _IN_ISDIR = 0x01000000, 0x04000000, 0x40000000
-_SELF = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT
-_MASK = (
-    _IN_MODIFY
-    | _IN_ATTRIB
-    | _IN_CLOSE_WRITE
-    | _IN_MOVED_FROM
-    | _IN_MOVED_TO
-    | _IN_CREATE
-    | _IN_DELETE
-    | _IN_DELETE_SELF
-    | _IN_MOVE_SELF
-    | _IN_ONLYDIR
-    | _IN_EXCL_UNLINK
-)  # no IN_OPEN / IN_CLOSE_NOWRITE / IN_ACCESS: readers of the files are not changes
-
-# Where the kernel sees only this machine's writes, inotify would miss the others.
-_REMOTE_FS = frozenset(
-    b"nfs nfs4 cifs smb3 smbfs 9p afs ceph glusterfs lustre gpfs davfs vboxsf vmhgfs "
-    b"fuse.sshfs fuse.s3fs fuse.rclone fuse.gcsfuse fuse.glusterfs fuse.juicefs "
-    b"fuse.davfs2 fuse.vmhgfs-fuse".split()
-)
-
-Post = Callable[[EventKind, bytes], None]
-
-
-class DirWatch:
-    """One inotify watch on one directory, reporting to an asyncio loop.
-
-    Implements watchdog's `WatchCallback`; its `on_*` methods run on watchdog's reader
-    thread and only hand `(kind, name)` to `post` on the loop.
-    """
-
-    def __init__(
-        self, path: bytes, ident: tuple[int, int], loop: asyncio.AbstractEventLoop, post: Post
-    ) -> None:
-        self.path = path
-        self.ident = ident  # (st_dev, st_ino) of the watched directory
-        self.alive = True
-        self._loop, self._post = loop, post
-        self._fd: Any = None
-        self._wd: int = -1
-
-    def on_event(self, event: Any) -> None:
-        mask, name = event.mask, event.name
-        if mask & _SELF:
-            self._send("rescan", b"")
-        elif mask & _IN_ISDIR:
-            return  # subdirectories never count
-        elif mask & (_IN_CLOSE_WRITE | _IN_MOVED_TO):
-            self._send("closed", name)
-        elif mask & (_IN_CREATE | _IN_MODIFY):
-            self._send("writing", name)
-        elif mask & _IN_ATTRIB:
-            self._send("attrib", name)
-        elif mask & (_IN_DELETE | _IN_MOVED_FROM):
-            self._send("check", name)
-
-    def on_watch_deleted(self, wd: int) -> None:
-        self.alive = False
-        self._send("rescan", b"")
-
-    def on_queue_overflow(self) -> None:
-        self._send("overflow", b"")
-
-    def _send(self, kind: EventKind, name: bytes) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._post, kind, name)
-        except RuntimeError:
-            pass  # the loop is closed: the poller is gone
-
-    def stop(self) -> None:
-        """Remove the watch (idempotent)."""
-        if self._fd is not None and self.alive:
-            self.alive = False
-            try:
-                self._fd.remove_callbacks([(self._wd, id(self))])
-            except (OSError, RuntimeWarning):  # already gone with its directory
-                pass
-
-
-def start_dir_watch(
-    path: bytes,
-    ident: tuple[int, int],
-    loop: asyncio.AbstractEventLoop,
-    post: Post,
-    *,
-    require: bool = False,
-) -> DirWatch:
-    """Watch `path` (not recursively) and post its events to `loop`.
-
-    Without `require`, refuses (OSError) where events would be incomplete: not Linux, or a
-    network file system. Raises FileNotFoundError / NotADirectoryError when `path` is gone,
-    and any other exception when inotify cannot be used.
-    """
-    if not require:
-        if not sys.platform.startswith("linux"):
-            raise OSError(errno.ENOSYS, f"no inotify on {sys.platform}")
-        fstype = _remote_fs_type(path)
-        if fstype is not None:
-            raise OSError(errno.EREMOTE, f"{fstype} file system: events miss remote writes")
-    from watchdog.observers.inotify_c import CallbackId, InotifyFD, Mask
-
-    fd = InotifyFD.get_instance()
-    watch = DirWatch(path, ident, loop, post)
-    wd = fd.add_callback(path, Mask(_MASK), watch, CallbackId(id(watch)))
-    watch._fd, watch._wd = fd, wd
-    if wd < 0:  # watchdog swallows EACCES and hands back -1
-        watch.stop()
-        raise PermissionError(errno.EACCES, "inotify_add_watch refused", os.fsdecode(path))
-    return watch
-
-
-class DirEvents:
-    """The inotify watch of one directory, kept on whatever directory is at its path now.
-
-    `events`: True (required), None (Linux and not a network file system), False (off). When
-    a watch cannot start for any reason but the directory being gone, events stay off for
-    good: logged once as `events_unavailable`, and polling alone carries on.
-    """
-
-    def __init__(self, path: bytes, post: Post, events: bool | None) -> None:
-        self.path = path
-        self.watch: DirWatch | None = None
-        self._post = post
-        self._mode = events
-
-    def ensure(self, ident: tuple[int, int]) -> bool:
-        """Watch the directory whose (st_dev, st_ino) is `ident`; True when a new watch
-        started (changes made while nothing watched may have been missed).
-
-        Raises:
-            FileNotFoundError, NotADirectoryError: the directory is gone.
-        """
-        if self._mode is False:
-            return False
-        w = self.watch
-        if w is not None and w.alive and w.ident == ident:
-            return False
-        self.stop()
-        loop = asyncio.get_running_loop()
-        try:
-            self.watch = start_dir_watch(
-                self.path, ident, loop, self._post, require=self._mode is True
-            )
-        except (FileNotFoundError, NotADirectoryError):
-            raise
-        except Exception as exc:
-            self._mode = False
-            shown = self.path.decode("utf-8", "backslashreplace")
-            log.warning("events_unavailable", error=str(exc), path=shown)
-            return False
-        self._mode = True
-        return True
-
-    def stop(self) -> None:
-        if self.watch is not None:
-            self.watch.stop()
-            self.watch = None
-
-
-def _remote_fs_type(path: bytes) -> str | None:
-    """The file system type of `path` when it is a network one, from /proc/self/mounts."""
-    try:
-        real = os.path.realpath(path)
-        with open("/proc/self/mounts", "rb") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    best, best_type = b"", b""
-    for line in lines:
-        fields = line.split(b" ")
-        if len(fields) < 3:
+            out.obs[name] = None  # gone, or a dangling symlink
             continue
-        mnt = fields[1].replace(b"\\040", b" ").replace(b"\\011", b"\t").replace(b"\\134", b"\\")
-        inside = real == mnt or real.startswith(mnt.rstrip(b"/") + b"/")
-        if inside and len(mnt) >= len(best):
-            best, best_type = mnt, fields[2]
-    return best_type.decode("ascii", "replace") if best_type in _REMOTE_FS else None
+        except OSError as exc:
+            out.obs[name] = None if exc.errno == errno.ELOOP else False
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            out.obs[name] = None
+            continue
+        if st.st_nlink > 1:
+            out.linked.add(name)
+        out.obs[name] = _OBS(st)
+    return out
