@@ -1,14 +1,56 @@
-"""Helpers shared by the benches: SPEC §10's JSON line, timing and memory probes."""
+"""Helpers shared by the benches: SPEC §10's JSON line, timing and memory probes, a real
+`watcherd run` subprocess (READY=1 on our own NOTIFY_SOCKET, optionally with an event-loop
+lag probe inside it), a replay of the web page's polling, and runs written straight into a
+state DB (1M runs in a minute instead of hours of real dispatch).
+
+Also a script, for the subprocesses the benches start:
+    python bench/_common.py probe LAGFILE ARGS…   `watcherd ARGS…` with the loop-lag probe
+    python bench/_common.py page URL SECONDS OFFSET   the page's polling; JSON samples on stdout
+One module on purpose (~420 lines): each bench imports one file, and these pieces are the
+benches' shared vocabulary (the daemon, its logs, its clients, its data).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
+import signal
+import socket
+import sqlite3
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TextIO
 
-__all__ = ["best_of", "emit", "percentile", "rss_bytes"]
+__all__ = [
+    "ROOT",
+    "Daemon",
+    "best_of",
+    "collect",
+    "days_ago",
+    "emit",
+    "fill_runs",
+    "loop_lags",
+    "page_clients",
+    "percentile",
+    "py_spy",
+    "rss_bytes",
+    "slot_lateness",
+    "stored_ids",
+    "time_schedules",
+    "ts",
+    "utc",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve()
 
 
 def emit(
@@ -64,3 +106,426 @@ def rss_bytes() -> int:
     """This process's resident set size."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def ts(text: str) -> float:
+    """An ISO 8601 instant (a `Z` or an offset) as epoch seconds."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def utc(t: float) -> str:
+    """Epoch seconds as the state store's sortable UTC text (core.timefmt's micro form);
+    isoformat, not strftime: fill_runs formats three of these per run."""
+    return (_EPOCH + timedelta(seconds=t)).isoformat(timespec="microseconds") + "Z"
+
+
+# ── a real daemon ────────────────────────────────────────────────────────────
+
+
+class Daemon:
+    """`watcherd run` on a config in its own dir, READY=1 read from our own NOTIFY_SOCKET.
+
+    With `probe=True` the daemon runs under `_common.py probe`: a task in its event loop
+    sleeps 5 ms at a time and logs every wake-up later than 2 ms (see `loop_lags`)."""
+
+    def __init__(self, workdir: Path, name: str, config: str, *, probe: bool = False) -> None:
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "watcherd.toml"
+        self.config.write_text(config)
+        self.log_path = self.dir / "daemon.log"
+        self.lag_path = self.dir / "lag.txt" if probe else None
+        self.sock_path = self.dir / "notify.sock"
+        self.sock: socket.socket | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.spawned = self.ready_at = 0.0
+
+    def start(self) -> None:
+        self.sock_path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.sock_path))
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.sock_path), "PYTHONPATH": str(ROOT)}
+        argv = [sys.executable, "-m", "watcherd"]
+        if self.lag_path is not None:
+            argv = [sys.executable, str(HERE), "probe", str(self.lag_path)]
+        with self.log_path.open("ab") as log:
+            self.spawned = time.time()
+            self.proc = subprocess.Popen(
+                [*argv, "run", "--config", str(self.config)],
+                cwd=self.dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, timeout: float = 600.0) -> float:
+        """Seconds from spawn to READY=1."""
+        assert self.proc is not None and self.sock is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(0.5)
+            try:
+                msg = self.sock.recv(4096)
+            except TimeoutError:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if b"READY=1" in msg.split(b"\n"):
+                self.ready_at = time.time()
+                return self.ready_at - self.spawned
+        raise SystemExit(f"{self.dir.name}: not ready:\n{self.log_path.read_text()[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def api(self, state_dir: Path) -> str:
+        """The API's base URL, from the discovery file the daemon writes."""
+        return str(json.loads((state_dir / "config.json").read_text())["url"]).rstrip("/")
+
+    def rss(self) -> int:
+        with open(f"/proc/{self.pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def cpu_seconds(self) -> float:
+        """CPU time of every thread: schedstat (ns) where present, else utime+stime (ticks)."""
+        tasks = Path(f"/proc/{self.pid}/task")
+        try:
+            return sum(int((t / "schedstat").read_text().split()[0]) for t in tasks.iterdir()) / 1e9
+        except (OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def events(self, *names: str) -> Iterator[dict[str, object]]:
+        """JSON log events with one of these names, in order."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and any(f'"{n}"' in line for n in names):
+                ev = json.loads(line)
+                if ev.get("event") in names:
+                    yield ev
+
+    def wait_event(self, name: str, timeout: float, after: float = 0.0) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for ev in self.events(name):
+                if ts(str(ev["timestamp"])) >= after:
+                    return ev
+            time.sleep(0.1)
+        raise SystemExit(f"{self.dir.name}: no {name} within {timeout}s")
+
+
+def slot_lateness(d: Daemon) -> list[tuple[float, float]]:
+    """(due, lateness s) of every slot batch: the batch's first `slot_fired` log line (written
+    right after its COMMIT returns) minus the slot's instant (whole seconds in the log)."""
+    first: dict[str, float] = {}
+    for ev in d.events("slot_fired"):
+        slot, at = str(ev["slot"]), ts(str(ev["timestamp"]))
+        first[slot] = min(first.get(slot, at), at)
+    return sorted((ts(s), at - ts(s)) for s, at in first.items())
+
+
+def loop_lags(d: Daemon) -> list[tuple[float, float]]:
+    """(wall time of the late wake-up, lag s) of every probe wake-up later than 2 ms."""
+    out: list[tuple[float, float]] = []
+    if d.lag_path is not None and d.lag_path.exists():
+        for line in d.lag_path.read_text().splitlines():
+            if line and not line.startswith("#"):
+                t, lag = line.split()
+                out.append((float(t), float(lag)))
+    return out
+
+
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` of a process (raw collapsed stacks, per thread) for diagnosis runs
+    only: sampling pauses the process, so never in a measured run. None without py-spy."""
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        sys.stderr.write("py-spy not installed (pip install py-spy): no profile\n")
+        return None
+    return subprocess.Popen(
+        [str(exe), "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", "200"]
+        + ["-f", "raw", "-t", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+# ── the loop-lag probe (runs inside the daemon process) ──────────────────────
+
+PROBE_PERIOD = 0.005
+PROBE_REPORT = 0.002
+
+
+async def _lag_probe(f: TextIO) -> None:
+    loop = asyncio.get_running_loop()
+    late: list[str] = []
+    n, flushed = 0, loop.time()
+    with f:
+        try:
+            while True:
+                target = loop.time() + PROBE_PERIOD
+                await asyncio.sleep(PROBE_PERIOD)
+                now = loop.time()
+                n += 1
+                if now - target > PROBE_REPORT:
+                    late.append(f"{time.time():.6f} {now - target:.6f}\n")
+                if late and now - flushed > 5.0:
+                    f.write("".join(late))
+                    f.flush()
+                    late.clear()
+                    flushed = now
+        finally:
+            f.write("".join(late) + f"# {os.getpid()} wake-ups {n}\n")
+
+
+def _probe_main(argv: list[str]) -> int:
+    path, args = argv[0], argv[1:]
+
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            loop = super().new_event_loop()
+            f = open(path, "a")  # noqa: SIM115 - closed by the probe task
+            loop.call_soon(lambda: loop.create_task(_lag_probe(f)))
+            return loop
+
+    asyncio.set_event_loop_policy(Policy())
+    sys.path.insert(0, str(ROOT))
+    from watcherd.cli import main
+
+    return int(main(args) or 0)
+
+
+# ── the web page's polling (watcherd/api/static/app.js `load()`) ─────────────
+
+PAGE_PERIOD = 3.0  # app.js POLL_MS: the next refresh is armed 3 s after the last one ended
+
+
+async def _page_client(base: str, seconds: float, offset: float) -> list[list[object]]:
+    """Every 3 s after the previous round ended: /pipelines, /schedules and /runs?limit=50 at
+    once (Promise.all), then /readyz; each body read to its end. Samples: [path, start, s]."""
+    import aiohttp
+
+    headers = {"Accept": "application/json", "X-Watcherd-Client": "web"}
+    samples: list[list[object]] = []
+    await asyncio.sleep(offset)
+    end = time.monotonic() + seconds - offset
+
+    async def get(s: aiohttp.ClientSession, path: str) -> None:
+        t0, w0 = time.perf_counter(), time.time()
+        async with s.get(base + path) as r:
+            await r.read()
+            if r.status not in (200, 503):
+                raise SystemExit(f"page client: {path} answered {r.status}")
+        samples.append([path.split("?")[0], w0, time.perf_counter() - t0])
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as s:
+        while time.monotonic() < end:
+            await asyncio.gather(
+                get(s, "/api/v1/pipelines"),
+                get(s, "/api/v1/schedules"),
+                get(s, "/api/v1/runs?limit=50"),
+            )
+            await get(s, "/readyz")
+            await asyncio.sleep(PAGE_PERIOD)
+    return samples
+
+
+def _page_main(argv: list[str]) -> int:
+    print(json.dumps(asyncio.run(_page_client(argv[0], float(argv[1]), float(argv[2])))))
+    return 0
+
+
+def page_clients(base: str, seconds: float, n: int) -> list[subprocess.Popen[str]]:
+    """Start n page clients (own processes), offset by 3 s / n; `collect` their samples."""
+    return [
+        subprocess.Popen(
+            [sys.executable, str(HERE), "page", base, str(seconds), str(i * PAGE_PERIOD / n)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+
+
+def collect(clients: Sequence[subprocess.Popen[str]]) -> list[tuple[str, float, float]]:
+    out: list[tuple[str, float, float]] = []
+    for c in clients:
+        text, _ = c.communicate(timeout=600)
+        out += [(str(p), float(w), float(s)) for p, w, s in json.loads(text or "[]")]
+    return out
+
+
+# ── runs written straight into a state DB ────────────────────────────────────
+
+_STATUSES = ["Completed"] * 90 + ["Failed"] * 5 + ["Skipped"] * 3 + ["Submitted"] * 2
+
+
+def fill_runs(
+    db: Path,
+    n: int,
+    schedules: Sequence[tuple[str, str, str, str]],
+    timeline: Callable[[int], float],
+    *,
+    seed: int = 1,
+    chunk: int = 100_000,
+) -> float:
+    """Insert n finished runs (seq order = time order) into an existing state DB; returns the
+    seconds it took. `schedules`: (schedule id, pipeline id, experiment, "time"|"file");
+    `timeline(i)`: the epoch second run i was queued at. Statuses 90 % Completed, 5 % Failed,
+    3 % Skipped, 2 % Submitted; a 100-byte log on Completed and Failed runs. Written with
+    synchronous=OFF in transactions of `chunk` rows (a bench fixture, not a daemon write)."""
+    t0 = time.perf_counter()
+    rng = random.Random(seed)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    cols = (
+        "id schedule_id pipeline_id experiment dedup status trigger parameters path attempt "
+        "attempts error exit_code queued_at started_at finished_at log"
+    ).split()
+    have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    if not have >= set(cols):
+        raise SystemExit(f"fill_runs: the runs table lacks {sorted(set(cols) - have)}")
+    sql = f"INSERT INTO runs({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    log = b"bench: generated run output line\n" * 3
+    for lo in range(0, n, chunk):
+        rows = []
+        for i in range(lo, min(n, lo + chunk)):
+            sid, pid, exp, kind = schedules[i % len(schedules)]
+            q = timeline(i)
+            status = _STATUSES[rng.randrange(100)]
+            start, end = q + 0.01, q + 0.01 + rng.uniform(0.05, 60.0)
+            qs, ss = utc(q), utc(start)
+            if kind == "time":
+                trig, path = f'{{"kind": "time", "slot": "{qs[:19]}Z"}}', None
+            else:
+                name = f"in/f{i:07d}.csv"
+                trig = (
+                    f'{{"kind": "file", "datastore": "inbox", "path": "{name}", "version": "v{i}"}}'
+                )
+                path = name.encode()
+            ok, skipped = status != "Failed", status == "Skipped"
+            attempts = (
+                "[]"
+                if skipped
+                else f'[{{"attempt": 1, "started_at": "{ss}", "exit_code": {0 if ok else 1}}}]'
+            )
+            rows.append(
+                (
+                    str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    sid,
+                    pid,
+                    exp,
+                    f"gen:{i}",
+                    status,
+                    trig,
+                    "{}",
+                    path,
+                    1,
+                    attempts,
+                    None if ok else "exit code 1",
+                    None if skipped or status == "Submitted" else (0 if ok else 1),
+                    qs,
+                    None if skipped else ss,
+                    qs if skipped else utc(end),
+                    log if status in ("Completed", "Failed") else None,
+                )
+            )
+        conn.execute("BEGIN")
+        conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name='experiments'").fetchone():
+        conn.execute("INSERT OR IGNORE INTO experiments(name) SELECT DISTINCT experiment FROM runs")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return time.perf_counter() - t0
+
+
+def stored_ids(db: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """({schedule name: id}, {pipeline name: id}) from a state DB."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        s = dict(conn.execute("SELECT name, id FROM schedules"))
+        p = dict(conn.execute("SELECT name, id FROM pipelines"))
+    finally:
+        conn.close()
+    return s, p
+
+
+# ── many time schedules that do not fire during a bench ──────────────────────
+
+ZONES = ("UTC", "Europe/Paris", "America/Los_Angeles", "Asia/Tokyo")
+
+
+def _quiet_hour(i: int, zone: str) -> int:
+    """A local hour of `zone` 3 to 20 hours after now: nothing fires in the next 3 hours."""
+    from zoneinfo import ZoneInfo
+
+    local = datetime.now(ZoneInfo(zone))
+    return (local.hour + 3 + i % 18) % 24
+
+
+def time_schedules(
+    n: int, pipelines: Sequence[str], *, experiments: int = 50, prefix: str = "s"
+) -> tuple[str, list[tuple[str, str, str]]]:
+    """TOML of n Active time schedules (Day, Week and Month recurrences, daily and weekly
+    crons, in four time zones, start_times in the past) none of which falls due within the
+    next 3 hours; and [(name, pipeline, experiment)]."""
+    parts: list[str] = []
+    out: list[tuple[str, str, str]] = []
+    days = '["Monday", "Wednesday", "Friday"]'
+    for i in range(n):
+        name, pipe, exp = (
+            f"{prefix}{i:05d}",
+            pipelines[i % len(pipelines)],
+            f"exp{i % experiments:02d}",
+        )
+        zone = ZONES[i % len(ZONES)]
+        h, m = _quiet_hour(i, zone), i % 60
+        kind = i % 5
+        at = f"hours = [{h}], minutes = [{m}]"
+        if kind == 0:
+            rec = f'frequency = "Day", interval = {1 + i % 3}, {at}'
+        elif kind == 1:
+            rec = f'frequency = "Week", interval = 1, week_days = {days}, {at}'
+        else:
+            rec = 'frequency = "Month", interval = 1'
+        if kind <= 2:
+            day = 1 + i % 28 if kind == 2 else 1
+            start = f"2024-01-{day:02d}T{h if kind == 2 else 0:02d}:{m if kind == 2 else 0:02d}:00"
+            trig = f'recurrence = {{ {rec}, start_time = "{start}", time_zone = "{zone}" }}'
+        else:
+            dow = "*" if kind == 3 else "1-5"
+            trig = f'cron = "{m} {h} * * {dow}"\ntime_zone = "{zone}"'
+        parts.append(
+            f'\n[[schedules]]\nname = "{name}"\npipeline = "{pipe}"\n'
+            f'experiment_name = "{exp}"\n{trig}\n'
+        )
+        out.append((name, pipe, exp))
+    return "".join(parts), out
+
+
+def days_ago(d: float) -> float:
+    return (datetime.now(UTC) - timedelta(days=d)).timestamp()
+
+
+if __name__ == "__main__":
+    cmd, rest = sys.argv[1], sys.argv[2:]
+    sys.exit({"probe": _probe_main, "page": _page_main}[cmd](rest))

@@ -48,6 +48,9 @@ class MemorySink:
     async def load_snapshot(self, schedule_id: str, baseline_key: str) -> dict[bytes, str] | None:
         return None if self.snapshot is None else dict(self.snapshot)
 
+    async def load_marker(self, schedule_id: str, baseline_key: str) -> str | None:
+        return None
+
     async def commit(
         self,
         schedule_id: str,
@@ -55,6 +58,7 @@ class MemorySink:
         upserts: Sequence[tuple[bytes, str]],
         deletes: Sequence[bytes],
         fire: Sequence[FileChange],
+        marker: str | None = None,
     ) -> int:
         snap = self.snapshot if self.snapshot is not None else {}
         snap.update(upserts)

@@ -71,11 +71,14 @@ def _free_port(taken: tuple[int, ...] = ()) -> int:
 class _Service:
     """One Azurite service process (azurite-blob or azurite-queue) on 127.0.0.1."""
 
-    def __init__(self, kind: str, executable: str, location: Path, port: int) -> None:
+    def __init__(
+        self, kind: str, executable: str, location: Path, port: int, in_memory: bool = False
+    ) -> None:
         self.kind = kind  # "blob" or "queue": names the --<kind>Host/--<kind>Port flags
         self.executable = executable
         self.location = location
         self.port = port
+        self.in_memory = in_memory
         self.log = location / ("azurite.log" if kind == "blob" else f"azurite-{kind}.log")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -91,9 +94,11 @@ class _Service:
             self.executable,
             f"--{self.kind}Host", "127.0.0.1",
             f"--{self.kind}Port", str(self.port),
-            "--location", str(self.location),
             "--skipApiVersionCheck", "--silent", "--loose", "--disableTelemetry",
         ]  # fmt: skip
+        # In memory: no database file rewritten as it grows (benches with many blobs);
+        # the data is then lost on stop().
+        argv += ["--inMemoryPersistence"] if self.in_memory else ["--location", str(self.location)]
         name = Path(self.executable).name
         with self.log.open("ab") as out:  # a file, not a pipe: a full pipe would block it
             self.proc = subprocess.Popen(
@@ -145,6 +150,7 @@ class Azurite:
         port: the blob port (default: a free one).
         queue_executable: the azurite-queue executable; None runs the blob service alone.
         queue_port: the queue port (default: a free one).
+        in_memory: keep the data in memory only (faster with many blobs; lost on stop()).
     """
 
     def __init__(
@@ -155,15 +161,16 @@ class Azurite:
         *,
         queue_executable: str | None = None,
         queue_port: int | None = None,
+        in_memory: bool = False,
     ) -> None:
         self.executable = executable
         self.location = location
         self.port = port or _free_port()
-        self._blob = _Service("blob", executable, location, self.port)
+        self._blob = _Service("blob", executable, location, self.port, in_memory)
         self._queue: _Service | None = None
         if queue_executable is not None:
             qport = queue_port or _free_port((self.port,))
-            self._queue = _Service("queue", queue_executable, location, qport)
+            self._queue = _Service("queue", queue_executable, location, qport, in_memory)
 
     @property
     def endpoint(self) -> str:

@@ -26,25 +26,29 @@ from watcherd.engine.metrics import Metrics
 from watcherd.engine.ports import FileChange
 from watcherd.pollers.blob import (
     BlobPoller,
-    _map_azure_errors,
     baseline_key,
     blob_prefix,
     blob_url,
     container_url,
 )
+from watcherd.pollers.blob_storage import map_azure_errors
 
 INTERVAL = 60.0
 WAIT = 30.0  # seconds a test waits for one poll (6,000 blobs on Azurite take a few)
 
 
 class RecordingSink:
-    """An in-memory ChangeSink that records every commit and lets a test wait for polls."""
+    """An in-memory ChangeSink with the store's semantics: snapshot and listing marker per
+    baseline key, one run per (name, version) (the UNIQUE key); it records every commit and
+    lets a test wait for polls."""
 
     def __init__(self) -> None:
         self.keys: dict[str, str] = {}
         self.snapshots: dict[str, dict[bytes, str]] = {}
+        self.markers: dict[str, str | None] = {}
         self.commits: list[tuple[list[tuple[bytes, str]], list[bytes], list[FileChange]]] = []
         self.fired: list[FileChange] = []
+        self.runs: set[tuple[str, bytes, str]] = set()
         self.queued = 0
         self.loads = 0
         self._changed = asyncio.Condition()
@@ -55,6 +59,11 @@ class RecordingSink:
             return None
         return dict(self.snapshots[schedule_id])
 
+    async def load_marker(self, schedule_id: str, baseline_key: str) -> str | None:
+        if self.keys.get(schedule_id) != baseline_key:
+            return None
+        return self.markers.get(schedule_id)
+
     async def commit(
         self,
         schedule_id: str,
@@ -62,19 +71,25 @@ class RecordingSink:
         upserts: Sequence[tuple[bytes, str]],
         deletes: Sequence[bytes],
         fire: Sequence[FileChange],
+        marker: str | None = None,
     ) -> int:
         if self.keys.get(schedule_id) != baseline_key:
             self.keys[schedule_id] = baseline_key
             self.snapshots[schedule_id] = {}
+            self.markers[schedule_id] = None
         snap = self.snapshots[schedule_id]
         snap.update(upserts)
         for name in deletes:
             del snap[name]
+        if marker is not None:
+            self.markers[schedule_id] = marker or None
         assert {(c.name, c.version) for c in fire} <= set(upserts)
         self.commits.append((list(upserts), list(deletes), list(fire)))
         self.fired.extend(fire)
-        self.queued += len(fire)
-        return len(fire)
+        written = {(schedule_id, c.name, c.version) for c in fire} - self.runs
+        self.runs |= written
+        self.queued += len(written)
+        return len(written)
 
     def pending(self, schedule_id: str) -> int:
         return self.queued
@@ -353,18 +368,19 @@ async def test_restart_keeps_snapshot_and_reports_changes_made_while_down(contai
 
 
 @pytest.mark.azurite
-async def test_6000_blobs_span_pages_and_each_is_seen_once(container: Ctr) -> None:
+async def test_blobs_span_pages_and_each_is_seen_once(container: Ctr) -> None:
     ds, client = container
-    expected = [f"incoming/f{i:05d}.csv".encode() for i in range(6000)]
-    async with running(ds) as h:
+    expected = [f"incoming/f{i:05d}.csv".encode() for i in range(1200)]
+    async with running(ds, _schedule(list_page_size=500)) as h:
         await h.first()
         await put(client, *(n.decode() for n in expected))
         changes = await h.changes()
-        assert len(changes) == 6000
+        assert len(changes) == 1200
         assert names(changes) == expected
+        assert len(h.sink.commits) == 1 + 3  # the baseline, then one commit per page
         assert await h.changes() == []
         files = h.metrics.registry.get_sample_value("watcherd_poll_files", {"schedule": "blobby"})
-        assert files == 6000
+        assert files == 1200
 
 
 @pytest.mark.azurite
@@ -395,11 +411,11 @@ async def test_a_failing_sink_is_this_schedules_error_and_nothing_is_lost(contai
     class FlakySink(RecordingSink):
         fail = False
 
-        async def commit(self, *args: Any) -> int:
+        async def commit(self, *args: Any, **kw: Any) -> int:
             if self.fail:
                 self.fail = False
                 raise RuntimeError("disk I/O error")
-            return await super().commit(*args)
+            return await super().commit(*args, **kw)
 
     sink = FlakySink()
     async with running(ds, sink=sink) as h:
@@ -550,7 +566,8 @@ def test_prefix_and_baseline_key() -> None:
     ],
 )
 def test_azure_errors_map_to_our_tree(exc: Exception, kind: type, text: str) -> None:
-    with pytest.raises(kind, match=text) as info, _map_azure_errors("c", "p/", lambda s: s):
+    where = "container 'c' prefix 'p/'"
+    with pytest.raises(kind, match=text) as info, map_azure_errors(where, lambda s: s):
         raise exc
     assert info.value.__cause__ is exc
 
@@ -564,7 +581,7 @@ def test_http_status_decides_transient_or_permanent(status: int, kind: type) -> 
     err.status_code = status
     with (
         pytest.raises(kind, match=rf"HTTP {status}") as info,
-        _map_azure_errors("c", "p/", lambda s: s.replace("Zm9vYmFy", "***")),
+        map_azure_errors("container 'c' prefix 'p/'", lambda s: s.replace("Zm9vYmFy", "***")),
     ):
         raise err
     assert "Zm9vYmFy" not in str(info.value)

@@ -1,96 +1,72 @@
-"""Polls the blobs directly under an Azure Blob prefix and reports new or modified ones.
+"""Watches the blobs directly under an Azure Blob prefix: a paged listing, and blob events.
 
-One `BlobPoller` serves one datastore schedule (SPEC §4). Each poll lists the prefix with
-`walk_blobs(delimiter="/")`, so sub-prefixes (subdirectories) are never entered, and compares
-each blob's ETag with the persisted snapshot. A new or changed ETag is one `FileChange`;
-deletions only leave the snapshot. The Azure SDK is imported lazily: a daemon without blob
-datastores never loads it.
+One `BlobPoller` serves one datastore schedule (SPEC §4). At `polling_interval` it lists the
+prefix with `walk_blobs(delimiter="/")`, so sub-prefixes (subdirectories) are never entered,
+and compares each blob's ETag with the persisted snapshot: a new or changed ETag is one
+`FileChange`; deletions only leave the snapshot. The listing is committed page by page with
+its continuation marker, and resumes there after a crash (`blob_listing`).
+
+With `events` set on the trigger, the poller also subscribes to its queue's `QueueHub`
+(`blob_queue`), which hands it the blob names of Event Grid messages (`deliver`). Only the
+name is taken from an event: the poller reads the blob's properties from storage and commits
+a new version as a listing would; the listing stays as the safety net. Listing pages and event
+batches take turns under one lock, so each sees what the other committed and a version never
+goes backwards. The Azure SDK is imported lazily: a daemon without blob datastores never loads
+it. (~570 lines, one class on purpose: the listing and the events share the snapshot, the
+lock, the baseline state and the client; naming, credentials and errors live in
+`blob_storage`, the marker and page ranges in `blob_listing`.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
 
 from watcherd.core.errors import PollRejected, PollUnavailable, WatcherdError
 from watcherd.core.matching import NameMatcher
-from watcherd.core.models import BlobDatastore, DatastoreTrigger, Schedule
-from watcherd.core.redact import connection_string_secrets, make_redactor
-from watcherd.core.snapshot import Snapshot
+from watcherd.core.models import BlobDatastore, BlobEvents, DatastoreTrigger, Schedule
+from watcherd.core.snapshot import Snapshot, trim_heap
 from watcherd.core.snapshot import baseline_key as snapshot_key
 from watcherd.engine.clock import Clock
 from watcherd.engine.metrics import Metrics
 from watcherd.engine.ports import ChangeSink, FileChange, PollHealth
 from watcherd.engine.retry import backoff_delay
+from watcherd.pollers.blob_events import WatchedDirectory
+from watcherd.pollers.blob_listing import ListingMarker, range_deletes
+from watcherd.pollers.blob_queue import FOLDER, GONE, KNOWN, RUN, Abandoned, NotReady, QueueHub
+from watcherd.pollers.blob_storage import (
+    CLIENT_OPTIONS,
+    account_name,
+    blob_prefix,
+    blob_url,
+    container_url,
+    datastore_credential,
+    datastore_redactor,
+    is_folder,
+    map_azure_errors,
+    queue_target,
+    strip_secrets,
+)
 
 if TYPE_CHECKING:
-    from azure.core.credentials_async import AsyncTokenCredential
     from azure.storage.blob.aio import ContainerClient
 
 __all__ = ["BlobPoller", "baseline_key", "blob_prefix", "blob_url", "container_url"]
 
 log = structlog.get_logger(__name__)
 
-# Our own backoff is the retry loop (each attempt logged and reported to PollHealth), so the
-# SDK's retry policy is switched off: its default waits 15 s, 45 s, ... before we hear anything.
-_CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 0}
 _BACKOFF_CAP = timedelta(minutes=5)
-_DEV_ENDPOINT = "http://127.0.0.1:10000/devstoreaccount1"
+EVENT_WAIT = 30.0  # seconds events wait for a baseline or for backpressure, then come back
+_PROPERTY_READS = 16  # concurrent get_blob_properties of one event batch
+_MAX_PAGE = 5000  # the service's maximum page size
 
-
-# ── naming ────────────────────────────────────────────────────────────────────
-
-
-def blob_prefix(path_on_datastore: str) -> str:
-    """The listing prefix for a watched path: "" for the container root, else "path/"."""
-    path = path_on_datastore.strip("/")
-    return f"{path}/" if path else ""
-
-
-def _parse_connection_string(conn: str) -> dict[str, str]:
-    pairs = (item.partition("=") for item in conn.split(";"))
-    return {key.strip().lower(): value.strip() for key, sep, value in pairs if sep}
-
-
-def _strip_secrets(url: str) -> str:
-    """A URL without userinfo, query or fragment (a SAS lives in the query)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
-
-
-def _account_endpoint(datastore: BlobDatastore) -> str:
-    if datastore.account_url:
-        return _strip_secrets(datastore.account_url).rstrip("/")
-    fields = _parse_connection_string(datastore.connection_string or "")
-    if fields.get("usedevelopmentstorage", "").lower() == "true":
-        return _DEV_ENDPOINT
-    if "blobendpoint" in fields:
-        return _strip_secrets(fields["blobendpoint"]).rstrip("/")
-    protocol = fields.get("defaultendpointsprotocol", "https")
-    suffix = fields.get("endpointsuffix", "core.windows.net")
-    return f"{protocol}://{fields.get('accountname', '')}.blob.{suffix}"
-
-
-def container_url(datastore: BlobDatastore) -> str:
-    """The container's URL, without any credential."""
-    return f"{_account_endpoint(datastore)}/{quote(datastore.container, safe='')}"
-
-
-def blob_url(datastore: BlobDatastore, name: str | bytes) -> str:
-    """A blob's URL without credentials (`{name.url}`, WATCHERD_BLOB_URL).
-
-    Args:
-        datastore: the blob datastore holding the blob.
-        name: the blob name (bytes are UTF-8, as listed).
-    """
-    text = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
-    return f"{container_url(datastore)}/{quote(text, safe='/~', errors='surrogateescape')}"
+Listed = tuple[bytes, str, datetime | None]  # (name, etag, last_modified)
 
 
 def baseline_key(datastore: BlobDatastore, trigger: DatastoreTrigger) -> str:
@@ -104,58 +80,23 @@ def baseline_key(datastore: BlobDatastore, trigger: DatastoreTrigger) -> str:
     )
 
 
-# ── errors ────────────────────────────────────────────────────────────────────
+@dataclass(slots=True)
+class _Delivery:
+    """Blob names from the queue consumer, and where the answer goes."""
 
-
-def _first_line(text: object, limit: int = 300) -> str:
-    return str(text).strip().splitlines()[0][:limit] if str(text).strip() else ""
-
-
-def _code(exc: Exception) -> str:
-    """The storage error code (e.g. ContainerNotFound), which the SDK sets on its errors."""
-    code = getattr(exc, "error_code", None)
-    return str(getattr(code, "value", code) or "")
-
-
-@contextmanager
-def _map_azure_errors(container: str, prefix: str, scrub: Callable[[str], str]) -> Iterator[None]:
-    """Translate azure.core (and transport) exceptions into PollUnavailable / PollRejected."""
-    from azure.core import exceptions as az
-
-    where = f"container {container!r} prefix {prefix!r}"
-    try:
-        yield
-    except az.ResourceNotFoundError as exc:
-        raise PollRejected(f"{where}: container not found ({_code(exc)})") from exc
-    except az.ClientAuthenticationError as exc:  # 401/403 and credential failures
-        detail = scrub(_first_line(exc.message))
-        raise PollRejected(f"{where}: access denied: {detail}") from exc
-    except az.HttpResponseError as exc:
-        status = exc.status_code
-        detail = scrub(f"HTTP {status} {_code(exc)}: {_first_line(exc.message)}")
-        if status is None or status in (408, 429) or status >= 500:
-            raise PollUnavailable(f"{where}: {detail}") from exc
-        denied = "access denied: " if status in (401, 403) else ""
-        raise PollRejected(f"{where}: {denied}{detail}") from exc
-    except az.AzureError as exc:  # ServiceRequestError, ServiceResponseError, timeouts
-        detail = scrub(_first_line(exc.message))
-        raise PollUnavailable(f"{where}: cannot reach storage: {detail}") from exc
-    except (TimeoutError, OSError) as exc:
-        raise PollUnavailable(f"{where}: {type(exc).__name__}: {scrub(str(exc))}") from exc
-    except ValueError as exc:  # malformed connection string or URL, found by the SDK
-        raise PollRejected(f"{where}: invalid datastore settings: {scrub(str(exc))}") from exc
-
-
-def _is_folder(metadata: dict[str, str] | None) -> bool:
-    """ADLS Gen2 (hierarchical namespace) marks a directory's blob with hdi_isfolder=true."""
-    return metadata is not None and str(metadata.get("hdi_isfolder", "")).lower() == "true"
-
-
-# ── the poller ────────────────────────────────────────────────────────────────
+    names: Mapping[str, datetime | None]
+    answer: asyncio.Future[dict[str, str | Exception]]
 
 
 class BlobPoller:
-    """Polls one datastore schedule's blob prefix on a fixed cadence until cancelled."""
+    """Lists one datastore schedule's blob prefix on a fixed cadence, and takes its blob
+    events, until cancelled.
+
+    Args:
+        hub: the daemon's QueueHub, shared by every blob poller (one consumer per queue).
+            None with `events` set: a hub of this poller alone, right only while no other
+            schedule reads the same queue.
+    """
 
     def __init__(
         self,
@@ -167,28 +108,42 @@ class BlobPoller:
         clock: Clock,
         max_pending: int = 10000,
         metrics: Metrics | None = None,
+        hub: QueueHub | None = None,
     ) -> None:
         if not isinstance(schedule.trigger, DatastoreTrigger):
             raise TypeError(f"schedule {schedule.name!r} has no datastore trigger")
         self._schedule = schedule
         self._trigger: DatastoreTrigger = schedule.trigger
         self._datastore = datastore
-        self._sink = sink
-        self._health = health
-        self._clock = clock
+        self._sink, self._health, self._clock = sink, health, clock
         self._max_pending = max_pending
         self._metrics = metrics
+        self._hub = hub
+        events = self._trigger.events
+        self._events = events if isinstance(events, BlobEvents) else None
         self._prefix = blob_prefix(self._trigger.path_on_datastore)
         self._key = baseline_key(datastore, self._trigger)
         self._match = NameMatcher(self._trigger.pattern, self._trigger.ignore_globs)
-        secrets = [s for s in (datastore.sas_token, datastore.account_key) if s]
-        if datastore.connection_string:
-            secrets += connection_string_secrets(datastore.connection_string)
-        self._scrub = make_redactor(secrets)
+        self._scrub = datastore_redactor(datastore)
         self._interval = max(self._trigger.polling_interval.total_seconds(), 0.001)
-        self._snapshot: Snapshot | None = None  # None: not loaded yet, or no baseline
+        self._page_size = max(1, min(self._trigger.list_page_size, _MAX_PAGE))
+        self._where = f"container {datastore.container!r} prefix {self._prefix!r}"
+        self._snapshot: Snapshot | None = None  # None: no baseline committed yet
+        self._loaded = False
+        self._resume: ListingMarker | None = None  # where the next listing starts
+        self._marker_stored = False  # a marker is persisted and must be cleared at the end
+        self._lock = asyncio.Lock()  # listing pages and event batches take turns
+        self._ready = asyncio.Event()  # the baseline is complete: events may be handled
+        self._inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
+        self._closed = False
         self._client: ContainerClient | None = None
-        self._credential: AsyncTokenCredential | None = None
+        self._credential: Any = None
+        self._watch = WatchedDirectory(
+            account=account_name(datastore),
+            container=datastore.container,
+            prefix=self._prefix,
+            matches=self._match,
+        )
         self._log = log.bind(
             schedule=schedule.name,
             datastore=datastore.name,
@@ -197,25 +152,40 @@ class BlobPoller:
         )
 
     async def run(self) -> None:
-        """Poll until cancelled. Poll failures are logged, reported and retried with backoff."""
+        """Poll (and take events) until cancelled; failures are logged, reported and retried
+        with backoff."""
         try:
-            failures = 0
-            while True:
-                await self._respect_backpressure()
-                started = self._clock.now()
-                retry_in = await self._attempt(failures + 1)
-                if retry_in is None:
-                    if failures:
-                        self._log.info("poll_recovered", failures=failures)
-                    failures = 0
-                    await self._wait_next(started)
-                else:
-                    failures += 1
-                    await self._clock.sleep(retry_in)
+            if self._events is None:
+                await self._poll_loop()
+                return
+            hub = self._hub or QueueHub(self._clock, self._metrics)
+            target = queue_target(self._datastore, self._events)
+            async with hub.subscribe(target, self) as serve, asyncio.TaskGroup() as tg:
+                tg.create_task(serve())
+                tg.create_task(self._event_worker())
+                await self._poll_loop()
         finally:
+            self._closed = True
+            while not self._inbox.empty():
+                _settle(self._inbox.get_nowait(), Abandoned("the schedule stopped"))
             await self.aclose()
 
-    # ── one attempt ──
+    async def _poll_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._respect_backpressure()
+            started = self._clock.now()
+            retry_in = await self._attempt(failures + 1)
+            if retry_in is None:
+                if failures:
+                    self._log.info("poll_recovered", failures=failures)
+                failures = 0
+                await self._wait_next(started)
+            else:
+                failures += 1
+                await self._clock.sleep(retry_in)
+
+    # ── one listing ──
 
     async def _attempt(self, attempt: int) -> float | None:
         """One poll; None on success, else the seconds to back off before the next try."""
@@ -246,77 +216,283 @@ class BlobPoller:
         return delay
 
     async def poll_once(self) -> tuple[int, int]:
-        """List, diff and commit once. Returns (matching blobs seen, changes committed).
+        """List (from the stored marker, if a listing was interrupted), diff and commit page
+        by page. Returns (matching blobs listed, changes committed for a run).
 
         Raises:
             PollUnavailable: storage unreachable, timed out or answered 408/429/5xx.
             PollRejected: container missing, access denied, or invalid settings.
         """
-        if self._snapshot is None:
+        if not self._loaded:
             versions = await self._sink.load_snapshot(self._schedule.id, self._key)
             if versions is not None:
                 self._snapshot = Snapshot.from_versions(versions)
-        listed = await self._list()
-        snapshot = self._snapshot
-        deletes: list[bytes] = []
-        if snapshot is None:  # the first poll: a baseline
-            upserts = [(name, version) for name, version, _ in listed]
-            fire_all = self._trigger.initial == "fire"
-            changes = [FileChange(n, v, m) for n, v, m in listed] if fire_all else []
-        else:
-            diff = snapshot.diff((name, version) for name, version, _ in listed)
-            upserts, deletes = diff.upserts, diff.deletes
-            modified = {name: when for name, _, when in listed} if upserts else {}
-            changes = [FileChange(n, v, modified[n]) for n, v in upserts]
-        if snapshot is None or upserts or deletes:
-            await self._sink.commit(self._schedule.id, self._key, upserts, deletes, changes)
-        if snapshot is None:
-            self._snapshot = Snapshot.from_versions(dict(upserts))
-            self._log.info("baseline_taken", files=len(upserts), fire=len(changes))
-        else:
-            snapshot.apply(upserts, deletes)
-        for change in changes:
-            path = change.name.decode("utf-8", "backslashreplace")
-            self._log.info("file_changed", path=path, version=change.version)
-        self._observe_lag(changes)
-        return len(listed), len(changes)
+                del versions
+                self._snapshot.compact()
+                stored = await self._sink.load_marker(self._schedule.id, self._key)
+                self._resume = ListingMarker.decode(stored)
+                self._marker_stored = bool(stored)
+                if self._resume is None or not self._resume.baseline:
+                    self._ready.set()
+            self._loaded = True
+        baseline = self._snapshot is None or (self._resume is not None and self._resume.baseline)
+        seen, fired = await self._list(baseline)
+        # The pages are garbage now: give their memory back, so that what stays is the
+        # snapshot (a page of 5,000 blobs takes ~10 MB of SDK objects while it is read).
+        if self._snapshot is not None:
+            if baseline:
+                self._snapshot.compact()  # also trims the heap
+                self._log.info("baseline_taken", files=len(self._snapshot), fire=fired)
+                self._ready.set()
+            else:
+                trim_heap()
+        return seen, fired
 
-    async def _list(self) -> list[tuple[bytes, str, datetime | None]]:
-        """(name, etag, last_modified) of each matching blob directly under the prefix."""
+    async def _list(self, baseline: bool) -> tuple[int, int]:
+        """One pass over the pages, from `self._resume` if set; (listed, fired)."""
+        client = self._open_client()
+        resume = self._resume
+        fire_new = not baseline or self._trigger.initial == "fire"
+        known = sorted(self._snapshot) if self._snapshot is not None else []
+        after = resume.after if resume is not None else None
+        pages = self._pages(client, resume.token if resume is not None else None)
+        seen = fired = pages_done = 0
+        while True:
+            if fire_new:
+                await self._respect_backpressure()
+            async with self._lock:
+                try:
+                    items, token = await _next_page(pages, self._where, self._scrub)
+                except PollRejected as exc:
+                    if resume is None or pages_done:
+                        raise
+                    # A stale or foreign continuation marker: this listing starts over.
+                    self._log.warning("listing_resume_rejected", error=str(exc))
+                    resume, after = None, None
+                    pages = self._pages(client, None)
+                    continue
+                listed, end = self._select(items)
+                del items
+                fired += await self._commit_page(
+                    listed, known, after, end, token, baseline, fire_new
+                )
+                seen += len(listed)
+                pages_done += 1
+                after = end if end is not None else after
+            if not token:
+                return seen, fired
+
+    def _pages(self, client: ContainerClient, token: str | None) -> AsyncIterator[Any]:
+        return client.walk_blobs(
+            name_starts_with=self._prefix or None,
+            delimiter="/",
+            include=["metadata"],
+            results_per_page=self._page_size,
+        ).by_page(continuation_token=token)
+
+    def _select(self, items: list[Any]) -> tuple[list[Listed], bytes | None]:
+        """The page's matching blobs directly under the prefix, and its last name."""
         from azure.storage.blob import BlobProperties
 
-        client = self._open_client()
         skip = len(self._prefix.encode("utf-8"))
         match = self._match
-        out: list[tuple[bytes, str, datetime | None]] = []
-        with _map_azure_errors(self._datastore.container, self._prefix, self._scrub):
-            pages = client.walk_blobs(
-                name_starts_with=self._prefix or None, delimiter="/", include=["metadata"]
-            )
-            async for item in pages:
-                if not isinstance(item, BlobProperties):  # a BlobPrefix: a subdirectory
-                    continue
-                name: str = item.name
-                # A directory marker: "dir/" (flat namespace tools) or hdi_isfolder (ADLS Gen2).
-                if name.endswith("/") or _is_folder(item.metadata):
-                    continue
-                raw = name.encode("utf-8")
-                if not match(raw[skip:]):
-                    continue
-                # etag, not last_modified: Last-Modified has one-second resolution, and two
-                # uploads in the same second would look identical. Listings give it bare,
-                # headers quoted: store it bare.
-                out.append((raw, str(item.etag).strip('"'), item.last_modified))
-        return out
+        out: list[Listed] = []
+        end: bytes | None = None
+        for item in items:
+            name: str = item.name
+            raw = name.encode("utf-8")
+            if end is None or raw > end:
+                end = raw
+            if not isinstance(item, BlobProperties):  # a BlobPrefix: a subdirectory
+                continue
+            # A directory marker: "dir/" (flat namespace tools) or hdi_isfolder (ADLS Gen2).
+            if name.endswith("/") or is_folder(item.metadata) or not match(raw[skip:]):
+                continue
+            # etag, not last_modified: Last-Modified has one-second resolution, and two
+            # uploads in the same second would look identical. Listings give it bare,
+            # headers quoted: store it bare.
+            out.append((raw, str(item.etag).strip('"'), item.last_modified))
+        return out, end
 
-    def _observe_lag(self, changes: Sequence[FileChange]) -> None:
-        if self._metrics is None or not changes:
-            return
+    async def _commit_page(
+        self,
+        listed: list[Listed],
+        known: list[bytes],
+        after: bytes | None,
+        end: bytes | None,
+        token: str | None,
+        baseline: bool,
+        fire_new: bool,
+    ) -> int:
+        """Diff one page (its upserts, and the deletes of its name range) and commit it with
+        the marker of the next page. Returns the changes committed for a run."""
+        snap = self._snapshot
+        upserts = [(n, v) for n, v, _ in listed if snap is None or snap.changed(n, v)]
+        fire: list[FileChange] = []
+        if fire_new and upserts:
+            changed = dict(upserts)
+            fire = [FileChange(n, v, m) for n, v, m in listed if changed.get(n) == v]
+        deletes: list[bytes] = []
+        if snap is not None and known:
+            deletes = range_deletes(
+                known, after, end if token else None, {n for n, _, _ in listed}, snap
+            )
+        resume = None
+        marker: str | None = None
+        if token:
+            resume = ListingMarker(token, end if end is not None else after, baseline)
+            marker = resume.encode()
+        elif self._marker_stored:
+            marker = ""  # the listing is complete: clear the stored marker
+        if upserts or deletes or marker is not None or snap is None:
+            await self._sink.commit(
+                self._schedule.id, self._key, upserts, deletes, fire, marker=marker
+            )
+            self._marker_stored = bool(token)
+        if snap is None:
+            snap = self._snapshot = Snapshot()
+        snap.apply(upserts, deletes)
+        self._resume = resume
+        for change in fire:
+            path = change.name.decode("utf-8", "backslashreplace")
+            self._log.info("file_changed", path=path, version=change.version, source="listing")
+        return len(fire)
+
+    # ── blob events (see blob_queue) ──
+
+    @property
+    def label(self) -> str:
+        return self._schedule.name
+
+    @property
+    def watch(self) -> WatchedDirectory:
+        return self._watch
+
+    async def deliver(self, names: Mapping[str, datetime | None]) -> Mapping[str, str | Exception]:
+        """Read each named blob's properties and commit its version if it is new.
+
+        Returns RUN, KNOWN, GONE or FOLDER per name, or the error that name failed with.
+
+        Raises:
+            NotReady: no baseline within EVENT_WAIT, or paused by max_pending.
+            Abandoned: this poller stopped.
+        """
+        if self._closed:
+            raise Abandoned("the schedule stopped")
+        answer: asyncio.Future[dict[str, str | Exception]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._inbox.put_nowait(_Delivery(names, answer))
+        return await answer
+
+    async def _event_worker(self) -> None:
+        """Take deliveries in batches: one properties pass and one commit per batch."""
+        while True:
+            batch = [await self._inbox.get()]
+            while not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            batch = [d for d in batch if not d.answer.done()]
+            if not batch:
+                continue
+            try:
+                results = await self._look_at(batch)
+            except (NotReady, Abandoned) as exc:
+                for d in batch:
+                    _settle(d, exc)
+            except asyncio.CancelledError:
+                for d in batch:
+                    _settle(d, Abandoned("the schedule stopped"))
+                raise
+            except Exception as exc:  # a bug: these messages come back, the poller goes on
+                self._log.exception("blob_events_failed")
+                for d in batch:
+                    _settle(d, PollUnavailable(self._scrub(f"{type(exc).__name__}: {exc}")))
+            else:
+                for d in batch:
+                    if not d.answer.done():
+                        d.answer.set_result({n: results[n] for n in d.names})
+
+    async def _look_at(self, batch: list[_Delivery]) -> dict[str, str | Exception]:
+        names: dict[str, datetime | None] = {}
+        for d in batch:
+            for name, when in d.names.items():
+                old = names.get(name)
+                names[name] = when if old is None or (when is not None and when < old) else old
+        if not self._ready.is_set():
+            try:
+                async with asyncio.timeout(EVENT_WAIT):
+                    await self._ready.wait()
+            except TimeoutError:
+                raise NotReady("no baseline yet") from None
+        if self._sink.pending(self._schedule.id) > self._max_pending:
+            try:
+                async with asyncio.timeout(EVENT_WAIT):
+                    await self._sink.wait_below(self._schedule.id, self._max_pending)
+            except TimeoutError:
+                raise NotReady(f"paused: more than {self._max_pending} queued runs") from None
+        client = self._open_client()
+        async with self._lock:
+            snap = self._snapshot
+            assert snap is not None  # the baseline is complete
+            results: dict[str, str | Exception] = {}
+            changes: dict[str, FileChange] = {}
+            for name, got in (await self._properties(client, list(names))).items():
+                if isinstance(got, str | Exception):
+                    results[name] = got
+                elif snap.changed(got.name, got.version):
+                    changes[name], results[name] = got, RUN
+                else:
+                    results[name] = KNOWN
+            if changes:
+                fire = list(changes.values())
+                upserts = [(c.name, c.version) for c in fire]
+                try:
+                    await self._sink.commit(self._schedule.id, self._key, upserts, [], fire)
+                except Exception as exc:  # the messages come back and try again
+                    error = PollUnavailable(self._scrub(f"commit: {type(exc).__name__}: {exc}"))
+                    return results | dict.fromkeys(changes, error)
+                snap.apply(upserts)
+                self._observe_events(changes, names)
+        return results
+
+    async def _properties(
+        self, client: ContainerClient, names: list[str]
+    ) -> dict[str, FileChange | str | Exception]:
+        """Each blob's current version from storage: a FileChange, GONE, FOLDER or an error."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        gate = asyncio.Semaphore(_PROPERTY_READS)
+
+        async def one(name: str) -> FileChange | str | Exception:
+            async with gate:
+                try:
+                    with map_azure_errors(f"blob {name!r}", self._scrub):
+                        try:
+                            props = await client.get_blob_client(name).get_blob_properties()
+                        except ResourceNotFoundError:
+                            return GONE
+                except WatcherdError as exc:
+                    return exc
+            if is_folder(props.metadata):
+                return FOLDER
+            return FileChange(name.encode("utf-8"), str(props.etag).strip('"'), props.last_modified)
+
+        found = await asyncio.gather(*(one(n) for n in names))
+        return dict(zip(names, found, strict=True))
+
+    def _observe_events(
+        self, changes: Mapping[str, FileChange], times: Mapping[str, datetime | None]
+    ) -> None:
         now = self._clock.now()
-        hist = self._metrics.detection_lag.labels(self._schedule.name)
-        for change in changes:
-            if change.modified is not None:
-                hist.observe(max(0.0, (now - change.modified).total_seconds()))
+        lag = getattr(self._metrics, "blob_event_lag", None)
+        for name, change in changes.items():
+            when = times.get(name)
+            seconds = None if when is None else max(0.0, (now - when).total_seconds())
+            self._log.info(
+                "file_changed", path=name, version=change.version, source="event", lag=seconds
+            )
+            if lag is not None and seconds is not None:
+                lag.labels(schedule=self._schedule.name).observe(seconds)
 
     # ── cadence and backpressure ──
 
@@ -357,32 +533,21 @@ class BlobPoller:
         from azure.storage.blob.aio import ContainerClient
 
         ds = self._datastore
-        with _map_azure_errors(ds.container, self._prefix, self._scrub):
+        with map_azure_errors(self._where, self._scrub):
             if ds.connection_string:
                 client = ContainerClient.from_connection_string(
-                    ds.connection_string, ds.container, **_CLIENT_OPTIONS
+                    ds.connection_string, ds.container, **CLIENT_OPTIONS
                 )
             else:
+                credential, self._credential = datastore_credential(ds)
                 client = ContainerClient(
-                    _strip_secrets(ds.account_url or ""),
+                    strip_secrets(ds.account_url or ""),
                     ds.container,
-                    credential=self._credential_for(ds),
-                    **_CLIENT_OPTIONS,
+                    credential=credential,
+                    **CLIENT_OPTIONS,
                 )
         self._client = client
         return client
-
-    def _credential_for(self, ds: BlobDatastore) -> Any:
-        if ds.sas_token:
-            from azure.core.credentials import AzureSasCredential
-
-            return AzureSasCredential(ds.sas_token.lstrip("?"))
-        if ds.account_key:
-            return ds.account_key  # the SDK pairs it with the account name from the URL
-        from azure.identity.aio import DefaultAzureCredential
-
-        self._credential = DefaultAzureCredential()
-        return self._credential
 
     async def aclose(self) -> None:
         """Close the storage client and credential (run() does this when it ends)."""
@@ -395,3 +560,18 @@ class BlobPoller:
                 await closable.close()
             except Exception as exc:  # closing must not mask why run() ended
                 self._log.debug("blob_client_close_failed", error=self._scrub(str(exc)))
+
+
+async def _next_page(
+    pages: AsyncIterator[Any], where: str, scrub: Callable[[str], str]
+) -> tuple[list[Any], str | None]:
+    """One listing request: the page's items and the continuation token of the next."""
+    with map_azure_errors(where, scrub):
+        page = await anext(pages)
+        items = [item async for item in page]
+    return items, getattr(pages, "continuation_token", None) or None
+
+
+def _settle(delivery: _Delivery, exc: BaseException) -> None:
+    if not delivery.answer.done():
+        delivery.answer.set_exception(exc)

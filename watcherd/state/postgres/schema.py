@@ -14,7 +14,7 @@ from __future__ import annotations
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from watcherd.core.errors import IncompatibleStore, StateError
+from watcherd.core.errors import IncompatibleStore
 
 __all__ = ["MIGRATE_LOCK", "SCHEMA_VERSION", "SchemaTooNew", "check_version", "migrate"]
 
