@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -29,6 +29,7 @@ from watcherd.core.timefmt import format_utc
 __all__ = [
     "ALLOWED",
     "NewRun",
+    "apply_gates",
     "concurrency_gate",
     "display_name",
     "file_run",
@@ -102,6 +103,9 @@ class NewRun:
     file: FileRef | None = None
     status: RunStatus = RunStatus.QUEUED
     error: str | None = None
+    # A time schedule's "forbid"/"queue" policy: the store re-checks it against every
+    # replica's Queued and Running runs in the inserting transaction (SPEC §3.3, §12).
+    gate: TimeOptions | None = None
 
     @property
     def id(self) -> str:
@@ -135,7 +139,13 @@ def slot_run(schedule: Schedule, pipeline: Pipeline | None, slot: datetime) -> N
         dedup=slot_dedup(slot),
         trigger={"kind": "time", "slot": format_utc(slot)},
         parameters=parameters_for(pipeline, schedule),
+        gate=_gate(schedule),
     )
+
+
+def _gate(schedule: Schedule) -> TimeOptions | None:
+    opts = getattr(schedule.trigger, "options", None)
+    return opts if isinstance(opts, TimeOptions) and opts.concurrency != "allow" else None
 
 
 def file_run(schedule: Schedule, pipeline: Pipeline | None, file: FileRef) -> NewRun:
@@ -177,6 +187,7 @@ def manual_run(
         trigger=trigger,
         parameters=parameters_for(pipeline, schedule, parameters),
         file=file,
+        gate=_gate(schedule),
     )
 
 
@@ -224,6 +235,24 @@ def on_failure_run(
         trigger={"kind": "on_failure", "run_id": failed.id},
         parameters={"failed_run": json.dumps(doc)},
     )
+
+
+def apply_gates(runs: Sequence[NewRun], active: Mapping[str, tuple[int, int]]) -> list[NewRun]:
+    """`runs` with their `gate` applied against the stored (Queued, Running) counts of their
+    schedules, runs earlier in the batch counted too: those over the policy become Skipped."""
+    pending: dict[str, int] = {}
+    out = []
+    for r in runs:
+        if r.gate is not None and r.status is RunStatus.QUEUED:
+            queued, running = active.get(r.schedule_id, (0, 0))
+            extra = pending.get(r.schedule_id, 0)
+            why = concurrency_gate(r.gate, queued=queued + extra, running=running)
+            if why is not None:
+                r = r.skipped(why)
+            else:
+                pending[r.schedule_id] = extra + 1
+        out.append(r)
+    return out
 
 
 def concurrency_gate(opts: TimeOptions, *, queued: int, running: int) -> str | None:

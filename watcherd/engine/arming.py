@@ -96,7 +96,8 @@ class Arming:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._tg: asyncio.TaskGroup | None = None
-        self._started = False  # the first gain (start-up) takes rows as reconciled
+        self._started = False  # until prepare() ends, gains take rows as reconciled
+        self._stopped = False
 
     # ── ownership ────────────────────────────────────────────────────────────
 
@@ -131,14 +132,21 @@ class Arming:
         else:
             await self.leases.beat()  # one daemon: granted at once; replicas: maybe
 
+    def started(self) -> None:
+        """Start-up is over: from now on a schedule gained was someone else's (or nobody's
+        while this replica ran): its cursor is re-read and every slot it missed runs."""
+        self._started = True
+
     async def _gained(self, gained: Mapping[str, int]) -> None:
+        if self._stopped:
+            return
         if self._started:  # the previous owner may have moved the cursors: re-read them
             rows = {r.id: r for r in await self.store.load_schedules() if r.id in gained}
             for sid, row in rows.items():
                 if sid in self.book.rows:
                     self.book.rows[sid] = row
-        run_all_until = self.alive_until if not self._started else self.clock.now()
-        self._started = True
+                self.book.fresh.discard(sid)  # "nothing missed" held only for its creator
+        run_all_until = self.clock.now() if self._started else self.alive_until
         await self._catch_up(list(gained), run_all_until)
         for sid in gained:
             s = self.book.schedules.get(sid)
@@ -184,7 +192,7 @@ class Arming:
     # ── timers and pollers ───────────────────────────────────────────────────
 
     def arm(self, s: Schedule) -> None:
-        if s.status is not Status.ACTIVE or s.id in self.book.broken:
+        if self._stopped or s.status is not Status.ACTIVE or s.id in self.book.broken:
             return
         if self.leases.epoch(s.id) is None:
             return
@@ -231,7 +239,8 @@ class Arming:
                 self.arm(s)
 
     def stop(self) -> None:
-        """Stop every timer, poller and the lease keeper (shutdown)."""
+        """Stop every timer, poller and the lease keeper (shutdown); nothing arms after."""
+        self._stopped = True
         for task in self._loops:
             task.cancel()
         for sid in list(self.timers.armed) + list(self._tasks):
@@ -264,8 +273,9 @@ class Arming:
                 )
                 break
             except LeaseLost as exc:  # another replica owns it now: its slots are not ours
+                lost = [b for b in todo if b.schedule_id == exc.schedule_id]
                 todo = [b for b in todo if b.schedule_id != exc.schedule_id]
-                self.leases.lost(exc.schedule_id)
+                self.leases.lost(exc.schedule_id, lost[0].epoch if lost else None)
         for b in todo:
             row = self.book.rows.get(b.schedule_id)
             if row is not None and (row.cursor is None or b.cursor > row.cursor):

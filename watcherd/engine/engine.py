@@ -53,6 +53,7 @@ from watcherd.engine.ports import (
     Cluster,
     ConfigWrite,
     DispatcherFactory,
+    Membership,
     PollerFactory,
     Reading,
     ReplicaInfo,
@@ -122,7 +123,7 @@ class Engine:
             metrics=self.metrics,
             persist=self._persist,
             fence=lambda sid: self.arming.leases.epoch(sid),
-            lease_lost=lambda sid: self.arming.leases.lost(sid),
+            lease_lost=lambda sid, epoch: self.arming.leases.lost(sid, epoch),
         )
         self.arming = Arming(
             self.book,
@@ -184,11 +185,13 @@ class Engine:
         self.arming.alive_until = await self.cluster.alive_until()
         await self.runner.load()
         await self._apply(self.config, config_ok=ok)
+        self.arming.leases.on_beat = self._after_beat
         await self.arming.leases.beat()
+        self.arming.started()
 
     async def reload(self, new: Config) -> None:
         """Apply a new config (SIGHUP); raises ConfigErrors and keeps the old one."""
-        ok = await self.cluster.join(host=socket.gethostname(), config_hash=config_hash(new))
+        ok = await self.cluster.set_config(config_hash(new))  # leases kept
         old = dict(self.book.schedules)
         old_rows = dict(self.book.rows)
         await self._apply(new, config_ok=ok)
@@ -221,6 +224,22 @@ class Engine:
             log.error("schedule_error", schedule=plan.rows[sid].name, id=sid, error=why)
 
     # ── runs ─────────────────────────────────────────────────────────────────
+
+    def _after_beat(self, m: Membership) -> None:
+        """What a heartbeat says beyond leases: whether this replica's config is still the
+        deployment's, runs re-queued from dead replicas, this replica declared dead."""
+        if m.config_ok == self.standby:  # it changed
+            self.arming.standby = self.runner.paused = not m.config_ok
+            if m.config_ok:
+                log.info("config_matches", replica_id=self.replica_id)
+            else:
+                log.error("config_mismatch", reason="a newer replica runs another config")
+            self.arming.leases.wake()
+        if m.requeued:
+            self.runner.refresh_soon()
+        if m.revived:
+            log.error("replica_revived", reason="declared dead while paused; its runs moved")
+            self.runner.abandon()
 
     def _resolve(self, run: Run) -> Plan | str | None:
         """The Plan of a Queued run; None when this replica cannot serve its file."""
@@ -280,9 +299,10 @@ class Engine:
         cursor = now if st is Status.ACTIVE and row.cursor is not None else row.cursor
         row = dataclasses.replace(row, status=st.value, cursor=cursor, updated_at=now)
         self.arming.disarm(sid)  # before the write: no slot of the old state starts after it
-        await self.store.save_schedules([row])
-        if s is not None and st is Status.ACTIVE and isinstance(s.trigger, DatastoreTrigger):
-            await self.store.drop_baseline(sid)
+        fresh_baseline = (
+            s is not None and st is Status.ACTIVE and isinstance(s.trigger, DatastoreTrigger)
+        )
+        await self.store.save_schedules([row], reset_snapshots=[sid] if fresh_baseline else [])
         self.book.put(row, dataclasses.replace(s, status=st) if s is not None else None)
         await self.arming.refresh(sid)
         log.info("schedule_status", schedule=row.name, status=st.value)

@@ -79,6 +79,8 @@ class Execution:
         self.attempt = run.attempt  # the attempt this replica holds the claim at
         self.attempts: list[dict[str, object]] = [dict(a) for a in run.attempts]
         self.canceled = False  # set before the task is cancelled by `runs cancel`
+        self.claiming = False  # the claim is in flight: a cancel waits for it
+        self.abandoned = False  # the claim was lost while paused: end without writing
 
     async def _persist(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         return await persist(op, clock=self.clock, health=self.health, what=what)
@@ -87,12 +89,11 @@ class Execution:
         """Queued → Running for this replica (BUSY/GONE leave it to others)."""
         now = self.clock.now()
         run = self.run_
-        claimed = await self._persist(
-            lambda: self.store.claim_run(
-                run.id, replica_id=self.replica_id, now=now, serial=self.plan.serial
-            ),
-            "run claim",
-        )
+        self.claiming = True
+        try:
+            claimed = await self._claim_once(run, now)
+        finally:
+            self.claiming = False
         if claimed is ClaimResult.CLAIMED:
             if run.queued_at is not None:
                 self.metrics.dispatch_lag.observe(max(0.0, (now - run.queued_at).total_seconds()))
@@ -103,8 +104,23 @@ class Execution:
             )  # fmt: skip
         return claimed
 
+    async def _claim_once(self, run: Run, now: datetime) -> ClaimResult:
+        return await self._persist(
+            lambda: self.store.claim_run(
+                run.id,
+                replica_id=self.replica_id,
+                now=now,
+                serial=self.plan.serial,
+                attempt=run.attempt,
+            ),
+            "run claim",
+        )
+
     async def run(self) -> tuple[list[NewRun], list[str]]:
         """Attempt until done; returns the follow-up runs (on_failure) and their Queued ids."""
+        if self.canceled:  # canceled while its claim was in flight
+            await self._interrupted()
+            return [], []
         timeout = self.plan.pipeline.timeout
         try:
             async with asyncio.timeout(timeout.total_seconds() if timeout else None):
@@ -199,6 +215,9 @@ class Execution:
 
     async def _interrupted(self) -> None:
         now = self.clock.now()
+        if self.abandoned:  # re-queued elsewhere while this replica was paused
+            log.error("run_claim_lost", reason="this replica was declared dead meanwhile")
+            return
         if self.canceled:
             await self.store.transition_run(
                 self.run_.id, RunStatus.CANCELED, among=[RunStatus.RUNNING], now=now,

@@ -5,16 +5,18 @@ after a reconnect the cluster says "resync" and everything cached is read again)
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 
 import structlog
 
-from watcherd.core.errors import StateError
+from watcherd.core.errors import ConfigErrors, IncompatibleStore, StateError
 from watcherd.core.models import Status
 from watcherd.engine.arming import Arming
 from watcherd.engine.book import ScheduleBook
 from watcherd.engine.clock import Clock
 from watcherd.engine.ports import Change, Cluster, RunStore
 from watcherd.engine.reconcile import reconcile
+from watcherd.engine.retry import backoff_delay
 from watcherd.engine.runner import Runner
 
 __all__ = ["ChangeFollower"]
@@ -39,12 +41,30 @@ class ChangeFollower:
         self.arming, self.runner, self.clock = arming, runner, clock
 
     async def run(self) -> None:
-        """Apply changes until cancelled."""
+        """Apply changes until cancelled. A change whose re-read fails is never dropped:
+        everything is read again (`resync`), with backoff, until that succeeds."""
         async for change in self.cluster.changes():
             try:
                 await self.apply(change)
-            except StateError as exc:  # a reconnect brings a "resync"
+            except IncompatibleStore:
+                raise  # a newer watcherd migrated the store: the daemon exits
+            except StateError as exc:
                 log.warning("change_not_applied", kind=change.kind, error=str(exc))
+                await self._resync_until_done()
+
+    async def _resync_until_done(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.resync()
+                return
+            except IncompatibleStore:
+                raise
+            except StateError as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("resync_failed", error=str(exc))
+                await self.clock.sleep(backoff_delay(attempt, timedelta(seconds=10), initial=0.2))
 
     async def apply(self, change: Change) -> None:
         if change.kind == "schedule":
@@ -69,7 +89,11 @@ class ChangeFollower:
         """Notifications may have been missed: re-read everything cached."""
         rows = {r.id: r for r in await self.store.load_schedules()}
         cfg = self.book.config
-        plan = reconcile(cfg, rows, await self.store.load_pipelines(), self.clock.now())
+        try:
+            plan = reconcile(cfg, rows, await self.store.load_pipelines(), self.clock.now())
+        except ConfigErrors as exc:  # stored schedules this config cannot run (a newer one's)
+            log.error("resync_config_mismatch", errors=[str(e) for e in exc.errors])
+            return
         old, old_rows = dict(self.book.schedules), dict(self.book.rows)
         self.book.load(cfg, dataclasses.replace(plan, rows=rows))
         for sid in set(old) | set(self.book.schedules):

@@ -18,7 +18,7 @@ from datetime import timedelta
 
 import structlog
 
-from watcherd.core.errors import StateError
+from watcherd.core.errors import IncompatibleStore, StateError
 from watcherd.engine.clock import Clock
 from watcherd.engine.ports import Cluster, Membership
 from watcherd.engine.retry import backoff_delay
@@ -43,6 +43,7 @@ class LeaseKeeper:
         running: Callable[[], int],
         on_gain: OnGain,
         on_loss: OnLoss,
+        on_beat: Callable[[Membership], None] = lambda m: None,
     ) -> None:
         self.cluster = cluster
         self.clock = clock
@@ -50,6 +51,7 @@ class LeaseKeeper:
         self.running = running
         self.on_gain = on_gain
         self.on_loss = on_loss
+        self.on_beat = on_beat  # what else a beat tells: config match, runs re-queued
         self.held: dict[str, int] = {}
         self.config_ok = True
         self.replicas = 1
@@ -68,22 +70,28 @@ class LeaseKeeper:
         """Beat now (a schedule became wanted or changed)."""
         self._wake.set()
 
-    def lost(self, schedule_id: str) -> None:
-        """A fenced write was refused: the lease is gone whatever the last beat said."""
-        if self.held.pop(schedule_id, None) is not None:
+    def lost(self, schedule_id: str, epoch: int | None) -> None:
+        """A write fenced at `epoch` was refused: that lease is gone whatever the last beat
+        said (a lease taken again since, at a newer epoch, stays)."""
+        if epoch is not None and self.held.get(schedule_id) == epoch:
+            del self.held[schedule_id]
             log.warning("lease_lost", schedule_id=schedule_id, reason="fenced write refused")
             self.on_loss({schedule_id})
 
-    async def beat(self, *, wanted: Sequence[str] | None = None) -> Membership:
-        """One heartbeat; applies what it says. Raises StateError when the store fails."""
+    async def beat(
+        self, *, wanted: Sequence[str] | None = None, limit: float | None = None
+    ) -> Membership:
+        """One heartbeat (the store's part bounded by `limit` seconds); applies what it says.
+        Raises StateError (or TimeoutError) when the store fails."""
         async with self._lock:
-            return await self._beat(wanted)
+            return await self._beat(wanted, limit)
 
-    async def _beat(self, wanted: Sequence[str] | None) -> Membership:
+    async def _beat(self, wanted: Sequence[str] | None, limit: float | None) -> Membership:
         sent = self.clock.monotonic()
-        m = await self.cluster.beat(
-            wanted=list(self.wanted() if wanted is None else wanted), running=self.running()
-        )
+        async with asyncio.timeout(limit):
+            m = await self.cluster.beat(
+                wanted=list(self.wanted() if wanted is None else wanted), running=self.running()
+            )
         # The store computed valid_until from its own send time; never trust more than ours.
         self.valid_until = min(m.valid_until, sent + self.cluster.lease_ttl.total_seconds() - 1)
         self.config_ok, self.replicas, self.recheck_at = m.config_ok, m.replicas, m.recheck_at
@@ -96,7 +104,15 @@ class LeaseKeeper:
             self.on_loss(lost)
         if gained:
             self.held.update(gained)
-            await self.on_gain(gained)
+            try:
+                await self.on_gain(gained)
+            except BaseException:
+                # Not armed: give the leases back to the next beat, which gains them again.
+                for sid in gained:
+                    self.held.pop(sid, None)
+                self.on_loss(set(gained))
+                raise
+        self.on_beat(m)
         return m
 
     async def run(self) -> None:
@@ -110,11 +126,12 @@ class LeaseKeeper:
                 # much; never less than a second (a slow start-up is not a dead store).
                 remaining = self.valid_until - self.clock.monotonic()
                 limit = None if math.isinf(remaining) else min(max(remaining, 1.0), interval)
-                async with asyncio.timeout(limit):
-                    await self.beat()
+                await self.beat(limit=limit)
                 if self.error is not None:
                     log.info("heartbeat_recovered", failures=self._failures)
                 self.error, self._failures = None, 0
+            except IncompatibleStore:
+                raise  # a newer watcherd migrated the store: the daemon exits
             except (StateError, TimeoutError) as exc:
                 self._failures += 1
                 if self.error is None:

@@ -124,7 +124,13 @@ class RunStore(Protocol):
     async def set_pipeline_status(self, pipeline_id: str, status: str) -> None: ...
     async def load_schedules(self) -> list[StoredSchedule]: ...
     async def load_schedule(self, schedule_id: str) -> StoredSchedule | None: ...
-    async def save_schedules(self, rows: Sequence[StoredSchedule]) -> None: ...
+    async def save_schedules(
+        self, rows: Sequence[StoredSchedule], *, reset_snapshots: Sequence[str] = ()
+    ) -> None:
+        """Upsert rows; `reset_snapshots` (schedule ids) drop their snapshot and baseline in
+        the same transaction (enabling a datastore schedule takes a fresh baseline)."""
+        ...
+
     async def apply_config(self, compute: Callable[[Reading], ConfigWrite]) -> ConfigWrite:
         """Read the stored schedules and pipelines, call `compute` (pure) on them and write
         what it returns, as one serialized step: replicas starting together never compute
@@ -200,12 +206,20 @@ class RunStore(Protocol):
     async def experiments(self) -> list[str]: ...
 
     async def claim_run(
-        self, run_id: str, *, replica_id: str, now: datetime, serial: bool
+        self,
+        run_id: str,
+        *,
+        replica_id: str,
+        now: datetime,
+        serial: bool,
+        attempt: int | None = None,
     ) -> ClaimResult:
-        """Queued → Running for this replica (`claimed_by`, started_at = now). BUSY, without
-        change, while a run of the same file (file runs) or of the same schedule (`serial`:
-        concurrency "queue") is Running anywhere; PostgreSQL claims with FOR UPDATE SKIP
-        LOCKED so replicas never take the same run."""
+        """Queued → Running for this replica (`claimed_by`, started_at = now), only at
+        `attempt` when given (a copy of the run held since it was re-queued elsewhere is
+        GONE). BUSY, without change, while a run of the same file (file runs) or of the same
+        schedule (`serial`: concurrency "queue") is Running anywhere; PostgreSQL claims with
+        FOR UPDATE SKIP LOCKED so replicas never take the same run. With `attempt`, claiming a
+        run this replica already holds at that attempt is CLAIMED (a retried write)."""
         ...
 
     async def transition_run(
@@ -292,6 +306,8 @@ class Membership:
     # Local monotonic: beat again by then (a lease this replica wants, or another replica's
     # heartbeat, expires): a dead owner's schedules are taken within lease_ttl + 1 s.
     recheck_at: float | None = None
+    requeued: int = 0  # Running runs of dead replicas this beat put back to Queued
+    revived: bool = False  # this replica had been declared dead: its runs run elsewhere now
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +334,11 @@ class Cluster(Protocol):
     async def join(self, *, host: str, config_hash: str) -> bool:
         """Register this replica; True when its config is now the deployment's (the newest
         starting replica's config wins; older ones then stand by)."""
+        ...
+
+    async def set_config(self, config_hash: str) -> bool:
+        """A reloaded config (SIGHUP): record its hash as join does, keeping the leases; True
+        when it is now the deployment's."""
         ...
 
     async def beat(self, *, wanted: Sequence[str], running: int) -> Membership:

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import structlog
 
+from watcherd.core.errors import StateError
 from watcherd.core.models import TERMINAL, Run, RunStatus
 from watcherd.core.runs import NewRun
 from watcherd.engine.clock import Clock
@@ -74,6 +75,9 @@ class Runner:
         self._queued_files: Counter[tuple[str, bytes]] = Counter()
         self._executions: dict[str, Execution] = {}
         self._busy_elsewhere: set[str] = set()  # BUSY at claim time: wait for a refresh
+        self._rank: dict[str, int] = {}  # queued run id → its age rank (seq, or newer)
+        self._refresh_wanted = False
+        self._order = 0
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._intake = True
@@ -117,12 +121,20 @@ class Runner:
         self._add(await self.store.queued_runs())
 
     async def refresh(self) -> None:
-        """Re-read the Queued runs (queued by another replica, or waiting on a busy file)."""
+        """Re-read the Queued runs (queued by another replica, or waiting on a busy file).
+
+        Copies held here are replaced (another replica may have re-queued a run as its next
+        attempt); a run no longer Queued is dropped, unless it was queued here while the
+        read was in flight."""
         self._busy_elsewhere.clear()
+        before = set(self._queued)
         queued = await self.store.queued_runs()
         ids = {r.id for r in queued}
-        for run_id in [r for r in self._queued if r not in ids]:  # taken or ended elsewhere
+        for run_id in before - ids:  # taken or ended elsewhere
             self._remove_queued(run_id)
+        for r in queued:
+            if r.id in self._queued and self._queued[r.id] != r:
+                self._remove_queued(r.id)
         self._add(queued)
 
     async def enqueue(self, run_ids: list[str]) -> None:
@@ -159,6 +171,8 @@ class Runner:
                 and r.id not in self._running
             ):
                 self._queued[r.id] = r
+                self._order += 1
+                self._rank[r.id] = r.seq or (1 << 62) + self._order
                 self._queued_by_schedule[r.schedule_id] += 1
                 key = _file_key(r)
                 if key is not None:
@@ -168,6 +182,7 @@ class Runner:
 
     def _remove_queued(self, run_id: str) -> Run | None:
         r = self._queued.pop(run_id, None)
+        self._rank.pop(run_id, None)
         if r is not None:
             self._queued_by_schedule[r.schedule_id] -= 1
             key = _file_key(r)
@@ -183,10 +198,19 @@ class Runner:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             while self._intake:
+                if self._refresh_wanted:
+                    self._refresh_wanted = False
+                    with contextlib.suppress(StateError):  # the next beat asks again
+                        await self.refresh()
                 await self._start_ready()
                 await self._wake.wait()
                 self._wake.clear()
             await self._drained.wait()
+
+    def refresh_soon(self) -> None:
+        """Re-read the Queued runs at the next turn of the loop (runs re-queued elsewhere)."""
+        self._refresh_wanted = True
+        self._wake.set()
 
     async def _start_ready(self) -> None:
         superseded: list[str] = []
@@ -214,8 +238,8 @@ class Runner:
         if key is not None:
             if key in self._busy_files:
                 return None
-            if self._queued_files[key] > 1:  # coalesce to the newest waiting version
-                superseded.append(run.id)
+            if self._queued_files[key] > 1 and self._newer_waits(run, key):
+                superseded.append(run.id)  # coalesce to the newest waiting version
                 self._remove_queued(run.id)
                 return None
         plan = self.resolve(run)
@@ -228,7 +252,26 @@ class Runner:
             return None
         if plan.serial and self._running_by_schedule[run.schedule_id]:
             return None
+        if key is not None and self._queued_files[key] > 1:  # older versions: superseded
+            mine = self._rank.get(run.id, 0)
+            for older in [
+                r.id
+                for r in self._queued.values()
+                if r.id != run.id and _file_key(r) == key and self._rank.get(r.id, 0) < mine
+            ]:
+                superseded.append(older)
+                self._remove_queued(older)
         return plan
+
+    def _newer_waits(self, run: Run, key: tuple[str, bytes]) -> bool:
+        """Whether a newer version of the same file waits (newest: highest seq; runs queued
+        here and not read back yet have none and are newer than any stored one)."""
+        mine = self._rank.get(run.id, 0)
+        return any(
+            self._rank.get(r.id, 0) > mine
+            for r in self._queued.values()
+            if r.id != run.id and _file_key(r) == key
+        )
 
     def _start(self, run: Run, plan: Plan) -> None:
         self._remove_queued(run.id)
@@ -243,6 +286,7 @@ class Runner:
 
     def _release(self, run: Run) -> None:
         self._running.pop(run.id, None)
+        self._busy_elsewhere.clear()  # a run ended: what was BUSY may be claimable now
         self._running_by_schedule[run.schedule_id] -= 1
         key = _file_key(run)
         if key is not None:
@@ -295,14 +339,12 @@ class Runner:
             dispatcher=self.dispatchers(plan.pipeline.kind),
         )
         self._executions[run.id] = execution
+        claimed = ClaimResult.GONE
         try:
             with structlog.contextvars.bound_contextvars(
                 run_id=run.id, schedule=plan.schedule_name
             ):
                 claimed = await execution.claim()
-                if claimed is ClaimResult.BUSY:  # its file or schedule runs on another replica
-                    self._requeue_local(run)
-                    return
                 if claimed is ClaimResult.CLAIMED:  # GONE: canceled, skipped, taken elsewhere
                     followups, ids = await execution.run()
                     if ids:
@@ -310,37 +352,49 @@ class Runner:
         finally:
             self._executions.pop(run.id, None)
             self._release(run)
+        if claimed is ClaimResult.BUSY:  # its file or schedule runs on another replica
+            self._requeue_local(run)
 
     # ── control ──────────────────────────────────────────────────────────────
 
     async def cancel(self, run_id: str) -> bool:
-        """Cancel a Queued or Running run; False when it is neither."""
+        """Cancel a Queued or Running run; False when it is neither (here)."""
         if run_id in self._running:
-            self._mark_canceled(run_id)
-            self._running[run_id].cancel()
+            self._stop_here(run_id)
             return True
-        r = self._remove_queued(run_id)
         now = self.clock.now()
         ok, _ = await self.store.transition_run(
             run_id, RunStatus.CANCELED, among=[RunStatus.QUEUED], now=now,
             finished_at=now, error="canceled",
         )  # fmt: skip
-        if r is not None or ok:
+        if ok:  # only now: a failed write leaves it Queued here as in the store
+            self._remove_queued(run_id)
             await self._notify_changed()
         return ok
+
+    def _stop_here(self, run_id: str) -> None:
+        """Cancel a run of this replica: a run still being claimed is canceled right after
+        its claim (cancelling the claim itself could leave it Running with nobody on it)."""
+        execution = self._executions.get(run_id)
+        if execution is not None:
+            execution.canceled = True
+            if execution.claiming:
+                return
+        self._running[run_id].cancel()
+
+    def abandon(self) -> None:
+        """This replica was declared dead while paused: its runs were re-queued and run
+        elsewhere. Stop them here without writing anything (SPEC §12, run_claim_lost)."""
+        for run_id, execution in list(self._executions.items()):
+            execution.abandoned = True
+            self._running[run_id].cancel()
 
     async def cancel_here(self, run_id: str) -> None:
         """Another replica asked to cancel a run: stop it if it runs here."""
         if run_id in self._running:
-            self._mark_canceled(run_id)
-            self._running[run_id].cancel()
+            self._stop_here(run_id)
         elif self._remove_queued(run_id) is not None:
             await self._notify_changed()
-
-    def _mark_canceled(self, run_id: str) -> None:
-        execution = self._executions.get(run_id)
-        if execution is not None:
-            execution.canceled = True
 
     def runs_here(self, run_id: str) -> bool:
         return run_id in self._running

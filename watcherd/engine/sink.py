@@ -54,7 +54,7 @@ class FileSink:
         metrics: Metrics,
         persist: Persist,
         fence: Callable[[str], int | None],
-        lease_lost: Callable[[str], None],
+        lease_lost: Callable[[str, int | None], None],
     ) -> None:
         self.book = book
         self.store = store
@@ -133,7 +133,7 @@ class FileSink:
                 "snapshot",
             )
         except LeaseLost:  # another replica owns this schedule now: stop its poller
-            self.lease_lost(schedule_id)
+            self.lease_lost(schedule_id, epoch)
             raise
         if fire and len(ids) < len(fire):  # the poller logs each file_changed itself
             log.info(

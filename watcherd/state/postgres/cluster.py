@@ -105,11 +105,31 @@ class PgCluster:
         log.info("replica_joined", replica_id=me, host=host, config_hash=config_hash)
         return True
 
+    async def set_config(self, config_hash: str) -> bool:
+        """A reloaded config: the deployment's from now on, as at join, leases kept."""
+        self._hash = config_hash
+        me = self.replica_id
+
+        async def go(c: Conn) -> None:
+            async with c.transaction():
+                await c.execute(
+                    "UPDATE replicas SET config_hash = %s WHERE id = %s", (config_hash, me)
+                )
+                await c.execute(
+                    "UPDATE deployment SET config_hash = %s, config_by = %s, config_at = now()"
+                    " WHERE id = 1",
+                    (config_hash, me),
+                )
+
+        await self.db.run(go, what="set config")
+        log.info("replica_config", replica_id=me, config_hash=config_hash)
+        return True
+
     async def beat(self, *, wanted: Sequence[str], running: int) -> Membership:
         sent = self._clock.monotonic()
         want = tuple(sorted(set(wanted)))
         try:
-            leases, ok, live = await self.db.run(
+            leases, ok, live, requeued, revived = await self.db.run(
                 lambda c: self._beat(c, want, running), what="heartbeat"
             )
         except BaseException:
@@ -123,13 +143,18 @@ class PgCluster:
             config_ok=ok,
             replicas=live,
             recheck_at=self.recheck_at,
+            requeued=requeued,
+            revived=revived,
         )
 
     async def _beat(
         self, c: Conn, want: tuple[str, ...], running: int
-    ) -> tuple[dict[str, int], bool, int]:
+    ) -> tuple[dict[str, int], bool, int, int, bool]:
         me, ttl = self.replica_id, self.lease_ttl
         async with c.transaction():
+            cur = await c.execute("SELECT state FROM replicas WHERE id = %s FOR UPDATE", (me,))
+            row = await cur.fetchone()
+            revived = row is not None and row[0] == "dead"  # declared dead while paused
             cur = await c.execute("SELECT config_hash FROM deployment WHERE id = 1")
             row = await cur.fetchone()
             ok = row is not None and row[0] == self._hash
@@ -145,7 +170,7 @@ class PgCluster:
                 " excluded.config_hash, wanted = coalesce(%s::text[], replicas.wanted)",
                 (me, self._host, ttl, self._hash, running, send, send),
             )
-            await self._bury_the_dead(c)
+            requeued = await self._bury_the_dead(c)
             cur = await c.execute(
                 "SELECT count(*) FROM replicas WHERE state = 'live' AND expires_at > now()"
             )
@@ -196,9 +221,9 @@ class PgCluster:
             row = await cur.fetchone()
             self._expiry_in = float(row[0]) if row and row[0] is not None else None
         self._wanted_sent = want
-        return leases, ok, live
+        return leases, ok, live, requeued, revived
 
-    async def _bury_the_dead(self, c: Conn) -> None:
+    async def _bury_the_dead(self, c: Conn) -> int:
         """Replicas whose heartbeat expired are dead: their Running runs go back to Queued
         as the next attempt ("replica <id> lost"). Marking them is a row update, so two
         replicas noticing at once re-queue each run once."""
@@ -208,17 +233,19 @@ class PgCluster:
             (self.replica_id,),
         )
         dead = [r[0] for r in await cur.fetchall()]
+        n = 0
         if dead:
             n = await runs_sql.requeue(
                 c, "claimed_by = ANY(%s)", [dead], "'replica ' || claimed_by || ' lost'"
             )
             log.warning("replicas_lost", replicas=dead, requeued=n)
-            if n:
+            if n:  # for the others; this replica learns it from Membership.requeued
                 await self.db.notify(c, [("runs", "")])
         await c.execute(
             "DELETE FROM replicas WHERE state <> 'live' AND expires_at < now() - %s",
             (FORGET_AFTER,),
         )
+        return n
 
     async def _take(self, c: Conn, want: tuple[str, ...], need: int) -> dict[str, int]:
         """Free or expired leases among `want`, at most `need`, epoch + 1; rows another
@@ -255,6 +282,12 @@ class PgCluster:
         async def go(c: Conn) -> None:
             async with c.transaction():
                 await _release(c, "owner = %s", [self.replica_id])
+                # Runs still Running here (a write lost at shutdown) run again elsewhere.
+                n = await runs_sql.requeue(
+                    c, "claimed_by = %s", [self.replica_id], "'replica ' || claimed_by || ' left'"
+                )
+                if n:
+                    await self.db.notify(c, [("runs", "")])
                 await c.execute(
                     "UPDATE replicas SET state = 'left', last_heartbeat = now(),"
                     " expires_at = now(), wanted = '{}' WHERE id = %s",

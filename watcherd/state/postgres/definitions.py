@@ -101,7 +101,11 @@ class Definitions:
         return await self.db.run(go, what="apply config")
 
     async def save_schedules(
-        self, rows: Sequence[StoredSchedule], *, epochs: Mapping[str, int] | None = None
+        self,
+        rows: Sequence[StoredSchedule],
+        *,
+        reset_snapshots: Sequence[str] = (),
+        epochs: Mapping[str, int] | None = None,
     ) -> None:
         """Upsert `rows`. A row written with the same trigger and anchor never moves the
         timer cursor back (a replica saving a status change from a stale copy cannot make
@@ -113,8 +117,12 @@ class Definitions:
                 if epochs:
                     await self._fence(c, sorted(epochs.items()))
                 await self._save_schedules(c, rows)
+                if reset_snapshots:  # enabling: a fresh baseline, in the same transaction
+                    ids = list(reset_snapshots)
+                    await c.execute("DELETE FROM baselines WHERE schedule_id = ANY(%s)", (ids,))
+                    await c.execute("DELETE FROM snapshots WHERE schedule_id = ANY(%s)", (ids,))
 
-        if rows:
+        if rows or reset_snapshots:
             await self.db.run(go, what="save schedules")
 
     async def _save_schedules(self, c: Conn, items: Sequence[StoredSchedule]) -> None:

@@ -19,7 +19,7 @@ from psycopg.rows import TupleRow
 
 from watcherd.core.errors import ClaimLost
 from watcherd.core.models import TERMINAL, FileRef, Run, RunStatus
-from watcherd.core.runs import NewRun, sources_of
+from watcherd.core.runs import NewRun, apply_gates, sources_of
 from watcherd.engine.ports import Claim, ClaimResult
 
 __all__ = [
@@ -105,6 +105,17 @@ async def insert_runs(
     inserted Queued (so a lone insert needs no transaction of its own)."""
     if not runs:
         return []
+    gated = sorted({r.schedule_id for r in runs if r.gate is not None})
+    if gated:  # "forbid"/"queue" against every replica's runs (SPEC §3.3)
+        cur = await conn.execute(
+            "SELECT schedule_id, count(*) FILTER (WHERE status = 'Queued'),"
+            " count(*) FILTER (WHERE status = 'Running') FROM runs"
+            " WHERE schedule_id = ANY(%s) AND status IN ('Queued', 'Running')"
+            " GROUP BY schedule_id",
+            (gated,),
+        )
+        active = {r[0]: (int(r[1]), int(r[2])) for r in await cur.fetchall()}
+        runs = apply_gates(runs, active)
     cols: list[list[Any]] = [[] for _ in range(13)]
     for r in runs:
         f = r.file
@@ -248,40 +259,57 @@ async def update_running(
 
 
 async def claim_run(
-    conn: Conn, run_id: str, replica_id: str, now: datetime, serial: bool
+    conn: Conn,
+    run_id: str,
+    replica_id: str,
+    now: datetime,
+    serial: bool,
+    attempt: int | None = None,
 ) -> ClaimResult:
     """Queued → Running for `replica_id`. A run nothing serializes is claimed by one
     statement (its row locked with SKIP LOCKED: another replica claiming it means GONE for
     us). A file run, or a run of a serial schedule, goes through `_claim_serialized`."""
     cur = await conn.execute(
         "WITH r AS (SELECT id, path IS NOT NULL AND (trigger::jsonb ->> 'kind') = 'file' AS f"
-        " FROM runs WHERE id = %s AND status = 'Queued' FOR UPDATE SKIP LOCKED),"
+        " FROM runs WHERE id = %s AND status = 'Queued' AND attempt = coalesce(%s, attempt)"
+        " FOR UPDATE SKIP LOCKED),"
         " u AS (UPDATE runs SET status = 'Running', started_at = %s, next_attempt_at = NULL,"
         " claimed_by = %s FROM r WHERE runs.id = r.id AND NOT %s AND NOT r.f RETURNING runs.id)"
         " SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM u)",
-        (run_id, now, replica_id, serial),
+        (run_id, attempt, now, replica_id, serial),
     )
     row = await cur.fetchone()
     if row is None or row[0] == 0:
-        return ClaimResult.GONE
+        if attempt is None:
+            return ClaimResult.GONE
+        # Already ours at this attempt: a retried claim whose first try did commit.
+        cur = await conn.execute(
+            "SELECT 1 FROM runs WHERE id = %s AND status = 'Running' AND claimed_by = %s"
+            " AND attempt = %s",
+            (run_id, replica_id, attempt),
+        )
+        return ClaimResult.CLAIMED if await cur.fetchone() else ClaimResult.GONE
     if row[1]:
         return ClaimResult.CLAIMED
     async with conn.transaction():
-        return await _claim_serialized(conn, run_id, replica_id, now, serial)
+        return await _claim_serialized(conn, run_id, replica_id, now, serial, attempt)
 
 
 async def _claim_serialized(
-    conn: Conn, run_id: str, replica_id: str, now: datetime, serial: bool
+    conn: Conn, run_id: str, replica_id: str, now: datetime, serial: bool, attempt: int | None
 ) -> ClaimResult:
     """The claim of a file run or a serial schedule's run, in the caller's transaction: the
     "same file or schedule already Running" check runs under an advisory lock on that key,
     so two replicas never both see "nothing Running" for it."""
     cur = await conn.execute(
-        "SELECT schedule_id, path, status, trigger FROM runs WHERE id = %s FOR UPDATE SKIP LOCKED",
+        "SELECT schedule_id, path, status, trigger, attempt FROM runs WHERE id = %s"
+        " FOR UPDATE SKIP LOCKED",
         (run_id,),
     )
     row = await cur.fetchone()
     if row is None or row[2] != RunStatus.QUEUED.value:
+        return ClaimResult.GONE
+    if attempt is not None and row[4] != attempt:
         return ClaimResult.GONE
     schedule_id, path = row[0], row[1]
     key: str | None = None

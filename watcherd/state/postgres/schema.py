@@ -59,6 +59,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX runs_finished ON runs(finished_at)",
         # claim_run's "is this file's run Running anywhere" and a lost replica's re-queue.
         "CREATE INDEX runs_running_file ON runs(schedule_id, path) WHERE status = 'Running'",
+        "CREATE INDEX runs_active ON runs(schedule_id, status)"
+        " WHERE status IN ('Queued', 'Running')",
         "CREATE INDEX runs_running_claim ON runs(claimed_by) WHERE status = 'Running'",
         """CREATE TABLE snapshots(
             schedule_id text NOT NULL, name bytea NOT NULL, version text NOT NULL,

@@ -262,10 +262,16 @@ class PgStore(Definitions):
         return await self.db.run(go, what="experiments", retry=True)
 
     async def claim_run(
-        self, run_id: str, *, replica_id: str, now: datetime, serial: bool
+        self,
+        run_id: str,
+        *,
+        replica_id: str,
+        now: datetime,
+        serial: bool,
+        attempt: int | None = None,
     ) -> ClaimResult:
         async def go(c: Conn) -> ClaimResult:
-            return await runs_sql.claim_run(c, run_id, replica_id, now, serial)
+            return await runs_sql.claim_run(c, run_id, replica_id, now, serial, attempt)
 
         return await self.db.run(go, what="claim run")
 

@@ -30,6 +30,10 @@ class SoloCluster:
         self._host, self._hash = host, config_hash
         return True
 
+    async def set_config(self, config_hash: str) -> bool:
+        self._hash = config_hash
+        return True
+
     async def beat(self, *, wanted: Sequence[str], running: int) -> Membership:
         self._held, self._running = frozenset(wanted), running
         return Membership(

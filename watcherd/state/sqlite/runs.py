@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from watcherd.core.models import TERMINAL, FileRef, Run, RunStatus
-from watcherd.core.runs import NewRun, sources_of
+from watcherd.core.runs import NewRun, apply_gates, sources_of
 from watcherd.core.timefmt import format_utc, parse_utc
 from watcherd.engine.ports import ClaimResult
 from watcherd.state.sqlite.database import Tx
@@ -64,6 +64,9 @@ def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> lis
     """INSERT OR IGNORE under UNIQUE(schedule_id, dedup); returns the ids inserted Queued."""
     inserted: list[str] = []
     ts = format_utc(now, micro=True)
+    gated = sorted({r.schedule_id for r in runs if r.gate is not None})
+    if gated:
+        runs = apply_gates(runs, {sid: _active(c, sid) for sid in gated})
     for r in runs:
         f = r.file
         c.execute(
@@ -93,6 +96,18 @@ def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> lis
             if r.status is RunStatus.QUEUED:
                 inserted.append(r.id)
     return inserted
+
+
+def _active(c: sqlite3.Cursor, schedule_id: str) -> tuple[int, int]:
+    """(Queued, Running) runs of a schedule, from the partial index of active runs."""
+    rows = dict(
+        c.execute(
+            "SELECT status, count(*) FROM runs WHERE schedule_id=? AND status IN "
+            "('Queued','Running') GROUP BY status",
+            (schedule_id,),
+        ).fetchall()
+    )
+    return int(rows.get("Queued", 0)), int(rows.get("Running", 0))
 
 
 def _run(r: Sequence[Any]) -> Run:
@@ -224,13 +239,17 @@ def transition_run(
         return True, insert_runs(cur, followups, now) if followups else []
 
 
-def claim_run(c: Conn, run_id: str, now: datetime, serial: bool) -> ClaimResult:
+def claim_run(
+    c: Conn, run_id: str, now: datetime, serial: bool, attempt: int | None = None
+) -> ClaimResult:
     """Queued → Running unless its file's (or, serial, its schedule's) run is Running."""
     with Tx(c) as cur:
         row = cur.execute(
-            "SELECT schedule_id, path, status, trigger FROM runs WHERE id=?", (run_id,)
+            "SELECT schedule_id, path, status, trigger, attempt FROM runs WHERE id=?", (run_id,)
         ).fetchone()
         if row is None or row[2] != RunStatus.QUEUED.value:
+            return ClaimResult.GONE
+        if attempt is not None and row[4] != attempt:
             return ClaimResult.GONE
         schedule_id, path = row[0], row[1]
         busy = None

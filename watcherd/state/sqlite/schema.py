@@ -52,6 +52,7 @@ _MIGRATIONS: dict[int, str] = {
     # continuation marker of an interrupted blob listing (SPEC §4 "Large containers").
     3: """
     CREATE INDEX runs_pipeline ON runs(pipeline_id, seq);
+    CREATE INDEX runs_active ON runs(schedule_id, status) WHERE status IN ('Queued','Running');
     ALTER TABLE baselines ADD COLUMN marker TEXT;
     CREATE TABLE experiments(name TEXT PRIMARY KEY) WITHOUT ROWID;
     INSERT OR IGNORE INTO experiments(name) SELECT DISTINCT experiment FROM runs;

@@ -72,9 +72,11 @@ class SqliteStore:
         # the writer thread is already serialized.
         return await self.db.write(_apply_config, compute)
 
-    async def save_schedules(self, rows: Sequence[StoredSchedule]) -> None:
-        if rows:
-            await self.db.write(_save_schedules, list(rows))
+    async def save_schedules(
+        self, rows: Sequence[StoredSchedule], *, reset_snapshots: Sequence[str] = ()
+    ) -> None:
+        if rows or reset_snapshots:
+            await self.db.write(_save_schedules, list(rows), list(reset_snapshots))
 
     async def delete_schedule(self, schedule_id: str) -> None:
         await self.db.write(_delete_schedule, schedule_id)
@@ -162,9 +164,15 @@ class SqliteStore:
         return await self.db.read(runs_sql.experiments)
 
     async def claim_run(
-        self, run_id: str, *, replica_id: str, now: datetime, serial: bool
+        self,
+        run_id: str,
+        *,
+        replica_id: str,
+        now: datetime,
+        serial: bool,
+        attempt: int | None = None,
     ) -> ClaimResult:
-        return await self.db.write(runs_sql.claim_run, run_id, now, serial)
+        return await self.db.write(runs_sql.claim_run, run_id, now, serial, attempt)
 
     async def transition_run(
         self,
@@ -268,7 +276,7 @@ def _apply_config(c: Conn, compute: Callable[[Reading], ConfigWrite]) -> ConfigW
     return out
 
 
-def _save_schedules(c: Conn, items: list[StoredSchedule]) -> None:
+def _save_schedules(c: Conn, items: list[StoredSchedule], reset: Sequence[str] = ()) -> None:
     rows = [
         (
             s.id,
@@ -295,6 +303,9 @@ def _save_schedules(c: Conn, items: list[StoredSchedule]) -> None:
             "cursor=excluded.cursor, updated_at=excluded.updated_at",
             rows,
         )
+        for sid in reset:
+            cur.execute("DELETE FROM baselines WHERE schedule_id=?", (sid,))
+            cur.execute("DELETE FROM snapshots WHERE schedule_id=?", (sid,))
 
 
 def _delete_schedule(c: Conn, ident: str) -> None:
