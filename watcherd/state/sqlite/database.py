@@ -175,6 +175,11 @@ class Database:
             except sqlite3.Error:
                 group = False  # each call then runs its own transaction
         for fn, args, kwargs, fut, _ in items:
+            if group and not self._conn.in_transaction:
+                # SQLite rolled the whole group back (disk full, I/O error): run nothing more
+                # on its own, or it would commit and then be told the group's COMMIT failed.
+                results.append((fut, None, StateError("state database: group rolled back")))
+                continue
             try:
                 results.append((fut, fn(self._conn, *args, **kwargs), None))
             except BaseException as exc:  # delivered to its caller
