@@ -7,6 +7,7 @@ imports in synthetic modules and sees each rule fail.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def imports(name: str, source: str, known: set[str]) -> Iterator[str]:
     """Dotted modules imported by `name` (relative imports resolved; `from m import x` is
     the module m.x when that is a module of the package)."""
     package = name if name in known and _is_package(name, known) else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(source)):
+    for node in _import_nodes(source):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name
@@ -77,6 +78,14 @@ def imports(name: str, source: str, known: set[str]) -> Iterator[str]:
             for alias in node.names:
                 full = f"{base}.{alias.name}"
                 yield full if full in known else base
+
+
+@functools.cache
+def _import_nodes(source: str) -> tuple[ast.Import | ast.ImportFrom, ...]:
+    """The import statements of a source, parsed once per test session."""
+    return tuple(
+        n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import | ast.ImportFrom)
+    )
 
 
 def _is_package(name: str, known: set[str]) -> bool:
