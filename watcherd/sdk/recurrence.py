@@ -2,7 +2,9 @@
 
 Checks happen when Azure ML makes them: the constructor checks only `start_time` (no tzinfo;
 watcherd also wants `YYYY-MM-DDThh:mm[:ss]`, SPEC §11) and `time_of_day`, which it turns into
-`hours=[h], minutes=[m]` and does not keep, as azureml-pipeline-core 1.62 does. `validate()`
+`hours=[h], minutes=[m]` and does not keep, as azureml-pipeline-core 1.62 does. It stores what
+Azure ML stores: a datetime `start_time` as `YYYY-MM-DDThh:mm:ss` text, and `TimeZone.UTC`
+when a `start_time` comes without a zone (tests/compat compares the attributes). `validate()`
 checks the rules of SPEC §3.1 in order, as often as it is called (`Schedule.create` and
 `Schedule.update` call it again, as Azure ML's do), with Azure ML's messages.
 """
@@ -72,6 +74,11 @@ class ScheduleRecurrence:
             hours, minutes = list(rec.hours or ()), list(rec.minutes or ())
         elif start_time is not None:
             _checked(lambda: make_recurrence("Day", 1, start_time))
+        if isinstance(start_time, datetime):
+            # Azure ML keeps a (naive) datetime as this text, without microseconds.
+            start_time = start_time.strftime("%Y-%m-%dT%H:%M:%S")
+        if start_time is not None and time_zone is None:
+            time_zone = TimeZone["UTC"]  # Azure ML's only default zone: a start_time's
         self.frequency = frequency
         self.interval = interval
         self.start_time = start_time
