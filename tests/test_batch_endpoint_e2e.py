@@ -281,11 +281,6 @@ def test_429_then_200_retries_once_with_the_same_request_id(world: World) -> Non
     assert run["attempts"][1]["http_status"] == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="watcherd: a retried attempt loses its HTTP status (SPEC §5 attempts[] keep it); "
-    "DispatchUnavailable carries no status to engine/execution.py (reported)",
-)
 def test_a_retried_attempt_keeps_its_http_status(world: World) -> None:
     [run] = world.finished("busy", 1)
     assert [a.get("http_status") for a in run["attempts"]] == [429, 200], run["attempts"]

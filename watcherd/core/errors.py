@@ -153,7 +153,14 @@ class PollUnavailable(TransientError):
 
 
 class DispatchUnavailable(TransientError):
-    """A run target could not be reached or answered 408/429/5xx."""
+    """A run target could not be reached or answered 408/429/5xx (`http_status`, kept in
+    the run's attempts[])."""
+
+    def __init__(
+        self, message: str, retry_after: float | None = None, http_status: int | None = None
+    ) -> None:
+        super().__init__(message, retry_after)
+        self.http_status = http_status
 
 
 class PermanentError(WatcherdError):

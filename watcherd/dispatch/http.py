@@ -164,7 +164,9 @@ class HttpAnswer:
         excerpt = _excerpt(self.body, scrub)
         message = f"HTTP {self.status}: {excerpt}" if excerpt else f"HTTP {self.status}"
         if self.status in _RETRYABLE or self.status >= 500:
-            raise DispatchUnavailable(message, retry_after=self.retry_after)
+            raise DispatchUnavailable(
+                message, retry_after=self.retry_after, http_status=self.status
+            )
         return Outcome(status=RunStatus.FAILED, http_status=self.status, error=message)
 
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import structlog
 
 from watcherd.core.durations import format_duration
-from watcherd.core.errors import ClaimLost, StateError, TransientError
+from watcherd.core.errors import ClaimLost, DispatchUnavailable, StateError, TransientError
 from watcherd.core.models import Pipeline, Run, RunStatus
 from watcherd.core.runs import NewRun, on_failure_run
 from watcherd.core.timefmt import format_utc
@@ -162,8 +162,11 @@ class Execution:
             try:
                 outcome = await self.dispatcher.dispatch(ctx)
             except TransientError as exc:
+                status = exc.http_status if isinstance(exc, DispatchUnavailable) else None
                 self.attempts.append(
-                    _record(self.attempt, started, self.clock.now(), error=str(exc))
+                    _record(
+                        self.attempt, started, self.clock.now(), error=str(exc), http_status=status
+                    )
                 )
                 if self.attempt >= retry.attempts:
                     return Outcome(
