@@ -10,6 +10,7 @@ its heartbeat and leases into the past on the database's clock.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,7 +32,7 @@ from tests.postgres import (  # noqa: F401
     pg_store_url,
 )
 from watcherd.core.errors import ClaimLost, LeaseLost, StateError
-from watcherd.core.models import FileRef, RunStatus
+from watcherd.core.models import FileRef, RunStatus, TimeOptions
 from watcherd.core.runs import NewRun
 from watcherd.engine.ports import Change, Claim, ClaimResult, ConfigWrite, Reading, SlotBatch
 from watcherd.state.postgres import PgCluster, PgStore, SchemaTooNew, open_pg, parse_url
@@ -247,6 +248,26 @@ async def test_each_run_claimed_by_one_replica(
         b_store.claim_run(v2.id, replica_id="b", now=NOW, serial=False),
     )
     assert sorted(r.value for r in results) == ["busy", "claimed"]
+
+
+async def test_forbid_holds_when_two_replicas_insert_at_once(
+    replicas: Callable[..., Awaitable[Replica]], pg_store_url: str
+) -> None:
+    """Two replicas insert a run of one "forbid" schedule in the same instant (a manual run
+    on one, a slot on the other): the gate counts under a lock, so exactly one is Queued."""
+    a_store, _ = await replicas("a")
+    b_store, _ = await replicas("b")
+    forbid = TimeOptions(concurrency="forbid")
+    for i in range(15):
+        ra = dataclasses.replace(_run(f"slot:a{i}"), gate=forbid)
+        rb = dataclasses.replace(_run(f"slot:b{i}"), gate=forbid)
+        await asyncio.gather(
+            a_store.record_slots([SlotBatch("s", NOW, [ra])], NOW),
+            b_store.record_slots([SlotBatch("s", NOW, [rb])], NOW),
+        )
+        rows = _sql(pg_store_url, "SELECT status FROM runs WHERE id = ANY(%s)", [ra.id, rb.id])
+        assert sorted(str(r[0]) for r in rows) == ["Queued", "Skipped"], (i, rows)
+        _sql(pg_store_url, "UPDATE runs SET status = 'Completed' WHERE status = 'Queued'")
 
 
 async def test_a_lost_replicas_runs_are_requeued_and_its_writes_refused(

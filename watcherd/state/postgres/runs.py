@@ -106,7 +106,17 @@ async def insert_runs(
     if not runs:
         return []
     gated = sorted({r.schedule_id for r in runs if r.gate is not None})
-    if gated:  # "forbid"/"queue" against every replica's runs (SPEC §3.3)
+    if not gated:
+        return await _insert(conn, runs, now, notify)
+    # "forbid"/"queue" against every replica's runs (SPEC §3.3): the count and the insert in
+    # one transaction (a savepoint inside the caller's), under a lock per gated schedule
+    # taken in id order, so two replicas inserting at once never both see "none active".
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('gate:' || g, 0))"
+            " FROM unnest(%s::text[]) AS g ORDER BY g",
+            (gated,),
+        )
         cur = await conn.execute(
             "SELECT schedule_id, count(*) FILTER (WHERE status = 'Queued'),"
             " count(*) FILTER (WHERE status = 'Running') FROM runs"
@@ -115,7 +125,14 @@ async def insert_runs(
             (gated,),
         )
         active = {r[0]: (int(r[1]), int(r[2])) for r in await cur.fetchall()}
-        runs = apply_gates(runs, active)
+        return await _insert(conn, apply_gates(runs, active), now, notify)
+
+
+async def _insert(
+    conn: Conn, runs: Sequence[NewRun], now: datetime, notify: tuple[str, str] | None
+) -> list[str]:
+    if not runs:
+        return []
     cols: list[list[Any]] = [[] for _ in range(13)]
     for r in runs:
         f = r.file
