@@ -1,4 +1,7 @@
-"""Frozen values shared by every layer: config objects, schedules, triggers and runs."""
+"""Frozen values shared by every layer: config objects, schedules, triggers and runs.
+
+Size: over 400 lines of declarations only (dataclasses and enums, no logic to speak of).
+"""
 
 from __future__ import annotations
 

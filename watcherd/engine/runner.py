@@ -5,6 +5,9 @@ overlap and waiting versions coalesce to the newest; a `concurrency = "queue"` s
 one at a time; retryable failures back off and try again while the run stays Running; a run
 interrupted by shutdown goes back to Queued. Every status change goes through the store's
 `transition_run` (one transition table, `core.runs`), durably (`retry.persist`).
+
+Size: a little over 400 lines; the intake, the eligibility rules and the slots of
+`max_concurrent_runs` are one piece of state, one run's life is `execution.Execution`.
 """
 
 from __future__ import annotations
