@@ -22,8 +22,9 @@ import pytest
 from aiohttp import web
 from azure.storage.blob import ContainerClient
 
-from tests.azurite import Azurite, azurite_queue_server, azurite_server  # noqa: F401
+from tests.azurite import Azurite, azurite_server  # noqa: F401
 from tests.harness import DaemonProc, wait_until
+from tests.pollers.test_blob import shared_azurite  # noqa: F401
 
 pytestmark = pytest.mark.azurite
 
@@ -202,9 +203,22 @@ def test_blob_runs_outage_and_restart(
 
 
 def _events_config(conn: str, container: str, queue: str) -> str:
+    schedules = "".join(
+        f"""
+[[schedules]]
+name = "{name}"
+pipeline = "noop"
+experiment_name = "MyExperiment"
+datastore = "lake"
+path_on_datastore = "{path}"
+polling_interval = 10
+events = {{ queue = "{queue}" }}
+"""
+        for name, path in (("Events", "incoming"), ("Other", "other"))
+    )
     return f"""
 [daemon]
-api = ""
+api = "127.0.0.1:0"
 
 [datastores.lake]
 kind = "azure_blob"
@@ -214,16 +228,7 @@ container = "{container}"
 [pipelines.noop]
 kind = "command"
 steps = [["true"]]
-
-[[schedules]]
-name = "Events"
-pipeline = "noop"
-experiment_name = "MyExperiment"
-datastore = "lake"
-path_on_datastore = "incoming"
-polling_interval = 10
-events = {{ queue = "{queue}" }}
-"""
+{schedules}"""
 
 
 def _event(container: str, name: str) -> str:
@@ -240,22 +245,35 @@ def _event(container: str, name: str) -> str:
     )
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)  # held messages come back after their 60 s visibility
+VISIBILITY = 4  # seconds (WATCHERD_TEST_QUEUE_VISIBILITY): held messages come back soon
+
+
+@pytest.mark.timeout(120)
 def test_sigkill_during_a_burst_of_500_events_loses_and_doubles_nothing(
     tmp_path: Path,
-    azurite_queue_server: Azurite,  # noqa: F811
+    shared_azurite: str,  # noqa: F811
 ) -> None:
+    """Two schedules on one queue (one consumer per daemon), 500 + 20 events, SIGKILL
+    mid-burst: after the restart every blob has exactly one run, the queue drains, and the
+    daemon's /metrics shows the blob-event metrics."""
     from azure.storage.queue import QueueClient
 
     container, queue = f"c{uuid.uuid4().hex[:12]}", f"q{uuid.uuid4().hex[:12]}"
-    conn = azurite_queue_server.connection_string
-    blobs = [f"incoming/burst-{i:03d}.csv" for i in range(500)]
+    conn = shared_azurite
+    burst = [f"incoming/burst-{i:03d}.csv" for i in range(500)]
+    other = [f"other/o-{i:02d}.csv" for i in range(20)]
+    blobs = burst + other
+    order: list[str] = []  # the other schedule's events interleaved with the burst
+    for i, name in enumerate(burst):
+        order += [other[i // 25], name] if i % 25 == 0 else [name]
     client = ContainerClient.from_connection_string(conn, container)
     client.create_container()
     q = QueueClient.from_connection_string(conn, queue)
     q.create_queue()
-    d = DaemonProc(tmp_path, _events_config(conn, container, queue))
+    d = DaemonProc(
+        tmp_path, _events_config(conn, container, queue),
+        env={"WATCHERD_TEST_QUEUE_VISIBILITY": str(VISIBILITY)},
+    )  # fmt: skip
 
     def runs_per_blob() -> Counter[str]:
         return Counter(bytes(r["path"]).decode() for r in d.runs() if r["path"] is not None)
@@ -263,27 +281,53 @@ def test_sigkill_during_a_burst_of_500_events_loses_and_doubles_nothing(
     def depth() -> int:
         return int(q.get_queue_properties().approximate_message_count or 0)
 
-    sender = threading.Thread(target=lambda: [q.send_message(_event(container, b)) for b in blobs])
+    def send_all() -> None:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda b: q.send_message(_event(container, b)), order))
+
+    sender = threading.Thread(target=send_all)
     try:
         d.start()
-        wait_until(lambda: d.events("baseline_taken"))
+        wait_until(lambda: len(d.events("baseline_taken")) == 2)
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda b: client.upload_blob(b, b"x", overwrite=True), blobs))
         sender.start()
         wait_until(lambda: sum(runs_per_blob().values()) >= 100, timeout=60, step=0.02)
         d.kill()  # SIGKILL mid-burst: messages in hand, runs half written
         killed_at = sum(runs_per_blob().values())
-        assert killed_at < 500
+        assert killed_at < len(blobs)
         d.start()
         sender.join(60)
         # the listing at start catches what the killed daemon held; the held messages come
-        # back when their visibility timeout (60 s) runs out and are found already handled
-        wait_until(lambda: len(runs_per_blob()) == 500, timeout=60)
-        wait_until(lambda: depth() == 0, timeout=100, step=0.5)
+        # back when their visibility timeout runs out and are found already handled
+        wait_until(lambda: len(runs_per_blob()) == len(blobs), timeout=60)
+        wait_until(lambda: depth() == 0, timeout=60, step=0.2)
+        counts = runs_per_blob()
+        assert sorted(counts) == sorted(blobs) and set(counts.values()) == {1}
+        # one consumer for the queue in each life of the daemon, though two schedules read it
+        assert len(d.events("blob_queue_serving")) == 2
+
+        # the metrics: one run from an event (lag), one ignored (a subdirectory), one poisoned
+        client.upload_blob("incoming/late.csv", b"x")
+        for m in (_event(container, "incoming/late.csv"), _event(container, "incoming/sub/x"), "?"):
+            q.send_message(m)
+        wait_until(lambda: "incoming/late.csv" in runs_per_blob())
+        wait_until(lambda: depth() == 0 and d.events("blob_event_poisoned"))
+        with d.client() as api:
+            text = api.get("/metrics").text
+        assert d.stop() == 0  # SIGTERM: the consumer lets go of the queue, exit 0
     finally:
         d.close()
         client.close()
         q.close()
-    counts = runs_per_blob()
-    assert sorted(counts) == blobs and set(counts.values()) == {1}
     assert not any(r["trigger"] and '"kind": "manual"' in r["trigger"] for r in d.runs())
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("watcherd_blob_")
+    }
+    q_label = f'queue="{queue}"'
+    assert samples[f"watcherd_blob_events_received_total{{{q_label}}}"] >= 3
+    assert samples[f'watcherd_blob_events_ignored_total{{{q_label},reason="unmatched"}}'] >= 1
+    assert samples[f"watcherd_blob_messages_poisoned_total{{{q_label}}}"] == 1
+    assert samples['watcherd_blob_event_lag_seconds_count{schedule="Events"}'] >= 1

@@ -2,6 +2,9 @@
 
 It opens the state store, hands the engine its pollers and dispatchers (`ports`), serves the
 API, and owns signals, sd_notify, reload, retention and shutdown.
+
+Size: a little over 400 lines; the wiring (`build_engine`, `DefaultPollers`,
+`DefaultDispatchers`) and the lifecycle are kept together so one file shows what runs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -40,6 +44,9 @@ from watcherd.services.manager import Manager
 from watcherd.state.sqlite.cluster import SoloCluster
 from watcherd.state.sqlite.store import SqliteStore
 
+if TYPE_CHECKING:
+    from watcherd.pollers.blob_queue import QueueHub
+
 __all__ = ["Daemon", "DefaultDispatchers", "DefaultPollers", "build_engine", "run_daemon"]
 
 log = structlog.get_logger(__name__)
@@ -48,10 +55,17 @@ ShutdownTrigger = Callable[[], Awaitable[object]]
 
 
 class DefaultPollers:
-    """The PollerFactory: local directories and Azure Blob prefixes (SDKs imported lazily)."""
+    """The PollerFactory: local directories and Azure Blob prefixes (SDKs imported lazily).
+
+    Every blob poller of the daemon gets the same QueueHub, made with the first one and kept
+    across reloads, so a queue named by several schedules has one consumer (SPEC §4). The hub
+    owns no task or client: each consumer runs in, and closes with, the poller serving it,
+    which the engine cancels at shutdown.
+    """
 
     def __init__(self, clock: Clock, metrics: Metrics) -> None:
         self.clock, self.metrics = clock, metrics
+        self._hub: QueueHub | None = None
 
     def poller(
         self,
@@ -70,10 +84,13 @@ class DefaultPollers:
                 clock=self.clock, max_pending=max_pending, metrics=self.metrics,
             )  # fmt: skip
         from watcherd.pollers.blob import BlobPoller
+        from watcherd.pollers.blob_queue import QueueHub
 
+        if self._hub is None:
+            self._hub = QueueHub.for_daemon(self.clock, self.metrics)
         return BlobPoller(
             schedule=schedule, datastore=datastore, sink=sink, health=health,
-            clock=self.clock, max_pending=max_pending, metrics=self.metrics,
+            clock=self.clock, max_pending=max_pending, metrics=self.metrics, hub=self._hub,
         )  # fmt: skip
 
     def can_serve(self, datastore: Datastore) -> bool:

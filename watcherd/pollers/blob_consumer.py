@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -418,7 +417,7 @@ class Consumer:
             if held.done or held.lost:
                 return
             held.done = True
-            seconds = max(0, math.ceil(delay))
+            seconds = max(0, round(delay))  # ≥ 10 s in production; 0 releases at once
             try:
                 await self._op(
                     held,

@@ -12,21 +12,29 @@ takes the queue's lease (an asyncio.Lock): the first subscriber serves, the othe
 FIFO order. When the serving poller stops (schedule disabled, re-armed by a reload, daemon
 shutdown), its TaskGroup cancels its `serve()`, the consumer releases the messages it held
 (visibility 0) and the lease passes to the next waiter, which takes them at once. Every task
-therefore has an owner, and there is nothing to start or stop beside the pollers. (With
-replicas, §12, the lease will also be taken in the store; not yet.)
+therefore has an owner, and there is nothing to start or stop beside the pollers: at
+shutdown the engine cancels the pollers, each consumer releases what it holds and closes its
+clients, and the hub holds nothing more. (With replicas, §12, the lease will also be taken in
+the store; not yet.)
+
+Metrics (SPEC §9): events received, ignored (by reason) and poisoned per queue, and the
+event-to-run lag per schedule, in the daemon's own registry (`blob_event_metrics`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Coroutine
+import os
+import weakref
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import structlog
+from prometheus_client import Counter, Histogram
 
 from watcherd.core.errors import WatcherdError
 from watcherd.engine.clock import Clock
@@ -51,16 +59,76 @@ __all__ = [
     "GONE",
     "KNOWN",
     "RUN",
+    "VISIBILITY_ENV",
     "Abandoned",
+    "BlobEventMetrics",
     "NotReady",
     "QueueHub",
     "QueueStats",
     "Subscriber",
+    "blob_event_metrics",
 ]
 
 log = structlog.get_logger(__name__)
 
 CRASH_BACKOFF_CAP = timedelta(seconds=60)
+VISIBILITY = 60  # seconds a received message stays invisible (SPEC §4)
+# Tests only, like $WATCHERD_TEST_CLOCK: a shorter visibility, so that an end-to-end test of
+# a SIGKILLed daemon sees the messages it held come back in seconds, not in a minute.
+VISIBILITY_ENV = "WATCHERD_TEST_QUEUE_VISIBILITY"
+_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobEventMetrics:
+    """The blob-event metrics of one daemon (SPEC §9)."""
+
+    received: Counter  # events read from a queue, per queue
+    ignored: Counter  # events that started nothing, per queue and reason
+    poisoned: Counter  # messages moved to the poison queue, per queue
+    lag: Histogram  # event time → the commit of its Queued run, per schedule
+
+
+_EVENT_METRICS: weakref.WeakKeyDictionary[Metrics, BlobEventMetrics] = weakref.WeakKeyDictionary()
+
+
+def blob_event_metrics(metrics: Metrics | None) -> BlobEventMetrics | None:
+    """The blob-event metrics of a daemon's Metrics, registered in its registry once.
+
+    Metrics attributes of the same names are used when engine/metrics.py defines them;
+    otherwise they are made here, in the same registry, so `/metrics` shows them either way.
+    """
+    if metrics is None:
+        return None
+    got = _EVENT_METRICS.get(metrics)
+    if got is not None:
+        return got
+    r = metrics.registry
+
+    def own(attr: str, make: Callable[[], Any]) -> Any:
+        defined = getattr(metrics, attr, None)
+        return make() if defined is None else defined
+
+    got = _EVENT_METRICS[metrics] = BlobEventMetrics(
+        received=own("blob_events_received", lambda: Counter(
+            "watcherd_blob_events_received", "Blob events read from a queue", ["queue"],
+            registry=r,
+        )),
+        ignored=own("blob_events_ignored", lambda: Counter(
+            "watcherd_blob_events_ignored",
+            "Blob events that started nothing (unmatched, event_type, create_file, gone, folder)",
+            ["queue", "reason"], registry=r,
+        )),
+        poisoned=own("blob_messages_poisoned", lambda: Counter(
+            "watcherd_blob_messages_poisoned", "Queue messages moved to the poison queue",
+            ["queue"], registry=r,
+        )),
+        lag=own("blob_event_lag", lambda: Histogram(
+            "watcherd_blob_event_lag_seconds", "Event time to the commit of its Queued run",
+            ["schedule"], buckets=_LAG_BUCKETS, registry=r,
+        )),
+    )  # fmt: skip
+    return got
 
 
 @dataclass(slots=True)
@@ -87,7 +155,7 @@ class QueueHub:
         clock: Clock,
         metrics: Metrics | None = None,
         *,
-        visibility: int = 60,
+        visibility: int = VISIBILITY,
         max_in_hand: int = 256,
         retry_initial: float = 10.0,
     ) -> None:
@@ -96,6 +164,17 @@ class QueueHub:
         self._queues: dict[str, _Queue] = {}
         self._stats: dict[str, QueueStats] = {}
         self._ids = itertools.count()
+        self._metrics = blob_event_metrics(metrics)
+
+    @classmethod
+    def for_daemon(
+        cls, clock: Clock, metrics: Metrics, env: Mapping[str, str] | None = None
+    ) -> QueueHub:
+        """The hub a daemon shares between its blob pollers (`$WATCHERD_TEST_QUEUE_VISIBILITY`
+        shortens the visibility timeout, for tests only)."""
+        value = (env if env is not None else os.environ).get(VISIBILITY_ENV, "")
+        visibility = int(value) if value.strip().isdigit() and int(value) > 0 else VISIBILITY
+        return cls(clock, metrics, visibility=visibility)
 
     def stats(self, target: QueueTarget) -> QueueStats:
         """The counters of a queue: received and ignored (per event); deleted, released and
@@ -148,19 +227,14 @@ class QueueHub:
                 await self.clock.sleep(backoff_delay(failures, CRASH_BACKOFF_CAP))
 
     def count(self, target: QueueTarget, what: str, n: int = 1, reason: str = "") -> None:
-        """Add to a counter, and to its metric when the daemon's Metrics defines it."""
+        """Add to a counter, and to its metric when the hub has the daemon's Metrics."""
         self.stats(target).counts[what] += n
-        metric = getattr(self.metrics, _METRICS.get(what, ""), None)
-        if metric is None:
+        m = self._metrics
+        if m is None:
             return
-        labels = {"queue": target.queue}
-        if what == "ignored":
-            labels["reason"] = reason
-        metric.labels(**labels).inc(n)
-
-
-_METRICS = {  # counter → the engine.metrics.Metrics attribute that exports it
-    "received": "blob_events_received",
-    "ignored": "blob_events_ignored",
-    "poisoned": "blob_messages_poisoned",
-}
+        if what == "received":
+            m.received.labels(queue=target.queue).inc(n)
+        elif what == "ignored":
+            m.ignored.labels(queue=target.queue, reason=reason).inc(n)
+        elif what == "poisoned":
+            m.poisoned.labels(queue=target.queue).inc(n)
