@@ -1,9 +1,7 @@
 """Azurite (the Azure Storage emulator) as subprocesses, for blob and queue tests and the bench.
 
-Import the fixtures into a test module::
-
-    from tests.azurite import azurite, azurite_server  # noqa: F401
-    from tests.azurite import azurite_queue, azurite_queue_server  # noqa: F401
+The fixtures are registered for every test module by `tests/conftest.py` (`pytest_plugins`),
+so the session-scoped ones start once per session; a test just names them as parameters.
 
 `azurite` is session-scoped and yields a blob-only connection string; `azurite_server` is a
 private blob-only instance per test that the test may stop and start again (same port, same

@@ -1,4 +1,4 @@
-"""Shared fixtures: a running daemon factory."""
+"""Shared fixtures: a running daemon factory, the Azurite and PostgreSQL servers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.harness import DaemonProc
+
+# Azurite and PostgreSQL fixtures, registered once: a session fixture is then one server for
+# the whole session (imported into each module, it would be one per module).
+pytest_plugins = ("tests.azurite", "tests.postgres")
 
 
 @pytest.fixture

@@ -1,8 +1,7 @@
 """A real PostgreSQL server (Debian's `postgresql` package) for the store and replica tests.
 
-Import the fixtures into a test module::
-
-    from tests.postgres import pg_database, pg_server  # noqa: F401
+The fixtures are registered for every test module by `tests/conftest.py` (`pytest_plugins`),
+so `pg_server` starts once per session; a test just names the fixtures as parameters.
 
 `pg_server` is session-scoped: one cluster made with `initdb` in a temp dir and run with
 `pg_ctl` on 127.0.0.1 and a free port; tests may stop(), start() or restart() it (same port,

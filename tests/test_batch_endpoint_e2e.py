@@ -30,7 +30,6 @@ import pytest
 from aiohttp import web
 from azure.storage.blob import ContainerClient
 
-from tests.azurite import azurite  # noqa: F401
 from tests.dispatch.test_batch import TOKEN, BatchEndpointDouble
 from tests.harness import DaemonProc, wait_until
 

@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from azure.storage.blob import ContainerClient
 
-from tests.azurite import Azurite, azurite_server  # noqa: F401
+from tests.azurite import Azurite
 from tests.harness import DaemonProc, wait_until
 from tests.pollers.test_blob import shared_azurite  # noqa: F401
 

@@ -16,13 +16,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from tests.postgres import (  # noqa: F401
-    APP_USER,
-    PASSWORD,
-    PostgresServer,
-    pg_database,
-    pg_server,
-)
+from tests.postgres import APP_USER, PASSWORD, PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
 

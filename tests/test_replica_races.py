@@ -27,7 +27,6 @@ from psycopg.rows import TupleRow
 
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, load_config
-from tests.postgres import _pg_store_db, pg_server, pg_store_url  # noqa: F401
 from watcherd.core.errors import StateError
 from watcherd.core.models import RunStatus, Status, StoredSchedule
 from watcherd.core.runs import manual_run, submit_run

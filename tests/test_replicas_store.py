@@ -23,14 +23,7 @@ import pytest
 import structlog
 
 from tests.clocks import ManualClock
-from tests.postgres import (  # noqa: F401
-    PASSWORD,
-    PostgresServer,
-    _pg_store_db,
-    pg_database,
-    pg_server,
-    pg_store_url,
-)
+from tests.postgres import PASSWORD, PostgresServer
 from watcherd.core.errors import ClaimLost, LeaseLost, StateError
 from watcherd.core.models import FileRef, RunStatus, TimeOptions
 from watcherd.core.runs import NewRun

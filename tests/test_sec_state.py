@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.azurite import azurite  # noqa: F401  (a fixture)
 from tests.faults.test_faults import immutable_ok  # noqa: F401  (a fixture)
 from tests.harness import DaemonProc, wait_until
 

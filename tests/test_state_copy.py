@@ -19,13 +19,7 @@ import pytest
 
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, load_config, running_engine
-from tests.postgres import (  # noqa: F401
-    PASSWORD,
-    PostgresServer,
-    _pg_store_db,
-    pg_server,
-    pg_store_url,
-)
+from tests.postgres import PASSWORD, PostgresServer
 from watcherd.cli import state_copy
 from watcherd.core.models import Run
 from watcherd.daemon import build_engine

@@ -19,7 +19,6 @@ import pytest
 
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, running_engine
-from tests.postgres import _pg_store_db, pg_server, pg_store_url  # noqa: F401
 from watcherd.core.errors import AlreadyRunning, InvalidTransition, StateError
 from watcherd.core.models import FileRef, RunStatus, StoredSchedule
 from watcherd.core.runs import NewRun

@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from tests.harness import DaemonProc, wait_until
-from tests.postgres import PostgresServer, pg_database, pg_server  # noqa: F401
+from tests.postgres import PostgresServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -19,7 +19,7 @@ import structlog
 from azure.core import exceptions as az
 from azure.storage.blob.aio import ContainerClient
 
-from tests.azurite import ACCOUNT_KEY, Azurite, _require, azurite_server  # noqa: F401
+from tests.azurite import ACCOUNT_KEY, Azurite, _require
 from tests.clocks import ManualClock
 from watcherd.core.errors import PollRejected, PollUnavailable
 from watcherd.core.models import BlobDatastore, DatastoreTrigger, Schedule

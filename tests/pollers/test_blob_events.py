@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.azurite import ACCOUNT, azurite_queue  # noqa: F401
+from tests.azurite import ACCOUNT
 from watcherd.core.matching import NameMatcher
 from watcherd.pollers.blob_events import (
     BlobEvent,
