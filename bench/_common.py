@@ -6,16 +6,18 @@ state DB (1M runs in a minute instead of hours of real dispatch).
 Also a script, for the subprocesses the benches start:
     python bench/_common.py probe LAGFILE ARGS…   `watcherd ARGS…` with the loop-lag probe
     python bench/_common.py page URL SECONDS OFFSET   the page's polling; JSON samples on stdout
-One module on purpose (~420 lines): each bench imports one file, and these pieces are the
+`$BENCH_TREE` names the watcherd tree the benches start and import (default: this checkout),
+so that today's bench runs against a worktree of an older commit (issue #12's before/after).
+One module on purpose (~580 lines): each bench imports one file, and these pieces are the
 benches' shared vocabulary (the daemon, its logs, its clients, its data).
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
-import random
 import signal
 import socket
 import sqlite3
@@ -23,15 +25,17 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 __all__ = [
     "ROOT",
     "Daemon",
+    "api_get",
+    "api_probe",
     "best_of",
     "collect",
     "days_ago",
@@ -49,8 +53,10 @@ __all__ = [
     "utc",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
+# The watcherd tree under test: this checkout, or $BENCH_TREE (e.g. a `git worktree` of an
+# older commit) to run today's benches against older code, same machine, back to back.
+ROOT = Path(os.environ.get("BENCH_TREE") or HERE.parents[1]).resolve()
 
 
 def emit(
@@ -131,8 +137,17 @@ class Daemon:
     With `probe=True` the daemon runs under `_common.py probe`: a task in its event loop
     sleeps 5 ms at a time and logs every wake-up later than 2 ms (see `loop_lags`)."""
 
-    def __init__(self, workdir: Path, name: str, config: str, *, probe: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        config: str,
+        *,
+        probe: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.dir = workdir / name
+        self.env = env or {}
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "watcherd.toml"
         self.config.write_text(config)
@@ -147,7 +162,8 @@ class Daemon:
         self.sock_path.unlink(missing_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.sock_path))
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.sock_path), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **self.env}
+        env.update(NOTIFY_SOCKET=str(self.sock_path), PYTHONPATH=str(ROOT))
         argv = [sys.executable, "-m", "watcherd"]
         if self.lag_path is not None:
             argv = [sys.executable, str(HERE), "probe", str(self.lag_path)]
@@ -294,8 +310,43 @@ async def _lag_probe(f: TextIO) -> None:
             f.write("".join(late) + f"# {os.getpid()} wake-ups {n}\n")
 
 
+def _trace_writes(path: str) -> None:
+    """Diagnosis (`$BENCH_TRACE_WRITES`): every call on the state DB's writer thread, as
+    `I name enqueued start end` (epoch s) and every group commit as `D start end calls`, by
+    wrapping `Database.write` and `Database._drain` from outside (watcherd is not changed).
+    A call's answer comes after its group's COMMIT, i.e. at the `D` line's end."""
+    from watcherd.state.sqlite import database as dbm
+
+    out = open(path, "a")  # noqa: SIM115 - flushed after every group, closed at exit
+    orig_write, orig_drain = dbm.Database.write, dbm.Database._drain
+
+    async def write(self: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        queued, name = time.time(), getattr(fn, "__name__", "?")
+
+        def traced(conn: Any, *a: Any, **k: Any) -> Any:
+            t0 = time.time()
+            try:
+                return fn(conn, *a, **k)
+            finally:
+                out.write(f"I {name} {queued:.6f} {t0:.6f} {time.time():.6f}\n")
+
+        return await orig_write(self, traced, *args, **kwargs)
+
+    def drain(self: Any) -> None:
+        t0, n = time.time(), len(self._pending)
+        orig_drain(self)
+        out.write(f"D {t0:.6f} {time.time():.6f} {n}\n")
+        out.flush()
+
+    dbm.Database.write = write  # type: ignore[method-assign]
+    dbm.Database._drain = drain  # type: ignore[method-assign]
+
+
 def _probe_main(argv: list[str]) -> int:
     path, args = argv[0], argv[1:]
+    sys.path.insert(0, str(ROOT))
+    if os.environ.get("BENCH_TRACE_WRITES"):
+        _trace_writes(os.environ["BENCH_TRACE_WRITES"])
 
     class Policy(asyncio.DefaultEventLoopPolicy):
         def new_event_loop(self) -> asyncio.AbstractEventLoop:
@@ -305,7 +356,6 @@ def _probe_main(argv: list[str]) -> int:
             return loop
 
     asyncio.set_event_loop_policy(Policy())
-    sys.path.insert(0, str(ROOT))
     from watcherd.cli import main
 
     return int(main(args) or 0)
@@ -317,8 +367,9 @@ PAGE_PERIOD = 3.0  # app.js POLL_MS: the next refresh is armed 3 s after the las
 
 
 async def _page_client(base: str, seconds: float, offset: float) -> list[list[object]]:
-    """Every 3 s after the previous round ended: /pipelines, /schedules and /runs?limit=50 at
-    once (Promise.all), then /readyz; each body read to its end. Samples: [path, start, s]."""
+    """Every 3 s after the previous round ended: /pipelines, /schedules, /runs?limit=50 and
+    /replicas at once (Promise.all; a 404 from /replicas is fine, as in app.js), then /readyz;
+    each body read to its end. Samples: [path, start, s]."""
     import aiohttp
 
     headers = {"Accept": "application/json", "X-Watcherd-Client": "web"}
@@ -330,7 +381,7 @@ async def _page_client(base: str, seconds: float, offset: float) -> list[list[ob
         t0, w0 = time.perf_counter(), time.time()
         async with s.get(base + path) as r:
             await r.read()
-            if r.status not in (200, 503):
+            if r.status not in (200, 503) and not (r.status == 404 and "replicas" in path):
                 raise SystemExit(f"page client: {path} answered {r.status}")
         samples.append([path.split("?")[0], w0, time.perf_counter() - t0])
 
@@ -341,6 +392,7 @@ async def _page_client(base: str, seconds: float, offset: float) -> list[list[ob
                 get(s, "/api/v1/pipelines"),
                 get(s, "/api/v1/schedules"),
                 get(s, "/api/v1/runs?limit=50"),
+                get(s, "/api/v1/replicas"),
             )
             await get(s, "/readyz")
             await asyncio.sleep(PAGE_PERIOD)
@@ -372,30 +424,141 @@ def collect(clients: Sequence[subprocess.Popen[str]]) -> list[tuple[str, float, 
     return out
 
 
+# ── API requests one at a time ───────────────────────────────────────────────
+
+API_HEADERS = {"Accept": "application/json", "X-Watcherd-Client": "web"}
+
+
+def api_get(base: str, path: str) -> bytes:
+    """One GET (a fresh connection); the body, or SystemExit on a non-200 answer."""
+    u = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=300)
+    try:
+        conn.request("GET", path, headers=API_HEADERS)
+        r = conn.getresponse()
+        body = r.read()
+    finally:
+        conn.close()
+    if r.status != 200:
+        raise SystemExit(f"GET {path}: {r.status} {body[:300]!r}")
+    return body
+
+
+def api_probe(
+    base: str,
+    paths: dict[str, str],
+    rounds: int,
+    budget: float = 30.0,
+    min_rounds: int = 10,
+    token: str | None = None,
+) -> dict[str, list[float]]:
+    """Seconds of each GET (the body read to its end) over `rounds` rounds of every path in
+    turn, one request at a time on one keep-alive connection, nothing else in flight. A path
+    stops once its requests took `budget` s in all (after at least `min_rounds`): a 2 s
+    endpoint must not make the bench run for minutes. `token`: sent as a bearer token (a
+    run's log needs it even on loopback)."""
+    u = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=300)
+    headers = dict(API_HEADERS)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    out: dict[str, list[float]] = {k: [] for k in paths}
+    spent = dict.fromkeys(paths, 0.0)
+    try:
+        conn.request("GET", "/healthz", headers=API_HEADERS)  # connect: not part of a figure
+        conn.getresponse().read()
+        for r in range(rounds):
+            for k, path in paths.items():
+                if r >= min_rounds and spent[k] > budget:
+                    continue
+                t = time.perf_counter()
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                took = time.perf_counter() - t
+                if resp.status != 200:
+                    raise SystemExit(f"GET {path}: {resp.status} {body[:300]!r}")
+                out[k].append(took)
+                spent[k] += took
+    finally:
+        conn.close()
+    return out
+
+
 # ── runs written straight into a state DB ────────────────────────────────────
 
-_STATUSES = ["Completed"] * 90 + ["Failed"] * 5 + ["Skipped"] * 3 + ["Submitted"] * 2
+
+def _ts_sql(x: str) -> str:
+    """SQL for epoch seconds `x` as the store's UTC text (core.timefmt's micro form)."""
+    us = f"CAST(round(({x}) * 1000000) AS INTEGER)"
+    day = f"strftime('%Y-%m-%dT%H:%M:%S', {us} / 1000000, 'unixepoch')"
+    return f"{day} || printf('.%06dZ', {us} % 1000000)"
+
+
+# One chunk of generated runs, all in SQLite (a Python loop formatting 3 instants per run
+# took ~75 s for 1M runs on a loaded 2-core machine; this takes a fraction of it). Run i:
+# h = a fixed hash of i (statuses and durations, the same on every run of a bench); queued
+# at :t0 + (i - :first) * :step; schedule i % :nsched of the temp table bench_sched.
+_FILL_SQL = f"""
+WITH RECURSIVE c(i) AS (SELECT :lo UNION ALL SELECT i + 1 FROM c WHERE i + 1 < :hi),
+g AS (
+    SELECT i, (i * 2654435761 + :seed) % 4294967291 AS h, :t0 + (i - :first) * :step AS q
+    FROM c),
+r AS (
+    SELECT i, h, {_ts_sql("q")} AS qs, {_ts_sql("q + 0.01")} AS ss,
+        {_ts_sql("q + 0.06 + (h / 100 % 59951) / 1000.0")} AS fs,
+        CASE WHEN h % 100 < 90 THEN 'Completed' WHEN h % 100 < 95 THEN 'Failed'
+             WHEN h % 100 < 98 THEN 'Skipped' ELSE 'Submitted' END AS st
+    FROM g)
+INSERT INTO runs(id, schedule_id, pipeline_id, experiment, dedup, status, trigger, parameters,
+                 path, attempt, attempts, error, exit_code, queued_at, started_at, finished_at,
+                 log)
+SELECT
+    printf('%08x-%04x-4%03x-%x%03x-%012x', i >> 16, i & 65535, h & 4095, 8 + (h >> 12 & 3),
+           h >> 14 & 4095, (h * 40503 + i) & 281474976710655),
+    s.sid, s.pid, s.exp, 'gen:' || i, st,
+    CASE s.kind WHEN 'time' THEN '{{"kind": "time", "slot": "' || substr(qs, 1, 19) || 'Z"}}'
+        ELSE '{{"kind": "file", "datastore": "inbox", "path": "in/f' || printf('%07d', i)
+             || '.csv", "version": "v' || i || '"}}' END,
+    '{{}}',
+    CASE s.kind WHEN 'time' THEN NULL ELSE CAST('in/f' || printf('%07d', i) || '.csv' AS BLOB)
+        END,
+    1,
+    CASE st WHEN 'Skipped' THEN '[]'
+        ELSE '[{{"attempt": 1, "started_at": "' || ss || '", "exit_code": '
+             || (st = 'Failed') || '}}]' END,
+    CASE st WHEN 'Failed' THEN 'exit code 1' END,
+    CASE WHEN st IN ('Skipped', 'Submitted') THEN NULL ELSE (st = 'Failed') END,
+    qs,
+    CASE st WHEN 'Skipped' THEN NULL ELSE ss END,
+    CASE st WHEN 'Skipped' THEN qs ELSE fs END,
+    CASE WHEN st IN ('Completed', 'Failed') THEN :log END
+FROM r JOIN temp.bench_sched AS s ON s.k = r.i % :nsched
+"""
 
 
 def fill_runs(
     db: Path,
     n: int,
     schedules: Sequence[tuple[str, str, str, str]],
-    timeline: Callable[[int], float],
+    timeline: Sequence[tuple[int, float, float]],
     *,
     seed: int = 1,
     chunk: int = 100_000,
 ) -> float:
     """Insert n finished runs (seq order = time order) into an existing state DB; returns the
-    seconds it took. `schedules`: (schedule id, pipeline id, experiment, "time"|"file");
-    `timeline(i)`: the epoch second run i was queued at. Statuses 90 % Completed, 5 % Failed,
-    3 % Skipped, 2 % Submitted; a 100-byte log on Completed and Failed runs. Written with
-    synchronous=OFF in transactions of `chunk` rows (a bench fixture, not a daemon write)."""
+    seconds it took. `schedules`: (schedule id, pipeline id, experiment, "time"|"file"), run i
+    of schedule i % len; `timeline`: segments (first run index, its epoch second, seconds
+    between runs), by first index, the first one at 0. Statuses ~90 % Completed, 5 % Failed,
+    3 % Skipped, 2 % Submitted (a fixed hash of i and `seed`); a 99-byte log on Completed
+    and Failed runs; ids are UUID-shaped with the run index in their top 48 bits (as a
+    UUIDv7's time: the UNIQUE(id) index grows at its end, not at 1M random places). Written
+    with synchronous=OFF in transactions of `chunk` rows (a fixture, not a daemon write)."""
     t0 = time.perf_counter()
-    rng = random.Random(seed)
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-262144")  # 256 MiB: the indexes' working set fits
     cols = (
         "id schedule_id pipeline_id experiment dedup status trigger parameters path attempt "
         "attempts error exit_code queued_at started_at finished_at log"
@@ -403,56 +566,23 @@ def fill_runs(
     have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
     if not have >= set(cols):
         raise SystemExit(f"fill_runs: the runs table lacks {sorted(set(cols) - have)}")
-    sql = f"INSERT INTO runs({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    conn.execute("CREATE TEMP TABLE bench_sched(k INTEGER PRIMARY KEY, sid, pid, exp, kind)")
+    conn.executemany(
+        "INSERT INTO temp.bench_sched VALUES (?,?,?,?,?)",
+        [(k, *row) for k, row in enumerate(schedules)],
+    )
     log = b"bench: generated run output line\n" * 3
-    for lo in range(0, n, chunk):
-        rows = []
-        for i in range(lo, min(n, lo + chunk)):
-            sid, pid, exp, kind = schedules[i % len(schedules)]
-            q = timeline(i)
-            status = _STATUSES[rng.randrange(100)]
-            start, end = q + 0.01, q + 0.01 + rng.uniform(0.05, 60.0)
-            qs, ss = utc(q), utc(start)
-            if kind == "time":
-                trig, path = f'{{"kind": "time", "slot": "{qs[:19]}Z"}}', None
-            else:
-                name = f"in/f{i:07d}.csv"
-                trig = (
-                    f'{{"kind": "file", "datastore": "inbox", "path": "{name}", "version": "v{i}"}}'
-                )
-                path = name.encode()
-            ok, skipped = status != "Failed", status == "Skipped"
-            attempts = (
-                "[]"
-                if skipped
-                else f'[{{"attempt": 1, "started_at": "{ss}", "exit_code": {0 if ok else 1}}}]'
-            )
-            rows.append(
-                (
-                    str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                    sid,
-                    pid,
-                    exp,
-                    f"gen:{i}",
-                    status,
-                    trig,
-                    "{}",
-                    path,
-                    1,
-                    attempts,
-                    None if ok else "exit code 1",
-                    None if skipped or status == "Submitted" else (0 if ok else 1),
-                    qs,
-                    None if skipped else ss,
-                    qs if skipped else utc(end),
-                    log if status in ("Completed", "Failed") else None,
-                )
-            )
-        conn.execute("BEGIN")
-        conn.executemany(sql, rows)
-        conn.execute("COMMIT")
+    bounds = [*(seg[0] for seg in timeline[1:]), n]
+    for (first, start, step), end in zip(timeline, bounds, strict=True):
+        for lo in range(first, min(end, n), chunk):
+            args = {"lo": lo, "hi": min(end, n, lo + chunk), "first": first, "t0": start}
+            args |= {"step": step, "seed": seed, "log": log, "nsched": len(schedules)}
+            conn.execute("BEGIN")
+            conn.execute(_FILL_SQL, args)
+            conn.execute("COMMIT")
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name='experiments'").fetchone():
         conn.execute("INSERT OR IGNORE INTO experiments(name) SELECT DISTINCT experiment FROM runs")
+    conn.execute("DROP TABLE temp.bench_sched")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return time.perf_counter() - t0

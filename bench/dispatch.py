@@ -17,6 +17,7 @@ shared VM disk drifts, so the baseline is measured right before and right after 
 phase and averaged. ratio = value / baseline (above 1 means the engine beats serial commits).
 
 Usage: python bench/dispatch.py [--http-runs N] [--command-runs N] [--clients N]
+       BENCH_TREE=/tmp/wt-before python bench/dispatch.py   # the same against another tree
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -33,15 +35,19 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit  # noqa: E402
+from _common import ROOT, emit  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+# $BENCH_TREE may name a tree from before the restructure (issue #12, commit 55f053b): flat
+# modules (watcherd.state.Store, watcherd.engine.Engine, watcherd.manager.Manager). The
+# measurement is the same; only the names it is reached by differ.
+OLD_LAYOUT = not (ROOT / "watcherd" / "state" / "sqlite").is_dir()
 
 BENCH = "dispatch"
 
@@ -104,6 +110,8 @@ def baseline_runs_per_s(tmp: Path, n: int) -> float:
     SQL functions: `insert_runs` (Queued), `transition_run` (Running), `transition_run`
     (Submitted). This is the storage floor of one-commit-per-change.
     """
+    if OLD_LAYOUT:
+        return _baseline_old_layout(tmp, n)
     from watcherd.core.models import RunStatus
     from watcherd.core.runs import NewRun
     from watcherd.state.sqlite import runs as runs_sql
@@ -148,6 +156,52 @@ def baseline_runs_per_s(tmp: Path, n: int) -> float:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def _old(module: str) -> Any:
+    """A module of the flat layout (before the restructure), untyped here on purpose."""
+    return importlib.import_module(module)
+
+
+def _baseline_old_layout(tmp: Path, n: int) -> float:
+    """The same loop on a tree from before the restructure: `Store.insert_runs` and two
+    `Store.update_run(expect=…)` calls, one transaction each, on the store's thread."""
+    RunStatus = _old("watcherd.models").RunStatus
+    NewRun, Store = _old("watcherd.state").NewRun, _old("watcherd.state").Store
+    state = Path(tempfile.mkdtemp(prefix="baseline-", dir=tmp))
+    store = Store(state)
+
+    def loop() -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            now = datetime.now(UTC)
+            run = NewRun(
+                schedule_id="s",
+                pipeline_id="p",
+                experiment="bench",
+                dedup=f"manual:{uuid.uuid4()}",
+                trigger={"kind": "manual", "by": "bench", "i": i},
+                parameters={},
+            )
+            (rid,) = store.insert_runs([run], now)
+            store.update_run(
+                rid, expect=[RunStatus.QUEUED], status=RunStatus.RUNNING, started_at=now
+            )
+            store.update_run(
+                rid,
+                expect=[RunStatus.RUNNING],
+                status=RunStatus.SUBMITTED,
+                finished_at=now,
+                attempts=[{"attempt": 1}],
+                next_attempt_at=None,
+            )
+        return n / (time.perf_counter() - t0)
+
+    try:
+        return float(store.sync(loop))
+    finally:
+        store.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
 # ── the engine ───────────────────────────────────────────────────────────────
 
 CONFIG = """\
@@ -178,16 +232,43 @@ recurrence = {{ frequency = "Month", interval = 1, start_time = "2099-01-01T00:0
 """
 
 
+def _open_engine(cfg: Any) -> tuple[Any, Any, Any, Callable[[], Awaitable[None]]]:
+    """(store, engine, the Manager class, close) wired as `watcherd run` wires them, in the
+    tree's own layout."""
+    if OLD_LAYOUT:
+        old_store = _old("watcherd.state").Store(cfg.daemon.state_dir)
+        clock = _old("watcherd.clock").SystemClock()
+        old_engine = _old("watcherd.engine").Engine(cfg, old_store, clock)
+        OldManager = _old("watcherd.manager").Manager
+
+        async def close_old() -> None:
+            old_store.close()
+
+        return old_store, old_engine, OldManager, close_old
+
+    from watcherd.daemon import build_engine
+    from watcherd.engine.clock import SystemClock
+    from watcherd.services.manager import Manager
+    from watcherd.state.sqlite.store import SqliteStore
+
+    store = SqliteStore(cfg.daemon.state_dir)
+    engine = build_engine(cfg, store, SystemClock())
+
+    async def close() -> None:
+        try:
+            await engine.close()
+        finally:
+            await store.close()
+
+    return store, engine, Manager, close
+
+
 async def _engine_runs(
     workdir: Path, port: int, schedule: str, n: int, clients: int
 ) -> tuple[float, int]:
     """Trigger n runs of `schedule` and wait for all to end; returns (runs/s, not ok)."""
     from watcherd import config as config_mod
     from watcherd import logs
-    from watcherd.daemon import build_engine
-    from watcherd.engine.clock import SystemClock
-    from watcherd.services.manager import Manager
-    from watcherd.state.sqlite.store import SqliteStore
 
     state = workdir / f"state-{schedule}"
     path = workdir / f"watcherd-{schedule}.toml"
@@ -195,8 +276,7 @@ async def _engine_runs(
     cfg = config_mod.load(path, dict(os.environ))
     log_file = (workdir / f"{schedule}.log").open("w")
     logs.configure("json", cfg.secrets, stream=log_file)
-    store = SqliteStore(cfg.daemon.state_dir)
-    engine = build_engine(cfg, store, SystemClock())
+    store, engine, Manager, close = _open_engine(cfg)
     try:
         await engine.prepare()
         task = asyncio.create_task(engine.run())
@@ -218,9 +298,8 @@ async def _engine_runs(
                 await asyncio.sleep(0.01)
         engine.stop()
         await task
-        await engine.close()
     finally:
-        await store.close()
+        await close()
         log_file.close()
     conn = sqlite3.connect(state / "state.db")
     first, last, done, bad = conn.execute(
@@ -245,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.sink:
         _sink_main()
         return 0
+    import watcherd
+
+    layout = "flat (before the restructure)" if OLD_LAYOUT else "layered"
+    sys.stderr.write(f"dispatch: watcherd from {Path(watcherd.__file__).parent}, {layout}\n")
     tmp = Path(tempfile.mkdtemp(prefix="watcherd-bench-dispatch-"))
     try:
         with sink() as port:

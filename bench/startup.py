@@ -13,6 +13,7 @@ settings, fresh state dir): the cost of Python, imports, the DB and the API, wit
 100 schedules. `python -c "import watcherd"` is printed on stderr for reference.
 
 Usage: python bench/startup.py [--rounds N]
+       BENCH_TREE=/tmp/wt-before python bench/startup.py   # the same against another tree
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit  # noqa: E402
+from _common import ROOT, emit  # noqa: E402  (ROOT: this tree, or $BENCH_TREE)
 
 BENCH = "startup"
 
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=7)
     args = p.parse_args(argv)
+    sys.stderr.write(f"startup: watcherd tree {ROOT}\n")
     tmp = Path(tempfile.mkdtemp(prefix="watcherd-bench-startup-"))
     try:
         _make_dirs(tmp)

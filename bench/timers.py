@@ -27,7 +27,9 @@ fsync" on this machine at this time (fsync latency on a shared VM disk drifts).
 
 Usage: python bench/timers.py [--window SECONDS] [--schedules N]
 (the window also from $BENCH_TIMERS_WINDOW: a quick run compares like with like only with
-the same window)
+the same window). `--trace` is for diagnosis only (loop lags and store writes of the busy
+daemon; it adds overhead). `BENCH_TREE=/tmp/wt-before python bench/timers.py` runs the same
+bench against another watcherd tree (the daemons are black boxes: CLI, logs, state.db).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Daemon, emit, percentile  # noqa: E402
+from _common import ROOT, Daemon, emit, percentile  # noqa: E402
 
 BENCH = "timers"
 IDLE_SECONDS = 60.0
@@ -192,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--schedules", type=int, default=1000)
     p.add_argument("--keep", action="store_true", help="keep the temp dir (prints its path)")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="diagnosis: the busy daemon logs its loop lags and store writes (busy/lag.txt, "
+        "busy/writes.txt; implies --keep; adds overhead, so not for the figures)",
+    )
     args = p.parse_args(argv)
     if args.sink:
         _sink_main()
@@ -200,11 +208,19 @@ def main(argv: list[str] | None = None) -> int:
         _baseline_main(args.baseline[0], float(args.baseline[1]), int(args.baseline[2]))
         return 0
     n = args.schedules
+    sys.stderr.write(f"timers: watcherd tree {ROOT}\n")
     tmp = Path(tempfile.mkdtemp(prefix="watcherd-bench-timers-"))
     daemons: list[Daemon] = []
     try:
         with _sink() as port:
-            busy = Daemon(tmp, "busy", _config(tmp / "busy" / "state", port, n, 2020))
+            trace = {"BENCH_TRACE_WRITES": str(tmp / "busy" / "writes.txt")} if args.trace else {}
+            busy = Daemon(
+                tmp,
+                "busy",
+                _config(tmp / "busy" / "state", port, n, 2020),
+                probe=args.trace,
+                env=trace,
+            )
             idle = Daemon(tmp, "idle", _config(tmp / "idle" / "state", port, n, 2099))
             empty = Daemon(tmp, "empty", _config(tmp / "empty" / "state", port, 0, 2099))
             daemons = [busy, idle, empty]
@@ -264,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in daemons:
             with contextlib.suppress(Exception):
                 d.stop()
-        if args.keep:
+        if args.keep or args.trace:
             sys.stderr.write(f"timers: kept {tmp}\n")
         else:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -222,4 +222,4 @@ def test_sec_1_api_create_patch_restart_never_breaks(tmp_path: Path) -> None:
             asyncio.run(world.session(lambda client: asyncio.sleep(0)))
 
     example()
-    assert accepted >= 60, accepted  # the generator does reach the stored-schedule path
+    assert accepted >= 30, accepted  # the generator does reach the stored-schedule path
