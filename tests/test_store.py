@@ -364,6 +364,8 @@ async def test_listing_filters_and_cursor(store: RunStore) -> None:
     assert await store.get_run("missing") is None
     last = await store.last_runs()
     assert {k: v.id for k, v in last.items()} == {"s": runs[5].id, "t": runs[6].id}
+    named = await store.last_runs(["t", "none"])  # one schedule's page reads only its own
+    assert {k: v.id for k, v in named.items()} == {"t": runs[6].id}
 
 
 async def test_claims_serialize_a_file_and_a_serial_schedule(store: RunStore) -> None:

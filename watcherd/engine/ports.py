@@ -202,8 +202,8 @@ class RunStore(Protocol):
         limit: int = 50,
         cursor: str | None = None,
     ) -> RunPage: ...
-    async def last_runs(self) -> dict[str, Run]:
-        """The newest run of each schedule."""
+    async def last_runs(self, schedule_ids: Sequence[str] | None = None) -> dict[str, Run]:
+        """The newest run of each schedule (of those named: one index probe each)."""
         ...
 
     async def experiments(self) -> list[str]: ...

@@ -158,7 +158,8 @@ class Manager:
 
     async def get_schedule(self, ident: str) -> JSON:
         broken = self._broken_id(ident)
-        last = await self.engine.store.last_runs()
+        sid = broken if broken is not None else self._schedule(ident).id
+        last = await self.engine.store.last_runs([sid])
         if broken is not None:
             return self.views.broken(broken, last)
         return self.views.schedule(self._schedule(ident), last)

@@ -251,7 +251,10 @@ class PgStore(Definitions):
         runs, nxt = await self.db.run(go, what="list runs", retry=True)
         return RunPage(runs, str(nxt) if nxt is not None else None)
 
-    async def last_runs(self) -> dict[str, Run]:
+    async def last_runs(self, schedule_ids: Sequence[str] | None = None) -> dict[str, Run]:
+        if schedule_ids is not None:
+            ids = list(schedule_ids)
+            return await self.db.run(lambda c: _last_runs_of(c, ids), what="last runs", retry=True)
         return await self.db.run(_last_runs, what="last runs", retry=True)
 
     async def experiments(self) -> list[str]:
@@ -374,6 +377,16 @@ class PgStore(Definitions):
         while n := await self.db.run(batch, what="prune"):
             total += n
         return total
+
+
+async def _last_runs_of(c: Conn, ids: list[str]) -> dict[str, Run]:
+    """The newest run of each named schedule: one probe of runs_schedule each."""
+    cur = await c.execute(
+        f"SELECT {_R_COLUMNS} FROM unnest(%s::text[]) AS t(sid) CROSS JOIN LATERAL"
+        f" (SELECT {COLUMNS} FROM runs WHERE schedule_id = t.sid ORDER BY seq DESC LIMIT 1) r",
+        (ids,),
+    )
+    return {r[1]: row_to_run(r) for r in await cur.fetchall()}
 
 
 async def _last_runs(c: Conn) -> dict[str, Run]:

@@ -202,8 +202,19 @@ def list_runs(
     return [_run(r) for r in rows], (rows[-1][17] if more and rows else None)
 
 
-def last_runs(c: Conn) -> dict[str, Run]:
-    """The newest run of each schedule (one index probe per schedule)."""
+def last_runs(c: Conn, schedule_ids: Sequence[str] | None = None) -> dict[str, Run]:
+    """The newest run of each schedule, or of those named (one probe of runs_schedule each:
+    a page showing one schedule never reads the whole index)."""
+    if schedule_ids is not None:
+        out = {}
+        for sid in schedule_ids:
+            row = c.execute(
+                f"SELECT {COLUMNS} FROM runs WHERE schedule_id = ? ORDER BY seq DESC LIMIT 1",
+                (sid,),
+            ).fetchone()
+            if row is not None:
+                out[sid] = _run(row)
+        return out
     rows = c.execute(
         f"SELECT {COLUMNS} FROM runs WHERE seq IN (SELECT max(seq) FROM runs GROUP BY schedule_id)"
     )

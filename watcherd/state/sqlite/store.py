@@ -157,8 +157,8 @@ class SqliteStore:
         )
         return RunPage(runs, str(nxt) if nxt is not None else None)
 
-    async def last_runs(self) -> dict[str, Run]:
-        return await self.db.read(runs_sql.last_runs)
+    async def last_runs(self, schedule_ids: Sequence[str] | None = None) -> dict[str, Run]:
+        return await self.db.read(lambda c: runs_sql.last_runs(c, schedule_ids))
 
     async def experiments(self) -> list[str]:
         return await self.db.read(runs_sql.experiments)
