@@ -575,8 +575,8 @@ def fill_runs(
     bounds = [*(seg[0] for seg in timeline[1:]), n]
     for (first, start, step), end in zip(timeline, bounds, strict=True):
         for lo in range(first, min(end, n), chunk):
-            args = {"lo": lo, "hi": min(end, n, lo + chunk), "first": first, "t0": start}
-            args |= {"step": step, "seed": seed, "log": log, "nsched": len(schedules)}
+            args: dict[str, object] = {"lo": lo, "hi": min(end, n, lo + chunk), "first": first}
+            args |= {"t0": start, "step": step, "seed": seed, "log": log, "nsched": len(schedules)}
             conn.execute("BEGIN")
             conn.execute(_FILL_SQL, args)
             conn.execute("COMMIT")

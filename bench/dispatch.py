@@ -16,6 +16,11 @@ no asyncio and no dispatch: the floor of one-fsync-per-status-change. fsync late
 shared VM disk drifts, so the baseline is measured right before and right after each engine
 phase and averaged. ratio = value / baseline (above 1 means the engine beats serial commits).
 
+Also `http_cpu_ms_per_run` and `command_cpu_ms_per_run` (informational): CPU time of this
+process (every thread; a command's child not counted) per run, against the bare loop's per
+run. On a shared machine runs/s drifts with the disk's fsync latency; CPU per run does not
+much, so it is the figure to compare two trees by (issue #12's before/after).
+
 Usage: python bench/dispatch.py [--http-runs N] [--command-runs N] [--clients N]
        BENCH_TREE=/tmp/wt-before python bench/dispatch.py   # the same against another tree
 """
@@ -30,6 +35,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +44,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, emit  # noqa: E402
@@ -50,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 OLD_LAYOUT = not (ROOT / "watcherd" / "state" / "sqlite").is_dir()
 
 BENCH = "dispatch"
+T = TypeVar("T")
 
 
 def _emit(figure: str, value: float, baseline: float | None, goal: str, met: bool) -> None:
@@ -329,15 +336,30 @@ def main(argv: list[str] | None = None) -> int:
     layout = "flat (before the restructure)" if OLD_LAYOUT else "layered"
     sys.stderr.write(f"dispatch: watcherd from {Path(watcherd.__file__).parent}, {layout}\n")
     tmp = Path(tempfile.mkdtemp(prefix="watcherd-bench-dispatch-"))
+    cpu: dict[str, list[float]] = {}  # CPU ms per run of this process (every thread)
+
+    def timed(key: str, n: int, fn: Callable[[], T]) -> T:
+        c = time.process_time()
+        out = fn()
+        cpu.setdefault(key, []).append((time.process_time() - c) * 1000 / n)
+        return out
+
+    nb = args.baseline_runs
     try:
         with sink() as port:
-            b0 = baseline_runs_per_s(tmp, args.baseline_runs)
-            http, http_bad = asyncio.run(
-                _engine_runs(tmp, port, "hook", args.http_runs, args.clients)
+            b0 = timed("bare", nb, lambda: baseline_runs_per_s(tmp, nb))
+            http, http_bad = timed(
+                "http",
+                args.http_runs,
+                lambda: asyncio.run(_engine_runs(tmp, port, "hook", args.http_runs, args.clients)),
             )
-            b1 = baseline_runs_per_s(tmp, args.baseline_runs)
-        cmd, cmd_bad = asyncio.run(_engine_runs(tmp, 0, "noop", args.command_runs, args.clients))
-        b2 = baseline_runs_per_s(tmp, args.baseline_runs)
+            b1 = timed("bare", nb, lambda: baseline_runs_per_s(tmp, nb))
+        cmd, cmd_bad = timed(
+            "command",
+            args.command_runs,
+            lambda: asyncio.run(_engine_runs(tmp, 0, "noop", args.command_runs, args.clients)),
+        )
+        b2 = timed("bare", nb, lambda: baseline_runs_per_s(tmp, nb))
         if http_bad or cmd_bad:
             sys.stderr.write(f"dispatch: runs not ok: http {http_bad}, command {cmd_bad}\n")
         hb, cb = (b0 + b1) / 2, (b1 + b2) / 2
@@ -355,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
             ">= 100/s and >= 1.0x bare 3-commit loop",
             cmd >= 100 and cmd >= cb and not cmd_bad,
         )
+        # What a run costs this process in CPU (all its threads; a command's child not
+        # counted): steadier than runs/s on a shared machine, so the figure to compare two
+        # trees by (issue #12). Baseline: the bare loop's, per run.
+        for kind in ("http", "command"):
+            bare = statistics.fmean(cpu["bare"])
+            _emit(f"{kind}_cpu_ms_per_run", cpu[kind][0], bare, "(informational)", True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
