@@ -10,6 +10,7 @@ import pytest
 
 from tests.api.seed_daemon import PIPELINE_ID, SECRETS, start_daemon
 from tests.harness import DaemonProc, wait_until
+from tests.test_yaml_schedules import DOC_RECURRENCE
 
 API = "/api/v1"
 
@@ -353,25 +354,8 @@ def test_replicas(anon: httpx.Client) -> None:
     assert nightly in replica["schedules"]
 
 
-DOCS_RECURRENCE_YAML = """\
-$schema: https://azuremlschemas.azureedge.net/latest/schedule.schema.json
-name: simple_recurrence_job_schedule
-display_name: Simple recurrence job schedule
-description: a simple hourly recurrence job schedule
-
-trigger:
-  type: recurrence
-  frequency: day #can be minute, hour, day, week, month
-  interval: 1 #every day
-  schedule:
-    hours: [4,5,10,11,12]
-    minutes: [0,30]
-  start_time: "2022-07-10T10:00:00" # optional - default will be schedule creation time
-  time_zone: "Pacific Standard Time" # optional - default will be UTC
-
-# create_job: ./simple-pipeline-job.yml
-create_job: azureml:train
-"""
+# the documentation's recurrence example, create_job naming this daemon's pipeline
+DOCS_RECURRENCE_YAML = DOC_RECURRENCE.replace("azureml:simple-pipeline-job", "azureml:train")
 
 
 def test_create_schedule_from_yaml(api: httpx.Client) -> None:

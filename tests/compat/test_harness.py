@@ -18,45 +18,10 @@ from tests.compat.generators import (
     v2_schedule_yamls,
     zone_member_name,
 )
+from tests.test_yaml_schedules import DOC_CRON, DOC_RECURRENCE  # the documentation's examples
 
 SEED = 15
 N = 50
-
-# The two schedules of Azure ML's "Schedule machine learning pipeline jobs" page
-# (azureml-examples cli/schedules/recurrence-job-schedule.yml and cron-job-schedule.yml), with
-# `create_job` pointed at a registered job, the form the page leaves commented out.
-DOC_RECURRENCE = """\
-$schema: https://azuremlschemas.azureedge.net/latest/schedule.schema.json
-name: simple_recurrence_job_schedule
-display_name: Simple recurrence job schedule
-description: a simple hourly recurrence job schedule
-
-trigger:
-  type: recurrence
-  frequency: day #can be minute, hour, day, week, month
-  interval: 1 #every day
-  schedule:
-    hours: [4,5,10,11,12]
-    minutes: [0,30]
-  start_time: "2022-07-10T10:00:00" # optional - default will be schedule creation time
-  time_zone: "Pacific Standard Time" # optional - default will be UTC
-
-create_job: azureml:simple-pipeline-job
-"""
-DOC_CRON = """\
-$schema: https://azuremlschemas.azureedge.net/latest/schedule.schema.json
-name: simple_cron_job_schedule
-display_name: Simple cron job schedule
-description: a simple hourly cron job schedule
-
-trigger:
-  type: cron
-  expression: "0 * * * *"
-  start_time: "2022-07-10T10:00:00" # optional - default will be schedule creation time
-  time_zone: "Pacific Standard Time" # optional - default will be UTC
-
-create_job: azureml:simple-pipeline-job
-"""
 
 
 def _check_result_shape(result: dict[str, Any]) -> None:
