@@ -659,3 +659,40 @@ def days_ago(d: float) -> float:
 if __name__ == "__main__":
     cmd, rest = sys.argv[1], sys.argv[2:]
     sys.exit({"probe": _probe_main, "page": _page_main}[cmd](rest))
+
+
+class FiringSink:
+    """A poller's ChangeSink that notes when each fired file's run would be queued (ns);
+    keeps nothing else (big_dir, many_dirs)."""
+
+    def __init__(self) -> None:
+        self.fired: dict[str, int] = {}
+        self.changed = asyncio.Event()
+
+    async def load_snapshot(self, schedule_id: str, baseline_key: str) -> None:
+        return None
+
+    async def load_marker(self, schedule_id: str, baseline_key: str) -> None:
+        return None
+
+    async def commit(
+        self,
+        schedule_id: str,
+        baseline_key: str,
+        upserts: Sequence[tuple[bytes, str]],
+        deletes: Sequence[bytes],
+        fire: Sequence[object],
+        marker: str | None = None,
+    ) -> int:
+        now = time.time_ns()
+        for change in fire:
+            self.fired[os.fsdecode(change.name)] = now  # type: ignore[attr-defined]
+        if fire:
+            self.changed.set()
+        return len(fire)
+
+    def pending(self, schedule_id: str) -> int:
+        return 0
+
+    async def wait_below(self, schedule_id: str, limit: int) -> None:
+        return None

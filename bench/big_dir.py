@@ -45,13 +45,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import emit, percentile, rss_bytes  # noqa: E402
+from bench._common import FiringSink, emit, percentile, rss_bytes  # noqa: E402
 
 BENCH = "big_dir"
 
@@ -75,42 +74,6 @@ def bare(path: bytes) -> float:
 
 
 # ── the child: one poller, an in-memory sink ──────────────────────────────────
-
-
-class _Sink:
-    """Notes when each fired file's run would be queued; keeps nothing else."""
-
-    def __init__(self) -> None:
-        self.fired: dict[str, int] = {}
-        self.changed = asyncio.Event()
-
-    async def load_snapshot(self, schedule_id: str, baseline_key: str) -> None:
-        return None
-
-    async def load_marker(self, schedule_id: str, baseline_key: str) -> None:
-        return None
-
-    async def commit(
-        self,
-        schedule_id: str,
-        baseline_key: str,
-        upserts: Sequence[tuple[bytes, str]],
-        deletes: Sequence[bytes],
-        fire: Sequence[object],
-        marker: str | None = None,
-    ) -> int:
-        now = time.time_ns()
-        for change in fire:
-            self.fired[os.fsdecode(change.name)] = now  # type: ignore[attr-defined]
-        if fire:
-            self.changed.set()
-        return len(fire)
-
-    def pending(self, schedule_id: str) -> int:
-        return 0
-
-    async def wait_below(self, schedule_id: str, limit: int) -> None:
-        return None
 
 
 class _Health:
@@ -151,7 +114,7 @@ def child(root: str, interval: float, arrivals: int, timeout: float) -> None:
             time.sleep(0.02)
 
     async def run() -> dict[str, object]:
-        sink, health = _Sink(), _Health()
+        sink, health = FiringSink(), _Health()
         trig = DatastoreTrigger(
             datastore="d",
             path_on_datastore="in",

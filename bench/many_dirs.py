@@ -34,13 +34,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import emit, percentile  # noqa: E402
+from bench._common import FiringSink, emit, percentile  # noqa: E402
 from watcherd.pollers.fspool import SIZE  # noqa: E402
 
 BENCH = "many_dirs"
@@ -52,40 +51,6 @@ def _say(*parts: object) -> None:
 
 
 # ── the child: DIRS pollers, one sink ─────────────────────────────────────────
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.fired: dict[str, int] = {}
-        self.changed = asyncio.Event()
-
-    async def load_snapshot(self, schedule_id: str, baseline_key: str) -> None:
-        return None
-
-    async def load_marker(self, schedule_id: str, baseline_key: str) -> None:
-        return None
-
-    async def commit(
-        self,
-        schedule_id: str,
-        baseline_key: str,
-        upserts: Sequence[tuple[bytes, str]],
-        deletes: Sequence[bytes],
-        fire: Sequence[object],
-        marker: str | None = None,
-    ) -> int:
-        now = time.time_ns()
-        for change in fire:
-            self.fired[os.fsdecode(change.name)] = now  # type: ignore[attr-defined]
-        if fire:
-            self.changed.set()
-        return len(fire)
-
-    def pending(self, schedule_id: str) -> int:
-        return 0
-
-    async def wait_below(self, schedule_id: str, limit: int) -> None:
-        return None
 
 
 class _Health:
@@ -111,7 +76,7 @@ def child(root: str, dirs: int, interval: float, arrivals: int, timeout: float) 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
 
     async def run() -> dict[str, object]:
-        sink, health = _Sink(), _Health()
+        sink, health = FiringSink(), _Health()
         ds = LocalDatastore(name="d", root=Path(root))
         pollers = []
         for i in range(dirs):
