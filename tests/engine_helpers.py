@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tomllib
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,13 @@ async def eventually(pred: Callable[[], Any], within: float = 10.0) -> Any:
         while not (value := pred()):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         return value
+
+
+async def settles(pred: Callable[[], object], within: float = 20.0) -> None:
+    """Wait until `pred()` holds, at most `within` s, without failing: the caller's assert
+    then says what it saw (a timeout alone would not)."""
+    with contextlib.suppress(TimeoutError):
+        await eventually(pred, within)
 
 
 class Harness:

@@ -285,19 +285,19 @@ def test_sigkill_during_a_burst_of_500_events_loses_and_doubles_nothing(
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda b: q.send_message(_event(container, b)), order))
 
-    sender = threading.Thread(target=send_all)
+    sending = ThreadPoolExecutor(1)  # sends while the daemon is killed and restarted
     try:
         d.start()
         wait_until(lambda: len(d.events("baseline_taken")) == 2)
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda b: client.upload_blob(b, b"x", overwrite=True), blobs))
-        sender.start()
+        sent = sending.submit(send_all)
         wait_until(lambda: sum(runs_per_blob().values()) >= 100, timeout=60, step=0.02)
         d.kill()  # SIGKILL mid-burst: messages in hand, runs half written
         killed_at = sum(runs_per_blob().values())
         assert killed_at < len(blobs)
         d.start()
-        sender.join(60)
+        sent.result(60)  # every event was sent (a failed send fails the test here)
         # the listing at start catches what the killed daemon held; the held messages come
         # back when their visibility timeout runs out and are found already handled
         wait_until(lambda: len(runs_per_blob()) == len(blobs), timeout=60)
@@ -317,6 +317,7 @@ def test_sigkill_during_a_burst_of_500_events_loses_and_doubles_nothing(
             text = api.get("/metrics").text
         assert d.stop() == 0  # SIGTERM: the consumer lets go of the queue, exit 0
     finally:
+        sending.shutdown(wait=True)
         d.close()
         client.close()
         q.close()

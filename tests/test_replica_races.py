@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +26,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 from tests.clocks import ManualClock
-from tests.engine_helpers import eventually, load_config
+from tests.engine_helpers import eventually, load_config, settles
 from watcherd.core.errors import StateError
 from watcherd.core.models import RunStatus, Status, StoredSchedule
 from watcherd.core.runs import manual_run, submit_run
@@ -79,13 +79,6 @@ def pause(db: DB, rid: str) -> None:
     """The replica stopped beating lease_ttl ago (SIGKILL, SIGSTOP, a partition)."""
     _sql(db, "UPDATE replicas SET expires_at = now() - interval '1 second' WHERE id = %s", rid)
     _sql(db, "UPDATE leases SET expires_at = now() - interval '1 second' WHERE owner = %s", rid)
-
-
-async def settles(pred: Callable[[], object], within: float = WAIT) -> None:
-    """Wait until `pred()` holds, at most `within` s; the caller's assert then says what it
-    saw (a timeout alone would not)."""
-    with contextlib.suppress(TimeoutError):
-        await eventually(pred, within)
 
 
 @dataclasses.dataclass
@@ -476,11 +469,12 @@ async def test_a_replica_whose_config_no_longer_matches_stands_by(
         )
         await b_store.insert_manual(run, None, clock.now())  # queued under the new config
         # a has seen the run (its notification), or claimed it already (the bug).
-        await settles(
+        await eventually(
             lambda: (
                 eng.runner.total_queued() + eng.runner.total_running() > 0
                 or _run_row(db, run.id)[1] is not None
-            )
+            ),
+            WAIT,
         )
         # Proving a non-event: a claim would follow at once, well within this window.
         await asyncio.sleep(0.5)

@@ -5,14 +5,12 @@ version not by queue position, a refresh that must keep runs queued meanwhile.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.clocks import ManualClock
-from tests.engine_helpers import Harness, eventually, load_config, running_engine
+from tests.engine_helpers import Harness, eventually, load_config, running_engine, settles
 from watcherd.core.models import TERMINAL, Run, RunStatus
 from watcherd.core.runs import file_run
 from watcherd.daemon import build_engine
@@ -35,13 +33,6 @@ def _run(h: Harness, run_id: str) -> Run | None:
 def _ended(h: Harness, run_id: str) -> bool:
     r = _run(h, run_id)
     return r is not None and r.status in TERMINAL
-
-
-async def settles(pred: Callable[[], object], within: float = WAIT) -> None:
-    """Wait until `pred()` holds, at most `within` s; the caller's assert then says what it
-    saw (a timeout alone would not)."""
-    with contextlib.suppress(TimeoutError):
-        await eventually(pred, within)
 
 
 SERIAL = """

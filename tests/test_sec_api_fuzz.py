@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.clocks import ManualClock
+from tests.engine_helpers import eventually
 from watcherd import config as config_mod
 from watcherd.api import make_app
 from watcherd.daemon import build_engine
@@ -168,9 +169,7 @@ class World:
             await engine.prepare()
             task = asyncio.ensure_future(engine.run())
             manager = Manager(engine)
-            async with asyncio.timeout(60):
-                while not manager.readiness()[0]:  # noqa: ASYNC110  (readiness has no event)
-                    await asyncio.sleep(0.01)
+            await eventually(lambda: manager.readiness()[0], 60)  # readiness has no event
             app = make_app(manager, token=TOKEN, bind="127.0.0.1:0")
             async with TestClient(TestServer(app)) as client:
                 result = await act(client)
