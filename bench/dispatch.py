@@ -254,10 +254,12 @@ def _open_engine(cfg: Any) -> tuple[Any, Any, Any, Callable[[], Awaitable[None]]
         return old_store, old_engine, OldManager, close_old
 
     from watcherd.daemon import build_engine
+    from watcherd.dispatch.process import set_child_subreaper
     from watcherd.engine.clock import SystemClock
     from watcherd.services.manager import Manager
     from watcherd.state.sqlite.store import SqliteStore
 
+    set_child_subreaper()  # as `watcherd run` does (run_daemon): orphans of runs stay ours
     store = SqliteStore(cfg.daemon.state_dir)
     engine = build_engine(cfg, store, SystemClock())
 

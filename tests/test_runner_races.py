@@ -60,9 +60,11 @@ async def test_cancel_during_claim_ends_canceled_and_the_schedule_runs_on(
         runner = h.engine.runner
         await h.manager.trigger_schedule("s")
         await h.settle()
-        rid = await h.engine.trigger(
-            h.engine.schedule("s"), by="t", path=None, parameters={}, idempotency_key=None
-        )
+        rid = (
+            await h.engine.trigger(
+                h.engine.schedule("s"), by="t", path=None, parameters={}, idempotency_key=None
+            )
+        ).id
         # Before the runner gets the loop: hold the writer thread for 0.5 s (the fault, not a
         # wait), so the run's claim is still in flight when the cancel arrives.
         slow = asyncio.ensure_future(h.store.db.write(lambda c: time.sleep(0.5)))
@@ -214,9 +216,10 @@ async def test_refresh_keeps_a_run_enqueued_while_it_reads(tmp_path: Path) -> No
         eng.runner.paused = True  # e.g. at max_concurrent_runs
         refresh = asyncio.ensure_future(eng.runner.refresh())  # a "runs" NOTIFY arrived
         await asyncio.wait_for(read_done.wait(), WAIT)
-        rid = await eng.trigger(
+        run = await eng.trigger(
             eng.schedule("s"), by="t", path=None, parameters={}, idempotency_key=None
         )  # a slot/trigger commits meanwhile
+        rid = run.id
         assert eng.runner.total_queued() == 1
         release.set()
         await asyncio.wait_for(refresh, WAIT)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 
 from watcherd.core.errors import InvalidTransition
 from watcherd.core.models import (
+    NAMESPACE,
     TERMINAL,
     CommandTarget,
     DatastoreTrigger,
@@ -87,6 +89,17 @@ def test_run_ids_are_stable_for_their_key() -> None:
     a, b = slot_run(s, PIPE, slot), slot_run(s, PIPE, slot)
     assert a.id == b.id == run_id_for("s", a.dedup)
     assert a.trigger == {"kind": "time", "slot": "2026-11-25T10:15:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("schedule_id", "dedup"),
+    [("s", "slot:2026-11-25T10:15:00.000000Z"), ("a1b2", "file:x\\xff/y:1:2:3"), ("é", "ü" * 300)],
+)
+def test_run_ids_are_the_uuid5_of_their_key(schedule_id: str, dedup: str) -> None:
+    """Run ids written by earlier versions (uuid.uuid5) and now (hashlib) are the same."""
+    want = str(uuid.uuid5(NAMESPACE, f"run/{schedule_id}/{dedup}"))
+    assert run_id_for(schedule_id, dedup) == want
+    assert uuid.UUID(want).version == 5
 
 
 def test_a_file_run_carries_its_parameters_and_file_from_queue_time() -> None:

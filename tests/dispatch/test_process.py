@@ -177,3 +177,63 @@ def test_reaper_leaves_livechild_pids_and_nonchild_pids_alone() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+_FAST_END = textwrap.dedent(
+    """
+    import asyncio, json, os, sys
+    from watcherd.dispatch import process
+    from watcherd.dispatch.process import ProcessGroup, set_child_subreaper
+    from watcherd.dispatch.procfs import read_process
+
+    scans = []
+    full = ProcessGroup.remaining
+    def counted(self):
+        scans.append(self.pid)
+        return full(self)
+    ProcessGroup.remaining = counted
+
+    async def step(argv, pidfile=None):
+        env = dict(os.environ, WATCHERD_RUN_ID="fast")  # what the command dispatcher sets
+        group = await ProcessGroup.start(argv, env=env, marker=b"WATCHERD_RUN_ID=fast")
+        await group.wait()
+        before = len(scans)
+        lines = await group.stop(((process.signal.SIGTERM, 5.0), (process.signal.SIGKILL, 5.0)))
+        await group.close()
+        left = None
+        if pidfile:
+            pid = int(open(pidfile).read())
+            info = read_process(pid)
+            left = info is not None and not info.dead
+        return {"lines": lines, "scanned": len(scans) > before, "left": left}
+
+    async def main(tmp):
+        out = {"subreaper": set_child_subreaper()}
+        out["true"] = await step(["true"])
+        # an orphan that left the session: now a child of ours, found and stopped
+        pid = os.path.join(tmp, "pid")
+        out["setsid"] = await step(
+            ["sh", "-c", f"setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > {pid}"], pid
+        )
+        print(json.dumps(out))
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+def test_a_subreaper_ends_a_clean_step_without_scanning_proc(tmp_path: Path) -> None:
+    """With orphans adopted, a step that left nothing is proven empty by its group, its
+    recorded descendants and our own children; an orphan that left the session still makes
+    the stop look properly, and it is stopped."""
+    res = subprocess.run(
+        [sys.executable, "-c", _FAST_END, str(tmp_path)],
+        capture_output=True, text=True, timeout=90, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["subreaper"] is True
+    assert out["true"] == {"lines": [], "scanned": False, "left": None}
+    assert out["setsid"]["scanned"] is True
+    assert len(out["setsid"]["lines"]) == 1 and "(sleep)" in out["setsid"]["lines"][0]
+    assert out["setsid"]["left"] is False

@@ -75,6 +75,12 @@ _PID_CYCLE_SAFE = 10.0
 
 # Leaders started here and not yet reaped by asyncio: the Reaper never touches them.
 _OWN: set[int] = set()
+_SUBREAPER = False  # set_child_subreaper() took effect
+
+
+def _adopts_orphans() -> bool:
+    """Whether the orphans of our descendants become our children (subreaper, or PID 1)."""
+    return _SUBREAPER or os.getpid() == 1
 
 
 def _send(pid: int, sig: signal.Signals, *, group: bool) -> None:
@@ -247,8 +253,35 @@ class ProcessGroup:
             return True
         return True
 
+    def _nothing_left(self) -> bool:
+        """A cheap proof that nothing of this command remains, without reading all of /proc.
+
+        It holds only while this process adopts orphans (subreaper or PID 1). Then, once the
+        leader is gone, every live process it started is in its group, is a descendant
+        recorded while it ran, or descends from an orphan that is now a child of ours. So:
+        the group is empty, no recorded descendant lives, and no child of ours younger than
+        the command is an unknown (not another command's leader). Anything else: False, and
+        the caller looks properly (`remaining`)."""
+        if not (HAS_PROC and _adopts_orphans()) or self.proc.returncode is None:
+            return False
+        if self._group_alive():
+            return False
+        for pid, start in self._known.items():
+            info = read_process(pid)
+            if info is not None and info.start == start and not info.dead:
+                return False
+        for child in child_pids(os.getpid()):
+            if child in _OWN:
+                continue
+            info = read_process(child)
+            if info is not None and not info.dead and info.start >= self._floor:
+                return False
+        return True
+
     async def _targets(self) -> tuple[list[ProcInfo], bool]:
         """(processes to signal, whether anything remains); without /proc only the group."""
+        if self._nothing_left():  # the common end of a step: no thread, no scan of /proc
+            return [], False
         found = await asyncio.to_thread(self.remaining)
         if found is None:
             alive = self.proc.returncode is None or self._group_alive()
@@ -354,6 +387,8 @@ def set_child_subreaper() -> bool:
         return False
     if not ok:
         log.warning("subreaper_unavailable", error=os.strerror(ctypes.get_errno()))
+    global _SUBREAPER
+    _SUBREAPER = _SUBREAPER or ok
     return ok
 
 

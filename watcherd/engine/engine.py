@@ -325,8 +325,8 @@ class Engine:
         path: bytes | None,
         parameters: Mapping[str, str],
         idempotency_key: str | None,
-    ) -> str:
-        """Run a schedule now (SPEC §5 manual runs); returns the run id."""
+    ) -> Run:
+        """Run a schedule now (SPEC §5 manual runs); returns the run as recorded."""
         if self.book.pipeline_status.get(s.pipeline) is not Status.ACTIVE:
             raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
         if path is not None and (why := self.sink.refused_name(s, path)) is not None:
@@ -348,9 +348,18 @@ class Engine:
         key = f"{s.id}:{idempotency_key}" if idempotency_key else None
         now = self.clock.now()
         rid = await self.store.insert_manual(run, key, now)
-        if rid == run.id:
-            self.runner.enqueue_new([run], [rid] if run.status is RunStatus.QUEUED else [], now)
-        return rid
+        if rid != run.id:  # the run an earlier call with this key created
+            return await self._stored(rid)
+        self.runner.enqueue_new([run], [rid] if run.status is RunStatus.QUEUED else [], now)
+        if run.gate is not None:  # the store re-checked the gate: it may have skipped it
+            return await self._stored(rid)
+        return run.recorded(now)
+
+    async def _stored(self, run_id: str) -> Run:
+        got = await self.store.get_run(run_id)
+        if got is None:  # pruned or deleted meanwhile
+            raise NotFound("run", run_id)
+        return got
 
     async def submit(
         self,
@@ -360,8 +369,8 @@ class Engine:
         by: str,
         parameters: Mapping[str, str],
         continue_on_step_failure: bool | None,
-    ) -> str:
-        """Run a pipeline once with no schedule (SPEC §5); returns the run id."""
+    ) -> Run:
+        """Run a pipeline once with no schedule (SPEC §5); returns the run as recorded."""
         p = self.config.pipeline_by_id(pipeline_id)
         if p is None:
             raise NotFound("pipeline", pipeline_id)
@@ -378,7 +387,7 @@ class Engine:
         now = self.clock.now()
         rid = await self.store.insert_manual(run, None, now)
         self.runner.enqueue_new([run], [rid], now)
-        return rid
+        return run.recorded(now)
 
     async def retry_run(self, run: Run) -> bool:
         return await self.runner.retry(run)

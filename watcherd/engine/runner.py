@@ -148,23 +148,7 @@ class Runner:
     def enqueue_new(self, runs: list[NewRun], inserted: list[str], now: datetime) -> None:
         """Take runs just inserted Queued, without reading them back from the store."""
         ids = set(inserted)
-        self._add(
-            [
-                Run(
-                    id=r.id,
-                    schedule_id=r.schedule_id,
-                    pipeline_id=r.pipeline_id,
-                    experiment_name=r.experiment,
-                    status=RunStatus.QUEUED,
-                    trigger=r.trigger,
-                    parameters=r.parameters,
-                    file=r.file,
-                    queued_at=now,
-                )
-                for r in runs
-                if r.id in ids
-            ]
-        )
+        self._add([r.recorded(now) for r in runs if r.id in ids and r.status is RunStatus.QUEUED])
 
     def _add(self, runs: list[Run]) -> None:
         for r in runs:

@@ -114,14 +114,14 @@ class Manager:
         if not isinstance(experiment_name, str) or not experiment_name.strip():
             raise ValidationError("experiment_name must be a non-empty string", "experiment_name")
         params = _parameters(parameters)
-        rid = await self.engine.submit(
+        run = await self.engine.submit(
             pid,
             experiment_name,
             by=by,
             parameters=params,
             continue_on_step_failure=continue_on_step_failure,
         )
-        return await self.get_run(rid)
+        return run_json(run, self.views.name(run.schedule_id))
 
     async def list_experiments(self) -> list[JSON]:
         names = {s.experiment_name for s in self.engine.schedules.values()}
@@ -271,10 +271,10 @@ class Manager:
         s = self._schedule(ident)
         raw_path = self._trigger_path(s, path)
         params = _parameters(parameters)
-        rid = await self.engine.trigger(
+        run = await self.engine.trigger(
             s, by=by, path=raw_path, parameters=params, idempotency_key=idempotency_key
         )
-        return await self.get_run(rid)
+        return run_json(run, self.views.name(run.schedule_id))
 
     def _trigger_path(self, s: Schedule, path: str | None) -> bytes | None:
         if not isinstance(s.trigger, DatastoreTrigger):
