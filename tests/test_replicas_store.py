@@ -30,6 +30,7 @@ from watcherd.core.runs import NewRun
 from watcherd.engine.ports import Change, Claim, ClaimResult, ConfigWrite, Reading, SlotBatch
 from watcherd.state.postgres import PgCluster, PgStore, SchemaTooNew, open_pg, parse_url
 from watcherd.state.postgres.db import IDLE_CHECK
+from watcherd.state.postgres.runs import RUNS_NOTICE_IDS
 from watcherd.state.postgres.schema import SCHEMA_VERSION
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -409,13 +410,17 @@ async def test_changes_reach_the_other_replicas(
         await b_store.save_schedules([_schedule("s1", "one", NOW)])
         assert await asyncio.wait_for(got.get(), 5) == Change("schedule", "s1")
         assert time.monotonic() - started < 1.0
-        await b_store.insert_manual(_run("manual:1"), None, NOW)
-        assert await asyncio.wait_for(got.get(), 5) == Change("runs")
+        await b_store.insert_manual(_run("manual:1"), None, NOW)  # named: read just that one
+        assert await asyncio.wait_for(got.get(), 5) == Change("runs", _run("manual:1").id)
         await b_store.delete_schedule("s1")
         assert await asyncio.wait_for(got.get(), 5) == Change("schedule", "s1")
         run = _run("slot:9")
         await b_store.record_slots([SlotBatch("s", NOW, [run])], NOW)
-        assert await asyncio.wait_for(got.get(), 5) == Change("runs")
+        assert await asyncio.wait_for(got.get(), 5) == Change("runs", run.id)
+        many = [_run(f"slot:m{i}") for i in range(RUNS_NOTICE_IDS + 1)]
+        await b_store.record_slots([SlotBatch("s", NOW, many)], NOW)
+        assert await asyncio.wait_for(got.get(), 5) == Change("runs")  # too many to name
+        await b_store.record_slots([SlotBatch("s", NOW, many[:3])], NOW)  # none new: silent
         await a_store.claim_run(run.id, replica_id="a", now=NOW, serial=False)
         assert await b_store.request_cancel(run.id) == "a"
         assert await asyncio.wait_for(got.get(), 5) == Change("cancel", run.id)

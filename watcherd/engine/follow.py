@@ -79,7 +79,12 @@ class ChangeFollower:
             for pid, prow in (await self.store.load_pipelines()).items():
                 self.book.pipeline_status[pid] = Status(prow.status)
         elif change.kind == "runs":
-            await self.runner.refresh()
+            # Read at the runner's next turn, together with every notice that arrived
+            # meanwhile: the runs named, or (no names) every Queued run.
+            if change.ident:
+                self.runner.enqueue_soon(change.ident.split(","))
+            else:
+                self.runner.refresh_soon()
         elif change.kind == "cancel":
             await self.runner.cancel_here(change.ident)
         elif change.kind == "resync":

@@ -317,9 +317,9 @@ class Membership:
 class Change:
     """A change another replica made (SPEC §12): re-read what it names.
 
-    kind: "schedule" (ident: schedule id), "pipeline" (pipeline id), "runs" (new Queued
-    runs; ident ""), "cancel" (run id), "resync" (notifications may have been missed: re-read
-    everything cached)."""
+    kind: "schedule" (ident: schedule id), "pipeline" (pipeline id), "runs" (Queued runs:
+    their ids, comma-separated; "" to re-read every Queued run), "cancel" (run id), "resync"
+    (notifications may have been missed: re-read everything cached)."""
 
     kind: str
     ident: str = ""

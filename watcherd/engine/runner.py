@@ -80,6 +80,7 @@ class Runner:
         self._busy_elsewhere: set[str] = set()  # BUSY at claim time: wait for a refresh
         self._rank: dict[str, int] = {}  # queued run id → its age rank (seq, or newer)
         self._refresh_wanted = False
+        self._wanted: set[str] = set()  # run ids another replica queued: read at the next turn
         self._order = 0
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
@@ -186,9 +187,15 @@ class Runner:
             self._tg = tg
             while self._intake:
                 if self._refresh_wanted:
-                    self._refresh_wanted = False
+                    self._refresh_wanted, self._wanted = False, set()
                     with contextlib.suppress(StateError):  # the next beat asks again
                         await self.refresh()
+                elif self._wanted:
+                    ids, self._wanted = sorted(self._wanted), set()
+                    try:
+                        await self.enqueue(ids)
+                    except StateError:  # not lost: read every Queued run at the next turn
+                        self._refresh_wanted = True
                 await self._start_ready()
                 await self._wake.wait()
                 self._wake.clear()
@@ -197,6 +204,12 @@ class Runner:
     def refresh_soon(self) -> None:
         """Re-read the Queued runs at the next turn of the loop (runs re-queued elsewhere)."""
         self._refresh_wanted = True
+        self._wake.set()
+
+    def enqueue_soon(self, run_ids: list[str]) -> None:
+        """Read these runs (queued by another replica) at the next turn of the loop; the
+        notices of a burst share one read."""
+        self._wanted.update(run_ids)
         self._wake.set()
 
     async def _start_ready(self) -> None:

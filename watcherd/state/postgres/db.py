@@ -241,6 +241,12 @@ class PgDatabase:
             self.down = False
             log.info("database_available", database=self.url.display)
 
+    def runs_notice(self) -> tuple[str, str]:
+        """(channel, sender) for `runs.insert_runs`, whose statement notifies by itself: a
+        "runs" change naming the runs it inserted Queued (`runs.RUNS_NOTICE_IDS` at most; more
+        become a plain "runs", which makes the others re-read every Queued run)."""
+        return CHANNEL, self.replica_id
+
     def payload(self, kind: str, ident: str = "") -> tuple[str, str]:
         """(channel, payload) of one change, for a statement that notifies by itself."""
         return CHANNEL, _payload(self.replica_id, kind, ident)

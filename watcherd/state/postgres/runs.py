@@ -56,6 +56,8 @@ _SETTABLE = frozenset(
     }
 )
 _TERMINAL = [s.value for s in TERMINAL]
+# Run ids one "runs" notification names (36 characters each; NOTIFY payloads end at 8000 bytes).
+RUNS_NOTICE_IDS = 100
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -101,8 +103,9 @@ async def insert_runs(
     conn: Conn, runs: Sequence[NewRun], now: datetime, notify: tuple[str, str] | None = None
 ) -> list[str]:
     """INSERT … ON CONFLICT DO NOTHING in one statement; returns the ids inserted Queued, in
-    the order given. `notify` (channel, payload): sent by the same statement when a run was
-    inserted Queued (so a lone insert needs no transaction of its own)."""
+    the order given. `notify` (channel, sender replica): the same statement sends a "runs"
+    change naming the runs it inserted Queued, if any (so a lone insert needs no transaction
+    of its own, and the others read just those runs)."""
     if not runs:
         return []
     gated = sorted({r.schedule_id for r in runs if r.gate is not None})
@@ -156,12 +159,14 @@ async def _insert(
         " e AS (INSERT INTO experiments(name) SELECT DISTINCT experiment FROM ins"
         " ON CONFLICT DO NOTHING)"
         + (
-            ", n AS (SELECT pg_notify(%s, %s) FROM (SELECT 1 FROM ins WHERE status = 'Queued'"
-            " LIMIT 1) q) SELECT id, status, (SELECT count(*) FROM n) FROM ins"
+            ", n AS (SELECT pg_notify(%s, json_build_object('r', %s::text, 'k', 'runs', 'i',"
+            " CASE WHEN count(*) <= %s THEN string_agg(id, ',') ELSE '' END)::text)"
+            " FROM ins WHERE status = 'Queued' HAVING count(*) > 0)"
+            " SELECT id, status, (SELECT count(*) FROM n) FROM ins"
             if notify
             else " SELECT id, status FROM ins"
         ),
-        (now, _TERMINAL, now, *cols, *(notify or ())),
+        (now, _TERMINAL, now, *cols, *((*notify, RUNS_NOTICE_IDS) if notify else ())),
     )
     queued = {r[0] for r in await cur.fetchall() if r[1] == RunStatus.QUEUED.value}
     return [r.id for r in runs if r.id in queued]

@@ -44,7 +44,7 @@ class PgStore(Definitions):
                     c, [(b.schedule_id, b.epoch) for b in batches if b.epoch is not None]
                 )
                 runs = [r for b in batches for r in b.runs]
-                out = await runs_sql.insert_runs(c, runs, now, self.db.payload("runs"))
+                out = await runs_sql.insert_runs(c, runs, now, self.db.runs_notice())
                 # An unfenced write (one daemon; or a caller that lost track of its lease)
                 # never moves a cursor back.
                 await c.execute(
@@ -134,7 +134,7 @@ class PgStore(Definitions):
                         "DELETE FROM snapshots WHERE schedule_id = %s AND name = ANY(%s::bytea[])",
                         (schedule_id, list(deletes)),
                     )
-                return await runs_sql.insert_runs(c, runs, now, self.db.payload("runs"))
+                return await runs_sql.insert_runs(c, runs, now, self.db.runs_notice())
 
         return await self.db.run(go, what="commit changes")
 
@@ -147,7 +147,7 @@ class PgStore(Definitions):
         await self.db.run(go, what="drop baseline")
 
     async def insert_manual(self, run: NewRun, idempotency_key: str | None, now: datetime) -> str:
-        notify = self.db.payload("runs")
+        notify = self.db.runs_notice()
 
         async def one(c: Conn) -> str:  # no key: one statement, no transaction of its own
             await runs_sql.insert_runs(c, [run], now, notify)
@@ -296,7 +296,7 @@ class PgStore(Definitions):
             async with c.transaction():
                 if not await runs_sql.transition_run(c, run_id, to, among, claim, fields):
                     return False, []
-                out = await runs_sql.insert_runs(c, followups, now, self.db.payload("runs"))
+                out = await runs_sql.insert_runs(c, followups, now, self.db.runs_notice())
                 if to is RunStatus.QUEUED:
                     await self.db.notify(c, [("runs", "")])
                 return True, out
