@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, percentile  # noqa: E402
+from _common import daemon_env, emit, percentile  # noqa: E402
 
 BENCH = "daemon_latency"
 SCRIPT = 'echo "$(date +%s%N) $WATCHERD_RELATIVE_PATH" >> "$OUT"'
@@ -178,7 +178,7 @@ def run_daemon(tmp: Path, watched: Path, out: Path, n: int, rate: float) -> list
     sock_path = tmp / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "PYTHONPATH": str(ROOT)}
+    env = daemon_env(NOTIFY_SOCKET=str(sock_path))
     log_path = tmp / "daemon.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -19,7 +19,6 @@ Usage: python bench/startup.py [--rounds N]
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import socket
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit  # noqa: E402  (ROOT: this tree, or $BENCH_TREE)
+from _common import ROOT, daemon_env, emit  # noqa: E402  (ROOT: this tree, or $BENCH_TREE)
 
 BENCH = "startup"
 
@@ -93,7 +92,7 @@ def spawn_to_ready(config: Path, workdir: Path, timeout: float = 30.0) -> float:
     sock_path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "PYTHONPATH": str(ROOT)}
+    env = daemon_env(NOTIFY_SOCKET=str(sock_path))
     log = (workdir / "daemon.log").open("ab")
     try:
         t0 = time.perf_counter()
@@ -130,7 +129,7 @@ def spawn_to_ready(config: Path, workdir: Path, timeout: float = 30.0) -> float:
 
 
 def _import_time() -> float:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = daemon_env()
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import watcherd"], env=env, check=True)
     return time.perf_counter() - t0
