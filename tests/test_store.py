@@ -10,6 +10,8 @@ fencing, claims across replicas, notifications) is in test_replicas_store.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -366,6 +368,13 @@ async def test_listing_filters_and_cursor(store: RunStore) -> None:
     assert {k: v.id for k, v in last.items()} == {"s": runs[5].id, "t": runs[6].id}
     named = await store.last_runs(["t", "none"])  # one schedule's page reads only its own
     assert {k: v.id for k, v in named.items()} == {"t": runs[6].id}
+    assert await store.last_runs([]) == {}
+    # A pipeline's newest run, scheduled or submitted (no schedule), whatever its schedule.
+    other = dataclasses.replace(_run("manual:q", schedule=""), pipeline_id="q")
+    await store.insert_manual(other, None, NOW)
+    newest = await store.last_pipeline_runs(["p", "q", "none"])
+    assert {k: v.id for k, v in newest.items()} == {"p": runs[6].id, "q": other.id}
+    assert newest["q"].schedule_id == ""
 
 
 async def test_claims_serialize_a_file_and_a_serial_schedule(store: RunStore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from functools import partial
 from typing import Any
@@ -12,7 +13,7 @@ from watcherd.api import parsing
 from watcherd.api.openapi import openapi_document
 from watcherd.api.parsing import ApiProblem
 from watcherd.core.errors import ValidationError
-from watcherd.services import Services
+from watcherd.services import OFF_LOOP_ITEMS, Services
 
 __all__ = [
     "API",
@@ -46,8 +47,12 @@ def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
     return web.json_response(data, status=status, dumps=_dumps, headers=headers or None)
 
 
-def _page(items: list[Any], next_cursor: str | None = None) -> web.Response:
-    return json_response({"items": items, "next_cursor": next_cursor})
+async def _page(items: list[Any], next_cursor: str | None = None) -> web.Response:
+    doc = {"items": items, "next_cursor": next_cursor}
+    if len(items) <= OFF_LOOP_ITEMS:
+        return json_response(doc)
+    text = await asyncio.to_thread(_dumps, doc)
+    return web.Response(text=text, content_type="application/json")
 
 
 def _svc(request: web.Request) -> Services:
@@ -63,7 +68,7 @@ def _ident(request: web.Request) -> str:
 
 async def list_pipelines(request: web.Request) -> web.Response:
     active_only = parsing.bool_param(request, "active_only", False)
-    return _page(await _svc(request).list_pipelines(active_only=active_only))
+    return await _page(await _svc(request).list_pipelines(active_only=active_only))
 
 
 async def get_pipeline(request: web.Request) -> web.Response:
@@ -100,7 +105,7 @@ async def submit_pipeline(request: web.Request) -> web.Response:
 
 
 async def list_experiments(request: web.Request) -> web.Response:
-    return _page(await _svc(request).list_experiments())
+    return await _page(await _svc(request).list_experiments())
 
 
 def _datastore_items(svc: Services) -> list[dict[str, str]]:
@@ -109,7 +114,7 @@ def _datastore_items(svc: Services) -> list[dict[str, str]]:
 
 
 async def list_datastores(request: web.Request) -> web.Response:
-    return _page(_datastore_items(_svc(request)))
+    return await _page(_datastore_items(_svc(request)))
 
 
 async def get_datastore(request: web.Request) -> web.Response:
@@ -127,7 +132,7 @@ async def list_schedules(request: web.Request) -> web.Response:
     active_only = parsing.bool_param(request, "active_only", False)
     pipeline_id = parsing.str_param(request, "pipeline_id")
     svc = _svc(request)
-    return _page(await svc.list_schedules(active_only=active_only, pipeline_id=pipeline_id))
+    return await _page(await svc.list_schedules(active_only=active_only, pipeline_id=pipeline_id))
 
 
 async def create_schedule(request: web.Request) -> web.Response:
@@ -177,7 +182,7 @@ async def trigger_schedule(request: web.Request) -> web.Response:
 
 async def next_fire_times(request: web.Request) -> web.Response:
     n = parsing.int_param(request, "n", 5, 1, 100)
-    return _page(list(await _svc(request).next_fire_times(_ident(request), n)))
+    return await _page(list(await _svc(request).next_fire_times(_ident(request), n)))
 
 
 # ── runs ──────────────────────────────────────────────────────────────────────
@@ -194,7 +199,7 @@ async def list_runs(request: web.Request) -> web.Response:
         )
     except ValidationError as exc:  # a bad filter or cursor: a query problem, not a body one
         raise ApiProblem(400, "bad_request", exc.message, f"query.{exc.key}") from exc
-    return _page(items, cursor)
+    return await _page(items, cursor)
 
 
 async def get_run(request: web.Request) -> web.Response:
@@ -218,7 +223,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 
 
 async def list_replicas(request: web.Request) -> web.Response:
-    return _page(await _svc(request).list_replicas())
+    return await _page(await _svc(request).list_replicas())
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -206,6 +206,10 @@ class RunStore(Protocol):
         """The newest run of each schedule (of those named: one index probe each)."""
         ...
 
+    async def last_pipeline_runs(self, pipeline_ids: Sequence[str]) -> dict[str, Run]:
+        """The newest run of each named pipeline, submitted or scheduled (one probe each)."""
+        ...
+
     async def experiments(self) -> list[str]: ...
 
     async def claim_run(

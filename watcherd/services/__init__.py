@@ -13,9 +13,12 @@ from typing import Any, Protocol
 from watcherd.core.models import Config
 from watcherd.engine.metrics import Metrics
 
-__all__ = ["Services"]
+__all__ = ["OFF_LOOP_ITEMS", "Services"]
 
 JSON = dict[str, Any]
+# A list longer than this is built and encoded on a worker thread: 10k schedules take ~0.1 s,
+# which on the event loop would hold up every timer and file meanwhile.
+OFF_LOOP_ITEMS = 200
 
 
 class Services(Protocol):

@@ -11,10 +11,11 @@ lines of checks around one engine or store call); the list views live in `views`
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import structlog
 
@@ -35,7 +36,10 @@ from watcherd.core.models import (
 from watcherd.core.timefmt import format_utc
 from watcherd.engine.engine import Engine
 from watcherd.engine.metrics import Metrics
+from watcherd.services import OFF_LOOP_ITEMS
 from watcherd.services.views import Views, run_json
+
+T = TypeVar("T")
 
 __all__ = ["Manager"]
 
@@ -74,13 +78,16 @@ class Manager:
     # ── pipelines and experiments ────────────────────────────────────────────
 
     async def list_pipelines(self, active_only: bool = False) -> list[JSON]:
-        last = await self.engine.store.last_runs()
-        out = [self.views.pipeline(p.id, last) for p in self.config.pipelines.values()]
+        ids = [p.id for p in self.config.pipelines.values()]
+        last = await self.engine.store.last_pipeline_runs(ids)
+        by_pipeline = self.views.schedules_by_pipeline()
+        out = [self.views.pipeline(pid, last.get(pid), by_pipeline) for pid in ids]
         return [p for p in out if not active_only or p["status"] == "Active"]
 
     async def get_pipeline(self, ident: str) -> JSON:
         pid = self._pipeline_id(ident)
-        return self.views.pipeline(pid, await self.engine.store.last_runs())
+        last = await self.engine.store.last_pipeline_runs([pid])
+        return self.views.pipeline(pid, last.get(pid), self.views.schedules_by_pipeline())
 
     async def set_pipeline_status(self, ident: str, status: str) -> JSON:
         pid = self._pipeline_id(ident)
@@ -141,19 +148,27 @@ class Manager:
         self, active_only: bool = False, pipeline_id: str | None = None
     ) -> list[JSON]:
         pid = self._pipeline_id(pipeline_id) if pipeline_id else None
-        last = await self.engine.store.last_runs()
-        out = []
-        for s in self.engine.schedules.values():
-            if pid is not None:
-                if s.pipeline != pid:
-                    continue
-            elif active_only and s.status is not Status.ACTIVE:
-                continue
-            out.append(self.views.schedule(s, last))
-        if pid is None:
-            for sid in self.engine.broken:
-                if not active_only or self.engine.rows[sid].status == Status.ACTIVE.value:
-                    out.append(self.views.broken(sid, last))
+        shown = [
+            s
+            for s in self.engine.schedules.values()
+            if (
+                s.pipeline == pid
+                if pid is not None
+                else not active_only or s.status is Status.ACTIVE
+            )
+        ]
+        broken = [
+            sid
+            for sid in (self.engine.broken if pid is None else ())
+            if not active_only or self.engine.rows[sid].status == Status.ACTIVE.value
+        ]
+        fires = [self.views.next3(s) for s in shown]  # on the loop: reads the armed timers
+        last = await self.engine.store.last_runs([*(s.id for s in shown), *broken])
+        out = await _maybe_off_loop(
+            len(shown),
+            lambda: [self.views.schedule(s, last, f) for s, f in zip(shown, fires, strict=True)],
+        )
+        out += [self.views.broken(sid, last) for sid in broken if sid in self.engine.broken]
         return out
 
     async def get_schedule(self, ident: str) -> JSON:
@@ -444,3 +459,8 @@ def _status(value: str) -> Status:
         raise ValidationError(
             f"status must be Active or Disabled, not {value!r}", "status"
         ) from None
+
+
+async def _maybe_off_loop(n: int, build: Callable[[], T]) -> T:
+    """`build()` here for a list of n ≤ OFF_LOOP_ITEMS items, else on a worker thread."""
+    return build() if n <= OFF_LOOP_ITEMS else await asyncio.to_thread(build)

@@ -48,14 +48,12 @@ def pipeline_json(
     p: Pipeline,
     status: Status,
     schedule_ids: Sequence[str],
-    last: Mapping[str, Run],
+    newest: Run | None,
     names: Mapping[str, str],
 ) -> JSON:
-    """A pipeline with its schedules and its newest run (`last`: newest run per schedule)."""
+    """A pipeline with its schedules and its newest run (submitted or scheduled)."""
     t = p.target
     endpoint = getattr(t, "url", None) or getattr(t, "endpoint", None)
-    runs = [r for r in last.values() if r.pipeline_id == p.id]
-    newest = max(runs, key=lambda r: r.seq, default=None)
     return {
         "id": p.id,
         "name": p.name,
@@ -78,6 +76,7 @@ class Views:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._words: dict[str, tuple[Schedule, str]] = {}
+        self._bodies: dict[str, tuple[Schedule, Config, dict[str, Any]]] = {}
         self._fires: dict[str, tuple[object, list[str]]] = {}
 
     @property
@@ -92,19 +91,23 @@ class Views:
         s = self.engine.schedules.get(sid)
         return s.name if s else None
 
-    def pipeline(self, pid: str, last: Mapping[str, Run]) -> JSON:
+    def schedules_by_pipeline(self) -> dict[str, list[str]]:
+        """The ids of each pipeline's schedules (removed ones aside), in one pass."""
+        out: dict[str, list[str]] = {}
+        for s in self.engine.schedules.values():
+            if self.source(s) != Source.REMOVED.value:
+                out.setdefault(s.pipeline, []).append(s.id)
+        return out
+
+    def pipeline(self, pid: str, newest: Run | None, by_pipeline: Mapping[str, list[str]]) -> JSON:
         p = self.config.pipeline_by_id(pid)
         assert p is not None
-        scheds = [
-            s.id
-            for s in self.engine.schedules.values()
-            if s.pipeline == p.id and self.source(s) != Source.REMOVED.value
-        ]
         status = self.engine.pipeline_status.get(p.id, p.status)
-        names = {sid: s.name for sid, s in self.engine.schedules.items()}
-        return pipeline_json(p, status, scheds, last, names)
+        s = self.engine.schedules.get(newest.schedule_id) if newest else None
+        names = {s.id: s.name} if s is not None else {}
+        return pipeline_json(p, status, by_pipeline.get(p.id, []), newest, names)
 
-    def _next3(self, s: Schedule) -> list[str]:
+    def next3(self, s: Schedule) -> list[str]:
         """The three next fire times of the lists, cached until the schedule fires or changes."""
         armed = self.engine.timers.armed.get(s.id)
         if s.status is not Status.ACTIVE or armed is None:
@@ -125,8 +128,20 @@ class Views:
         self._words[s.id] = (s, words)
         return words
 
-    def schedule(self, s: Schedule, last: Mapping[str, Run]) -> JSON:
-        body = _masked(config_mod.schedule_to_dict(s, self.config))
+    def _body_of(self, s: Schedule) -> dict[str, Any]:
+        """The schedule's own keys as shown (secrets masked), cached per schedule object."""
+        cfg = self.config
+        cached = self._bodies.get(s.id)
+        if cached is None or cached[0] is not s or cached[1] is not cfg:
+            cached = self._bodies[s.id] = (s, cfg, _masked(config_mod.schedule_to_dict(s, cfg)))
+        return dict(cached[2])
+
+    def schedule(
+        self, s: Schedule, last: Mapping[str, Run], fires: list[str] | None = None
+    ) -> JSON:
+        """A schedule as the API shows it; `fires`: its `next3`, when read beforehand on the
+        event loop (the rest only reads immutable objects and may run on a worker thread)."""
+        body = self._body_of(s)
         row = self.engine.rows.get(s.id)
         lr = last.get(s.id)
         body.update(
@@ -135,7 +150,7 @@ class Views:
             source=self.source(s),
             created_at=format_utc(row.created_at) if row else None,
             updated_at=format_utc(row.updated_at) if row else None,
-            next_fire_times=self._next3(s),
+            next_fire_times=self.next3(s) if fires is None else fires,
             trigger_words=self._words_of(s),
             last_run=run_json(lr, s.name) if lr else None,
             error=self.engine.schedule_error(s.id),

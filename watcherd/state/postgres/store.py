@@ -257,6 +257,20 @@ class PgStore(Definitions):
             return await self.db.run(lambda c: _last_runs_of(c, ids), what="last runs", retry=True)
         return await self.db.run(_last_runs, what="last runs", retry=True)
 
+    async def last_pipeline_runs(self, pipeline_ids: Sequence[str]) -> dict[str, Run]:
+        ids = list(pipeline_ids)
+
+        async def go(c: Conn) -> dict[str, Run]:
+            cur = await c.execute(
+                f"SELECT {_R_COLUMNS} FROM unnest(%s::text[]) AS t(pid) CROSS JOIN LATERAL"
+                f" (SELECT {COLUMNS} FROM runs WHERE pipeline_id = t.pid ORDER BY seq DESC"
+                " LIMIT 1) r",
+                (ids,),
+            )
+            return {r[2]: row_to_run(r) for r in await cur.fetchall()}
+
+        return await self.db.run(go, what="last runs", retry=True)
+
     async def experiments(self) -> list[str]:
         async def go(c: Conn) -> list[str]:
             cur = await c.execute('SELECT name FROM experiments ORDER BY name COLLATE "C"')

@@ -24,6 +24,7 @@ __all__ = [
     "get_run",
     "get_runs",
     "insert_manual",
+    "last_pipeline_runs",
     "insert_runs",
     "last_runs",
     "list_runs",
@@ -205,20 +206,27 @@ def list_runs(
 def last_runs(c: Conn, schedule_ids: Sequence[str] | None = None) -> dict[str, Run]:
     """The newest run of each schedule, or of those named (one probe of runs_schedule each:
     a page showing one schedule never reads the whole index)."""
-    if schedule_ids is not None:
-        out = {}
-        for sid in schedule_ids:
-            row = c.execute(
-                f"SELECT {COLUMNS} FROM runs WHERE schedule_id = ? ORDER BY seq DESC LIMIT 1",
-                (sid,),
-            ).fetchone()
-            if row is not None:
-                out[sid] = _run(row)
-        return out
+    if schedule_ids is not None:  # one statement: a probe per id, in SQLite's C loop
+        rows = c.execute(
+            f"SELECT {COLUMNS} FROM runs WHERE seq IN (SELECT (SELECT seq FROM runs r WHERE"
+            " r.schedule_id = j.value ORDER BY seq DESC LIMIT 1) FROM json_each(?) j)",
+            (json.dumps(list(schedule_ids)),),
+        )
+        return {r[1]: _run(r) for r in rows}
     rows = c.execute(
         f"SELECT {COLUMNS} FROM runs WHERE seq IN (SELECT max(seq) FROM runs GROUP BY schedule_id)"
     )
     return {r[1]: _run(r) for r in rows}
+
+
+def last_pipeline_runs(c: Conn, pipeline_ids: Sequence[str]) -> dict[str, Run]:
+    """The newest run of each named pipeline: one probe of runs_pipeline each."""
+    rows = c.execute(
+        f"SELECT {COLUMNS} FROM runs WHERE seq IN (SELECT (SELECT seq FROM runs r WHERE"
+        " r.pipeline_id = j.value ORDER BY seq DESC LIMIT 1) FROM json_each(?) j)",
+        (json.dumps(list(pipeline_ids)),),
+    )
+    return {r[2]: _run(r) for r in rows}
 
 
 def experiments(c: Conn) -> list[str]:

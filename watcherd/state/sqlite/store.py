@@ -160,6 +160,10 @@ class SqliteStore:
     async def last_runs(self, schedule_ids: Sequence[str] | None = None) -> dict[str, Run]:
         return await self.db.read(lambda c: runs_sql.last_runs(c, schedule_ids))
 
+    async def last_pipeline_runs(self, pipeline_ids: Sequence[str]) -> dict[str, Run]:
+        ids = list(pipeline_ids)
+        return await self.db.read(lambda c: runs_sql.last_pipeline_runs(c, ids))
+
     async def experiments(self) -> list[str]:
         return await self.db.read(runs_sql.experiments)
 

@@ -1,0 +1,100 @@
+"""The lists the page polls (issue #14): a long list is built on a worker thread, each item
+with its own newest run and next fire times; a pipeline shows its newest run, submitted or
+scheduled."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clocks import ManualClock
+from tests.engine_helpers import running_engine
+from watcherd.services import OFF_LOOP_ITEMS
+from watcherd.services.views import Views
+
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+HEAD = """
+[daemon]
+api = ""
+
+[pipelines.p]
+kind = "command"
+steps = [["true"]]
+
+[pipelines.q]
+kind = "command"
+steps = [["true"]]
+"""
+
+
+def _config(n: int) -> str:
+    return HEAD + "".join(
+        f"""
+[[schedules]]
+name = "s{i:04d}"
+pipeline = "{"p" if i % 2 else "q"}"
+experiment_name = "E"
+recurrence = {{ frequency = "Day", interval = 1, hours = [{i % 24}], minutes = [{i % 60}] }}
+{'status = "Disabled"' if i == 0 else ""}
+"""
+        for i in range(n)
+    )
+
+
+@pytest.mark.parametrize("n", [3, OFF_LOOP_ITEMS + 50])
+async def test_a_long_schedule_list_is_built_off_the_event_loop(
+    tmp_path: Path, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: set[str] = set()
+    real = Views.schedule
+
+    def spy(self: Views, *args: Any, **kwargs: Any) -> Any:
+        threads.add(threading.current_thread().name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Views, "schedule", spy)
+    async with running_engine(tmp_path, _config(n), ManualClock(NOW)) as h:
+        await h.manager.trigger_schedule("s0001")
+        await h.manager.trigger_schedule("s0002")
+        triggered = await h.manager.trigger_schedule("s0002")
+        await h.settle()
+        items = await h.manager.list_schedules()
+        built_on = set(threads)
+        by_name = {s["name"]: s for s in items}
+        assert len(items) == n
+        assert by_name["s0002"]["last_run"]["id"] == triggered["id"]
+        assert by_name["s0001"]["last_run"]["schedule_name"] == "s0001"
+        assert by_name["s0000"]["last_run"] is None  # Disabled: never ran
+        assert by_name["s0000"]["next_fire_times"] == []
+        for item in items:
+            assert item["last_run"] is None or item["last_run"]["schedule_id"] == item["id"]
+        want = h.engine.next_fire_times(by_name["s0001"]["id"], 3)
+        assert len(want) == 3
+        assert by_name["s0001"]["next_fire_times"] == [
+            t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in want
+        ]
+        only_q = await h.manager.list_schedules(pipeline_id="q")
+        assert {s["name"] for s in only_q} == {f"s{i:04d}" for i in range(0, n, 2)}
+    main = threading.main_thread().name
+    assert (main in built_on) == (n <= OFF_LOOP_ITEMS), built_on
+
+
+async def test_a_pipeline_shows_its_newest_run_submitted_or_scheduled(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, _config(3), ManualClock(NOW)) as h:
+        scheduled = await h.manager.trigger_schedule("s0001")  # pipeline p
+        await h.manager.trigger_schedule("s0000")  # pipeline q
+        submitted = await h.manager.submit_pipeline("q", experiment_name="E2")
+        await h.settle()
+        pipelines = {p["name"]: p for p in await h.manager.list_pipelines()}
+        assert pipelines["p"]["last_run"]["id"] == scheduled["id"]
+        assert pipelines["q"]["last_run"]["id"] == submitted["id"]
+        assert pipelines["q"]["last_run"]["schedule_name"] is None
+        one = await h.manager.get_pipeline("p")
+        assert one["last_run"]["schedule_name"] == "s0001"
+        assert sorted(one["schedules"]) == sorted(
+            s.id for s in h.engine.schedules.values() if s.pipeline == one["id"]
+        )
