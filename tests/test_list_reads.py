@@ -98,3 +98,32 @@ async def test_a_pipeline_shows_its_newest_run_submitted_or_scheduled(tmp_path: 
         assert sorted(one["schedules"]) == sorted(
             s.id for s in h.engine.schedules.values() if s.pipeline == one["id"]
         )
+
+
+async def test_list_items_are_cached_until_what_they_show_changes(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, _config(4), ManualClock(NOW)) as h:
+        await h.settle()
+        first = {s["name"]: s for s in await h.manager.list_schedules()}
+        again = {s["name"]: s for s in await h.manager.list_schedules()}
+        assert all(again[n] is first[n] for n in first)  # nothing changed: the same items
+        run = await h.manager.trigger_schedule("s0002")
+        await h.settle()
+        after = {s["name"]: s for s in await h.manager.list_schedules()}
+        assert after["s0002"] is not first["s0002"]
+        assert after["s0002"]["last_run"]["id"] == run["id"]
+        assert after["s0002"]["last_run"]["status"] == "Completed"
+        assert after["s0003"] is first["s0003"]
+        await h.manager.set_schedule_status("s0003", "Disabled")
+        disabled = {s["name"]: s for s in await h.manager.list_schedules()}
+        assert disabled["s0003"]["status"] == "Disabled"
+        assert disabled["s0003"]["next_fire_times"] == []
+
+
+def test_a_long_page_encodes_as_one_document() -> None:
+    from watcherd.api.routes import _dumps, _encode_page
+    from watcherd.services import EncodedJSON
+
+    items: list[Any] = [{"a": "é", "n": i, "t": NOW} for i in range(3)]
+    items.append(EncodedJSON({"b": [1, None], "s": "x\u2028y"}))
+    text = _encode_page(items, "c1")
+    assert text == _dumps({"items": items, "next_cursor": "c1"})

@@ -11,7 +11,6 @@ fencing, claims across replicas, notifications) is in test_replicas_store.py.
 from __future__ import annotations
 
 import dataclasses
-
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta

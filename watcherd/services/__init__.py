@@ -7,15 +7,32 @@ third-party exception.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Protocol
 
 from watcherd.core.models import Config
 from watcherd.engine.metrics import Metrics
 
-__all__ = ["OFF_LOOP_ITEMS", "Services"]
+__all__ = ["OFF_LOOP_ITEMS", "EncodedJSON", "Services", "encode"]
 
 JSON = dict[str, Any]
+encode = partial(json.dumps, ensure_ascii=False, default=str)  # every JSON body of the API
+
+
+class EncodedJSON(dict[str, Any]):
+    """A JSON object that carries its own encoding (`text`, by `encode`): a list item cached
+    until what it shows changes, so a list of 10k is not encoded again on every request.
+    Shared between answers: read it, never change it."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, body: JSON) -> None:
+        super().__init__(body)
+        self.text = encode(body)
+
+
 # A list longer than this is built and encoded on a worker thread: 10k schedules take ~0.1 s,
 # which on the event loop would hold up every timer and file meanwhile.
 OFF_LOOP_ITEMS = 200

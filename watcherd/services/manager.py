@@ -162,9 +162,13 @@ class Manager:
             for sid in (self.engine.broken if pid is None else ())
             if not active_only or self.engine.rows[sid].status == Status.ACTIVE.value
         ]
-        fires = [self.views.next3(s) for s in shown]  # on the loop: reads the armed timers
+        fires: list[list[str]] = []  # on the loop (they read the armed timers), in chunks
+        for i in range(0, len(shown), OFF_LOOP_ITEMS):
+            if i:
+                await asyncio.sleep(0)  # a timer or a file due meanwhile goes first
+            fires += [self.views.next3(s) for s in shown[i : i + OFF_LOOP_ITEMS]]
         last = await self.engine.store.last_runs([*(s.id for s in shown), *broken])
-        out = await _maybe_off_loop(
+        out: list[JSON] = await _maybe_off_loop(
             len(shown),
             lambda: [self.views.schedule(s, last, f) for s, f in zip(shown, fires, strict=True)],
         )

@@ -6,15 +6,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from watcherd import config as config_mod
-from watcherd.core.models import Config, Pipeline, Run, Schedule, Source, Status
+from watcherd.core.models import Config, Pipeline, Run, Schedule, Source, Status, StoredSchedule
 from watcherd.core.redact import MASK, redact_url
 from watcherd.core.timefmt import format_utc
 from watcherd.core.words import trigger_words
 from watcherd.engine.engine import Engine
+from watcherd.services import EncodedJSON
 
 __all__ = ["Views", "pipeline_json", "run_json"]
 
 JSON = dict[str, Any]
+_NO_FIRES: list[str] = []  # one object: the item cache compares next fire times by identity
 
 
 def run_json(run: Run, schedule_name: str | None = None) -> JSON:
@@ -78,6 +80,7 @@ class Views:
         self._words: dict[str, tuple[Schedule, str]] = {}
         self._bodies: dict[str, tuple[Schedule, Config, dict[str, Any]]] = {}
         self._fires: dict[str, tuple[object, list[str]]] = {}
+        self._items: dict[str, tuple[tuple[object, ...], str | None, EncodedJSON]] = {}
 
     @property
     def config(self) -> Config:
@@ -111,7 +114,7 @@ class Views:
         """The three next fire times of the lists, cached until the schedule fires or changes."""
         armed = self.engine.timers.armed.get(s.id)
         if s.status is not Status.ACTIVE or armed is None:
-            return []
+            return _NO_FIRES
         key = (armed.gen, armed.due, armed.schedule)
         cached = self._fires.get(s.id)
         if cached is not None and cached[0] == key:
@@ -138,22 +141,44 @@ class Views:
 
     def schedule(
         self, s: Schedule, last: Mapping[str, Run], fires: list[str] | None = None
-    ) -> JSON:
+    ) -> EncodedJSON:
         """A schedule as the API shows it; `fires`: its `next3`, when read beforehand on the
-        event loop (the rest only reads immutable objects and may run on a worker thread)."""
+        event loop (the rest only reads immutable objects and may run on a worker thread).
+
+        Cached, encoding included, until one of its inputs is another object: the schedule,
+        the config, its row, its next fire times, its newest run (the stores hand back the
+        same Run for an unchanged row), or its error."""
+        cfg, row, lr = self.config, self.engine.rows.get(s.id), last.get(s.id)
+        shown = self.next3(s) if fires is None else fires
+        error = self.engine.schedule_error(s.id)
+        key = (s, cfg, row, shown, lr)
+        cached = self._items.get(s.id)
+        if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
+            if cached[1] == error:
+                return cached[2]
+        item = EncodedJSON(self._schedule_body(s, row, lr, shown, error))
+        self._items[s.id] = (key, error, item)
+        return item
+
+    def _schedule_body(
+        self,
+        s: Schedule,
+        row: StoredSchedule | None,
+        lr: Run | None,
+        fires: list[str],
+        error: str | None,
+    ) -> JSON:
         body = self._body_of(s)
-        row = self.engine.rows.get(s.id)
-        lr = last.get(s.id)
         body.update(
             id=s.id,
             status=s.status.value,
             source=self.source(s),
             created_at=format_utc(row.created_at) if row else None,
             updated_at=format_utc(row.updated_at) if row else None,
-            next_fire_times=self.next3(s) if fires is None else fires,
+            next_fire_times=fires,
             trigger_words=self._words_of(s),
             last_run=run_json(lr, s.name) if lr else None,
-            error=self.engine.schedule_error(s.id),
+            error=error,
         )
         return body
 

@@ -18,7 +18,7 @@ from watcherd.core.models import Run, RunStatus
 from watcherd.core.runs import NewRun
 from watcherd.engine.ports import Claim, ClaimResult, RunPage, SlotBatch
 from watcherd.state.postgres import runs as runs_sql
-from watcherd.state.postgres.db import Conn
+from watcherd.state.postgres.db import Conn, PgDatabase
 from watcherd.state.postgres.definitions import Definitions
 from watcherd.state.postgres.runs import COLUMNS, row_to_run
 
@@ -31,6 +31,10 @@ _R_COLUMNS = ", ".join("r." + c.strip() for c in COLUMNS.split(","))
 
 class PgStore(Definitions):
     """The shared state of a deployment of replicas (see the module doc)."""
+
+    def __init__(self, db: PgDatabase) -> None:
+        super().__init__(db)
+        self._last_seen: dict[str, Any] = {}  # newest run per schedule, by row (last_runs)
 
     async def close(self) -> None:
         await self.db.close()
@@ -254,7 +258,10 @@ class PgStore(Definitions):
     async def last_runs(self, schedule_ids: Sequence[str] | None = None) -> dict[str, Run]:
         if schedule_ids is not None:
             ids = list(schedule_ids)
-            return await self.db.run(lambda c: _last_runs_of(c, ids), what="last runs", retry=True)
+            seen = self._last_seen
+            return await self.db.run(
+                lambda c: _last_runs_of(c, ids, seen), what="last runs", retry=True
+            )
         return await self.db.run(_last_runs, what="last runs", retry=True)
 
     async def last_pipeline_runs(self, pipeline_ids: Sequence[str]) -> dict[str, Run]:
@@ -393,14 +400,21 @@ class PgStore(Definitions):
         return total
 
 
-async def _last_runs_of(c: Conn, ids: list[str]) -> dict[str, Run]:
-    """The newest run of each named schedule: one probe of runs_schedule each."""
+async def _last_runs_of(c: Conn, ids: list[str], seen: dict[str, Any]) -> dict[str, Run]:
+    """The newest run of each named schedule: one probe of runs_schedule each. A row equal to
+    the one read last time gives the same Run object back (see sqlite.runs._cached_run)."""
     cur = await c.execute(
         f"SELECT {_R_COLUMNS} FROM unnest(%s::text[]) AS t(sid) CROSS JOIN LATERAL"
         f" (SELECT {COLUMNS} FROM runs WHERE schedule_id = t.sid ORDER BY seq DESC LIMIT 1) r",
         (ids,),
     )
-    return {r[1]: row_to_run(r) for r in await cur.fetchall()}
+    out: dict[str, Run] = {}
+    for r in await cur.fetchall():
+        got = seen.get(r[1])
+        if got is None or got[0] != r:
+            got = seen[r[1]] = (tuple(r), row_to_run(r))
+        out[r[1]] = got[1]
+    return out
 
 
 async def _last_runs(c: Conn) -> dict[str, Run]:

@@ -43,6 +43,7 @@ class SqliteStore:
     def __init__(self, state_dir: Path, *, read_only: bool = False, lock: bool = True) -> None:
         self.db = Database(state_dir, read_only=read_only, lock=lock)
         self.path = self.db.path
+        self._last_seen: dict[str, Any] = {}  # newest run per schedule, by row (last_runs)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.db.close)
@@ -158,7 +159,8 @@ class SqliteStore:
         return RunPage(runs, str(nxt) if nxt is not None else None)
 
     async def last_runs(self, schedule_ids: Sequence[str] | None = None) -> dict[str, Run]:
-        return await self.db.read(lambda c: runs_sql.last_runs(c, schedule_ids))
+        seen = self._last_seen
+        return await self.db.read(lambda c: runs_sql.last_runs(c, schedule_ids, seen))
 
     async def last_pipeline_runs(self, pipeline_ids: Sequence[str]) -> dict[str, Run]:
         ids = list(pipeline_ids)
