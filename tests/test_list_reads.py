@@ -4,15 +4,19 @@ scheduled."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.clocks import ManualClock
 from tests.engine_helpers import running_engine
+from watcherd.api.app import make_app, serve
 from watcherd.services import OFF_LOOP_ITEMS
 from watcherd.services.views import Views
 
@@ -126,4 +130,31 @@ def test_a_long_page_encodes_as_one_document() -> None:
     items: list[Any] = [{"a": "é", "n": i, "t": NOW} for i in range(3)]
     items.append(EncodedJSON({"b": [1, None], "s": "x\u2028y"}))
     text = _encode_page(items, "c1")
-    assert text == _dumps({"items": items, "next_cursor": "c1"})
+    assert text == _dumps({"items": items, "next_cursor": "c1"}).encode()
+
+
+async def test_a_long_list_over_http_is_one_json_document(tmp_path: Path) -> None:
+    """The streamed answer (more than OFF_LOOP_ITEMS items) is a whole, valid document, and
+    the same as a short one item for item."""
+    n = OFF_LOOP_ITEMS + 30
+    async with (
+        running_engine(tmp_path, _config(n), ManualClock(NOW)) as h,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        await h.settle()  # the creation runs have ended: nothing changes between the reads
+        base = await serve(
+            make_app(h.manager, token="t" * 24, bind="127.0.0.1:0"), "127.0.0.1:0", stack
+        )
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/api/v1/schedules") as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("application/json")
+                raw = await resp.read()
+                assert int(resp.headers["Content-Length"]) == len(raw)
+            doc = json.loads(raw)
+            async with http.get(f"{base}/api/v1/schedules", params={"pipeline_id": "q"}) as r2:
+                short = await r2.json()
+        assert doc["next_cursor"] is None and len(doc["items"]) == n
+        assert len(short["items"]) == n // 2 < OFF_LOOP_ITEMS
+        by_id = {s["id"]: s for s in doc["items"]}
+        assert all(by_id[s["id"]] == s for s in short["items"])

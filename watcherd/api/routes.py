@@ -45,19 +45,34 @@ def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
     return web.json_response(data, status=status, dumps=_dumps, headers=headers or None)
 
 
-async def _page(items: list[Any], next_cursor: str | None = None) -> web.Response:
+async def _page(
+    request: web.Request, items: list[Any], next_cursor: str | None = None
+) -> web.StreamResponse:
     if len(items) <= OFF_LOOP_ITEMS:
         return json_response({"items": items, "next_cursor": next_cursor})
-    text = await asyncio.to_thread(_encode_page, items, next_cursor)
-    return web.Response(text=text, content_type="application/json")
+    body = await asyncio.to_thread(_encode_page, items, next_cursor)
+    # Written in chunks, each awaiting the socket: 10k schedules are ~12 MB, and one write
+    # would copy them all on the event loop at once.
+    resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    view = memoryview(body)
+    for i in range(0, len(body), _CHUNK):
+        await resp.write(view[i : i + _CHUNK])
+    await resp.write_eof()
+    return resp
 
 
-def _encode_page(items: list[Any], next_cursor: str | None) -> str:
-    """The same text as `_dumps({"items": …, "next_cursor": …})`, item by item: a cached
-    item's own encoding is reused, and the GIL changes hands between items (one C encoder
-    call for 10k items would keep every other thread, the event loop's too, waiting)."""
+_CHUNK = 1 << 18
+
+
+def _encode_page(items: list[Any], next_cursor: str | None) -> bytes:
+    """The same text as `_dumps({"items": …, "next_cursor": …})`, UTF-8, built item by item:
+    a cached item's own encoding is reused, and the GIL changes hands between items (one C
+    encoder call for 10k items would keep every other thread, the event loop's too, waiting)."""
     parts = [i.text if isinstance(i, EncodedJSON) else _dumps(i) for i in items]
-    return '{"items": [' + ", ".join(parts) + '], "next_cursor": ' + _dumps(next_cursor) + "}"
+    text = '{"items": [' + ", ".join(parts) + '], "next_cursor": ' + _dumps(next_cursor) + "}"
+    return text.encode()
 
 
 def _svc(request: web.Request) -> Services:
@@ -71,9 +86,9 @@ def _ident(request: web.Request) -> str:
 # ── pipelines, experiments, datastores ────────────────────────────────────────
 
 
-async def list_pipelines(request: web.Request) -> web.Response:
+async def list_pipelines(request: web.Request) -> web.StreamResponse:
     active_only = parsing.bool_param(request, "active_only", False)
-    return await _page(await _svc(request).list_pipelines(active_only=active_only))
+    return await _page(request, await _svc(request).list_pipelines(active_only=active_only))
 
 
 async def get_pipeline(request: web.Request) -> web.Response:
@@ -109,8 +124,8 @@ async def submit_pipeline(request: web.Request) -> web.Response:
     return json_response(run, status=202, Location=f"{API}/runs/{run.get('id', '')}")
 
 
-async def list_experiments(request: web.Request) -> web.Response:
-    return await _page(await _svc(request).list_experiments())
+async def list_experiments(request: web.Request) -> web.StreamResponse:
+    return await _page(request, await _svc(request).list_experiments())
 
 
 def _datastore_items(svc: Services) -> list[dict[str, str]]:
@@ -118,8 +133,8 @@ def _datastore_items(svc: Services) -> list[dict[str, str]]:
     return [{"name": name, "kind": ds.kind} for name, ds in svc.config.datastores.items()]
 
 
-async def list_datastores(request: web.Request) -> web.Response:
-    return await _page(_datastore_items(_svc(request)))
+async def list_datastores(request: web.Request) -> web.StreamResponse:
+    return await _page(request, _datastore_items(_svc(request)))
 
 
 async def get_datastore(request: web.Request) -> web.Response:
@@ -133,11 +148,13 @@ async def get_datastore(request: web.Request) -> web.Response:
 # ── schedules ─────────────────────────────────────────────────────────────────
 
 
-async def list_schedules(request: web.Request) -> web.Response:
+async def list_schedules(request: web.Request) -> web.StreamResponse:
     active_only = parsing.bool_param(request, "active_only", False)
     pipeline_id = parsing.str_param(request, "pipeline_id")
     svc = _svc(request)
-    return await _page(await svc.list_schedules(active_only=active_only, pipeline_id=pipeline_id))
+    return await _page(
+        request, await svc.list_schedules(active_only=active_only, pipeline_id=pipeline_id)
+    )
 
 
 async def create_schedule(request: web.Request) -> web.Response:
@@ -185,15 +202,15 @@ async def trigger_schedule(request: web.Request) -> web.Response:
     return json_response(run, status=202, Location=f"{API}/runs/{run.get('id', '')}")
 
 
-async def next_fire_times(request: web.Request) -> web.Response:
+async def next_fire_times(request: web.Request) -> web.StreamResponse:
     n = parsing.int_param(request, "n", 5, 1, 100)
-    return await _page(list(await _svc(request).next_fire_times(_ident(request), n)))
+    return await _page(request, list(await _svc(request).next_fire_times(_ident(request), n)))
 
 
 # ── runs ──────────────────────────────────────────────────────────────────────
 
 
-async def list_runs(request: web.Request) -> web.Response:
+async def list_runs(request: web.Request) -> web.StreamResponse:
     try:
         items, cursor = await _svc(request).list_runs(
             schedule_id=parsing.str_param(request, "schedule_id"),
@@ -204,7 +221,7 @@ async def list_runs(request: web.Request) -> web.Response:
         )
     except ValidationError as exc:  # a bad filter or cursor: a query problem, not a body one
         raise ApiProblem(400, "bad_request", exc.message, f"query.{exc.key}") from exc
-    return await _page(items, cursor)
+    return await _page(request, items, cursor)
 
 
 async def get_run(request: web.Request) -> web.Response:
@@ -227,8 +244,8 @@ async def cancel_run(request: web.Request) -> web.Response:
 # ── replicas, operations ──────────────────────────────────────────────────────
 
 
-async def list_replicas(request: web.Request) -> web.Response:
-    return await _page(await _svc(request).list_replicas())
+async def list_replicas(request: web.Request) -> web.StreamResponse:
+    return await _page(request, await _svc(request).list_replicas())
 
 
 async def healthz(request: web.Request) -> web.Response:
