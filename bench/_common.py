@@ -34,6 +34,9 @@ from typing import Any, TextIO
 __all__ = [
     "ROOT",
     "Daemon",
+    "FiringSink",
+    "MemorySink",
+    "NoHealth",
     "api_get",
     "api_probe",
     "best_of",
@@ -717,4 +720,61 @@ class FiringSink:
         return 0
 
     async def wait_below(self, schedule_id: str, limit: int) -> None:
+        return None
+
+
+class MemorySink:
+    """A poller's ChangeSink keeping the snapshot in memory and the instant (perf_counter)
+    each fired name was first committed (blob_poll, blob_events)."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[bytes, str] | None = None
+        self.committed: dict[bytes, float] = {}
+        self._changed = asyncio.Event()
+
+    async def until(self, pred: Callable[[], bool]) -> None:
+        """Return once `pred()` holds, re-checked after every commit."""
+        while not pred():
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def load_snapshot(self, schedule_id: str, baseline_key: str) -> dict[bytes, str] | None:
+        return None if self.snapshot is None else dict(self.snapshot)
+
+    async def load_marker(self, schedule_id: str, baseline_key: str) -> str | None:
+        return None
+
+    async def commit(
+        self,
+        schedule_id: str,
+        baseline_key: str,
+        upserts: Sequence[tuple[bytes, str]],
+        deletes: Sequence[bytes],
+        fire: Sequence[Any],
+        marker: str | None = None,
+    ) -> int:
+        now = time.perf_counter()
+        snap = self.snapshot if self.snapshot is not None else {}
+        snap.update(upserts)
+        for name in deletes:
+            snap.pop(name, None)
+        self.snapshot = snap
+        for change in fire:
+            self.committed.setdefault(change.name, now)
+        self._changed.set()
+        return len(fire)
+
+    def pending(self, schedule_id: str) -> int:
+        return 0
+
+    async def wait_below(self, schedule_id: str, limit: int) -> None:
+        return None
+
+
+class NoHealth:
+    """A poller's PollHealth that keeps nothing."""
+
+    def poll_finished(
+        self, schedule_id: str, *, ok: bool, duration: float, files: int, error: str | None
+    ) -> None:
         return None

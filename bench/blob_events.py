@@ -44,7 +44,7 @@ import tempfile
 import time
 import tracemalloc
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,71 +54,16 @@ import structlog  # noqa: E402
 from azure.storage.blob.aio import ContainerClient  # noqa: E402
 from azure.storage.queue.aio import QueueClient  # noqa: E402
 
-from bench._common import Daemon, emit, percentile  # noqa: E402
+from bench._common import Daemon, MemorySink, NoHealth, emit, percentile  # noqa: E402
 from tests.azurite import ACCOUNT, Azurite, find_azurite, find_azurite_queue  # noqa: E402
 from watcherd.core.models import BlobDatastore, BlobEvents, DatastoreTrigger, Schedule  # noqa: E402
 from watcherd.engine.clock import SystemClock  # noqa: E402
-from watcherd.engine.ports import FileChange  # noqa: E402
 from watcherd.pollers.blob import BlobPoller  # noqa: E402
 
 BENCH = "blob_events"
 PREFIX = "incoming/"
 EMPTY_INITIAL, EMPTY_CAP = 0.1, 1.0  # the consumer's empty-queue backoff (SPEC §4)
 RSS_GOAL = 150  # bytes per blob, as big_dir's steady goal for local files
-
-
-class MemorySink:
-    """A ChangeSink keeping the snapshot in memory and the instant each name was committed."""
-
-    def __init__(self) -> None:
-        self.snapshot: dict[bytes, str] | None = None
-        self.committed: dict[bytes, float] = {}
-        self._changed = asyncio.Event()
-
-    async def until(self, pred: Callable[[], bool]) -> None:
-        """Return once `pred()` holds, re-checked after every commit."""
-        while not pred():
-            self._changed.clear()
-            await self._changed.wait()
-
-    async def load_snapshot(self, schedule_id: str, baseline_key: str) -> dict[bytes, str] | None:
-        return None if self.snapshot is None else dict(self.snapshot)
-
-    async def load_marker(self, schedule_id: str, baseline_key: str) -> str | None:
-        return None
-
-    async def commit(
-        self,
-        schedule_id: str,
-        baseline_key: str,
-        upserts: Sequence[tuple[bytes, str]],
-        deletes: Sequence[bytes],
-        fire: Sequence[FileChange],
-        marker: str | None = None,
-    ) -> int:
-        now = time.perf_counter()
-        snap = self.snapshot if self.snapshot is not None else {}
-        snap.update(upserts)
-        for name in deletes:
-            snap.pop(name, None)
-        self.snapshot = snap
-        for change in fire:
-            self.committed.setdefault(change.name, now)
-        self._changed.set()
-        return len(fire)
-
-    def pending(self, schedule_id: str) -> int:
-        return 0
-
-    async def wait_below(self, schedule_id: str, limit: int) -> None:
-        return None
-
-
-class NoHealth:
-    def poll_finished(
-        self, schedule_id: str, *, ok: bool, duration: float, files: int, error: str | None
-    ) -> None:
-        return None
 
 
 def _schedule(queue: str | None, interval: timedelta) -> Schedule:

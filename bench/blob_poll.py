@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,58 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import structlog  # noqa: E402
 from azure.storage.blob.aio import ContainerClient  # noqa: E402
 
+from bench._common import MemorySink, NoHealth  # noqa: E402
 from tests.azurite import Azurite, find_azurite  # noqa: E402
 from watcherd.core.models import BlobDatastore, DatastoreTrigger, Schedule  # noqa: E402
 from watcherd.engine.clock import SystemClock  # noqa: E402
-from watcherd.engine.ports import FileChange  # noqa: E402
 from watcherd.pollers.blob import BlobPoller  # noqa: E402
 
 GOAL = 1.1
 PREFIX = "incoming/"
-
-
-class MemorySink:
-    """The ChangeSink the bench needs: keeps the snapshot in memory."""
-
-    def __init__(self) -> None:
-        self.snapshot: dict[bytes, str] | None = None
-        self.fired = 0
-
-    async def load_snapshot(self, schedule_id: str, baseline_key: str) -> dict[bytes, str] | None:
-        return None if self.snapshot is None else dict(self.snapshot)
-
-    async def load_marker(self, schedule_id: str, baseline_key: str) -> str | None:
-        return None
-
-    async def commit(
-        self,
-        schedule_id: str,
-        baseline_key: str,
-        upserts: Sequence[tuple[bytes, str]],
-        deletes: Sequence[bytes],
-        fire: Sequence[FileChange],
-        marker: str | None = None,
-    ) -> int:
-        snap = self.snapshot if self.snapshot is not None else {}
-        snap.update(upserts)
-        for name in deletes:
-            snap.pop(name, None)
-        self.snapshot = snap
-        self.fired += len(fire)
-        return len(fire)
-
-    def pending(self, schedule_id: str) -> int:
-        return 0
-
-    async def wait_below(self, schedule_id: str, limit: int) -> None:
-        return None
-
-
-class NoHealth:
-    def poll_finished(
-        self, schedule_id: str, *, ok: bool, duration: float, files: int, error: str | None
-    ) -> None:
-        return None
 
 
 async def _upload(client: ContainerClient, n: int) -> None:
@@ -138,7 +93,7 @@ async def measure(conn: str, blobs: int, rounds: int) -> dict[str, object]:
                         else:
                             assert await _bare(client) == blobs
                             bare.append(time.perf_counter() - t0)
-                assert sink.fired == 0
+                assert not sink.committed
             finally:
                 await poller.aclose()
         finally:
