@@ -39,7 +39,7 @@ from watcherd.engine.clock import SystemClock
 from watcherd.engine.metrics import Metrics
 from watcherd.pollers.blob import BlobPoller
 from watcherd.pollers.blob_consumer import _poison_body
-from watcherd.pollers.blob_queue import VISIBILITY_ENV, QueueHub, QueueStats, blob_event_metrics
+from watcherd.pollers.blob_queue import VISIBILITY_ENV, QueueHub, QueueStats
 from watcherd.pollers.blob_storage import account_name, queue_target
 
 TOPIC = (
@@ -535,11 +535,3 @@ def test_the_daemon_hub_takes_a_test_visibility_from_the_environment() -> None:
     assert QueueHub.for_daemon(clock, metrics, {VISIBILITY_ENV: "5"}).settings.visibility == 5
     for bad in ("0", "-3", "soon", ""):
         assert QueueHub.for_daemon(clock, metrics, {VISIBILITY_ENV: bad}).settings.visibility == 60
-
-
-def test_blob_event_metrics_are_registered_once_per_daemon() -> None:
-    metrics = Metrics()
-    first = blob_event_metrics(metrics)
-    assert first is not None and blob_event_metrics(metrics) is first
-    QueueHub(SystemClock(), metrics)  # a second hub on the same Metrics: no duplicate
-    assert blob_event_metrics(Metrics()) is not first and blob_event_metrics(None) is None

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 __all__ = ["Metrics"]
 
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+_EVENT_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
 class Metrics:
@@ -61,6 +62,29 @@ class Metrics:
             "watcherd_slots_not_run",
             "Missed time slots not run (catch_up policy)",
             ["schedule"],
+            registry=r,
+        )
+        # Blob events through a Storage Queue (SPEC §4): per queue, and the lag per schedule.
+        self.blob_events_received = Counter(
+            "watcherd_blob_events_received", "Blob events read from a queue", ["queue"], registry=r
+        )
+        self.blob_events_ignored = Counter(
+            "watcherd_blob_events_ignored",
+            "Blob events that started nothing (unmatched, event_type, create_file, gone, folder)",
+            ["queue", "reason"],
+            registry=r,
+        )
+        self.blob_messages_poisoned = Counter(
+            "watcherd_blob_messages_poisoned",
+            "Queue messages moved to the poison queue",
+            ["queue"],
+            registry=r,
+        )
+        self.blob_event_lag = Histogram(
+            "watcherd_blob_event_lag_seconds",
+            "Event time to the commit of its Queued run",
+            ["schedule"],
+            buckets=_EVENT_LAG_BUCKETS,
             registry=r,
         )
 

@@ -47,7 +47,6 @@ from watcherd.pollers.blob_queue import (
     Abandoned,
     NotReady,
     QueueHub,
-    blob_event_metrics,
 )
 from watcherd.pollers.blob_storage import (
     CLIENT_OPTIONS,
@@ -499,8 +498,7 @@ class BlobPoller:
         self, changes: Mapping[str, FileChange], times: Mapping[str, datetime | None]
     ) -> None:
         now = self._clock.now()
-        metrics = blob_event_metrics(self._metrics)
-        lag = None if metrics is None else metrics.lag
+        lag = None if self._metrics is None else self._metrics.blob_event_lag
         for name, change in changes.items():
             when = times.get(name)
             seconds = None if when is None else max(0.0, (now - when).total_seconds())

@@ -18,7 +18,7 @@ clients, and the hub holds nothing more. (With replicas, §12, the lease will al
 the store; not yet.)
 
 Metrics (SPEC §9): events received, ignored (by reason) and poisoned per queue, and the
-event-to-run lag per schedule, in the daemon's own registry (`blob_event_metrics`).
+event-to-run lag per schedule, in the daemon's `Metrics`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,7 +33,6 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Histogram
 
 from watcherd.core.errors import WatcherdError
 from watcherd.engine.clock import Clock
@@ -61,12 +59,10 @@ __all__ = [
     "RUN",
     "VISIBILITY_ENV",
     "Abandoned",
-    "BlobEventMetrics",
     "NotReady",
     "QueueHub",
     "QueueStats",
     "Subscriber",
-    "blob_event_metrics",
 ]
 
 log = structlog.get_logger(__name__)
@@ -76,59 +72,6 @@ VISIBILITY = 60  # seconds a received message stays invisible (SPEC §4)
 # Tests only, like $WATCHERD_TEST_CLOCK: a shorter visibility, so that an end-to-end test of
 # a SIGKILLed daemon sees the messages it held come back in seconds, not in a minute.
 VISIBILITY_ENV = "WATCHERD_TEST_QUEUE_VISIBILITY"
-_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
-
-
-@dataclass(frozen=True, slots=True)
-class BlobEventMetrics:
-    """The blob-event metrics of one daemon (SPEC §9)."""
-
-    received: Counter  # events read from a queue, per queue
-    ignored: Counter  # events that started nothing, per queue and reason
-    poisoned: Counter  # messages moved to the poison queue, per queue
-    lag: Histogram  # event time → the commit of its Queued run, per schedule
-
-
-_EVENT_METRICS: weakref.WeakKeyDictionary[Metrics, BlobEventMetrics] = weakref.WeakKeyDictionary()
-
-
-def blob_event_metrics(metrics: Metrics | None) -> BlobEventMetrics | None:
-    """The blob-event metrics of a daemon's Metrics, registered in its registry once.
-
-    Metrics attributes of the same names are used when engine/metrics.py defines them;
-    otherwise they are made here, in the same registry, so `/metrics` shows them either way.
-    """
-    if metrics is None:
-        return None
-    got = _EVENT_METRICS.get(metrics)
-    if got is not None:
-        return got
-    r = metrics.registry
-
-    def own(attr: str, make: Callable[[], Any]) -> Any:
-        defined = getattr(metrics, attr, None)
-        return make() if defined is None else defined
-
-    got = _EVENT_METRICS[metrics] = BlobEventMetrics(
-        received=own("blob_events_received", lambda: Counter(
-            "watcherd_blob_events_received", "Blob events read from a queue", ["queue"],
-            registry=r,
-        )),
-        ignored=own("blob_events_ignored", lambda: Counter(
-            "watcherd_blob_events_ignored",
-            "Blob events that started nothing (unmatched, event_type, create_file, gone, folder)",
-            ["queue", "reason"], registry=r,
-        )),
-        poisoned=own("blob_messages_poisoned", lambda: Counter(
-            "watcherd_blob_messages_poisoned", "Queue messages moved to the poison queue",
-            ["queue"], registry=r,
-        )),
-        lag=own("blob_event_lag", lambda: Histogram(
-            "watcherd_blob_event_lag_seconds", "Event time to the commit of its Queued run",
-            ["schedule"], buckets=_LAG_BUCKETS, registry=r,
-        )),
-    )  # fmt: skip
-    return got
 
 
 @dataclass(slots=True)
@@ -144,7 +87,7 @@ class QueueHub:
 
     Args:
         clock: the injected clock (backoffs, renewal deadlines).
-        metrics: the daemon's metrics; the blob-event metrics are used when it has them.
+        metrics: the daemon's metrics (the blob-event counters), or None.
         visibility: seconds a received message stays invisible, renewed at half-time.
         max_in_hand: messages held at once per queue.
         retry_initial: first backoff (seconds) before a failed message comes back.
@@ -164,7 +107,6 @@ class QueueHub:
         self._queues: dict[str, _Queue] = {}
         self._stats: dict[str, QueueStats] = {}
         self._ids = itertools.count()
-        self._metrics = blob_event_metrics(metrics)
 
     @classmethod
     def for_daemon(
@@ -229,12 +171,12 @@ class QueueHub:
     def count(self, target: QueueTarget, what: str, n: int = 1, reason: str = "") -> None:
         """Add to a counter, and to its metric when the hub has the daemon's Metrics."""
         self.stats(target).counts[what] += n
-        m = self._metrics
+        m = self.metrics
         if m is None:
             return
         if what == "received":
-            m.received.labels(queue=target.queue).inc(n)
+            m.blob_events_received.labels(queue=target.queue).inc(n)
         elif what == "ignored":
-            m.ignored.labels(queue=target.queue, reason=reason).inc(n)
+            m.blob_events_ignored.labels(queue=target.queue, reason=reason).inc(n)
         elif what == "poisoned":
-            m.poisoned.labels(queue=target.queue).inc(n)
+            m.blob_messages_poisoned.labels(queue=target.queue).inc(n)
