@@ -27,7 +27,8 @@ SUMMARY_EVERY = 60.0  # seconds between "still failing" lines while writes keep 
 def backoff_delay(
     attempt: int, cap: timedelta, retry_after: float | None = None, initial: float = 1.0
 ) -> float:
-    """Seconds to wait after failed try number `attempt` (1-based).
+    """Seconds to wait after failed try number `attempt` (1-based): `initial` doubled each
+    try, plus up to `initial` of jitter, at most `cap`.
 
     A server's Retry-After wins over the computed backoff, still capped at `cap`.
     """
@@ -36,7 +37,7 @@ def backoff_delay(
         return max(0.0, min(float(retry_after), limit))
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]  # a bare state is all wait_* reads
     state.attempt_number = attempt
-    wait = wait_exponential_jitter(multiplier=initial, max=limit, jitter=min(1.0, initial))
+    wait = wait_exponential_jitter(multiplier=initial, max=limit, jitter=initial)
     return min(float(wait(state)), limit)
 
 

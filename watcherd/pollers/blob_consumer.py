@@ -144,15 +144,6 @@ class _Held:
     lost: bool = False  # its receipt went stale: someone else has it now
 
 
-def _scaled_backoff(attempt: int, cap: timedelta, initial: float) -> float:
-    """The one backoff, starting at `initial` seconds (jitter scaled alike).
-
-    Scaled here rather than through backoff_delay's own `initial`, which tenacity ≥ 9.1 warns
-    about (a DeprecationWarning, an error under the test suite's filterwarnings).
-    """
-    return initial * backoff_delay(attempt, cap / initial)
-
-
 def _ignore_kind(event: BlobEvent) -> str:
     if event.kind is not EventKind.BLOB_CREATED:
         return "event_type"
@@ -259,7 +250,7 @@ class Consumer:
             if not batch:
                 empty += 1
                 initial, cap = EMPTY_BACKOFF
-                await self._clock.sleep(_scaled_backoff(empty, cap, initial))
+                await self._clock.sleep(backoff_delay(empty, cap, initial=initial))
                 continue
             empty = 0
             renew_at = self._clock.monotonic() + self._settings.visibility / 2
@@ -381,8 +372,8 @@ class Consumer:
             self._count(result, 1, "")
 
     def _retry_delay(self, held: _Held) -> float:
-        return _scaled_backoff(
-            held.dequeue_count, RELEASE_BACKOFF_CAP, self._settings.retry_initial
+        return backoff_delay(
+            held.dequeue_count, RELEASE_BACKOFF_CAP, initial=self._settings.retry_initial
         )
 
     # ── message operations (serialized per message, always with the latest receipt) ──
