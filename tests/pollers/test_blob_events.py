@@ -26,6 +26,7 @@ from watcherd.pollers.blob_events import (
     WatchedDirectory,
     account_from_topic,
     event_matches,
+    keep_earliest,
     parse_message,
     skip_reason,
 )
@@ -583,3 +584,15 @@ async def test_queue_round_trip(azurite_queue: str) -> None:  # noqa: F811
         assert (await queue.get_queue_properties()).approximate_message_count == 0
         assert [m async for m in queue.receive_messages(max_messages=32)] == []
         await queue.delete_queue()
+
+
+def test_a_blob_named_by_several_events_keeps_the_earliest_time() -> None:
+    t1, t2 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC), datetime(2026, 1, 1, 10, 5, tzinfo=UTC)
+    names: dict[str, datetime | None] = {}
+    keep_earliest(names, "a", t2)
+    keep_earliest(names, "a", t1)
+    keep_earliest(names, "a", t2)
+    keep_earliest(names, "a", None)
+    keep_earliest(names, "b", None)
+    keep_earliest(names, "b", t2)
+    assert names == {"a": t1, "b": t2}

@@ -37,7 +37,7 @@ from watcherd.engine.clock import Clock
 from watcherd.engine.metrics import Metrics
 from watcherd.engine.ports import ChangeSink, FileChange, PollHealth
 from watcherd.engine.retry import backoff_delay
-from watcherd.pollers.blob_events import WatchedDirectory
+from watcherd.pollers.blob_events import WatchedDirectory, keep_earliest
 from watcherd.pollers.blob_listing import ListingMarker, range_deletes
 from watcherd.pollers.blob_queue import (
     FOLDER,
@@ -430,8 +430,7 @@ class BlobPoller:
         names: dict[str, datetime | None] = {}
         for d in batch:
             for name, when in d.names.items():
-                old = names.get(name)
-                names[name] = when if old is None or (when is not None and when < old) else old
+                keep_earliest(names, name, when)
         if not self._ready.is_set():
             try:
                 async with asyncio.timeout(EVENT_WAIT):

@@ -44,6 +44,7 @@ from watcherd.pollers.blob_events import (
     EventKind,
     ParseError,
     WatchedDirectory,
+    keep_earliest,
     parse_message,
     skip_reason,
 )
@@ -309,10 +310,7 @@ class Consumer:
         for event in events:
             matched = [n for n, sub in subs.items() if skip_reason(event, sub.watch) is None]
             for n in matched:
-                names = routes.setdefault(n, {})
-                when = event.time or held.inserted_on
-                old = names.get(event.name)
-                names[event.name] = when if old is None or (when and when < old) else old
+                keep_earliest(routes.setdefault(n, {}), event.name, event.time or held.inserted_on)
             if not matched:
                 unmatched.append(_ignore_kind(event))
             hits.append(matched)

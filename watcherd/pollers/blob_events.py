@@ -43,6 +43,7 @@ __all__ = [
     "WatchedDirectory",
     "account_from_topic",
     "event_matches",
+    "keep_earliest",
     "parse_message",
     "skip_reason",
 ]
@@ -397,3 +398,10 @@ def skip_reason(event: BlobEvent, watch: WatchedDirectory) -> str | None:
 def event_matches(event: BlobEvent, watch: WatchedDirectory) -> bool:
     """True when `event` concerns a file `watch` looks at (see skip_reason)."""
     return skip_reason(event, watch) is None
+
+
+def keep_earliest(names: dict[str, datetime | None], name: str, when: datetime | None) -> None:
+    """Note `when` for `name` unless an earlier time is noted (a blob named by several events
+    keeps its first, so the event-to-run lag counts from it)."""
+    old = names.get(name)
+    names[name] = when if old is None or (when is not None and when < old) else old
