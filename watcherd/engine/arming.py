@@ -210,7 +210,7 @@ class Arming:
         self.timers.disarm(sid)
         task = self._tasks.pop(sid, None)
         if task is not None:
-            task.cancel()
+            _cancel_until_done(task)
         self.poll.pop(sid, None)
 
     def _start_poller(self, s: Schedule) -> None:
@@ -282,3 +282,19 @@ class Arming:
                 self.book.rows[b.schedule_id] = dataclasses.replace(row, cursor=b.cursor)
         self.runner.enqueue_new([r for b in todo for r in b.runs], ids, now)
         return todo
+
+
+RECANCEL = 1.0  # seconds between cancellations of a poller that has not ended yet
+
+
+def _cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel a poller's task, and again every RECANCEL seconds until it has ended.
+
+    One cancellation can be lost: Python 3.11's `asyncio.wait_for` (which the PostgreSQL pool
+    uses) drops one that arrives just as the call it waits on completes. A poller that lived
+    on would poll a schedule this replica no longer owns, its commits refused for ever, and
+    the engine's TaskGroup would wait for it at shutdown (issue #13's fault test saw both)."""
+    if task.done():
+        return
+    task.cancel()
+    asyncio.get_running_loop().call_later(RECANCEL, _cancel_until_done, task)
