@@ -31,7 +31,8 @@ steps = [["true"]]
 name = "hourly"
 pipeline = "p"
 experiment_name = "E"
-recurrence = {{ frequency = "Hour", interval = 1 }}
+# A start_time ahead: no creation fire (SPEC §3.1) to race with "nothing was queued" below.
+recurrence = {{ frequency = "Hour", interval = 1, start_time = "2099-01-01T00:00:00" }}
 """
 
 
