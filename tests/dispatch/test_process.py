@@ -200,21 +200,25 @@ _FAST_END = textwrap.dedent(
         before = len(scans)
         lines = await group.stop(((process.signal.SIGTERM, 5.0), (process.signal.SIGKILL, 5.0)))
         await group.close()
-        left = None
+        left = pid = None
         if pidfile:
             pid = int(open(pidfile).read())
             info = read_process(pid)
             left = info is not None and not info.dead
-        return {"lines": lines, "scanned": len(scans) > before, "left": left}
+        return {"lines": lines, "scanned": len(scans) > before, "left": left, "pid": pid}
 
     async def main(tmp):
         out = {"subreaper": set_child_subreaper()}
         out["true"] = await step(["true"])
         # an orphan that left the session: now a child of ours, found and stopped
         pid = os.path.join(tmp, "pid")
-        out["setsid"] = await step(
-            ["sh", "-c", f"setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > {pid}"], pid
+        # the step exits once its orphan has become `sleep` (setsid execs it, same pid)
+        script = (
+            f"setsid sleep 1000 </dev/null >/dev/null 2>&1 & p=$!; echo $p > {pid}; i=0; "
+            'while [ "$(cat /proc/$p/comm 2>/dev/null)" != sleep ] && [ $i -lt 100000 ]; '
+            "do i=$((i+1)); done"
         )
+        out["setsid"] = await step(["sh", "-c", script], pid)
         print(json.dumps(out))
 
     asyncio.run(main(sys.argv[1]))
@@ -233,7 +237,8 @@ def test_a_subreaper_ends_a_clean_step_without_scanning_proc(tmp_path: Path) -> 
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["subreaper"] is True
-    assert out["true"] == {"lines": [], "scanned": False, "left": None}
+    assert out["true"] == {"lines": [], "scanned": False, "left": None, "pid": None}
     assert out["setsid"]["scanned"] is True
-    assert len(out["setsid"]["lines"]) == 1 and "(sleep)" in out["setsid"]["lines"][0]
+    lines, pid = out["setsid"]["lines"], out["setsid"]["pid"]
+    assert lines == [f"SIGTERM to {pid} (sleep)"]
     assert out["setsid"]["left"] is False
