@@ -5,6 +5,7 @@ version not by queue position, a refresh that must keep runs queued meanwhile.""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,14 +61,25 @@ async def test_cancel_during_claim_ends_canceled_and_the_schedule_runs_on(
         runner = h.engine.runner
         await h.manager.trigger_schedule("s")
         await h.settle()
+        runner.paused = True  # queue the run, but let nothing claim it yet
         rid = (
             await h.engine.trigger(
                 h.engine.schedule("s"), by="t", path=None, parameters={}, idempotency_key=None
             )
         ).id
-        # Before the runner gets the loop: hold the writer thread for 0.5 s (the fault, not a
-        # wait), so the run's claim is still in flight when the cancel arrives.
-        slow = asyncio.ensure_future(h.store.db.write(lambda c: time.sleep(0.5)))
+        await eventually(lambda: rid in runner._queued, WAIT)
+        # Hold the writer thread for 0.5 s (the fault, not a wait), and only then let the
+        # runner claim: the run's claim is still in flight when the cancel arrives.
+        holding = threading.Event()
+
+        def hold(_c: object) -> None:
+            holding.set()
+            time.sleep(0.5)
+
+        slow = asyncio.ensure_future(h.store.db.write(hold))
+        await eventually(holding.is_set, WAIT)
+        runner.paused = False
+        runner.refresh_soon()
         await eventually(
             lambda: (e := runner._executions.get(rid)) is not None and e.claiming, WAIT
         )  # its task is in claim()
