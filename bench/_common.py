@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 __all__ = [
+    "SCHEDULES_PAGE",
     "ROOT",
     "Daemon",
     "FiringSink",
@@ -389,10 +390,12 @@ def _probe_main(argv: list[str]) -> int:
 # ── the web page's polling (watcherd/api/static/app.js `load()`) ─────────────
 
 PAGE_PERIOD = 3.0  # app.js POLL_MS: the next refresh is armed 3 s after the last one ended
+SCHEDULES_PAGE = 100  # app.js SCHEDULES_PAGE: the schedules a page asks for until "Show more"
 
 
 async def _page_client(base: str, seconds: float, offset: float) -> list[list[object]]:
-    """Every 3 s after the previous round ended: /pipelines, /schedules, /runs?limit=50 and
+    """Every 3 s after the previous round ended: /pipelines, /schedules?limit=100 (its first
+    page, as app.js asks), /runs?limit=50 and
     /replicas at once (Promise.all; a 404 from /replicas is fine, as in app.js), then /readyz;
     each body read to its end. Samples: [path, start, s]."""
     import aiohttp
@@ -415,7 +418,7 @@ async def _page_client(base: str, seconds: float, offset: float) -> list[list[ob
         while time.monotonic() < end:
             await asyncio.gather(
                 get(s, "/api/v1/pipelines"),
-                get(s, "/api/v1/schedules"),
+                get(s, f"/api/v1/schedules?limit={SCHEDULES_PAGE}"),
                 get(s, "/api/v1/runs?limit=50"),
                 get(s, "/api/v1/replicas"),
             )

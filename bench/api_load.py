@@ -18,7 +18,7 @@ of each, so the machine's drift hits both phases), while a writer creates a file
 - slot lateness: the batch's first `slot_fired` log line (right after its COMMIT) - the slot;
 - file close→exec: the child's first clock read - the writer's close();
 In load blocks CLIENTS page clients (own processes) replay what watcherd/api/static/app.js
-does every 3 s: GET /pipelines, /schedules, /runs?limit=50 and /replicas at once, then
+does every 3 s: GET /pipelines, /schedules?limit=100, /runs?limit=50 and /replicas at once, then
 /readyz. Figures: p99 under load, baseline p99 quiet, goal <= max(1.5x quiet, quiet + 10 ms).
 
 Then, with no page open, every list endpoint (`list_*`: the runs list filtered as the page
@@ -47,6 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    SCHEDULES_PAGE,
     Daemon,
     api_get,
     api_probe,
@@ -158,11 +159,14 @@ def _api_probe(
 ) -> dict[str, list[float]]:
     api = "/api/v1"
     cursor = json.loads(api_get(base, f"{api}/runs?limit=50"))["next_cursor"]
+    page2 = json.loads(api_get(base, f"{api}/schedules?limit={SCHEDULES_PAGE}"))["next_cursor"]
     sid, pid = ids["schedule"], ids["pipeline"]
     paths = {
         "healthz": "/healthz",
         "list_pipelines": f"{api}/pipelines",
-        "list_schedules": f"{api}/schedules",
+        "list_schedules": f"{api}/schedules?limit={SCHEDULES_PAGE}",
+        "list_schedules_next_page": f"{api}/schedules?limit={SCHEDULES_PAGE}&cursor={page2}",
+        "unpaged_schedules": f"{api}/schedules",
         "list_runs": f"{api}/runs?limit=50",
         "list_runs_next_page": f"{api}/runs?limit=50&cursor={cursor}",
         "list_runs_by_status": f"{api}/runs?limit=50&status=Failed",
@@ -343,6 +347,9 @@ def _report(
         ms = [x * 1000 for x in v]
         p99 = _p(ms, 99)
         err(f"api_load: GET {name}: n={len(ms)} ms p50 {_p(ms, 50):.1f} p99 {p99:.1f}\n")
+        if name.startswith("unpaged_"):  # every schedule in one answer: what no page asks
+            emit(BENCH, f"{name}_p99_ms", p99, baseline=b99, goal="(informational)", met=True)
+            continue
         goal = "<= 50" if name.startswith("list_") else "<= 50 (the lists' goal; not in SPEC)"
         emit(BENCH, f"{name}_p99_ms", p99, baseline=b99, goal=goal, met=p99 <= LIST_GOAL_MS)
 

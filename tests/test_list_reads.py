@@ -66,7 +66,7 @@ async def test_a_long_schedule_list_is_built_off_the_event_loop(
         await h.manager.trigger_schedule("s0002")
         triggered = await h.manager.trigger_schedule("s0002")
         await h.settle()
-        items = await h.manager.list_schedules()
+        items = (await h.manager.list_schedules())[0]
         built_on = set(threads)
         by_name = {s["name"]: s for s in items}
         assert len(items) == n
@@ -81,7 +81,7 @@ async def test_a_long_schedule_list_is_built_off_the_event_loop(
         assert by_name["s0001"]["next_fire_times"] == [
             t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in want
         ]
-        only_q = await h.manager.list_schedules(pipeline_id="q")
+        only_q = (await h.manager.list_schedules(pipeline_id="q"))[0]
         assert {s["name"] for s in only_q} == {f"s{i:04d}" for i in range(0, n, 2)}
     main = threading.main_thread().name
     assert (main in built_on) == (n <= OFF_LOOP_ITEMS), built_on
@@ -107,18 +107,18 @@ async def test_a_pipeline_shows_its_newest_run_submitted_or_scheduled(tmp_path: 
 async def test_list_items_are_cached_until_what_they_show_changes(tmp_path: Path) -> None:
     async with running_engine(tmp_path, _config(4), ManualClock(NOW)) as h:
         await h.settle()
-        first = {s["name"]: s for s in await h.manager.list_schedules()}
-        again = {s["name"]: s for s in await h.manager.list_schedules()}
+        first = {s["name"]: s for s in (await h.manager.list_schedules())[0]}
+        again = {s["name"]: s for s in (await h.manager.list_schedules())[0]}
         assert all(again[n] is first[n] for n in first)  # nothing changed: the same items
         run = await h.manager.trigger_schedule("s0002")
         await h.settle()
-        after = {s["name"]: s for s in await h.manager.list_schedules()}
+        after = {s["name"]: s for s in (await h.manager.list_schedules())[0]}
         assert after["s0002"] is not first["s0002"]
         assert after["s0002"]["last_run"]["id"] == run["id"]
         assert after["s0002"]["last_run"]["status"] == "Completed"
         assert after["s0003"] is first["s0003"]
         await h.manager.set_schedule_status("s0003", "Disabled")
-        disabled = {s["name"]: s for s in await h.manager.list_schedules()}
+        disabled = {s["name"]: s for s in (await h.manager.list_schedules())[0]}
         assert disabled["s0003"]["status"] == "Disabled"
         assert disabled["s0003"]["next_fire_times"] == []
 
@@ -158,3 +158,59 @@ async def test_a_long_list_over_http_is_one_json_document(tmp_path: Path) -> Non
         assert len(short["items"]) == n // 2 < OFF_LOOP_ITEMS
         by_id = {s["id"]: s for s in doc["items"]}
         assert all(by_id[s["id"]] == s for s in short["items"])
+
+
+async def test_schedules_page_by_name_and_the_cursors_visit_each_once(tmp_path: Path) -> None:
+    """`limit` pages the schedules by name; following next_cursor visits every schedule once,
+    the items equal the unpaged list's, filters apply within pages, bad paging is a 400."""
+    n = 25
+    reversed_config = HEAD + "".join(  # declared in reverse: a page must sort, not slice
+        f'\n[[schedules]]\nname = "s{i:04d}"\npipeline = "{"p" if i % 2 else "q"}"\n'
+        f'experiment_name = "E"\ncron = "{i} 3 * * *"\n'
+        + ('status = "Disabled"\n' if i % 5 == 0 else "")
+        for i in reversed(range(n))
+    )
+    async with (
+        running_engine(tmp_path, reversed_config, ManualClock(NOW)) as h,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        await h.settle()
+        base = await serve(
+            make_app(h.manager, token="t" * 24, bind="127.0.0.1:0"), "127.0.0.1:0", stack
+        )
+        async with aiohttp.ClientSession() as http:
+
+            async def pages(**query: str) -> list[list[dict[str, Any]]]:
+                out, cursor = [], None
+                while True:
+                    params = dict(query, **({"cursor": cursor} if cursor else {}))
+                    async with http.get(f"{base}/api/v1/schedules", params=params) as resp:
+                        assert resp.status == 200, await resp.text()
+                        doc = await resp.json()
+                    out.append(doc["items"])
+                    cursor = doc["next_cursor"]
+                    if cursor is None:
+                        return out
+
+            async with http.get(f"{base}/api/v1/schedules") as resp:
+                everything = {s["id"]: s for s in (await resp.json())["items"]}
+            got = await pages(limit="10")
+            assert [len(p) for p in got] == [10, 10, 5]
+            names = [s["name"] for p in got for s in p]
+            assert names == [f"s{i:04d}" for i in range(n)]
+            assert all(everything[s["id"]] == s for p in got for s in p)
+            active = [s["name"] for p in await pages(limit="4", active_only="true") for s in p]
+            assert active == [f"s{i:04d}" for i in range(n) if i % 5]
+            of_q = [s["name"] for p in await pages(limit="3", pipeline_id="q") for s in p]
+            assert of_q == [f"s{i:04d}" for i in range(0, n, 2)]
+            exact = await pages(limit=str(n))  # a full last page has no next page
+            assert len(exact) == 1 and len(exact[0]) == n
+            for query, key in [
+                ({"limit": "0"}, "query.limit"),
+                ({"limit": "x"}, "query.limit"),
+                ({"cursor": "%%%"}, "query.cursor"),
+                ({"cursor": "_w=="}, "query.cursor"),  # base64 of a byte that is not UTF-8
+            ]:
+                async with http.get(f"{base}/api/v1/schedules", params=query) as resp:
+                    assert resp.status == 400, query
+                    assert (await resp.json())["error"]["key_path"] == key

@@ -207,3 +207,44 @@ def test_non_loopback_page_asks_for_the_token_first(browser: Any, tmp_path: Path
         context.close()
     finally:
         d.close()
+
+
+def test_many_schedules_load_a_page_at_a_time(browser: Any, tmp_path: Path) -> None:
+    """At more schedules than one page, the page asks for the first page by name (not every
+    schedule each poll), says how many there are, and "Show more" loads the next page."""
+    from tests.api.seed_daemon import SEED_CONFIG
+
+    n = 130
+    many = SEED_CONFIG + "".join(
+        f'\n[[schedules]]\nname = "s{i:03d}"\npipeline = "train"\nexperiment_name = "E"\n'
+        f'cron = "{i % 60} 3 * * *"\n'
+        for i in reversed(range(n))
+    )
+    d = start_daemon(tmp_path, many)
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        schedule_queries: list[str] = []
+
+        def on_request(request: Any) -> None:
+            if "/api/v1/schedules" in request.url:
+                schedule_queries.append(request.url.split("?", 1)[-1])
+
+        page.on("request", on_request)
+        page.goto(d.url + "/")
+        rows = page.locator("#schedules tbody tr")
+        wait_until(lambda: rows.count() == 100, 15)
+        names = [rows.nth(i).locator("strong").inner_text() for i in (0, 1, 99)]
+        assert names == ["s000", "s001", "s099"]
+        assert page.locator("#schedules-count").inner_text() == f"first 100 of {n} by name"
+        assert schedule_queries and all(q == "limit=100" for q in schedule_queries)
+        page.get_by_role("button", name="Show 100 more").click()
+        wait_until(lambda: rows.count() == n, 15)
+        assert rows.nth(n - 1).locator("strong").inner_text() == f"s{n - 1:03d}"
+        assert page.locator("#schedules-count").inner_text() == f"{n} active of {n}"
+        assert page.get_by_role("button", name="Show 100 more").count() == 0
+        assert "limit=200" in schedule_queries
+        context.close()
+    finally:
+        d.close()

@@ -57,7 +57,7 @@ async def test_sec_5_queue_secrets_never_shown_by_the_api(tmp_path: Path) -> Non
             assert shown["events"]["queue"] == "blob-events"
             assert shown["events"]["queue_connection_string"] == "***"
             assert KEY not in repr(shown)
-        listed = await h.manager.list_schedules()
+        listed = (await h.manager.list_schedules())[0]
         assert KEY not in repr(listed)
 
 

@@ -125,7 +125,7 @@ async def test_a_daemon_on_the_copy_fires_nothing_again(
         code = await asyncio.to_thread(state_copy.main, ["--to", url, "--from", str(state)])
         assert code == 1
         before = list(h.runs())
-        statuses = {s["name"]: s["status"] for s in await h.manager.list_schedules()}
+        statuses = {s["name"]: s["status"] for s in (await h.manager.list_schedules())[0]}
 
     rc = await asyncio.to_thread(state_copy.main, ["--to", url, "--from", str(state)])
     assert rc == 0
@@ -134,7 +134,7 @@ async def test_a_daemon_on_the_copy_fires_nothing_again(
 
     async with _pg_engine(tmp_path, text, pg_store_url, clock) as (engine, store):
         manager = Manager(engine)
-        assert {s["name"]: s["status"] for s in await manager.list_schedules()} == statuses
+        assert {s["name"]: s["status"] for s in (await manager.list_schedules())[0]} == statuses
         assert (await manager.get_schedule(created["id"]))["name"] == "api"
         await eventually(lambda: any(st.attempts for st in engine.poll.values()))
         await asyncio.sleep(0.3)  # give a wrongly re-fired slot or file the time to show

@@ -489,7 +489,7 @@ async def test_schedule_removed_from_file_is_disabled_and_restored(tmp_path: Pat
     async with running_engine(tmp_path, head, clock) as h:
         got = await h.manager.get_schedule(sid)
         assert (got["status"], got["source"]) == ("Disabled", "removed")
-        assert await h.manager.list_schedules(active_only=True) == []
+        assert (await h.manager.list_schedules(active_only=True))[0] == []
     async with running_engine(tmp_path, text, clock) as h:
         got = await h.manager.get_schedule(sid)
         assert (got["status"], got["source"]) == ("Active", "file")

@@ -163,10 +163,16 @@ class FakeServices:
         return [{"name": "E"}]
 
     async def list_schedules(
-        self, active_only: bool = False, pipeline_id: str | None = None
-    ) -> list[JSON]:
-        self.calls.append(("list_schedules", (active_only, pipeline_id)))
-        return [s for s in self.schedules.values() if not active_only or s["status"] == "Active"]
+        self,
+        active_only: bool = False,
+        pipeline_id: str | None = None,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[JSON], str | None]:
+        self.calls.append(("list_schedules", (active_only, pipeline_id, limit, cursor)))
+        shown = [s for s in self.schedules.values() if not active_only or s["status"] == "Active"]
+        return shown, None
 
     async def get_schedule(self, ident: str) -> JSON:
         for s in self.schedules.values():

@@ -218,7 +218,9 @@ async def test_query_parameters_are_checked(services: FakeServices) -> None:
             assert r.json()["error"]["key_path"] == key
         r = await client.get("/api/v1/schedules?active_only=true")
         assert r.status_code == 200
-        assert services.calls[-1] == ("list_schedules", (True, None))
+        assert services.calls[-1] == ("list_schedules", (True, None, None, None))
+        r = await client.get("/api/v1/schedules?limit=5&cursor=YQ==")
+        assert services.calls[-1] == ("list_schedules", (False, None, 5, "YQ=="))
         r = await client.get("/api/v1/runs?status=failed&limit=7")
         assert services.calls[-1] == ("list_runs", (None, None, "Failed", 7, None))
         r = await client.get("/api/v1/schedules/s1/next?n=2")

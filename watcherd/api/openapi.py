@@ -125,6 +125,12 @@ def _schedule_paths() -> JSON:
         list_of("Schedule"),
         _ACTIVE_ONLY,
         _query("pipeline_id", STR),
+        _query(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": 1000},
+            "page size; without it (and without cursor) every schedule, unpaged",
+        ),
+        _query("cursor", STR, "next_cursor of the previous page (pages are ordered by name)"),
     )  # 404: an unknown pipeline_id
     listing["post"] = _op(
         "create_schedule",

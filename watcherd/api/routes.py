@@ -151,10 +151,18 @@ async def get_datastore(request: web.Request) -> web.Response:
 async def list_schedules(request: web.Request) -> web.StreamResponse:
     active_only = parsing.bool_param(request, "active_only", False)
     pipeline_id = parsing.str_param(request, "pipeline_id")
-    svc = _svc(request)
-    return await _page(
-        request, await svc.list_schedules(active_only=active_only, pipeline_id=pipeline_id)
-    )
+    raw_limit = request.query.get("limit")
+    limit = parsing.int_param(request, "limit", 0, 1, 1000) if raw_limit is not None else None
+    try:
+        items, cursor = await _svc(request).list_schedules(
+            active_only=active_only,
+            pipeline_id=pipeline_id,
+            limit=limit,
+            cursor=parsing.cursor_param(request),
+        )
+    except ValidationError as exc:  # a bad cursor: a query problem, not a body one
+        raise ApiProblem(400, "bad_request", exc.message, f"query.{exc.key}") from exc
+    return await _page(request, items, cursor)
 
 
 async def create_schedule(request: web.Request) -> web.Response:

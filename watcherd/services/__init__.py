@@ -76,8 +76,17 @@ class Services(Protocol):
     async def list_experiments(self) -> list[JSON]: ...
 
     async def list_schedules(
-        self, active_only: bool = False, pipeline_id: str | None = None
-    ) -> list[JSON]: ...
+        self,
+        active_only: bool = False,
+        pipeline_id: str | None = None,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[JSON], str | None]:
+        """All schedules (no limit, no cursor), or a page of them ordered by name: up to
+        `limit` after the one `cursor` names, with the cursor of the next page."""
+        ...
+
     async def get_schedule(self, ident: str) -> JSON: ...
     async def next_fire_times(self, ident: str, n: int) -> list[str]: ...
     async def create_schedule(self, body: Mapping[str, Any]) -> JSON: ...

@@ -12,7 +12,10 @@ lines of checks around one engine or store call); the list views live in `views`
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
+import heapq
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -145,35 +148,57 @@ class Manager:
         return [format_utc(t) for t in self.engine.next_fire_times(s.id, n)]
 
     async def list_schedules(
-        self, active_only: bool = False, pipeline_id: str | None = None
-    ) -> list[JSON]:
+        self,
+        active_only: bool = False,
+        pipeline_id: str | None = None,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[JSON], str | None]:
         pid = self._pipeline_id(pipeline_id) if pipeline_id else None
-        shown = [
-            s
-            for s in self.engine.schedules.values()
+        after = _schedule_cursor(cursor) if cursor is not None else None
+        eng = self.engine
+        entries: list[tuple[str, str]] = [
+            (s.name, s.id)
+            for s in eng.schedules.values()
             if (
                 s.pipeline == pid
                 if pid is not None
                 else not active_only or s.status is Status.ACTIVE
             )
         ]
-        broken = [
-            sid
-            for sid in (self.engine.broken if pid is None else ())
-            if not active_only or self.engine.rows[sid].status == Status.ACTIVE.value
+        entries += [
+            (eng.rows[sid].name, sid)
+            for sid in (eng.broken if pid is None else ())
+            if not active_only or eng.rows[sid].status == Status.ACTIVE.value
         ]
+        next_cursor = None
+        if limit is not None or after is not None:  # a page: by name, after the cursor's name
+            wanted = (e for e in entries if after is None or e[0] > after)
+            entries = heapq.nsmallest(len(entries) if limit is None else limit + 1, wanted)
+            if limit is not None and len(entries) > limit:
+                entries = entries[:limit]
+                next_cursor = _encode_schedule_cursor(entries[-1][0])
+        shown = [s for _, sid in entries if (s := eng.schedules.get(sid)) is not None]
         fires: list[list[str]] = []  # on the loop (they read the armed timers), in chunks
         for i in range(0, len(shown), OFF_LOOP_ITEMS):
             if i:
                 await asyncio.sleep(0)  # a timer or a file due meanwhile goes first
             fires += [self.views.next3(s) for s in shown[i : i + OFF_LOOP_ITEMS]]
-        last = await self.engine.store.last_runs([*(s.id for s in shown), *broken])
-        out: list[JSON] = await _maybe_off_loop(
+        last = await eng.store.last_runs([sid for _, sid in entries])
+        built: dict[str, JSON] = await _maybe_off_loop(
             len(shown),
-            lambda: [self.views.schedule(s, last, f) for s, f in zip(shown, fires, strict=True)],
+            lambda: {
+                s.id: self.views.schedule(s, last, f) for s, f in zip(shown, fires, strict=True)
+            },
         )
-        out += [self.views.broken(sid, last) for sid in broken if sid in self.engine.broken]
-        return out
+        out: list[JSON] = []
+        for _, sid in entries:  # in the page's order; broken ones where their name sorts
+            if sid in built:
+                out.append(built[sid])
+            elif sid in eng.broken:
+                out.append(self.views.broken(sid, last))
+        return out, next_cursor
 
     async def get_schedule(self, ident: str) -> JSON:
         broken = self._broken_id(ident)
@@ -463,6 +488,19 @@ def _status(value: str) -> Status:
         raise ValidationError(
             f"status must be Active or Disabled, not {value!r}", "status"
         ) from None
+
+
+def _encode_schedule_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode("utf-8", "surrogatepass")).decode()
+
+
+def _schedule_cursor(cursor: str) -> str:
+    """The name a schedules page starts after (ValidationError if not a next_cursor given)."""
+    try:
+        raw = base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True)
+        return raw.decode("utf-8", "surrogatepass")
+    except (ValueError, UnicodeError, binascii.Error):
+        raise ValidationError("bad cursor", "cursor") from None
 
 
 async def _maybe_off_loop(n: int, build: Callable[[], T]) -> T:

@@ -9,11 +9,14 @@
   const NEED_TOKEN_FOR_READS = body.dataset.tokenForReads === "true";
   const POLL_MS = Number(body.dataset.pollMs) || 3000;
   const TERMINAL = new Set(["Completed", "Failed", "Submitted", "Canceled", "Skipped"]);
+  const SCHEDULES_PAGE = Number(body.dataset.schedulesPage) || 100;  // schedules shown at first
+  const CHIPS = 6;  // schedule names shown per pipeline before "+N more"
 
   const state = {
     token: sessionStorage.getItem(TOKEN_KEY) || "",
     pipelines: [], schedules: [], runs: [], replicas: [], ready: null,
     runsSchedule: null, timer: null, busy: false, lastOk: null,
+    schedulesWanted: SCHEDULES_PAGE, schedulesMore: false,
   };
 
   const $ = (id) => document.getElementById(id);
@@ -209,7 +212,9 @@
   function renderPipelines() {
     const scheds = schedById();
     const rows = state.pipelines.map((p) => {
-      const names = (p.schedules || []).map((id) => (scheds.get(id) || { name: id }).name);
+      const ids = p.schedules || [];
+      const names = ids.slice(0, CHIPS).map((id) => (scheds.get(id) || { name: id.slice(0, 8) }).name);
+      if (ids.length > CHIPS) names.push(`+${ids.length - CHIPS} more`);
       const toggle = p.status === "Active"
         ? button("Disable", () => act("POST", `${API}/pipelines/${encodeURIComponent(p.id)}/disable`, undefined, `Pipeline ${p.name} disabled`))
         : button("Enable", () => act("POST", `${API}/pipelines/${encodeURIComponent(p.id)}/enable`, undefined, `Pipeline ${p.name} enabled`), "primary");
@@ -267,10 +272,18 @@
       };
     });
     const active = state.schedules.filter((s) => s.status === "Active").length;
-    $("schedules-count").textContent = state.schedules.length ? `${active} active of ${state.schedules.length}` : "";
+    $("schedules-count").textContent = !state.schedules.length ? ""
+      : state.schedulesMore ? `first ${state.schedules.length} of ${scheduleTotal()} by name`
+        : `${active} active of ${state.schedules.length}`;
+    const more = state.schedulesMore
+      ? h("div", { class: "more" }, button(`Show ${SCHEDULES_PAGE} more`, () => {
+        state.schedulesWanted = state.schedules.length + SCHEDULES_PAGE; refresh();
+      }, "ghost"))
+      : null;
     $("schedules").replaceChildren(table(
       ["Schedule", "Status", "Pipeline", "Trigger", "Next run", "Last run", ""], rows,
-      "No schedules yet. Add a [[schedules]] entry to watcherd.toml, or create one with the SDK (Schedule.create) or POST /api/v1/schedules."));
+      "No schedules yet. Add a [[schedules]] entry to watcherd.toml, or create one with the SDK (Schedule.create) or POST /api/v1/schedules."),
+    ...(more ? [more] : []));
   }
 
   async function showLog(run) {
@@ -348,6 +361,9 @@
       "No live replica reported."));
   }
 
+  // Every schedule the pipelines name: the whole count even when only a page is loaded.
+  const scheduleTotal = () => state.pipelines.reduce((n, p) => n + (p.schedules || []).length, 0);
+
   function renderSummary() {
     const active = state.schedules.filter((s) => s.status === "Active").length;
     const running = state.runs.filter((r) => r.status === "Running").length;
@@ -357,7 +373,9 @@
       h("span", { class: "value" }, value), h("span", { class: "label" }, label));
     $("summary").replaceChildren(
       card("pipelines", state.pipelines.length),
-      card("active schedules", active + " / " + state.schedules.length),
+      state.schedulesMore
+        ? card("schedules", String(scheduleTotal()))
+        : card("active schedules", active + " / " + state.schedules.length),
       card("running · queued", running + " · " + queued, running ? "live" : ""),
       card("failed (recent)", failed, failed ? "bad" : ""));
   }
@@ -376,20 +394,36 @@
   }
 
   // ── polling ──────────────────────────────────────────────────────────────────
+  // The first `wanted` schedules by name, a page at a time: at 10k schedules the page asks
+  // for what it shows, not for every schedule each poll.
+  async function loadSchedules(wanted) {
+    const items = [];
+    let cursor = null;
+    do {
+      const query = new URLSearchParams({ limit: String(Math.min(1000, wanted - items.length)) });
+      if (cursor) query.set("cursor", cursor);
+      const page = await api("GET", `${API}/schedules?${query}`);
+      items.push(...page.items);
+      cursor = page.next_cursor;
+    } while (cursor && items.length < wanted);
+    return { items, more: Boolean(cursor) };
+  }
+
   async function load() {
     const runQuery = new URLSearchParams({ limit: "50" });
     if (state.runsSchedule) runQuery.set("schedule_id", state.runsSchedule.id);
     if ($("runs-status").value) runQuery.set("status", $("runs-status").value);
     const [pipelines, schedules, runs, replicas] = await Promise.all([
       api("GET", `${API}/pipelines`),
-      api("GET", `${API}/schedules`),
+      loadSchedules(state.schedulesWanted),
       api("GET", `${API}/runs?${runQuery}`),
       api("GET", `${API}/replicas`).catch((e) => (e.status === 404 ? { items: [] } : Promise.reject(e))),
     ]);
     let ready = null;
     try { ready = await api("GET", "/readyz"); } catch (e) { ready = e.status === 503 ? false : null; }
     state.pipelines = pipelines.items.slice().sort((a, b) => a.name.localeCompare(b.name));
-    state.schedules = schedules.items.slice().sort((a, b) => a.name.localeCompare(b.name));
+    state.schedules = schedules.items;  // by name (the API's order: pages follow it)
+    state.schedulesMore = schedules.more;
     state.runs = runs.items;
     state.replicas = replicas.items.slice().sort((a, b) => String(a.id).localeCompare(String(b.id)));
     state.ready = ready;
