@@ -145,6 +145,13 @@ def test_three_replicas_under_faults(
             wait_until(d._ready_or_dead, 90)
             assert d.proc is not None and d.proc.poll() is None, d.logs()[-3000:]
         wait_until(lambda: all(_owner(url, f"m{s:02d}") for s in STARTS), 2 * LEASE_TTL + 5)
+        # The files schedule's baseline is taken before the first file: a file already there
+        # at its first poll is in the baseline (initial "skip") and rightly never runs.
+        baseline = (
+            "SELECT count(*) FROM baselines b JOIN schedules s ON s.id = b.schedule_id"
+            " WHERE s.name = 'files'"
+        )
+        wait_until(lambda: _q(url, baseline)[0][0], 2 * LEASE_TTL + 5)
         begin = datetime.now(UTC)
         writer.start()
 
