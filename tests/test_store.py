@@ -288,6 +288,24 @@ async def test_record_slots_advances_cursors_and_returns_queued_ids(store: RunSt
     assert [r.id for r in await store.queued_runs()] == [a.id, c.id]
 
 
+async def test_a_batch_inserts_each_run_once_whatever_is_stored(store: RunStore) -> None:
+    """One batch with runs already stored, a run repeated in it, and new runs of two
+    experiments: only the new ones are inserted (the first of a repeated id), returned in
+    batch order, and their experiments listed."""
+    await store.save_schedules([_schedule("s", "s", NOW)])
+    old = _run("slot:old")
+    assert await store.record_slots([SlotBatch("s", NOW, [old])], NOW) == [old.id]
+    a = _run("slot:a")
+    b = dataclasses.replace(_run("slot:b"), experiment="F")
+    again = _run("slot:a").skipped("a later copy of a")
+    got = await store.record_slots([SlotBatch("s", NOW, [old, a, b, again])], NOW)
+    assert got == [a.id, b.id]
+    stored_a = await store.get_run(a.id)
+    assert stored_a is not None and stored_a.status is RunStatus.QUEUED
+    assert sorted(await store.experiments()) == ["E", "F"]
+    assert len((await store.list_runs()).runs) == 3
+
+
 async def test_snapshot_baseline_and_marker(store: RunStore) -> None:
     assert await store.load_snapshot("f", "K") is None
     r1 = _file_run(b"a.csv", "1")

@@ -169,7 +169,12 @@ async def _insert(
         (now, _TERMINAL, now, *cols, *((*notify, RUNS_NOTICE_IDS) if notify else ())),
     )
     queued = {r[0] for r in await cur.fetchall() if r[1] == RunStatus.QUEUED.value}
-    return [r.id for r in runs if r.id in queued]
+    out = []
+    for r in runs:  # in the order given, each id once (a repeated id is inserted once)
+        if r.id in queued:
+            queued.discard(r.id)
+            out.append(r.id)
+    return out
 
 
 async def list_runs(

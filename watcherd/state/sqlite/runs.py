@@ -61,42 +61,82 @@ _SETTABLE = frozenset(
 )
 
 
+_INSERT = (
+    "INSERT OR IGNORE INTO runs(id, schedule_id, pipeline_id, experiment, dedup, status,"
+    " trigger, parameters, path, error, queued_at, finished_at, file_local, file_url,"
+    " file_param) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_IDS_PER_QUERY = 500  # under SQLite's bound-parameter limit
+
+
 def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> list[str]:
-    """INSERT OR IGNORE under UNIQUE(schedule_id, dedup); returns the ids inserted Queued."""
-    inserted: list[str] = []
-    ts = format_utc(now, micro=True)
+    """INSERT OR IGNORE under UNIQUE(schedule_id, dedup); returns the ids inserted Queued.
+
+    One statement for the batch (a catch-up inserts hundreds): the runs whose id is already
+    stored are left out first; a run's id is a function of (schedule_id, dedup), so the
+    statement can ignore nothing else, and if it did, the ids stored after it tell."""
+    if len(runs) == 1:
+        return _insert_one(c, runs[0], now)
     gated = sorted({r.schedule_id for r in runs if r.gate is not None})
     if gated:
         runs = apply_gates(runs, {sid: _active(c, sid) for sid in gated})
-    for r in runs:
-        f = r.file
-        c.execute(
-            "INSERT OR IGNORE INTO runs(id, schedule_id, pipeline_id, experiment, dedup, status,"
-            " trigger, parameters, path, error, queued_at, finished_at, file_local, file_url,"
-            " file_param) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                r.id,
-                r.schedule_id,
-                r.pipeline_id,
-                r.experiment,
-                r.dedup,
-                r.status.value,
-                json.dumps(r.trigger),
-                json.dumps(dict(r.parameters)),
-                f.relative_path if f else None,
-                r.error,
-                ts,
-                ts if r.status in TERMINAL else None,
-                f.local_path if f else None,
-                f.url if f else None,
-                f.parameter if f else None,
-            ),
-        )
-        if c.rowcount:
-            c.execute("INSERT OR IGNORE INTO experiments(name) VALUES (?)", (r.experiment,))
-            if r.status is RunStatus.QUEUED:
-                inserted.append(r.id)
-    return inserted
+    fresh = {r.id: r for r in reversed(runs)}  # the first of a repeated id wins, as row by row
+    for found in _stored_ids(c, list(fresh)):
+        del fresh[found]
+    new = [r for r in runs if fresh.get(r.id) is r]
+    if not new:
+        return []
+    ts = format_utc(now, micro=True)
+    before = c.connection.total_changes
+    c.executemany(_INSERT, [_row(r, ts) for r in new])
+    if c.connection.total_changes - before != len(new):  # something else was ignored
+        stored = set(_stored_ids(c, [r.id for r in new]))
+        new = [r for r in new if r.id in stored]
+    c.executemany(
+        "INSERT OR IGNORE INTO experiments(name) VALUES (?)",
+        [(e,) for e in dict.fromkeys(r.experiment for r in new)],
+    )
+    return [r.id for r in new if r.status is RunStatus.QUEUED]
+
+
+def _insert_one(c: sqlite3.Cursor, r: NewRun, now: datetime) -> list[str]:
+    if r.gate is not None:
+        r = apply_gates([r], {r.schedule_id: _active(c, r.schedule_id)})[0]
+    c.execute(_INSERT, _row(r, format_utc(now, micro=True)))
+    if not c.rowcount:
+        return []
+    c.execute("INSERT OR IGNORE INTO experiments(name) VALUES (?)", (r.experiment,))
+    return [r.id] if r.status is RunStatus.QUEUED else []
+
+
+def _row(r: NewRun, ts: str) -> tuple[Any, ...]:
+    f = r.file
+    return (
+        r.id,
+        r.schedule_id,
+        r.pipeline_id,
+        r.experiment,
+        r.dedup,
+        r.status.value,
+        json.dumps(r.trigger),
+        json.dumps(dict(r.parameters)),
+        f.relative_path if f else None,
+        r.error,
+        ts,
+        ts if r.status in TERMINAL else None,
+        f.local_path if f else None,
+        f.url if f else None,
+        f.parameter if f else None,
+    )
+
+
+def _stored_ids(c: sqlite3.Cursor, ids: list[str]) -> list[str]:
+    out: list[str] = []
+    for i in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[i : i + _IDS_PER_QUERY]
+        marks = ",".join("?" * len(chunk))
+        out += [row[0] for row in c.execute(f"SELECT id FROM runs WHERE id IN ({marks})", chunk)]
+    return out
 
 
 def _active(c: sqlite3.Cursor, schedule_id: str) -> tuple[int, int]:
