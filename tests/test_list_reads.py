@@ -214,3 +214,31 @@ async def test_schedules_page_by_name_and_the_cursors_visit_each_once(tmp_path: 
                 async with http.get(f"{base}/api/v1/schedules", params=query) as resp:
                     assert resp.status == 400, query
                     assert (await resp.json())["error"]["key_path"] == key
+
+
+async def test_the_paged_order_follows_schedules_created_disabled_and_deleted(
+    tmp_path: Path,
+) -> None:
+    """The name index behind pages is cached, and rebuilt on each change: a schedule created
+    through the API shows in the next page where its name sorts, a disabled one leaves
+    `active_only` pages, a deleted one leaves every page, and a pipeline lists its new one."""
+    async with running_engine(tmp_path, _config(6), ManualClock(NOW)) as h:
+        m = h.manager
+
+        async def names(**query: Any) -> list[str]:
+            items, _ = await m.list_schedules(limit=100, **query)
+            return [s["name"] for s in items]
+
+        assert await names() == [f"s{i:04d}" for i in range(6)]
+        before = (await m.get_pipeline("p"))["schedules"]
+        made = await m.create_schedule(
+            {"name": "s0002a", "pipeline": "p", "experiment_name": "E", "cron": "0 4 * * *"}
+        )
+        assert (await names())[2:4] == ["s0002", "s0002a"]
+        assert (await m.get_pipeline("p"))["schedules"] == [*before, made["id"]]
+        await m.set_schedule_status("s0002a", "Disabled")
+        assert "s0002a" not in await names(active_only=True)
+        assert "s0002a" in await names()
+        await m.delete_schedule("s0002a")
+        assert await names() == [f"s{i:04d}" for i in range(6)]
+        assert (await m.get_pipeline("p"))["schedules"] == before

@@ -145,6 +145,7 @@ class Arming:
             for sid, row in rows.items():
                 if sid in self.book.rows:
                     self.book.rows[sid] = row
+                    self.book.changed()
                 self.book.fresh.discard(sid)  # "nothing missed" held only for its creator
         run_all_until = self.clock.now() if self._started else self.alive_until
         await self._catch_up(list(gained), run_all_until)
@@ -174,7 +175,7 @@ class Arming:
             try:
                 todo = catch_up(t, row.anchor, row.cursor, now, run_all_until=run_all_until)
             except (ValueError, OverflowError) as exc:  # this schedule's problem only
-                self.book.broken[sid] = f"cannot compute missed slots: {exc}"
+                self.book.set_broken(sid, f"cannot compute missed slots: {exc}")
                 continue
             if todo.not_run:
                 log.info(
@@ -202,7 +203,7 @@ class Arming:
             return
         row = self.book.rows[s.id]
         if row.anchor is None or row.cursor is None:
-            self.book.broken[s.id] = "no stored timer"
+            self.book.set_broken(s.id, "no stored timer")
             return
         self.timers.arm(s, row.anchor, row.cursor)
 

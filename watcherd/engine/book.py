@@ -33,6 +33,17 @@ class ScheduleBook:
     broken: dict[str, str] = dataclasses.field(default_factory=dict)  # id → why (in error)
     pipeline_status: dict[str, Status] = dataclasses.field(default_factory=dict)
     fresh: set[str] = dataclasses.field(default_factory=set)  # timers just (re)created
+    # Bumped by every change to which schedules exist, their names, pipelines, statuses or
+    # errors (not by a cursor moving): what the API's list indexes are cached against.
+    version: int = 0
+
+    def changed(self) -> None:
+        """Say that the schedules' identities, statuses or errors changed."""
+        self.version += 1
+
+    def set_broken(self, sid: str, why: str) -> None:
+        self.broken[sid] = why
+        self.version += 1
 
     def load(self, config: Config, plan: Reconciled) -> None:
         """Take a reconciled state (a config applied, or re-read from the store)."""
@@ -40,6 +51,7 @@ class ScheduleBook:
         self.schedules, self.rows, self.broken = plan.schedules, plan.rows, plan.broken
         self.pipeline_status = plan.pipeline_status
         self.fresh |= plan.fresh
+        self.version += 1
 
     def schedule(self, ident: str) -> Schedule:
         """A schedule by id, else by name; raises NotFound."""
@@ -56,6 +68,7 @@ class ScheduleBook:
         return s.status is Status.ACTIVE and self.pipeline_status.get(s.pipeline) is Status.ACTIVE
 
     def put(self, row: StoredSchedule, s: Schedule | None) -> None:
+        self.version += 1
         self.rows[row.id] = row
         if s is None:
             self.schedules.pop(row.id, None)
@@ -64,6 +77,7 @@ class ScheduleBook:
             self.broken.pop(row.id, None)
 
     def drop(self, sid: str) -> None:
+        self.version += 1
         self.schedules.pop(sid, None)
         self.rows.pop(sid, None)
         self.broken.pop(sid, None)
@@ -82,6 +96,6 @@ class ScheduleBook:
             s = parse_stored(row, self.config, Source(row.source))
         except (ConfigErrors, ConfigError) as exc:
             if row.source == Source.API.value:
-                self.broken[row.id] = f"stored schedule no longer valid: {exc}"
+                self.set_broken(row.id, f"stored schedule no longer valid: {exc}")
             return None
         return dataclasses.replace(s, status=Status(row.status))

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import dataclasses
-import heapq
+import itertools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -158,27 +159,32 @@ class Manager:
         pid = self._pipeline_id(pipeline_id) if pipeline_id else None
         after = _schedule_cursor(cursor) if cursor is not None else None
         eng = self.engine
-        entries: list[tuple[str, str]] = [
-            (s.name, s.id)
-            for s in eng.schedules.values()
-            if (
-                s.pipeline == pid
-                if pid is not None
-                else not active_only or s.status is Status.ACTIVE
-            )
-        ]
-        entries += [
-            (eng.rows[sid].name, sid)
-            for sid in (eng.broken if pid is None else ())
-            if not active_only or eng.rows[sid].status == Status.ACTIVE.value
-        ]
+
+        def wanted(sid: str) -> bool:
+            s = eng.schedules.get(sid)
+            if s is not None:
+                return (
+                    s.pipeline == pid
+                    if pid is not None
+                    else (not active_only or s.status is Status.ACTIVE)
+                )
+            return pid is None and (not active_only or eng.rows[sid].status == Status.ACTIVE.value)
+
         next_cursor = None
-        if limit is not None or after is not None:  # a page: by name, after the cursor's name
-            wanted = (e for e in entries if after is None or e[0] > after)
-            entries = heapq.nsmallest(len(entries) if limit is None else limit + 1, wanted)
-            if limit is not None and len(entries) > limit:
-                entries = entries[:limit]
-                next_cursor = _encode_schedule_cursor(entries[-1][0])
+        if limit is None and after is None:  # everything, in the order the schedules came
+            entries = [(s.name, s.id) for s in eng.schedules.values()]
+            entries += [(eng.rows[sid].name, sid) for sid in eng.broken if sid not in eng.schedules]
+            entries = [e for e in entries if wanted(e[1])]
+        else:  # a page: by name, from just after the cursor's name
+            order = self.views.by_name()
+            start = 0 if after is None else bisect.bisect_right(order, (after, "\U0010ffff"))
+            entries = []
+            for e in itertools.islice(order, start, None):
+                if wanted(e[1]):
+                    if limit is not None and len(entries) == limit:
+                        next_cursor = _encode_schedule_cursor(entries[-1][0])
+                        break
+                    entries.append(e)
         shown = [s for _, sid in entries if (s := eng.schedules.get(sid)) is not None]
         fires: list[list[str]] = []  # on the loop (they read the armed timers), in chunks
         for i in range(0, len(shown), OFF_LOOP_ITEMS):
