@@ -48,8 +48,9 @@ def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
 async def _page(
     request: web.Request, items: list[Any], next_cursor: str | None = None
 ) -> web.StreamResponse:
-    if len(items) <= OFF_LOOP_ITEMS:
-        return json_response({"items": items, "next_cursor": next_cursor})
+    if len(items) <= OFF_LOOP_ITEMS:  # cached items are joined, not encoded again
+        body = _encode_page(items, next_cursor)
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
     body = await asyncio.to_thread(_encode_page, items, next_cursor)
     # Written in chunks, each awaiting the socket: 10k schedules are ~12 MB, and one write
     # would copy them all on the event loop at once.

@@ -28,9 +28,10 @@ class EncodedJSON(dict[str, Any]):
 
     __slots__ = ("text",)
 
-    def __init__(self, body: JSON) -> None:
+    def __init__(self, body: JSON, text: str | None = None) -> None:
+        """`text`: the body's encoding when the caller has it (else encoded here)."""
         super().__init__(body)
-        self.text = encode(body)
+        self.text = encode(body) if text is None else text
 
 
 # A list longer than this is built and encoded on a worker thread: 10k schedules take ~0.1 s,

@@ -40,7 +40,7 @@ from watcherd.core.models import (
 from watcherd.core.timefmt import format_utc
 from watcherd.engine.engine import Engine
 from watcherd.engine.metrics import Metrics
-from watcherd.services import OFF_LOOP_ITEMS
+from watcherd.services import OFF_LOOP_ITEMS, EncodedJSON, encode
 from watcherd.services.views import Views, run_json
 
 T = TypeVar("T")
@@ -59,6 +59,9 @@ class Manager:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.views = Views(engine)
+        # replica id → (its schedules, sorted, encoded): 10k ids are not sorted and encoded
+        # again on every poll of /replicas
+        self._owned: dict[str, tuple[frozenset[str], list[str], str]] = {}
 
     @property
     def config(self) -> Config:
@@ -421,18 +424,23 @@ class Manager:
     # ── replicas ─────────────────────────────────────────────────────────────
 
     async def list_replicas(self) -> list[JSON]:
-        return [
-            {
+        out: list[JSON] = []
+        for r in await self.engine.replicas():
+            cached = self._owned.get(r.id)
+            if cached is None or cached[0] != r.schedules:  # sorted and encoded once per change
+                ids = sorted(r.schedules)
+                cached = self._owned[r.id] = (frozenset(r.schedules), ids, encode(ids))
+            body: JSON = {
                 "id": r.id,
                 "host": r.host,
                 "started": format_utc(r.started),
                 "last_heartbeat": format_utc(r.last_heartbeat),
-                "schedules": sorted(r.schedules),
                 "running": r.running,
                 "config_hash": r.config_hash,
             }
-            for r in await self.engine.replicas()
-        ]
+            text = f'{encode(body)[:-1]}, "schedules": {cached[2]}}}'
+            out.append(EncodedJSON({**body, "schedules": cached[1]}, text))
+        return out
 
     # ── health ───────────────────────────────────────────────────────────────
 

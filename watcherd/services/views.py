@@ -71,6 +71,9 @@ def pipeline_json(
     }
 
 
+_NO_IDS: list[str] = []  # shared: a pipeline with no schedule keeps its cached item
+
+
 @dataclass(frozen=True, slots=True)
 class _Index:
     version: int  # ScheduleBook.version it was built at
@@ -90,6 +93,7 @@ class Views:
         self._fires: dict[str, tuple[object, list[str]]] = {}
         self._items: dict[str, tuple[tuple[object, ...], str | None, EncodedJSON]] = {}
         self._index_cache: _Index | None = None
+        self._pipelines: dict[str, tuple[tuple[object, ...], EncodedJSON]] = {}
 
     @property
     def config(self) -> Config:
@@ -134,12 +138,21 @@ class Views:
         return self._index_cache
 
     def pipeline(self, pid: str, newest: Run | None, by_pipeline: Mapping[str, list[str]]) -> JSON:
+        """A pipeline item, cached with its JSON until what it shows changes (its schedule
+        ids are thousands at 10k schedules: encoded once, not on every poll)."""
         p = self.config.pipeline_by_id(pid)
         assert p is not None
         status = self.engine.pipeline_status.get(p.id, p.status)
         s = self.engine.schedules.get(newest.schedule_id) if newest else None
+        ids = by_pipeline.get(p.id, _NO_IDS)
+        key = (p, status, ids, newest, s)
+        cached = self._pipelines.get(pid)
+        if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
+            return cached[1]
         names = {s.id: s.name} if s is not None else {}
-        return pipeline_json(p, status, by_pipeline.get(p.id, []), newest, names)
+        item = EncodedJSON(pipeline_json(p, status, ids, newest, names))
+        self._pipelines[pid] = (key, item)
+        return item
 
     def next3(self, s: Schedule) -> list[str]:
         """The three next fire times of the lists, cached until the schedule fires or changes."""
