@@ -123,6 +123,24 @@ async def test_list_items_are_cached_until_what_they_show_changes(tmp_path: Path
         assert disabled["s0003"]["next_fire_times"] == []
 
 
+async def test_pipeline_items_are_cached_until_what_they_show_changes(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, _config(4), ManualClock(NOW)) as h:
+        await h.settle()
+        first = {p["name"]: p for p in await h.manager.list_pipelines()}
+        again = {p["name"]: p for p in await h.manager.list_pipelines()}
+        assert all(again[n] is first[n] for n in first)  # nothing changed: the same items
+        run = await h.manager.trigger_schedule("s0001")  # pipeline p
+        await h.settle()
+        after = {p["name"]: p for p in await h.manager.list_pipelines()}
+        assert after["p"] is not first["p"] and after["p"]["last_run"]["id"] == run["id"]
+        assert after["q"] is first["q"]
+        await h.manager.create_schedule(
+            {"name": "new", "pipeline": "q", "experiment_name": "E", "cron": "0 4 * * *"}
+        )
+        added = {p["name"]: p for p in await h.manager.list_pipelines()}
+        assert len(added["q"]["schedules"]) == len(first["q"]["schedules"]) + 1
+
+
 def test_a_long_page_encodes_as_one_document() -> None:
     from watcherd.api.routes import _dumps, _encode_page
     from watcherd.services import EncodedJSON

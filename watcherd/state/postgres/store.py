@@ -35,6 +35,7 @@ class PgStore(Definitions):
     def __init__(self, db: PgDatabase) -> None:
         super().__init__(db)
         self._last_seen: dict[str, Any] = {}  # newest run per schedule, by row (last_runs)
+        self._pipeline_seen: dict[str, Any] = {}  # and per pipeline (last_pipeline_runs)
 
     async def close(self) -> None:
         await self.db.close()
@@ -265,7 +266,7 @@ class PgStore(Definitions):
         return await self.db.run(_last_runs, what="last runs", retry=True)
 
     async def last_pipeline_runs(self, pipeline_ids: Sequence[str]) -> dict[str, Run]:
-        ids = list(pipeline_ids)
+        ids, seen = list(pipeline_ids), self._pipeline_seen
 
         async def go(c: Conn) -> dict[str, Run]:
             cur = await c.execute(
@@ -274,7 +275,13 @@ class PgStore(Definitions):
                 " LIMIT 1) r",
                 (ids,),
             )
-            return {r[2]: row_to_run(r) for r in await cur.fetchall()}
+            out: dict[str, Run] = {}
+            for r in await cur.fetchall():  # an unchanged row: the same Run (cached items)
+                got = seen.get(r[2])
+                if got is None or got[0] != r:
+                    got = seen[r[2]] = (tuple(r), row_to_run(r))
+                out[r[2]] = got[1]
+            return out
 
         return await self.db.run(go, what="last runs", retry=True)
 

@@ -261,28 +261,31 @@ def last_runs(
     return {r[1]: _run(r) for r in rows}
 
 
-def _cached_run(r: Sequence[Any], seen: dict[str, Any] | None) -> Run:
+def _cached_run(r: Sequence[Any], seen: dict[str, Any] | None, key: int = 1) -> Run:
     """`_run(r)`, reusing the Run built from the same row last time (`seen`: by schedule id):
     a page listing 10k schedules every 3 s rebuilds only the newest runs that changed, and
     an unchanged Run is the same object (what `services.views` caches items by)."""
     if seen is None:
         return _run(r)
-    got = seen.get(r[1])
+    got = seen.get(r[key])
     if got is not None and got[0] == r:
         return got[1]  # type: ignore[no-any-return]
     run = _run(r)
-    seen[r[1]] = (tuple(r), run)
+    seen[r[key]] = (tuple(r), run)
     return run
 
 
-def last_pipeline_runs(c: Conn, pipeline_ids: Sequence[str]) -> dict[str, Run]:
-    """The newest run of each named pipeline: one probe of runs_pipeline each."""
+def last_pipeline_runs(
+    c: Conn, pipeline_ids: Sequence[str], seen: dict[str, Any] | None = None
+) -> dict[str, Run]:
+    """The newest run of each named pipeline: one probe of runs_pipeline each (`seen`: as
+    for `last_runs`, by pipeline id)."""
     rows = c.execute(
         f"SELECT {COLUMNS} FROM runs WHERE seq IN (SELECT (SELECT seq FROM runs r WHERE"
         " r.pipeline_id = j.value ORDER BY seq DESC LIMIT 1) FROM json_each(?) j)",
         (json.dumps(list(pipeline_ids)),),
     )
-    return {r[2]: _run(r) for r in rows}
+    return {r[2]: _cached_run(r, seen, key=2) for r in rows}
 
 
 def experiments(c: Conn) -> list[str]:

@@ -44,6 +44,7 @@ class SqliteStore:
         self.db = Database(state_dir, read_only=read_only, lock=lock)
         self.path = self.db.path
         self._last_seen: dict[str, Any] = {}  # newest run per schedule, by row (last_runs)
+        self._pipeline_seen: dict[str, Any] = {}  # and per pipeline (last_pipeline_runs)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.db.close)
@@ -163,8 +164,8 @@ class SqliteStore:
         return await self.db.read(lambda c: runs_sql.last_runs(c, schedule_ids, seen))
 
     async def last_pipeline_runs(self, pipeline_ids: Sequence[str]) -> dict[str, Run]:
-        ids = list(pipeline_ids)
-        return await self.db.read(lambda c: runs_sql.last_pipeline_runs(c, ids))
+        ids, seen = list(pipeline_ids), self._pipeline_seen
+        return await self.db.read(lambda c: runs_sql.last_pipeline_runs(c, ids, seen))
 
     async def experiments(self) -> list[str]:
         return await self.db.read(runs_sql.experiments)
