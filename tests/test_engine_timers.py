@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, running_engine
+from watcherd.core import slots
 from watcherd.core.models import RunStatus
+from watcherd.engine import arming, timers
 
 PIPE = """
 [daemon]
@@ -166,3 +171,35 @@ concurrency = "forbid"
         gate.touch()
         await h.settle()
         assert [r.status for r in h.runs()] == [RunStatus.COMPLETED, RunStatus.SKIPPED]
+
+
+async def test_a_restart_computes_each_next_slot_once_and_arms_the_same_deadlines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catch-up's "anything missed?" answer is the next slot, and arming reuses it: at
+    a restart with nothing missed, next_slot runs once per schedule (not once to check and
+    once to arm), and the deadlines are those a fresh computation gives."""
+    clock = ManualClock(datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC))
+    text = PIPE + "".join(
+        f'\n[[schedules]]\nname = "s{i}"\npipeline = "p"\nexperiment_name = "E"\n'
+        f'cron = "{i} 12 * * *"\n'
+        for i in range(5)
+    )
+    async with running_engine(tmp_path, text, clock) as h:
+        fresh = {sid: a.due for sid, a in h.engine.timers.armed.items()}
+    calls: list[str] = []
+
+    def counting(trigger: Any, anchor: datetime, after: datetime) -> datetime | None:
+        calls.append(repr(trigger))
+        return slots.next_slot(trigger, anchor, after)
+
+    monkeypatch.setattr(arming, "next_slot", counting)
+    monkeypatch.setattr(timers, "next_slot", counting)
+    clock.advance(minutes=30)  # down 30 min, no slot missed
+    async with running_engine(tmp_path, text, clock) as h:
+        restarted = {sid: a.due for sid, a in h.engine.timers.armed.items()}
+        assert len(calls) == 5, calls
+        assert restarted == fresh and len(fresh) == 5
+        await h.advance(hours=2)  # 12:00 passes: every schedule fires, then re-arms itself
+        await eventually(lambda: len(h.slots()) == 5)
+        assert all(a.due is not None and a.due.day == 26 for a in h.engine.timers.armed.values())

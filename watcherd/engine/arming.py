@@ -21,7 +21,7 @@ import structlog
 from watcherd.core.errors import LeaseLost
 from watcherd.core.models import CronTrigger, DatastoreTrigger, RecurrenceTrigger, Schedule, Status
 from watcherd.core.runs import NewRun, slot_run
-from watcherd.core.slots import catch_up
+from watcherd.core.slots import TimeTrigger, catch_up, next_slot
 from watcherd.core.timefmt import format_utc
 from watcherd.engine.book import ScheduleBook
 from watcherd.engine.clock import Clock
@@ -98,6 +98,9 @@ class Arming:
         self._tg: asyncio.TaskGroup | None = None
         self._started = False  # until prepare() ends, gains take rows as reconciled
         self._stopped = False
+        # schedule id → (trigger, anchor, cursor, next slot): computed by the catch-up, used
+        # once by arm() when the schedule is still that (a restart computes it once, not twice)
+        self._known_next: dict[str, tuple[TimeTrigger, datetime, datetime, datetime | None]] = {}
 
     # ── ownership ────────────────────────────────────────────────────────────
 
@@ -173,6 +176,12 @@ class Arming:
             if row.anchor is None or row.cursor is None:
                 continue
             try:
+                # Most schedules missed nothing: their next slot (which arming needs anyway)
+                # is after `now`, and the missed-slot search is not run for them.
+                nxt = next_slot(t, row.anchor, row.cursor)
+                if nxt is None or nxt > now:
+                    self._known_next[sid] = (t, row.anchor, row.cursor, nxt)
+                    continue
                 todo = catch_up(t, row.anchor, row.cursor, now, run_all_until=run_all_until)
             except (ValueError, OverflowError) as exc:  # this schedule's problem only
                 self.book.set_broken(sid, f"cannot compute missed slots: {exc}")
@@ -205,7 +214,11 @@ class Arming:
         if row.anchor is None or row.cursor is None:
             self.book.set_broken(s.id, "no stored timer")
             return
-        self.timers.arm(s, row.anchor, row.cursor)
+        known = self._known_next.pop(s.id, None)
+        if known is not None and known[0] is s.trigger and known[1:3] == (row.anchor, row.cursor):
+            self.timers.arm(s, row.anchor, row.cursor, known_next=(known[3],))
+        else:
+            self.timers.arm(s, row.anchor, row.cursor)
 
     def disarm(self, sid: str) -> None:
         self.timers.disarm(sid)

@@ -70,8 +70,17 @@ class Timers:
         self._seq = itertools.count()
         self._wake = asyncio.Event()
 
-    def arm(self, schedule: Schedule, anchor: datetime, cursor: datetime) -> datetime | None:
-        """Arm (or re-arm) a time schedule; returns its next deadline."""
+    def arm(
+        self,
+        schedule: Schedule,
+        anchor: datetime,
+        cursor: datetime,
+        *,
+        known_next: tuple[datetime | None] | None = None,
+    ) -> datetime | None:
+        """Arm (or re-arm) a time schedule; returns its next deadline. `known_next`: that
+        deadline, already computed for this (trigger, anchor, cursor) by the caller (start-up's
+        catch-up computes it for every schedule), in a 1-tuple since None means "ended"."""
         t = schedule.trigger
         if not isinstance(t, RecurrenceTrigger | CronTrigger):
             raise TypeError(f"schedule {schedule.name!r} has no time trigger")
@@ -83,7 +92,10 @@ class Timers:
             cursor=cursor,
             gen=old.gen + 1 if old else 0,
         )
-        self._advance(a, cursor)
+        if known_next is None:
+            self._advance(a, cursor)
+        else:
+            self._push(a, known_next[0])
         self.armed[schedule.id] = a
         self._wake.set()
         return a.due
@@ -98,8 +110,12 @@ class Timers:
         except (ValueError, OverflowError) as exc:  # a bad rule is this schedule's problem only
             a.due, a.error = None, f"cannot compute the next fire time: {exc}"
             log.error("timer_error", schedule=a.schedule.name, error=a.error)
-        if a.due is not None:
-            heapq.heappush(self._heap, (a.due, next(self._seq), a.schedule.id, a.gen))
+        self._push(a, a.due)
+
+    def _push(self, a: Armed, due: datetime | None) -> None:
+        a.due = due
+        if due is not None:
+            heapq.heappush(self._heap, (due, next(self._seq), a.schedule.id, a.gen))
 
     # ── the loop ─────────────────────────────────────────────────────────────
 
