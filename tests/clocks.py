@@ -13,6 +13,7 @@ class ManualClock:
         self._now = start or datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
         self._mono = 1000.0
         self._changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop _changed belongs to
         self.sleepers = 0  # sleep_until calls in progress
 
     def now(self) -> datetime:
@@ -39,11 +40,20 @@ class ManualClock:
         finally:
             self.sleepers -= 1
 
+    def _changed_here(self) -> asyncio.Event:
+        """`_changed`, for the running loop: a clock outliving one asyncio.run() (a test
+        starting an engine per step) must not hand the next loop an Event bound to the
+        last one, whose wait() fails at once and would make every sleeper spin."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._changed = loop, asyncio.Event()
+        return self._changed
+
     async def _sleep_until(self, deadline: datetime, wake: asyncio.Event | None) -> bool:
         while self._now < deadline:
             if wake is not None and wake.is_set():
                 return True
-            changed = asyncio.ensure_future(self._changed.wait())
+            changed = asyncio.ensure_future(self._changed_here().wait())
             waits: set[asyncio.Future[object]] = {changed}  # type: ignore[arg-type]
             if wake is not None:
                 waits.add(asyncio.ensure_future(wake.wait()))  # type: ignore[arg-type]
