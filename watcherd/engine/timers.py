@@ -145,16 +145,24 @@ class Timers:
         batch: list[SlotBatch] = []
         lateness: list[float] = []
         pending: Counter[str] = Counter()
+        fired: list[tuple[Armed, datetime]] = []
         while (due := self._peek()) is not None and due <= now:
             _, _, sid, _ = heapq.heappop(self._heap)
             a = self.armed[sid]
             batch.append(SlotBatch(sid, due, self._slot_runs(a.schedule, due, pending)))
             lateness.append((now - due).total_seconds())
             a.cursor = due
-            self._advance(a, due)
+            fired.append((a, due))
         if not batch:
             return
-        recorded = await self.commit(batch, now)
+        try:
+            recorded = await self.commit(batch, now)
+        finally:
+            # The next slots are computed once the batch is committed, not before: they are
+            # not part of it, and ~0.1 ms a schedule would delay every run of the instant.
+            # (A schedule re-armed or disarmed meanwhile has a new gen: its entry is dropped.)
+            for a, due in fired:
+                self._advance(a, due)
         committed = self.clock.now()
         for late in lateness:
             self.metrics.timer_lateness.observe(max(0.0, late + (committed - now).total_seconds()))

@@ -324,13 +324,12 @@ def _delete_schedule(c: Conn, ident: str) -> None:
 
 def _record_slots(c: Conn, batches: list[SlotBatch], now: datetime) -> list[str]:
     with Tx(c) as cur:
-        out: list[str] = []
-        for b in batches:
-            out += runs_sql.insert_runs(cur, b.runs, now)
-            cur.execute(
-                "UPDATE schedules SET cursor=? WHERE id=?",
-                (format_utc(b.cursor, micro=True), b.schedule_id),
-            )
+        runs = [r for b in batches for r in b.runs]
+        out = runs_sql.insert_runs(cur, runs, now) if runs else []
+        cur.executemany(
+            "UPDATE schedules SET cursor=? WHERE id=?",
+            [(format_utc(b.cursor, micro=True), b.schedule_id) for b in batches],
+        )
         return out
 
 
