@@ -409,8 +409,6 @@ class Engine:
         armed = self.timers.armed.get(sid)
         if armed is None or armed.due is None or n <= 0:
             return []
-        if armed.due <= armed.cursor:  # just fired; its next slot comes after the commit
-            return upcoming(armed.trigger, armed.anchor, armed.cursor, n)
         return [armed.due, *upcoming(armed.trigger, armed.anchor, armed.due, n - 1)]
 
     def schedule_error(self, sid: str) -> str | None:

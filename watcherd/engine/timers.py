@@ -145,40 +145,29 @@ class Timers:
         batch: list[SlotBatch] = []
         lateness: list[float] = []
         pending: Counter[str] = Counter()
-        fired: list[tuple[Armed, datetime]] = []
         while (due := self._peek()) is not None and due <= now:
             _, _, sid, _ = heapq.heappop(self._heap)
             a = self.armed[sid]
             batch.append(SlotBatch(sid, due, self._slot_runs(a.schedule, due, pending)))
             lateness.append((now - due).total_seconds())
             a.cursor = due
-            fired.append((a, due))
+            self._advance(a, due)
         if not batch:
             return
-        try:
-            recorded = await self.commit(batch, now)
-            committed = self.clock.now()
-            for late in lateness:
-                late += (committed - now).total_seconds()
-                self.metrics.timer_lateness.observe(max(0.0, late))
-            for b in recorded:
-                armed = self.armed.get(b.schedule_id)
-                for r in b.runs:
-                    log.info(
-                        "slot_fired",
-                        schedule=armed.schedule.name if armed else b.schedule_id,
-                        slot=format_utc(b.cursor),
-                        run_id=r.id,
-                        status=r.status.value,
-                    )
-            await asyncio.sleep(0)  # the runs just queued start (their claims) first
-        finally:
-            # The next slots are computed once the batch is committed and its runs started,
-            # not before: they are not part of it, and ~0.1 ms a schedule would delay every
-            # run of the instant. (A schedule re-armed or disarmed meanwhile has a new gen:
-            # the entry pushed here is dropped.)
-            for a, due in fired:
-                self._advance(a, due)
+        recorded = await self.commit(batch, now)
+        committed = self.clock.now()
+        for late in lateness:
+            self.metrics.timer_lateness.observe(max(0.0, late + (committed - now).total_seconds()))
+        for b in recorded:
+            armed = self.armed.get(b.schedule_id)
+            for r in b.runs:
+                log.info(
+                    "slot_fired",
+                    schedule=armed.schedule.name if armed else b.schedule_id,
+                    slot=format_utc(b.cursor),
+                    run_id=r.id,
+                    status=r.status.value,
+                )
 
     def _slot_runs(self, s: Schedule, slot: datetime, pending: Counter[str]) -> list[NewRun]:
         run = self.slot_run(s, slot)

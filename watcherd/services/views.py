@@ -159,7 +159,7 @@ class Views:
         armed = self.engine.timers.armed.get(s.id)
         if s.status is not Status.ACTIVE or armed is None:
             return _NO_FIRES
-        key = (armed.gen, armed.due, armed.cursor, armed.schedule)
+        key = (armed.gen, armed.due, armed.schedule)
         cached = self._fires.get(s.id)
         if cached is not None and cached[0] == key:
             return cached[1]
