@@ -207,3 +207,56 @@ async def test_200_pollers_share_a_bounded_pool_and_spread_their_rescans(tmp_pat
     per_second = Counter(int(v[1] - start) for v in health.at.values())
     assert len(per_second) >= 40  # spread over the minute, not all at 60 s
     assert max(per_second.values()) <= 15
+
+
+async def test_the_directory_watch_starts_off_the_loop(
+    tmp_path: Path, inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # inotify_add_watch flags every cached entry of the directory: 0.13 s at 1M files
+    from watcherd.pollers import localwatch
+
+    threads: list[int] = []
+    real = localwatch.start_dir_watch
+
+    def recording(*args: Any, **kw: Any) -> Any:
+        threads.append(threading.get_ident())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(localwatch, "start_dir_watch", recording)
+    async with evented(tmp_path) as (poller, sink):
+        write(inbox / "a.csv")
+        await sink.until(lambda: b"incoming/a.csv" in sink.names())
+    assert threads and threading.get_ident() not in threads
+
+
+async def test_a_watch_started_while_its_poller_is_cancelled_is_removed(
+    tmp_path: Path, inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from watcherd.pollers import localwatch
+
+    gate, entered = threading.Event(), threading.Event()
+    started: list[localwatch.DirWatch] = []
+    real = localwatch.start_dir_watch
+
+    def slow(*args: Any, **kw: Any) -> localwatch.DirWatch:
+        entered.set()
+        gate.wait(WAIT)
+        watch = real(*args, **kw)
+        started.append(watch)
+        return watch
+
+    monkeypatch.setattr(localwatch, "start_dir_watch", slow)
+    events = localwatch.DirEvents(os.fsencode(inbox), lambda kind, name: None, True)
+    st = os.stat(inbox)
+    task = asyncio.create_task(events.ensure((st.st_dev, st.st_ino)))
+    async with asyncio.timeout(WAIT):
+        while not entered.is_set():  # noqa: ASYNC110  (a thread's event)
+            await asyncio.sleep(0.01)
+    task.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(WAIT):
+        while not started or started[0].alive:
+            await asyncio.sleep(0.01)
+    assert events.watch is None

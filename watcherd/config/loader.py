@@ -8,11 +8,12 @@ The only I/O here is reading the file in `load`; nothing reads the clock.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import tomli
 
 from watcherd.config.daemon import database_secrets
 from watcherd.config.env import substitute
@@ -78,10 +79,10 @@ def load(path: Path, env: Mapping[str, str]) -> Config:
         line = data[: exc.start].count(b"\n") + 1
         raise _one(path, f"not valid UTF-8 at line {line}") from None
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        raw = tomli.loads(text)  # tomllib's parser, compiled: 3x faster (README)
+    except tomli.TOMLDecodeError as exc:
         raise _one(path, _syntax_reason(str(exc), text)) from None
-    except RecursionError:  # tomllib recurses once per level of nested arrays/tables
+    except RecursionError:  # the parser recurses once per level of nested arrays/tables
         raise _one(path, "TOML values nested too deeply (more than 32 levels)") from None
     return parse(raw, path=path, base_dir=path.absolute().parent, env=env)
 
@@ -91,7 +92,7 @@ def _syntax_reason(message: str, text: str) -> str:
     if m is None:
         return f"TOML syntax error: {message}"
     where = m.group(2)
-    if where == "at end of document":  # tomllib gives no position there; SPEC §2 wants one
+    if where == "at end of document":  # the parser gives no position there; SPEC §2 wants one
         line = text.count("\n") + 1
         column = len(text) - (text.rfind("\n") + 1) + 1
         where = f"at line {line}, column {column} (end of document)"

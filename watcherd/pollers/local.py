@@ -313,7 +313,7 @@ class LocalPoller:
         changes = self._changes
         assert scan.ident is not None
         changes.ident = scan.ident
-        self._events.ensure(scan.ident)
+        await self._events.ensure(scan.ident)
         if self._baseline and self._initial == "fire":
             await changes.commit(Batch(), force=True)  # the (empty) baseline
         changes.touched.clear()

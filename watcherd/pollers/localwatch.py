@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import structlog
 
+from watcherd.pollers.fspool import off_loop
+
 __all__ = ["DirEvents", "DirWatch", "EventKind", "start_dir_watch"]
 
 log = structlog.get_logger("watcherd.pollers.local")
@@ -173,9 +175,13 @@ class DirEvents:
         w = self.watch
         return w.ident if w is not None and w.alive else True
 
-    def ensure(self, ident: tuple[int, int]) -> bool:
+    async def ensure(self, ident: tuple[int, int]) -> bool:
         """Watch the directory whose (st_dev, st_ino) is `ident`; True when a new watch
         started (changes made while nothing watched may have been missed).
+
+        The watch starts on the shared pool: the kernel's inotify_add_watch flags every
+        cached entry of the directory, 0.13-0.17 s at a million files, which on the loop
+        would hold every timer and run that long (issue #14, `big_dir`).
 
         Raises:
             FileNotFoundError, NotADirectoryError: the directory is gone.
@@ -187,10 +193,14 @@ class DirEvents:
             return False
         self.stop()
         loop = asyncio.get_running_loop()
+        job = off_loop(
+            start_dir_watch, self.path, ident, loop, self._post, require=self._mode is True
+        )
         try:
-            self.watch = start_dir_watch(
-                self.path, ident, loop, self._post, require=self._mode is True
-            )
+            self.watch = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(_stop_started)  # cancelled while it started: undo it
+            raise
         except (FileNotFoundError, NotADirectoryError):
             raise
         except Exception as exc:
@@ -205,6 +215,11 @@ class DirEvents:
         if self.watch is not None:
             self.watch.stop()
             self.watch = None
+
+
+def _stop_started(job: asyncio.Future[DirWatch]) -> None:
+    if not job.cancelled() and job.exception() is None:
+        job.result().stop()
 
 
 def _remote_fs_type(path: bytes) -> str | None:
