@@ -239,3 +239,54 @@ async def test_refresh_keeps_a_run_enqueued_while_it_reads(tmp_path: Path) -> No
         assert eng.runner.total_queued() == 1, (
             f"the run ({r and r.status} in the store) was dropped from the runner's queue"
         )
+
+
+BLOCKED = """
+[daemon]
+api = ""
+max_concurrent_runs = 4
+[pipelines.slow]
+kind = "command"
+steps = [["sh", "-c", "while [ ! -e {go} ]; do sleep 0.01; done"]]
+[pipelines.quick]
+kind = "command"
+steps = [["true"]]
+[[schedules]]
+name = "s"
+pipeline = "slow"
+experiment_name = "E"
+cron = "0 3 * * *"
+concurrency = "queue"
+max_queued = 100
+[[schedules]]
+name = "t"
+pipeline = "quick"
+experiment_name = "E"
+cron = "0 3 * * *"
+"""
+
+
+async def test_a_run_behind_a_long_ineligible_head_of_the_queue_starts(tmp_path: Path) -> None:
+    """More runs than the runner looks at first (runner.HEAD) wait on a serial schedule whose
+    run is busy; a run queued behind them, on another schedule, still starts."""
+    from watcherd.engine import runner as runner_mod
+
+    go = tmp_path / "go"
+    config = BLOCKED.replace("{go}", str(go))
+    async with running_engine(tmp_path, config, _clock()) as h:
+        eng = h.engine
+        s, t = eng.schedule("s"), eng.schedule("t")
+        eng.runner.paused = True
+        serial = [
+            await eng.trigger(s, by="x", path=None, parameters={}, idempotency_key=None)
+            for _ in range(runner_mod.HEAD + 5)
+        ]
+        last = await eng.trigger(t, by="x", path=None, parameters={}, idempotency_key=None)
+        eng.runner.paused = False
+        eng.runner._wake.set()
+        try:
+            await eventually(lambda: _ended(h, last.id), WAIT)
+            assert sum(_ended(h, r.id) for r in serial) == 0  # the first still blocks
+        finally:
+            go.touch()
+        await eventually(lambda: all(_ended(h, r.id) for r in serial), WAIT)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
+from itertools import islice
 from typing import TypeVar
 
 import structlog
@@ -39,6 +40,8 @@ __all__ = ["Plan", "Runner"]  # Plan: re-exported from execution
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+HEAD = 64  # queued runs a pass of _start_ready looks at before copying the whole queue
 
 
 # A Plan; or why the run cannot be dispatched (it then ends Failed); or None: not on this
@@ -217,7 +220,7 @@ class Runner:
         started = True
         while started and self._intake and len(self._running) < self.max_concurrent:
             started = False
-            for run in list(self._queued.values()):
+            for run in self._candidates():
                 if len(self._running) >= self.max_concurrent or self.paused:
                     break
                 plan = self._eligible(run, superseded)
@@ -230,6 +233,19 @@ class Runner:
             await self._persist(lambda: self.store.skip_runs(superseded, "superseded", now), "skip")
             self.metrics.runs.labels(status="Skipped", pipeline="").inc(len(superseded))
         await self._notify_changed()
+
+    def _candidates(self) -> Iterator[Run]:
+        """The queued runs in order, each once, for one pass that may start or drop some.
+
+        A pass mostly ends at the first run or two (one slot came free), while a burst of
+        triggers can queue thousands: the head is copied first, the rest only when the pass
+        gets past it (a full copy per finished run cost 0.13 ms of CPU per run in
+        bench/dispatch.py)."""
+        head = list(islice(self._queued.values(), HEAD))
+        yield from head
+        if len(head) == HEAD:
+            seen = {r.id for r in head}
+            yield from [r for r in self._queued.values() if r.id not in seen]
 
     def _eligible(self, run: Run, superseded: list[str]) -> Plan | None:
         if run.id in self._busy_elsewhere:
