@@ -13,6 +13,8 @@ hours after the bench (`_common.time_schedules`). API on 127.0.0.1:0, JSON logs 
   interleaved. Goal <= 3x the empty config.
 - `ready_after_downtime_ms` (informational): the restart after every cursor was moved
   2 hours back in state.db, i.e. the daemon was down 2 hours: READY=1 comes after catch-up.
+  (With each cursor goes the next slot after it, which a daemon stopped then would have
+  stored with it: `_set_down`.)
 - `config_load_s` (informational): `watcherd.config.load` of that config in this process,
   median of ROUNDS; baseline: `tomllib.loads` of the same text (the parse alone), interleaved.
 - `idle_cpu_pct_core`: a daemon on SCHEDULES schedules none of which is due for hours (no
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import inspect
 import json
 import os
@@ -97,16 +100,45 @@ def _config(state: Path, n: int, catch_up: int, *, empty: bool = False) -> str:
     return "".join(parts) + rest
 
 
-def _set_down(state: Path, hours: float) -> None:
-    """Move every time schedule's cursor `hours` back: as if the daemon stopped then."""
+def _set_down(state: Path, hours: float, config: Path) -> None:
+    """Move every time schedule's cursor `hours` back: as if the daemon stopped then. A daemon
+    that stopped then would have left each schedule's next slot after that cursor stored
+    with it (schema 4, `core.slots.hint_key`): those are computed here, as it would have."""
+    cursor = utc(time.time() - hours * 3600)
     conn = sqlite3.connect(state / "state.db", isolation_level=None)
     try:
-        conn.execute(
-            "UPDATE schedules SET cursor=? WHERE cursor IS NOT NULL",
-            (utc(time.time() - hours * 3600),),
-        )
+        conn.execute("UPDATE schedules SET cursor=? WHERE cursor IS NOT NULL", (cursor,))
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(schedules)")}
+        if "next_for" in columns:  # a tree from before schema 4 keeps no next slots
+            conn.execute("BEGIN")
+            conn.executemany(
+                "UPDATE schedules SET next_for=?, next_due=? WHERE id=?",
+                _hints(conn, cursor, config),
+            )
+            conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+def _hints(conn: sqlite3.Connection, cursor: str, config: Path) -> list[tuple[str, str, str]]:
+    from watcherd import config as config_mod
+    from watcherd.core.slots import hint_key, next_slot
+    from watcherd.core.timefmt import format_utc, parse_utc
+
+    cfg = config_mod.load(config, dict(os.environ))
+    triggers = {s.id: s.trigger for s in cfg.schedules}
+    at = parse_utc(cursor)
+    assert at is not None
+    out = []
+    for sid, anchor_text in conn.execute(
+        "SELECT id, anchor FROM schedules WHERE anchor IS NOT NULL"
+    ):
+        t, anchor = triggers.get(sid), parse_utc(anchor_text)
+        if t is None or anchor is None:
+            continue
+        due = next_slot(t, anchor, at)  # type: ignore[arg-type]
+        out.append((hint_key(t, anchor, at), format_utc(due, micro=True), sid))  # type: ignore[arg-type]
+    return out
 
 
 def _copy_state(src: Path, dst: Path) -> Path:
@@ -163,6 +195,7 @@ async def _engine_catch_up(cfg_path: Path, state: Path, log: Path) -> tuple[floa
 
     cfg = config_mod.load(cfg_path, dict(os.environ))
     calls: list[tuple[str, float, float]] = []
+    gc.disable()  # as `watcherd run` does until READY=1 (cli/main.py), so no gen-2 pauses
     with log.open("a") as f:
         logs.configure("json", cfg.secrets, stream=f)
         store = SqliteStore(state)
@@ -182,6 +215,7 @@ async def _engine_catch_up(cfg_path: Path, state: Path, log: Path) -> tuple[floa
         finally:
             await engine.close()
             await store.close()
+            gc.enable()
     return _span(calls), timed, total
 
 
@@ -266,7 +300,7 @@ def _ready(tmp: Path, args: argparse.Namespace) -> dict[str, list[float]]:
         times: dict[str, float] = {}
         for key, d in (("empty", empty), ("fresh", full), ("restart", full), ("down", full)):
             if key == "down":
-                _set_down(state_f, args.down_hours)
+                _set_down(state_f, args.down_hours, full.config)
             d.start()
             try:
                 times[key] = d.wait_ready()
@@ -383,11 +417,11 @@ def _catch_up(tmp: Path, args: argparse.Namespace) -> dict[str, list[float]]:
         state = _copy_state(tmp / "pristine" / "state", tmp / f"cu-{r}" / "state")
         cfg = tmp / f"cu-{r}" / "watcherd.toml"
         cfg.write_text(cfg_text.replace(str(tmp / "full-0" / "state"), str(state), 1))
-        _set_down(state, args.down_hours)
+        _set_down(state, args.down_hours, cfg)
         span, timed, total = asyncio.run(_engine_catch_up(cfg, state, tmp / "engine.log"))
         rows = sum(len(b.runs) for group, _ in timed.batches for b in group)
         base = _copy_state(tmp / "pristine" / "state", tmp / f"bare-{r}" / "state")
-        _set_down(base, args.down_hours)
+        _set_down(base, args.down_hours, cfg)
         bare = _bare_commits(base, timed.batches)
         out["engine"].append(span)
         out["bare"].append(bare)

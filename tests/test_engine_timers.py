@@ -173,12 +173,20 @@ concurrency = "forbid"
         assert [r.status for r in h.runs()] == [RunStatus.COMPLETED, RunStatus.SKIPPED]
 
 
-async def test_a_restart_computes_each_next_slot_once_and_arms_the_same_deadlines(
+def _hinted_rows(h: Any) -> int:
+    """Schedules whose next slot is stored (after arming, the saving is in the background)."""
+    row = h.store.db.sync(
+        lambda c: c.execute("SELECT count(*) FROM schedules WHERE next_for IS NOT NULL").fetchone()
+    )
+    return int(row[0])
+
+
+async def test_a_restart_arms_from_the_stored_next_slots_and_recomputes_stale_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The catch-up's "anything missed?" answer is the next slot, and arming reuses it: at
-    a restart with nothing missed, next_slot runs once per schedule (not once to check and
-    once to arm), and the deadlines are those a fresh computation gives."""
+    """The next slot of each time schedule is stored (after arming, and with every cursor a
+    timer commits): a restart with nothing missed computes none, arms the deadlines a fresh
+    computation gives, and recomputes only a stored slot whose schedule changed since."""
     clock = ManualClock(datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC))
     text = PIPE + "".join(
         f'\n[[schedules]]\nname = "s{i}"\npipeline = "p"\nexperiment_name = "E"\n'
@@ -187,6 +195,7 @@ async def test_a_restart_computes_each_next_slot_once_and_arms_the_same_deadline
     )
     async with running_engine(tmp_path, text, clock) as h:
         fresh = {sid: a.due for sid, a in h.engine.timers.armed.items()}
+        await eventually(lambda: _hinted_rows(h) == 5)
     calls: list[str] = []
 
     def counting(trigger: Any, anchor: datetime, after: datetime) -> datetime | None:
@@ -198,8 +207,23 @@ async def test_a_restart_computes_each_next_slot_once_and_arms_the_same_deadline
     clock.advance(minutes=30)  # down 30 min, no slot missed
     async with running_engine(tmp_path, text, clock) as h:
         restarted = {sid: a.due for sid, a in h.engine.timers.armed.items()}
-        assert len(calls) == 5, calls
+        assert calls == []
         assert restarted == fresh and len(fresh) == 5
         await h.advance(hours=2)  # 12:00 passes: every schedule fires, then re-arms itself
         await eventually(lambda: len(h.slots()) == 5)
         assert all(a.due is not None and a.due.day == 26 for a in h.engine.timers.armed.values())
+        after_fire = {sid: a.due for sid, a in h.engine.timers.armed.items()}
+        calls.clear()
+    async with running_engine(tmp_path, text, clock) as h:  # the timers' commits stored them
+        assert calls == []
+        assert {sid: a.due for sid, a in h.engine.timers.armed.items()} == after_fire
+        # a cursor moved behind the daemon's back (a state restored, a tool): stale hint
+        sid = h.engine.schedule("s3").id
+        h.store.db.sync(
+            lambda c: c.execute(
+                "UPDATE schedules SET cursor='2026-11-25T12:30:00.000000Z' WHERE id=?", (sid,)
+            )
+        )
+    async with running_engine(tmp_path, text, clock) as h:
+        assert len(calls) == 1 and "3 12 * * *" in calls[0]
+        assert {sid: a.due for sid, a in h.engine.timers.armed.items()} == after_fire

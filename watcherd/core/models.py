@@ -394,6 +394,9 @@ class StoredSchedule:
     cursor: datetime | None  # time schedules: the last slot handled
     created_at: datetime
     updated_at: datetime
+    # time schedules: (core.slots.hint_key, the next slot or None when ended) as last stored;
+    # valid only while hint_key of the current trigger, anchor and cursor is the same text
+    next_hint: tuple[str, datetime | None] | None = None
 
 
 # ── runs ──────────────────────────────────────────────────────────────────────

@@ -26,6 +26,7 @@ from watcherd.core.models import (
 )
 
 __all__ = [
+    "hint_key",
     "TimeTrigger",
     "CatchUp",
     "anchor_for",
@@ -77,6 +78,21 @@ def creation_fire(trigger: TimeTrigger, anchor: datetime) -> datetime | None:
     if isinstance(trigger, RecurrenceTrigger):
         return recurrence.creation_fire(trigger.recurrence, anchor)
     return cron.creation_fire(trigger.cron, anchor)
+
+
+# Bump when the slot arithmetic changes: every stored next slot is then computed again.
+HINT_VERSION = "1"
+
+
+def hint_key(
+    trigger: TimeTrigger, anchor: datetime, cursor: datetime, *, key: str | None = None
+) -> str:
+    """What a stored next slot was computed from: the rule (its end included), the anchor and
+    the cursor (aware UTC). A stored next slot is used while this text is unchanged, else
+    recomputed. `key`: `trigger_key(trigger)`, when the caller has it (a stored row's)."""
+    end = trigger.end_time if isinstance(trigger, RecurrenceTrigger) else trigger.cron.end_time
+    rule = key if key is not None else trigger_key(trigger)
+    return f"{HINT_VERSION}|{rule}|{end!r}|{anchor.isoformat()}|{cursor.isoformat()}"
 
 
 def trigger_key(trigger: TimeTrigger) -> str:

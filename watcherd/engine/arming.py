@@ -18,10 +18,10 @@ from datetime import datetime
 
 import structlog
 
-from watcherd.core.errors import LeaseLost
+from watcherd.core.errors import LeaseLost, StateError
 from watcherd.core.models import CronTrigger, DatastoreTrigger, RecurrenceTrigger, Schedule, Status
 from watcherd.core.runs import NewRun, slot_run
-from watcherd.core.slots import TimeTrigger, catch_up, next_slot
+from watcherd.core.slots import TimeTrigger, catch_up, hint_key, next_slot
 from watcherd.core.timefmt import format_utc
 from watcherd.engine.book import ScheduleBook
 from watcherd.engine.clock import Clock
@@ -44,6 +44,7 @@ __all__ = ["Arming"]
 log = structlog.get_logger(__name__)
 
 CATCH_UP_BATCH = 500  # schedules per catch-up transaction
+HINTS_CHUNK = 1000  # next slots stored per transaction after arming
 
 Persist = Callable[[Callable[[], Awaitable[list[str]]], str], Awaitable[list[str]]]
 
@@ -101,6 +102,9 @@ class Arming:
         # schedule id → (trigger, anchor, cursor, next slot): computed by the catch-up, used
         # once by arm() when the schedule is still that (a restart computes it once, not twice)
         self._known_next: dict[str, tuple[TimeTrigger, datetime, datetime, datetime | None]] = {}
+        # schedule id → the cursor for which the store's next slot held (catch-up): not saved
+        self._hinted: dict[str, datetime] = {}
+        self._unsaved: set[str] = set()  # armed since the last _save_hints
 
     # ── ownership ────────────────────────────────────────────────────────────
 
@@ -156,6 +160,30 @@ class Arming:
             s = self.book.schedules.get(sid)
             if s is not None:
                 self.arm(s)
+        if self.store.keeps_timer_hints:
+            self._unsaved.update(gained)
+            if self._tg is not None:  # else start() saves them, once READY is near
+                self._tg.create_task(self._save_hints())
+
+    async def _save_hints(self) -> None:
+        """Store the next slots computed at arming (not those the store already held), so
+        that the next start reads them instead. After start-up, in chunks that yield to the
+        loop; best effort: a failed write only costs a computation at the next start."""
+        sids, self._unsaved = list(self._unsaved), set()
+        hinted, self._hinted = self._hinted, {}
+        for i in range(0, len(sids), HINTS_CHUNK):
+            await asyncio.sleep(0)
+            hints = []
+            for sid in sids[i : i + HINTS_CHUNK]:
+                a = self.timers.armed.get(sid)
+                if a is None or a.error is not None or hinted.get(sid) == a.cursor:
+                    continue
+                hints.append((sid, hint_key(a.trigger, a.anchor, a.cursor), a.due))
+            try:
+                await self.store.save_timer_hints(hints)
+            except StateError as exc:
+                log.warning("timer_hints_not_saved", error=str(exc), count=len(hints))
+                return
 
     def _lost(self, sids: set[str]) -> None:
         for sid in sids:
@@ -176,9 +204,17 @@ class Arming:
             if row.anchor is None or row.cursor is None:
                 continue
             try:
-                # Most schedules missed nothing: their next slot (which arming needs anyway)
-                # is after `now`, and the missed-slot search is not run for them.
-                nxt = next_slot(t, row.anchor, row.cursor)
+                # Most schedules missed nothing: their next slot (which arming needs anyway,
+                # and which the store mostly still has) is after `now`, and the missed-slot
+                # search is not run for them.
+                hint = row.next_hint
+                if hint is not None and hint[0] == hint_key(
+                    t, row.anchor, row.cursor, key=row.trigger_key
+                ):
+                    nxt = hint[1]
+                    self._hinted[sid] = row.cursor
+                else:
+                    nxt = next_slot(t, row.anchor, row.cursor)
                 if nxt is None or nxt > now:
                     self._known_next[sid] = (t, row.anchor, row.cursor, nxt)
                     continue
@@ -247,6 +283,8 @@ class Arming:
         """Run timers, the lease keeper and (from now on) pollers in `tg`."""
         self._tg = tg
         self._loops = [tg.create_task(self.timers.run()), tg.create_task(self.leases.run())]
+        if self._unsaved:  # not cancelled by stop(): a few short writes, then it ends
+            tg.create_task(self._save_hints())
         for sid in self.leases.held:
             s = self.book.schedules.get(sid)
             if s is not None and isinstance(s.trigger, DatastoreTrigger) and sid not in self._tasks:
@@ -293,7 +331,9 @@ class Arming:
         for b in todo:
             row = self.book.rows.get(b.schedule_id)
             if row is not None and (row.cursor is None or b.cursor > row.cursor):
-                self.book.rows[b.schedule_id] = dataclasses.replace(row, cursor=b.cursor)
+                self.book.rows[b.schedule_id] = dataclasses.replace(
+                    row, cursor=b.cursor, next_hint=b.hint
+                )
         self.runner.enqueue_new([r for b in todo for r in b.runs], ids, now)
         return todo
 

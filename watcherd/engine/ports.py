@@ -81,6 +81,7 @@ class SlotBatch:
     cursor: datetime
     runs: Sequence[NewRun]
     epoch: int | None = None
+    hint: tuple[str, datetime | None] | None = None  # the next slot after `cursor` (next_hint)
 
 
 class ClaimResult(Enum):
@@ -147,9 +148,18 @@ class RunStore(Protocol):
 
     # the outbox
     async def record_slots(self, batches: Sequence[SlotBatch], now: datetime) -> list[str]:
-        """Insert each batch's runs and advance its cursor, in one transaction; returns the
-        ids of the runs inserted Queued (a run already recorded is not inserted again).
-        Raises LeaseLost (nothing written) when a batch's `epoch` fence fails."""
+        """Insert each batch's runs and advance its cursor (and store its `hint`), in one
+        transaction; returns the ids of the runs inserted Queued (a run already recorded is
+        not inserted again). Raises LeaseLost (nothing written) when a batch's `epoch`
+        fence fails."""
+        ...
+
+    keeps_timer_hints: bool  # whether save_timer_hints stores anything
+
+    async def save_timer_hints(self, hints: Sequence[tuple[str, str, datetime | None]]) -> None:
+        """Store (schedule id, hint key, next slot) as the schedules' `next_hint`, so that a
+        restart need not compute them again (SQLite; PostgreSQL keeps none: a replica computes
+        the next slots of the schedules it gains)."""
         ...
 
     async def load_snapshot(self, schedule_id: str, key: str) -> dict[bytes, str] | None:

@@ -146,13 +146,13 @@ def _declared(
     status = effective_status(s, row)
     sched = dataclasses.replace(s, status=status, source=Source.FILE)
     spec = config_mod.schedule_to_dict(s, cfg)
-    tkey = anchor = cursor = None
+    tkey = anchor = cursor = hint = None
     if isinstance(s.trigger, RecurrenceTrigger | CronTrigger):
         tkey = trigger_key(s.trigger)
         if row is not None and row.trigger_key == tkey and row.anchor and row.cursor:
-            anchor, cursor = row.anchor, row.cursor
+            anchor, cursor, hint = row.anchor, row.cursor, row.next_hint
             if row.status != status.value and status is Status.ACTIVE:
-                cursor = now  # enabling never fires by itself
+                cursor, hint = now, None  # enabling never fires by itself
         else:
             active = status is Status.ACTIVE and (
                 out.pipeline_status.get(s.pipeline) is Status.ACTIVE
@@ -173,4 +173,5 @@ def _declared(
         cursor=cursor,
         created_at=row.created_at if row else now,
         updated_at=row.updated_at if row is not None and not changed else now,
+        next_hint=hint,
     )

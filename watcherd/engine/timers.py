@@ -19,7 +19,7 @@ import structlog
 
 from watcherd.core.models import CronTrigger, RecurrenceTrigger, Schedule
 from watcherd.core.runs import NewRun, concurrency_gate
-from watcherd.core.slots import TimeTrigger, next_slot
+from watcherd.core.slots import TimeTrigger, hint_key, next_slot
 from watcherd.core.timefmt import format_utc
 from watcherd.engine.clock import Clock
 from watcherd.engine.metrics import Metrics
@@ -148,10 +148,12 @@ class Timers:
         while (due := self._peek()) is not None and due <= now:
             _, _, sid, _ = heapq.heappop(self._heap)
             a = self.armed[sid]
-            batch.append(SlotBatch(sid, due, self._slot_runs(a.schedule, due, pending)))
+            runs = self._slot_runs(a.schedule, due, pending)
             lateness.append((now - due).total_seconds())
             a.cursor = due
             self._advance(a, due)
+            hint = None if a.error else (hint_key(a.trigger, a.anchor, due), a.due)
+            batch.append(SlotBatch(sid, due, runs, hint=hint))
         if not batch:
             return
         recorded = await self.commit(batch, now)

@@ -68,6 +68,12 @@ class PgStore(Definitions):
             return []
         return await self.db.run(go, what="record slots")
 
+    keeps_timer_hints = False
+
+    async def save_timer_hints(self, hints: Sequence[tuple[str, str, datetime | None]]) -> None:
+        """Not kept here: a replica computes the next slots of the schedules it gains (their
+        cursors move under other replicas), and a failover is bounded by lease_ttl anyway."""
+
     async def load_snapshot(self, schedule_id: str, key: str) -> dict[bytes, str] | None:
         async def go(c: Conn) -> dict[bytes, str] | None:
             cur = await c.execute(

@@ -14,7 +14,7 @@ __all__ = ["SCHEMA_VERSION", "check_file", "migrate"]
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -56,6 +56,12 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE baselines ADD COLUMN marker TEXT;
     CREATE TABLE experiments(name TEXT PRIMARY KEY) WITHOUT ROWID;
     INSERT OR IGNORE INTO experiments(name) SELECT DISTINCT experiment FROM runs;
+    """,
+    # A time schedule's next slot, kept with what it was computed from (core.slots.hint_key):
+    # a restart arms 10,000 schedules without computing their next slots again.
+    4: """
+    ALTER TABLE schedules ADD COLUMN next_for TEXT;
+    ALTER TABLE schedules ADD COLUMN next_due TEXT;
     """,
 }
 

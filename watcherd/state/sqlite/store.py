@@ -88,6 +88,12 @@ class SqliteStore:
     async def record_slots(self, batches: Sequence[SlotBatch], now: datetime) -> list[str]:
         return await self.db.write(_record_slots, list(batches), now)
 
+    keeps_timer_hints = True
+
+    async def save_timer_hints(self, hints: Sequence[tuple[str, str, datetime | None]]) -> None:
+        if hints:
+            await self.db.write(_save_timer_hints, list(hints))
+
     async def load_snapshot(self, schedule_id: str, key: str) -> dict[bytes, str] | None:
         return await self.db.read(_load_snapshot, schedule_id, key)
 
@@ -249,7 +255,7 @@ def load_schedules(c: Conn, schedule_id: str | None = None) -> list[StoredSchedu
     them read-only too)."""
     sql = (
         "SELECT id, name, source, status, file_status, spec, trigger_key, anchor, cursor, "
-        "created_at, updated_at FROM schedules"
+        "created_at, updated_at, next_for, next_due FROM schedules"
     )
     if schedule_id is None:
         rows = c.execute(sql + " ORDER BY created_at, name").fetchall()
@@ -268,6 +274,7 @@ def load_schedules(c: Conn, schedule_id: str | None = None) -> list[StoredSchedu
             cursor=parse_utc(r[8]),
             created_at=parse_utc(r[9]) or datetime.min,
             updated_at=parse_utc(r[10]) or datetime.min,
+            next_hint=(r[11], parse_utc(r[12])) if r[11] else None,
         )
         for r in rows
     ]
@@ -327,10 +334,26 @@ def _record_slots(c: Conn, batches: list[SlotBatch], now: datetime) -> list[str]
         runs = [r for b in batches for r in b.runs]
         out = runs_sql.insert_runs(cur, runs, now) if runs else []
         cur.executemany(
-            "UPDATE schedules SET cursor=? WHERE id=?",
-            [(format_utc(b.cursor, micro=True), b.schedule_id) for b in batches],
+            "UPDATE schedules SET cursor=?, next_for=?, next_due=? WHERE id=?",
+            [
+                (
+                    format_utc(b.cursor, micro=True),
+                    b.hint[0] if b.hint else None,
+                    format_utc(b.hint[1], micro=True) if b.hint else None,
+                    b.schedule_id,
+                )
+                for b in batches
+            ],
         )
         return out
+
+
+def _save_timer_hints(c: Conn, hints: list[tuple[str, str, datetime | None]]) -> None:
+    with Tx(c) as cur:
+        cur.executemany(
+            "UPDATE schedules SET next_for=?, next_due=? WHERE id=?",
+            [(key, format_utc(due, micro=True), sid) for sid, key, due in hints],
+        )
 
 
 def _load_snapshot(c: Conn, schedule_id: str, key: str) -> dict[bytes, str] | None:
