@@ -169,14 +169,15 @@ class Arming:
         """Store the next slots computed at arming (not those the store already held), so
         that the next start reads them instead. After start-up, in chunks that yield to the
         loop; best effort: a failed write only costs a computation at the next start."""
-        sids, self._unsaved = list(self._unsaved), set()
+        sids, self._unsaved = self._unsaved, set()
         hinted, self._hinted = self._hinted, {}
-        for i in range(0, len(sids), HINTS_CHUNK):
+        armed = [a for sid in sids if (a := self.timers.armed.get(sid)) is not None]  # a stop
+        for i in range(0, len(armed), HINTS_CHUNK):  # disarms them: these are saved anyway
             await asyncio.sleep(0)
             hints = []
-            for sid in sids[i : i + HINTS_CHUNK]:
-                a = self.timers.armed.get(sid)
-                if a is None or a.error is not None or hinted.get(sid) == a.cursor:
+            for a in armed[i : i + HINTS_CHUNK]:
+                sid = a.schedule.id
+                if a.error is not None or hinted.get(sid) == a.cursor:
                     continue
                 hints.append((sid, hint_key(a.trigger, a.anchor, a.cursor), a.due))
             try:
