@@ -140,13 +140,17 @@ def effective_status(schedule: Schedule, stored: StoredSchedule | None) -> Statu
     A declared schedule takes the file's status when it is new, re-added after removal, or
     when the file's status differs from the one last seen in the file; otherwise the stored
     (run-time enable/disable) status stays, across restarts and reloads."""
-    if stored is None or stored.status not in tuple(Status):
+    # (StrEnum members compare equal to their stored text: no `.value`, 10k times at start)
+    if stored is None or stored.status not in _STATUSES:
         return schedule.status
     if schedule.source is Source.FILE and (
-        stored.source == Source.REMOVED.value or stored.file_status != schedule.status.value
+        stored.source == Source.REMOVED or stored.file_status != schedule.status
     ):
         return schedule.status
     return Status(stored.status)
+
+
+_STATUSES = frozenset(Status)
 
 
 MISSED_LIMIT = 1000  # at most this many missed slots are looked at (the newest ones)

@@ -140,18 +140,25 @@ def _pipelines(new: Config, pipes: Mapping[str, PipelineRow], out: Reconciled) -
         out.pipeline_rows.append(PipelineRow(p.id, p.name, st.value, p.status.value))
 
 
+# Plain texts for the stored rows (Enum's `.value` is a slow property; 10k rows at start).
+_TEXT = {m: m.value for m in Status}
+_FILE = Source.FILE.value
+
+
 def _declared(
     s: Schedule, row: StoredSchedule | None, cfg: Config, now: datetime, out: Reconciled
 ) -> None:
     status = effective_status(s, row)
-    sched = dataclasses.replace(s, status=status, source=Source.FILE)
+    sched = s
+    if s.status is not status or s.source is not Source.FILE:  # mostly as loaded (10k at start)
+        sched = dataclasses.replace(s, status=status, source=Source.FILE)
     spec = config_mod.schedule_to_dict(s, cfg)
     tkey = anchor = cursor = hint = None
     if isinstance(s.trigger, RecurrenceTrigger | CronTrigger):
         tkey = trigger_key(s.trigger)
         if row is not None and row.trigger_key == tkey and row.anchor and row.cursor:
             anchor, cursor, hint = row.anchor, row.cursor, row.next_hint
-            if row.status != status.value and status is Status.ACTIVE:
+            if row.status != status and status is Status.ACTIVE:
                 cursor, hint = now, None  # enabling never fires by itself
         else:
             active = status is Status.ACTIVE and (
@@ -159,14 +166,14 @@ def _declared(
             )
             anchor, cursor = new_timer(s.trigger, now, active=active)
             out.fresh.add(s.id)
-    changed = row is None or row.spec != spec or row.status != status.value
+    changed = row is None or row.spec != spec or row.status != status
     out.schedules[s.id] = sched
     out.rows[s.id] = StoredSchedule(
         id=s.id,
         name=s.name,
-        source=Source.FILE.value,
-        status=status.value,
-        file_status=s.status.value,
+        source=_FILE,
+        status=_TEXT[status],
+        file_status=_TEXT[s.status],
         spec=spec,
         trigger_key=tkey,
         anchor=anchor,
