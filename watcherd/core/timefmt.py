@@ -19,8 +19,11 @@ def format_utc(value: datetime | None, *, micro: bool = False) -> str | None:
     `2026-11-25T10:15:00.000000Z` kept in the state store. None stays None."""
     if value is None:
         return None
-    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ"
-    return value.astimezone(UTC).strftime(fmt)
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat, not strftime: half the cost (every run and schedule row is formatted), and
+    # years below 1000 keep their four digits; an aware UTC value ends in "+00:00".
+    return value.isoformat(timespec="microseconds" if micro else "seconds")[:-6] + "Z"
 
 
 def parse_utc(text: str | None) -> datetime | None:
