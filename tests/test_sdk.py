@@ -218,6 +218,33 @@ def test_schedule_methods(seed_daemon: DaemonProc) -> None:
         Schedule.get(ws, reactive.id)
 
 
+def test_schedule_lists_follow_cursors_a_page_at_a_time(
+    seed_daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 10,000 schedules one unpaged answer is 12 MB: the SDK reads pages (issue #14)."""
+    ws = Workspace.from_config()
+    names = [f"s{i}" for i in range(5)]
+    for name in names:
+        Schedule.create_cron(ws, name, PIPELINE_ID, "E", "0 3 * * *")
+    monkeypatch.setattr(client_mod, "LIST_PAGE", 2)
+    asked: list[dict[str, Any]] = []
+    real = client_mod.Client.call
+
+    def call(self: client_mod.Client, method: str, path: str, **kw: Any) -> Any:
+        if path == "/schedules" and method == "GET":
+            asked.append(dict(kw.get("params") or {}))
+        return real(self, method, path, **kw)
+
+    monkeypatch.setattr(client_mod.Client, "call", call)
+    listed = [x.name for x in Schedule.list(ws)]
+    assert listed == sorted(listed)  # pages come by name
+    assert set(names) <= set(listed) and len(listed) == len(set(listed))
+    assert len(asked) >= 3 and all(a["limit"] == 2 for a in asked)
+    assert "cursor" not in asked[0] and all("cursor" in a for a in asked[1:])
+    mine = Schedule.list(ws, pipeline_id=PIPELINE_ID)
+    assert set(names) <= {x.name for x in mine}
+
+
 def test_daemon_errors_map_to_sdk_errors(seed_daemon: DaemonProc) -> None:
     ws = Workspace.from_config()
     with pytest.raises(ValidationError) as exc:  # bypasses the client check: the daemon's 422

@@ -365,6 +365,9 @@ def _error_from(response: httpx.Response, url: str, auth_hint: str | None) -> Wa
     return cls(message, status=response.status_code, code=code, key_path=key_path)
 
 
+LIST_PAGE = 500  # items per request when a whole list is read (the API's limit is 1,000)
+
+
 class Client:
     """Synchronous JSON client of `/api/v1`; never starts an event loop (works in Jupyter).
 
@@ -504,6 +507,11 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.call("DELETE", path)
+
+    def schedules(self, **params: Any) -> list[dict[str, Any]]:
+        """Every schedule (filtered by `params`), a page of LIST_PAGE at a time: 10,000 in
+        one answer would be 12 MB built at once (issue #14)."""
+        return list(self.items("/schedules", **params, limit=LIST_PAGE))
 
     def items(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
         """Every item of a list endpoint, following `next_cursor`."""

@@ -62,9 +62,9 @@ def _pipeline_names(client: Client) -> dict[str, str]:
 def schedules_list(client: Client, ns: argparse.Namespace) -> int:
     if ns.pipeline:
         pid = client.get(f"/pipelines/{quote_id(ns.pipeline)}")["id"]
-        items = client.get("/schedules", pipeline_id=pid)["items"]
+        items = client.schedules(pipeline_id=pid)
     else:
-        items = client.get("/schedules", active_only=not ns.all)["items"]
+        items = client.schedules(active_only=not ns.all)
     names = _pipeline_names(client) if items and not ns.json else {}
     rows = [
         [

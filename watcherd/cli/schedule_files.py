@@ -114,7 +114,7 @@ def export_yaml(schedules: Sequence[JSON]) -> str:
 
 
 def schedules_export(client: Client, ns: argparse.Namespace) -> int:
-    items = [s for s in client.get("/schedules")["items"] if s.get("source") == "api"]
+    items = [s for s in client.schedules() if s.get("source") == "api"]
     items.sort(key=lambda s: s["name"])
     if ns.json:
         _dump(items)

@@ -279,15 +279,15 @@ class Schedule:
         """Schedules; with `pipeline_id`, that pipeline's schedules of every status."""
         if pipeline_id is not None:
             return Schedule.get_schedules_for_pipeline_id(workspace, pipeline_id)
-        items = workspace._client.get("/schedules", active_only=active_only)["items"]
+        items = workspace._client.schedules(active_only=active_only)
         return [Schedule(workspace, s) for s in items]
 
     @staticmethod
     def get_schedules_for_pipeline_id(
         workspace: Workspace, pipeline_id: str
     ) -> builtins.list[Schedule]:
-        items = workspace._client.get("/schedules", pipeline_id=pipeline_id, active_only=False)
-        return [Schedule(workspace, s) for s in items["items"]]
+        items = workspace._client.schedules(pipeline_id=pipeline_id, active_only=False)
+        return [Schedule(workspace, s) for s in items]
 
     @staticmethod
     def get(workspace: Workspace, id: str) -> Schedule:  # noqa: A002 - Azure ML's name

@@ -70,8 +70,8 @@ class ScheduleOperations:
         """Schedules, enabled ones only by default (as azure-ai-ml)."""
         view = ScheduleListViewType(list_view_type)
         enabled_only = view is ScheduleListViewType.ENABLED_ONLY
-        items = self._client.get("/schedules", active_only=enabled_only)
-        schedules = [JobSchedule._from_api(s) for s in items["items"]]
+        items = self._client.schedules(active_only=enabled_only)
+        schedules = [JobSchedule._from_api(s) for s in items]
         if view is ScheduleListViewType.DISABLED_ONLY:
             schedules = [s for s in schedules if not s.is_enabled]
         return schedules
