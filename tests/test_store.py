@@ -537,3 +537,27 @@ def test_second_store_on_same_dir_is_refused(tmp_path: Path) -> None:
     finally:
         s.db.close()
     SqliteStore(tmp_path).db.close()  # released on close
+
+
+async def test_next_slots_are_stored_with_their_key(store: RunStore) -> None:
+    """A timer commit stores each schedule's next slot with the key it was computed for;
+    save_timer_hints stores more; a batch without one clears it; saving the schedule row
+    again (a status change) keeps it, for the reader to validate."""
+    t0 = NOW - timedelta(hours=1)
+    await store.save_schedules([_schedule("a", "A", t0), _schedule("b", "B", t0)])
+    assert (await store.load_schedule("a")).next_hint is None  # type: ignore[union-attr]
+    due = NOW + timedelta(minutes=1)
+    await store.record_slots(
+        [SlotBatch("a", NOW, [_run("slot:h")], hint=("key-a", due)), SlotBatch("b", NOW, [])],
+        NOW,
+    )
+    rows = {r.id: r for r in await store.load_schedules()}
+    assert rows["a"].next_hint == ("key-a", due) and rows["a"].cursor == NOW
+    assert rows["b"].next_hint is None
+    await store.save_timer_hints([("b", "key-b", None), ("a", "key-a2", due)])  # None: ended
+    rows = {r.id: r for r in await store.load_schedules()}
+    assert rows["a"].next_hint == ("key-a2", due) and rows["b"].next_hint == ("key-b", None)
+    await store.save_schedules([_schedule("a", "A", t0, status="Disabled", cursor=NOW)])
+    assert (await store.load_schedule("a")).next_hint == ("key-a2", due)  # type: ignore[union-attr]
+    await store.record_slots([SlotBatch("a", due, [])], due)  # a catch-up batch: no hint
+    assert (await store.load_schedule("a")).next_hint is None  # type: ignore[union-attr]

@@ -160,10 +160,9 @@ class Arming:
             s = self.book.schedules.get(sid)
             if s is not None:
                 self.arm(s)
-        if self.store.keeps_timer_hints:
-            self._unsaved.update(gained)
-            if self._tg is not None:  # else start() saves them, once READY is near
-                self._tg.create_task(self._save_hints())
+        self._unsaved.update(gained)
+        if self._tg is not None:  # else start() saves them, once READY is near
+            self._tg.create_task(self._save_hints())
 
     async def _save_hints(self) -> None:
         """Store the next slots computed at arming (not those the store already held), so

@@ -154,12 +154,9 @@ class RunStore(Protocol):
         fence fails."""
         ...
 
-    keeps_timer_hints: bool  # whether save_timer_hints stores anything
-
     async def save_timer_hints(self, hints: Sequence[tuple[str, str, datetime | None]]) -> None:
         """Store (schedule id, hint key, next slot) as the schedules' `next_hint`, so that a
-        restart need not compute them again (SQLite; PostgreSQL keeps none: a replica computes
-        the next slots of the schedules it gains)."""
+        restart (or a replica gaining the schedule) need not compute them again."""
         ...
 
     async def load_snapshot(self, schedule_id: str, key: str) -> dict[bytes, str] | None:

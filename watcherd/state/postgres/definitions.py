@@ -206,11 +206,13 @@ async def read_pipelines(c: Conn) -> dict[str, PipelineRow]:
 async def read_schedules(c: Conn, schedule_id: str | None = None) -> list[StoredSchedule]:
     if schedule_id is None:
         cur = await c.execute(
-            f'SELECT {_SCHEDULE_COLS} FROM schedules ORDER BY created_at, name COLLATE "C"'
+            f"SELECT {_SCHEDULE_COLS}, next_for, next_due FROM schedules"
+            ' ORDER BY created_at, name COLLATE "C"'
         )
     else:
         cur = await c.execute(
-            f"SELECT {_SCHEDULE_COLS} FROM schedules WHERE id = %s", (schedule_id,)
+            f"SELECT {_SCHEDULE_COLS}, next_for, next_due FROM schedules WHERE id = %s",
+            (schedule_id,),
         )
     return [
         StoredSchedule(
@@ -225,6 +227,7 @@ async def read_schedules(c: Conn, schedule_id: str | None = None) -> list[Stored
             cursor=utc(r[8]),
             created_at=utc(r[9]) or datetime.min,
             updated_at=utc(r[10]) or datetime.min,
+            next_hint=(r[11], utc(r[12])) if r[11] else None,
         )
         for r in await cur.fetchall()
     ]

@@ -19,7 +19,7 @@ from watcherd.core.errors import IncompatibleStore
 __all__ = ["MIGRATE_LOCK", "SCHEMA_VERSION", "SchemaTooNew", "check_version", "migrate"]
 
 MIGRATE_LOCK = 0x7761746368657201  # "watche" r\x01: a constant key of our own
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COMPATIBLE = 1  # newer schema versions this code still works with (additive migrations)
 
 Conn = AsyncConnection[TupleRow]
@@ -76,6 +76,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             config_hash text NOT NULL, running integer NOT NULL DEFAULT 0,
             state text NOT NULL DEFAULT 'live', wanted text[] NOT NULL DEFAULT '{}')""",
     ),
+    # A time schedule's next slot, kept with what it was computed from (core.slots.hint_key):
+    # a replica arms the schedules it gains without computing them again. Additive: a
+    # replica of schema 1 (COMPATIBLE) never reads or writes these.
+    2: ("ALTER TABLE schedules ADD COLUMN next_for text, ADD COLUMN next_due timestamptz",),
 }
 
 

@@ -52,14 +52,19 @@ class PgStore(Definitions):
                 out = await runs_sql.insert_runs(c, runs, now, self.db.runs_notice())
                 # An unfenced write (one daemon; or a caller that lost track of its lease)
                 # never moves a cursor back.
+                # The hint names its cursor: where `greatest` keeps a later one, it is stale.
                 await c.execute(
                     "UPDATE schedules s SET timer_cursor = CASE WHEN u.fenced THEN u.cur"
-                    " ELSE greatest(s.timer_cursor, u.cur) END FROM unnest(%s::text[],"
-                    " %s::timestamptz[], %s::boolean[]) AS u(id, cur, fenced) WHERE s.id = u.id",
+                    " ELSE greatest(s.timer_cursor, u.cur) END, next_for = u.key,"
+                    " next_due = u.due FROM unnest(%s::text[], %s::timestamptz[],"
+                    " %s::boolean[], %s::text[], %s::timestamptz[])"
+                    " AS u(id, cur, fenced, key, due) WHERE s.id = u.id",
                     (
                         [b.schedule_id for b in batches],
                         [b.cursor for b in batches],
                         [b.epoch is not None for b in batches],
+                        [b.hint[0] if b.hint else None for b in batches],
+                        [b.hint[1] if b.hint else None for b in batches],
                     ),
                 )
                 return out
@@ -68,11 +73,19 @@ class PgStore(Definitions):
             return []
         return await self.db.run(go, what="record slots")
 
-    keeps_timer_hints = False
-
     async def save_timer_hints(self, hints: Sequence[tuple[str, str, datetime | None]]) -> None:
-        """Not kept here: a replica computes the next slots of the schedules it gains (their
-        cursors move under other replicas), and a failover is bounded by lease_ttl anyway."""
+        """Unfenced: a hint names the cursor it was computed for, so one written by a replica
+        that lost the schedule meanwhile is merely stale (and recomputed by its reader)."""
+
+        async def go(c: Conn) -> None:
+            await c.execute(
+                "UPDATE schedules s SET next_for = u.key, next_due = u.due FROM unnest("
+                "%s::text[], %s::text[], %s::timestamptz[]) AS u(id, key, due) WHERE s.id = u.id",
+                ([h[0] for h in hints], [h[1] for h in hints], [h[2] for h in hints]),
+            )
+
+        if hints:
+            await self.db.run(go, what="save timer hints")
 
     async def load_snapshot(self, schedule_id: str, key: str) -> dict[bytes, str] | None:
         async def go(c: Conn) -> dict[bytes, str] | None:

@@ -88,8 +88,6 @@ class SqliteStore:
     async def record_slots(self, batches: Sequence[SlotBatch], now: datetime) -> list[str]:
         return await self.db.write(_record_slots, list(batches), now)
 
-    keeps_timer_hints = True
-
     async def save_timer_hints(self, hints: Sequence[tuple[str, str, datetime | None]]) -> None:
         if hints:
             await self.db.write(_save_timer_hints, list(hints))
