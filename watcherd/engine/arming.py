@@ -170,8 +170,9 @@ class Arming:
         loop; best effort: a failed write only costs a computation at the next start."""
         sids, self._unsaved = self._unsaved, set()
         hinted, self._hinted = self._hinted, {}
-        armed = [a for sid in sids if (a := self.timers.armed.get(sid)) is not None]  # a stop
-        for i in range(0, len(armed), HINTS_CHUNK):  # disarms them: these are saved anyway
+        # Taken before the first write: a stop meanwhile disarms them, and they still hold.
+        armed = [a for sid in sids if (a := self.timers.armed.get(sid)) is not None]
+        for i in range(0, len(armed), HINTS_CHUNK):
             await asyncio.sleep(0)
             hints = []
             for a in armed[i : i + HINTS_CHUNK]:
