@@ -1110,3 +1110,27 @@ def test_an_unset_variable_is_one_problem_not_two(tmp_path: Path) -> None:
         "schedules[0].pipeline: environment variable U3 is not set",
         "schedules[0].recurrence.interval: environment variable U4 is not set",
     ]
+
+
+def test_the_config_hash_is_what_replicas_share_as_written(tmp_path: Path) -> None:
+    """Replicas compare this hash (SPEC §12): the same tables give the same hash wherever
+    the file is, [daemon] aside; any change to a schedule, pipeline or datastore changes it,
+    and so does a ${…} value."""
+    from watcherd.engine.engine import config_hash
+
+    base = (
+        '[daemon]\nstate_dir = "{d}"\n[pipelines.p]\nkind = "command"\nsteps = [["${{CMD}}"]]\n'
+        '[[schedules]]\nname = "s"\npipeline = "p"\nexperiment_name = "E"\ncron = "{c}"\n'
+    )
+
+    def hashed(where: str, *, d: str = "x", c: str = "0 3 * * *", cmd: str = "true") -> str:
+        (tmp_path / where).mkdir(exist_ok=True)
+        path = tmp_path / where / "watcherd.toml"
+        path.write_text(base.format(d=tmp_path / d, c=c))
+        return config_hash(load(path, {"CMD": cmd}))
+
+    first = hashed("a")
+    assert hashed("b") == first  # another directory (another host's path)
+    assert hashed("c", d="other-state") == first  # [daemon] is each replica's own
+    assert hashed("d", c="0 4 * * *") != first
+    assert hashed("e", cmd="false") != first

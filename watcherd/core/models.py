@@ -366,6 +366,9 @@ class Config:
     pipelines: Mapping[str, Pipeline] = field(default_factory=dict)
     schedules: tuple[Schedule, ...] = ()
     secrets: frozenset[str] = frozenset()  # secret values to redact wherever text is shown
+    # sha256 (16 hex) of the file's datastores, pipelines and schedules as written (after
+    # ${…}): what replicas compare (engine.config_hash); "" for a Config built in code
+    digest: str = field(default="", compare=False, repr=False)
     # pipelines by id: every schedule resolves its pipeline, 10k of them at load (issue #14)
     _by_id: Mapping[str, Pipeline] = field(
         default_factory=dict, init=False, repr=False, compare=False

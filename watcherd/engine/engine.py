@@ -72,7 +72,10 @@ T = TypeVar("T")
 
 
 def config_hash(cfg: Config) -> str:
-    """What every replica must share: datastores, pipelines and schedules (not [daemon])."""
+    """What every replica must share: datastores, pipelines and schedules (not [daemon]), as
+    the file gives them (`Config.digest`); a Config built in code hashes its `repr`."""
+    if cfg.digest:
+        return cfg.digest
     text = repr((sorted(cfg.datastores.items()), sorted(cfg.pipelines.items()), cfg.schedules))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
