@@ -227,3 +227,45 @@ async def test_a_restart_arms_from_the_stored_next_slots_and_recomputes_stale_on
     async with running_engine(tmp_path, text, clock) as h:
         assert len(calls) == 1 and "3 12 * * *" in calls[0]
         assert {sid: a.due for sid, a in h.engine.timers.armed.items()} == after_fire
+
+
+async def test_catch_up_commits_the_due_schedules_first_and_trusts_no_stale_stored_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a restart the schedules whose stored next slot is past are caught up first, in the
+    first commit, whatever their order in the file. A stored next slot that looks not yet due
+    but no longer holds (its cursor moved back behind the daemon's back) is not trusted: that
+    schedule's missed slots run too."""
+    clock = ManualClock(datetime(2026, 11, 25, 9, 59, 30, tzinfo=UTC))
+    text = PIPE + "".join(
+        f'\n[[schedules]]\nname = "s{i}"\npipeline = "p"\nexperiment_name = "E"\n'
+        'recurrence = { frequency = "Hour", interval = 1, '
+        f'start_time = "2026-11-25T00:{0 if i == 2 else 10:02d}:00" }}\ncatch_up = "all"\n'
+        for i in range(3)
+    )
+    async with running_engine(tmp_path, text, clock) as h:
+        await eventually(lambda: _hinted_rows(h) == 3)
+        ids = {f"s{i}": h.engine.schedule(f"s{i}").id for i in range(3)}
+        # s1: its cursor moved back 3 hours, its stored next slot (10:10) left as it was
+        h.store.db.sync(
+            lambda c: c.execute(
+                "UPDATE schedules SET cursor='2026-11-25T07:00:30.000000Z' WHERE id=?",
+                (ids["s1"],),
+            )
+        )
+    commits: list[set[str]] = []
+    record = arming.Arming.commit_slots
+
+    async def spy(self: arming.Arming, batches: list[Any], now: datetime) -> list[Any]:
+        commits.append({b.schedule_id for b in batches})
+        return await record(self, batches, now)
+
+    monkeypatch.setattr(arming.Arming, "commit_slots", spy)
+    monkeypatch.setattr(arming, "CATCH_UP_BATCH", 1)
+    clock.advance(minutes=6)  # 10:05:30: s2's 10:00 slot passed unseen; s0's next is 10:10
+    async with running_engine(tmp_path, text, clock) as h:
+        await eventually(lambda: len(h.slots()) == 4)
+        assert commits[0] == {ids["s2"]}  # last in the file, first caught up
+        assert h.slots("s2") == [_z(2026, 11, 25, 10, 0, 0)]
+        assert h.slots("s1") == [_z(2026, 11, 25, h, 10, 0) for h in (7, 8, 9)]
+        assert h.slots("s0") == []

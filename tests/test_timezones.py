@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import zoneinfo
 from enum import Enum
 from zoneinfo import ZoneInfo
 
@@ -91,3 +93,20 @@ def test_member_names_are_unique_identifiers() -> None:
     members = [enum_member_name(v) for v in WINDOWS_ZONE_NAMES]
     assert len(set(members)) == 131
     assert all(m.isidentifier() for m in members)
+
+
+def test_iana_names_are_those_zoneinfo_lists() -> None:
+    """Every zone zoneinfo lists is accepted, and no other file under its paths: not the
+    right/ and posix/ variants, not the data files, not a directory, not a key that is not
+    normalized (one name is checked at a time; the list takes 0.1 s to build)."""
+    listed = zoneinfo.available_timezones() - {"localtime", "posixrules", "Factory"}
+    assert listed and all(resolve_zone(n) == n for n in listed)
+    others = {"right/UTC", "posix/UTC", "posix/Europe/Paris", "zone.tab", "tzdata.zi", "Europe",
+              "Etc/../UTC", "./UTC", "/UTC", "UTC/", "Europe//Paris", "posixrules", "Factory",
+              "UTC\x00", "x" * 300}  # fmt: skip
+    for root in zoneinfo.TZPATH:
+        for top, dirs, files in os.walk(root):
+            others |= {os.path.relpath(os.path.join(top, f), root) for f in dirs + files}
+    for name in sorted(others - listed):
+        with pytest.raises(ValidationError):
+            resolve_zone(name)

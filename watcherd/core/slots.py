@@ -81,7 +81,7 @@ def creation_fire(trigger: TimeTrigger, anchor: datetime) -> datetime | None:
 
 
 # Bump when the slot arithmetic changes: every stored next slot is then computed again.
-HINT_VERSION = "1"
+HINT_VERSION = "2"
 
 
 def hint_key(
@@ -89,10 +89,11 @@ def hint_key(
 ) -> str:
     """What a stored next slot was computed from: the rule (its end included), the anchor and
     the cursor (aware UTC). A stored next slot is used while this text is unchanged, else
-    recomputed. `key`: `trigger_key(trigger)`, when the caller has it (a stored row's)."""
+    recomputed. `key`: `trigger_key(trigger)`, when the caller has it (a stored row's).
+    Instants as POSIX timestamps: a third of `isoformat`'s cost (10k checked at each start)."""
     end = trigger.end_time if isinstance(trigger, RecurrenceTrigger) else trigger.cron.end_time
     rule = key if key is not None else trigger_key(trigger)
-    return f"{HINT_VERSION}|{rule}|{end!r}|{anchor.isoformat()}|{cursor.isoformat()}"
+    return f"{HINT_VERSION}|{rule}|{end!r}|{anchor.timestamp()!r}|{cursor.timestamp()!r}"
 
 
 def trigger_key(trigger: TimeTrigger) -> str:

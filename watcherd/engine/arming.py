@@ -193,48 +193,81 @@ class Arming:
     # ── catch-up ─────────────────────────────────────────────────────────────
 
     async def _catch_up(self, sids: list[str], run_all_until: datetime | None) -> None:
+        """Queue the slots that schedules `sids` missed until now, in batched transactions.
+
+        Those whose stored next slot is missing or already past go first (Quartz's misfire
+        query), and their batches are committed as they fill; then the others, whose stored
+        next slot is checked against their rule and cursor (computed again only where it no
+        longer holds). A replica gaining schedules so starts their missed runs before it has
+        checked the rest. (Computing the next batch while one commits was tried: the GIL
+        makes both slower, 0.2 → 0.28 s at 10k schedules.)"""
         now = self.clock.now()
-        batches: list[SlotBatch] = []
+        rows = self.book.rows
+        due: list[str] = []
+        later: list[str] = []
         for sid in sids:
-            s, row = self.book.schedules.get(sid), self.book.rows.get(sid)
-            if s is None or row is None or sid in self.book.fresh:
+            row = rows.get(sid)
+            if row is None:
                 continue
-            t = s.trigger
-            if not isinstance(t, RecurrenceTrigger | CronTrigger) or s.status is not Status.ACTIVE:
-                continue
-            if row.anchor is None or row.cursor is None:
-                continue
-            try:
-                # Most schedules missed nothing: their next slot (which arming needs anyway,
-                # and which the store mostly still has) is after `now`, and the missed-slot
-                # search is not run for them.
-                hint = row.next_hint
-                if hint is not None and hint[0] == hint_key(
-                    t, row.anchor, row.cursor, key=row.trigger_key
-                ):
-                    nxt = hint[1]
-                    self._hinted[sid] = row.cursor
-                else:
-                    nxt = next_slot(t, row.anchor, row.cursor)
-                if nxt is None or nxt > now:
-                    self._known_next[sid] = (t, row.anchor, row.cursor, nxt)
-                    continue
-                todo = catch_up(t, row.anchor, row.cursor, now, run_all_until=run_all_until)
-            except (ValueError, OverflowError) as exc:  # this schedule's problem only
-                self.book.set_broken(sid, f"cannot compute missed slots: {exc}")
-                continue
-            if todo.not_run:
-                log.info(
-                    "slots_missed", schedule=s.name, count=len(todo.not_run),
-                    catch_up=t.options.catch_up, first=format_utc(todo.not_run[0]),
-                    last=format_utc(todo.not_run[-1]),
-                )  # fmt: skip
-                self.metrics.slots_not_run.labels(schedule=s.name).inc(len(todo.not_run))
-            if todo.cursor != row.cursor:
-                runs = [r for slot in todo.run if (r := self._slot_run(s, slot)) is not None]
-                batches.append(SlotBatch(sid, todo.cursor, runs))
-        for i in range(0, len(batches), CATCH_UP_BATCH):
-            await self.commit_slots(batches[i : i + CATCH_UP_BATCH], now)
+            hint = row.next_hint
+            if hint is not None and (hint[1] is None or hint[1] > now):
+                later.append(sid)
+            else:
+                due.append(sid)
+        missed: list[tuple[str, int, datetime, datetime]] = []
+        batches: list[SlotBatch] = []
+        for sid in due + later:
+            batch = self._missed(sid, now, run_all_until, missed)
+            if batch is not None:
+                batches.append(batch)
+            if len(batches) >= CATCH_UP_BATCH:
+                await self.commit_slots(batches, now)
+                batches = []
+        if batches:
+            await self.commit_slots(batches, now)
+        _log_missed(missed)
+
+    def _missed(
+        self,
+        sid: str,
+        now: datetime,
+        run_all_until: datetime | None,
+        missed: list[tuple[str, int, datetime, datetime]],
+    ) -> SlotBatch | None:
+        """The batch of slots schedule `sid` missed, or None; notes what it will not run."""
+        s, row = self.book.schedules.get(sid), self.book.rows.get(sid)
+        if s is None or row is None or sid in self.book.fresh:
+            return None
+        t = s.trigger
+        if not isinstance(t, RecurrenceTrigger | CronTrigger) or s.status is not Status.ACTIVE:
+            return None
+        if row.anchor is None or row.cursor is None:
+            return None
+        try:
+            # Most schedules missed nothing: their next slot (which arming needs anyway, and
+            # which the store mostly still has) is after `now`, and no missed slot is searched.
+            hint = row.next_hint
+            if hint is not None and hint[0] == hint_key(
+                t, row.anchor, row.cursor, key=row.trigger_key
+            ):
+                nxt = hint[1]
+                self._hinted[sid] = row.cursor
+            else:
+                nxt = next_slot(t, row.anchor, row.cursor)
+            if nxt is None or nxt > now:
+                self._known_next[sid] = (t, row.anchor, row.cursor, nxt)
+                return None
+            todo = catch_up(t, row.anchor, row.cursor, now, run_all_until=run_all_until)
+        except (ValueError, OverflowError) as exc:  # this schedule's problem only
+            self.book.set_broken(sid, f"cannot compute missed slots: {exc}")
+            return None
+        if todo.not_run:
+            missed.append((s.name, len(todo.not_run), todo.not_run[0], todo.not_run[-1]))
+            self.metrics.slots_not_run.labels(schedule=s.name).inc(len(todo.not_run))
+        if todo.cursor == row.cursor:
+            return None
+        runs = [r for slot in todo.run if (r := self._slot_run(s, slot)) is not None]
+        return SlotBatch(sid, todo.cursor, runs)
 
     # ── timers and pollers ───────────────────────────────────────────────────
 
@@ -353,3 +386,24 @@ def _cancel_until_done(task: asyncio.Task[None]) -> None:
         return
     task.cancel()
     asyncio.get_running_loop().call_later(RECANCEL, _cancel_until_done, task)
+
+
+MISSED_EACH = 20  # schedules whose missed slots are logged one line each; more: one summary
+
+
+def _log_missed(missed: list[tuple[str, int, datetime, datetime]]) -> None:
+    """One line per schedule that will not run some missed slots (its `catch_up`), or one
+    line for all when there are many (after a long downtime); the metric has each count."""
+    if len(missed) <= MISSED_EACH:
+        for name, count, first, last in missed:
+            log.info(
+                "slots_missed", schedule=name, count=count, first=format_utc(first),
+                last=format_utc(last),
+            )  # fmt: skip
+        return
+    log.info(
+        "slots_missed", schedules=len(missed), count=sum(m[1] for m in missed),
+        first=format_utc(min(m[2] for m in missed)), last=format_utc(max(m[3] for m in missed)),
+        names=[m[0] for m in missed[:MISSED_EACH]],
+        metric="watcherd_slots_not_run_total",
+    )  # fmt: skip
