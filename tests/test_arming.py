@@ -1,10 +1,13 @@
-"""engine.arming: a disarmed poller ends even when one cancellation is lost."""
+"""engine.arming: a disarmed poller ends even when one cancellation is lost; missed slots
+are logged without flooding the log."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from watcherd.engine import arming
 
@@ -40,3 +43,21 @@ async def test_a_finished_poller_is_left_alone() -> None:
     await task
     arming._cancel_until_done(task)  # no error, nothing scheduled that could fail later
     assert not task.cancelled()
+
+
+def test_missed_slots_are_one_line_each_for_a_few_schedules_and_one_in_all_for_many() -> None:
+    t0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    few = [(f"s{i}", 2, t0 + timedelta(hours=i), t0 + timedelta(hours=i + 1)) for i in range(3)]
+    with capture_logs() as logs:
+        arming._log_missed(few)
+    assert [(e["event"], e["schedule"], e["count"]) for e in logs] == [
+        ("slots_missed", "s0", 2), ("slots_missed", "s1", 2), ("slots_missed", "s2", 2)
+    ]  # fmt: skip
+    many = [(f"s{i}", i + 1, t0 + timedelta(minutes=i), t0 + timedelta(hours=i)) for i in range(50)]
+    with capture_logs() as logs:
+        arming._log_missed(many)
+    (line,) = logs
+    assert line["event"] == "slots_missed" and line["schedules"] == 50
+    assert line["count"] == sum(range(1, 51))
+    assert (line["first"], line["last"]) == ("2026-11-25T10:00:00Z", "2026-11-27T11:00:00Z")
+    assert line["names"] == [f"s{i}" for i in range(arming.MISSED_EACH)]
