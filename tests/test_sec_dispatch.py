@@ -53,9 +53,14 @@ def _alive(pid: int) -> bool:
 
 
 def _kill(pid: int) -> None:
+    """Kill the test's leftover `sleep 1000`, if it is still that: a dead one's pid can already
+    be another process's (pid_max is 32768 here; a suite starts thousands)."""
     try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f.read().split(b"\0")[:2] != [b"sleep", b"1000"]:
+                return
         os.kill(pid, 9)
-    except ProcessLookupError:
+    except (FileNotFoundError, ProcessLookupError):
         pass
 
 

@@ -209,8 +209,8 @@ class Engine:
         now = self.clock.now()
 
         def compute(reading: Reading) -> ConfigWrite:
-            plan = reconcile(new, reading.schedules, reading.pipelines, now)
-            return ConfigWrite(plan.pipeline_rows, plan.changed, plan)
+            plan = reconcile(new, reading.schedules, reading.pipelines, now, reading.applied)
+            return ConfigWrite(plan.pipeline_rows, plan.changed, plan, applied=plan.applied)
 
         if config_ok:
             written = await self._persist(lambda: self.store.apply_config(compute), "config")

@@ -295,6 +295,10 @@ class Reading:
 
     schedules: dict[str, StoredSchedule]
     pipelines: dict[str, PipelineRow]
+    # what the last apply_config wrote as `ConfigWrite.applied` (None: nothing, or a store
+    # that keeps no such mark); a store must clear it whenever a declared row's spec, trigger
+    # or file status is written by anything else
+    applied: str | None = None
 
 
 @dataclass(slots=True)
@@ -304,6 +308,7 @@ class ConfigWrite:
     pipelines: Sequence[PipelineRow]
     schedules: Sequence[StoredSchedule]  # changed rows only
     result: Any = None  # anything the caller wants back (the reconcile plan)
+    applied: str | None = None  # kept by the store with the rows, read back as Reading.applied
 
 
 # ── replicas ─────────────────────────────────────────────────────────────────

@@ -7,12 +7,12 @@ Every write another replica caches sends a NOTIFY in its transaction ("pipeline"
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from watcherd.core.errors import LeaseLost
 from watcherd.core.models import StoredSchedule
+from watcherd.core.stored_spec import StoredSpec, spec_text
 from watcherd.engine.ports import ConfigWrite, PipelineRow, Reading
 from watcherd.state.postgres.db import Conn, PgDatabase
 from watcherd.state.postgres.runs import utc
@@ -147,7 +147,7 @@ class Definitions:
                         s.source,
                         s.status,
                         s.file_status,
-                        json.dumps(s.spec, sort_keys=True),
+                        spec_text(s.spec),
                         s.trigger_key,
                         s.anchor,
                         s.cursor,
@@ -221,7 +221,7 @@ async def read_schedules(c: Conn, schedule_id: str | None = None) -> list[Stored
             source=r[2],
             status=r[3],
             file_status=r[4],
-            spec=json.loads(r[5]),
+            spec=StoredSpec(r[5]),
             trigger_key=r[6],
             anchor=utc(r[7]),
             cursor=utc(r[8]),

@@ -7,7 +7,6 @@ so neither blocks the event loop and an API read never waits behind a long write
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -16,6 +15,7 @@ from typing import Any
 
 from watcherd.core.models import Run, RunStatus, StoredSchedule
 from watcherd.core.runs import NewRun
+from watcherd.core.stored_spec import StoredSpec, spec_text
 from watcherd.core.timefmt import format_utc, parse_utc
 from watcherd.engine.ports import (
     Claim,
@@ -266,7 +266,7 @@ def load_schedules(c: Conn, schedule_id: str | None = None) -> list[StoredSchedu
             source=r[2],
             status=r[3],
             file_status=r[4],
-            spec=json.loads(r[5]),
+            spec=StoredSpec(r[5]),
             trigger_key=r[6],
             anchor=parse_utc(r[7]),
             cursor=parse_utc(r[8]),
@@ -279,12 +279,22 @@ def load_schedules(c: Conn, schedule_id: str | None = None) -> list[StoredSchedu
 
 
 def _apply_config(c: Conn, compute: Callable[[Reading], ConfigWrite]) -> ConfigWrite:
-    reading = Reading(schedules={s.id: s for s in load_schedules(c)}, pipelines=_load_pipelines(c))
+    mark = c.execute("SELECT value FROM meta WHERE key='applied'").fetchone()
+    reading = Reading(
+        schedules={s.id: s for s in load_schedules(c)},
+        pipelines=_load_pipelines(c),
+        applied=mark[0] if mark else None,
+    )
     out = compute(reading)
     with Tx(c):
         _save_pipelines(c, list(out.pipelines))
         if out.schedules:
             _save_schedules(c, list(out.schedules))
+        # Written last: the statements above cleared it (schema 5's triggers).
+        if out.applied is not None:
+            c.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('applied', ?)", (out.applied,)
+            )
     return out
 
 
@@ -296,7 +306,7 @@ def _save_schedules(c: Conn, items: list[StoredSchedule], reset: Sequence[str] =
             s.source,
             s.status,
             s.file_status,
-            json.dumps(s.spec, sort_keys=True),
+            spec_text(s.spec),
             s.trigger_key,
             format_utc(s.anchor, micro=True),
             format_utc(s.cursor, micro=True),
