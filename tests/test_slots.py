@@ -18,7 +18,7 @@ import pytest
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, load_config, running_engine
 from watcherd.cli.checkconfig import FIRES, build_report
-from watcherd.core.timefmt import format_utc
+from watcherd.core.timefmt import format_utc, parse_utc
 from watcherd.state.sqlite.store import load_schedules
 
 HEAD = """\
@@ -163,3 +163,24 @@ async def test_a_restart_keeps_the_agreement(tmp_path: Path) -> None:
         rows = {r.id: r for r in h.store.db.sync(load_schedules)}
         assert len(h.slots("minute-none")) == 1  # no second creation fire
     assert report_times(cfg, later, rows) == daemon  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-25T10:15:00Z", datetime(2026, 11, 25, 10, 15, tzinfo=UTC)),
+        ("2026-11-25T10:15:00.000001Z", datetime(2026, 11, 25, 10, 15, 0, 1, tzinfo=UTC)),
+        ("2026-11-25T11:15:00+01:00", datetime(2026, 11, 25, 10, 15, tzinfo=UTC)),
+        ("2026-11-25T05:15:00-05:00", datetime(2026, 11, 25, 10, 15, tzinfo=UTC)),
+        ("0999-01-01T00:00:00.000000Z", datetime(999, 1, 1, tzinfo=UTC)),
+    ],
+)
+def test_parse_utc_reads_any_offset_as_utc_and_round_trips_format_utc(
+    text: str, expected: datetime
+) -> None:
+    got = parse_utc(text)
+    assert got == expected and got is not None and got.tzinfo is UTC
+    assert parse_utc(format_utc(got, micro=True)) == got
+    assert parse_utc("") is None and parse_utc(None) is None
+    with pytest.raises(ValueError):
+        parse_utc(text.replace("-", "/"))

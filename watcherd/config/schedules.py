@@ -147,7 +147,7 @@ def build_schedule(
     The id is `fixed_id` when given (a PATCH); else an API body gets a new uuid4 and refuses
     read-only keys, and a file table takes its `id` key or `default_schedule_id(name)`.
     """
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # a dict: no ABC check
         at.error(f"expected a table, got {describe(raw)}")
         return None
     before = len(at.problems.errors)

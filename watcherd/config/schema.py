@@ -146,7 +146,7 @@ def read_table(
     key that belongs to another kind; keys in `skip` are left to the caller. The result holds
     only the keys that converted cleanly.
     """
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # a dict: no ABC check
         at.error(f"expected a table, got {describe(raw)}")
         return None
     skipped = set(skip)

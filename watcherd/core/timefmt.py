@@ -30,4 +30,6 @@ def parse_utc(text: str | None) -> datetime | None:
     """Any ISO 8601 instant with an offset or `Z`, as aware UTC; None or "" gives None."""
     if not text:
         return None
+    if text[-1] == "Z":  # our own form (every stored instant): already UTC, read in one call
+        return datetime.fromisoformat(text)
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
