@@ -214,7 +214,7 @@ class Arming:
                 later.append(sid)
             else:
                 due.append(sid)
-        missed: list[tuple[str, int, datetime, datetime]] = []
+        missed: list[tuple[str, str, int, datetime, datetime]] = []
         batches: list[SlotBatch] = []
         for sid in due + later:
             batch = self._missed(sid, now, run_all_until, missed)
@@ -232,7 +232,7 @@ class Arming:
         sid: str,
         now: datetime,
         run_all_until: datetime | None,
-        missed: list[tuple[str, int, datetime, datetime]],
+        missed: list[tuple[str, str, int, datetime, datetime]],
     ) -> SlotBatch | None:
         """The batch of slots schedule `sid` missed, or None; notes what it will not run."""
         s, row = self.book.schedules.get(sid), self.book.rows.get(sid)
@@ -262,7 +262,8 @@ class Arming:
             self.book.set_broken(sid, f"cannot compute missed slots: {exc}")
             return None
         if todo.not_run:
-            missed.append((s.name, len(todo.not_run), todo.not_run[0], todo.not_run[-1]))
+            not_run = todo.not_run
+            missed.append((s.name, t.options.catch_up, len(not_run), not_run[0], not_run[-1]))
             self.metrics.slots_not_run.labels(schedule=s.name).inc(len(todo.not_run))
         if todo.cursor == row.cursor:
             return None
@@ -391,19 +392,19 @@ def _cancel_until_done(task: asyncio.Task[None]) -> None:
 MISSED_EACH = 20  # schedules whose missed slots are logged one line each; more: one summary
 
 
-def _log_missed(missed: list[tuple[str, int, datetime, datetime]]) -> None:
+def _log_missed(missed: list[tuple[str, str, int, datetime, datetime]]) -> None:
     """One line per schedule that will not run some missed slots (its `catch_up`), or one
     line for all when there are many (after a long downtime); the metric has each count."""
     if len(missed) <= MISSED_EACH:
-        for name, count, first, last in missed:
+        for name, policy, count, first, last in missed:
             log.info(
-                "slots_missed", schedule=name, count=count, first=format_utc(first),
-                last=format_utc(last),
+                "slots_missed", schedule=name, count=count, catch_up=policy,
+                first=format_utc(first), last=format_utc(last),
             )  # fmt: skip
         return
     log.info(
-        "slots_missed", schedules=len(missed), count=sum(m[1] for m in missed),
-        first=format_utc(min(m[2] for m in missed)), last=format_utc(max(m[3] for m in missed)),
+        "slots_missed", schedules=len(missed), count=sum(m[2] for m in missed),
+        first=format_utc(min(m[3] for m in missed)), last=format_utc(max(m[4] for m in missed)),
         names=[m[0] for m in missed[:MISSED_EACH]],
         metric="watcherd_slots_not_run_total",
     )  # fmt: skip
