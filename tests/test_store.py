@@ -272,6 +272,44 @@ async def test_apply_config_reads_computes_and_writes(store: RunStore) -> None:
     assert len(await store.load_schedules()) == 2
 
 
+async def test_the_applied_mark_is_kept_and_dropped_by_any_other_write_of_a_declared_row(
+    store: RunStore,
+) -> None:
+    """apply_config keeps ConfigWrite.applied and reads it back; a write of a declared row's
+    spec, trigger, file status or source by anything else (triggers, in the database) drops
+    it; cursors, next slots, statuses and API rows leave it."""
+    declared = _schedule("f", "file-one", NOW, source="file", file_status="Active")
+
+    async def apply(applied: str | None, *rows: StoredSchedule) -> str | None:
+        seen: list[str | None] = []
+
+        def compute(reading: Reading) -> ConfigWrite:
+            seen.append(reading.applied)
+            return ConfigWrite(pipelines=[], schedules=list(rows), applied=applied)
+
+        await store.apply_config(compute)
+        return seen[0]
+
+    assert await apply("m1", declared) is None
+    assert await apply("m1") == "m1"
+    await store.record_slots([SlotBatch("f", NOW + timedelta(minutes=1), [])], NOW)
+    await store.save_timer_hints([("f", "key", NOW)])
+    await store.save_schedules([dataclasses.replace(declared, status="Disabled")])
+    await store.save_schedules([_schedule("a", "api-one", NOW)])
+    assert await apply("m1") == "m1"
+    for changed in (
+        dataclasses.replace(declared, spec={"name": "file-one", "description": "x"}),
+        dataclasses.replace(declared, trigger_key="k2"),
+        dataclasses.replace(declared, file_status="Disabled"),
+        dataclasses.replace(declared, source="removed"),
+    ):
+        await store.save_schedules([changed])
+        assert await apply("m2", declared) is None  # dropped; the apply writes it back
+        assert await apply("m2") == "m2"
+    await store.delete_schedule("f")
+    assert await apply("m3") is None
+
+
 async def test_record_slots_advances_cursors_and_returns_queued_ids(store: RunStore) -> None:
     await store.save_schedules([_schedule("s", "s", NOW), _schedule("t", "t", NOW)])
     a, b = _run("slot:a"), _run("slot:b").skipped("queue full")

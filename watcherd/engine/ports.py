@@ -296,8 +296,8 @@ class Reading:
     schedules: dict[str, StoredSchedule]
     pipelines: dict[str, PipelineRow]
     # what the last apply_config wrote as `ConfigWrite.applied` (None: nothing, or a store
-    # that keeps no such mark); a store must clear it whenever a declared row's spec, trigger
-    # or file status is written by anything else
+    # that keeps no such mark); a store must clear it whenever a declared row's spec, trigger,
+    # file status or source is written by anything else
     applied: str | None = None
 
 

@@ -10,10 +10,11 @@ changed rows and arms what it returns. Rules:
   stricter since it was stored) is kept aside in error, and everything else runs;
 - a time trigger that changed (or is new) gets a fresh anchor; enabling never fires by itself.
 
-A config applied is marked in the store (`applied_mark`). Given the mark of this very config,
-a declared row still as that apply left it (source, file status and status) is taken as is:
-its spec and trigger are what this config computes, and neither is computed nor decoded
-(0.4 s of a restart with 10,000 schedules).
+A config applied is marked in the store (`applied_mark`; kept by SQLite's schema 5 and
+PostgreSQL's schema 3, whose triggers drop it when anything else writes a declared row).
+Given the mark of this very config, a declared row still as that apply left it (source, file
+status and status) is taken as is: its spec and trigger are what this config computes, and
+neither is computed nor decoded (0.4 s of a restart with 10,000 schedules).
 """
 
 from __future__ import annotations

@@ -89,13 +89,22 @@ class Definitions:
         async def go(c: Conn) -> ConfigWrite:
             async with c.transaction():
                 await c.execute("SELECT pg_advisory_xact_lock(%s)", (APPLY_LOCK,))
+                cur = await c.execute("SELECT value FROM meta WHERE key = 'applied'")
+                mark = await cur.fetchone()
                 reading = Reading(
                     schedules={s.id: s for s in await read_schedules(c)},
                     pipelines=await read_pipelines(c),
+                    applied=mark[0] if mark else None,
                 )
                 out = compute(reading)
                 await self._save_pipelines(c, list(out.pipelines))
                 await self._save_schedules(c, list(out.schedules))
+                if out.applied is not None:  # last: the writes above dropped it (schema 3)
+                    await c.execute(
+                        "INSERT INTO meta(key, value) VALUES ('applied', %s)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (out.applied,),
+                    )
                 return out
 
         return await self.db.run(go, what="apply config")

@@ -2,7 +2,7 @@
 
 Replicas starting together take `pg_advisory_xact_lock(MIGRATE_LOCK)` first, so exactly one
 runs each migration (DDL is transactional: a failed one leaves nothing behind). Migrations only
-add tables, columns and indexes, and the store names every column it reads or writes (no
+add tables, columns, indexes and triggers, and the store names every column it reads or writes (no
 `SELECT *`, no `RETURNING *`: a prepared statement breaks when another replica adds a column),
 so a replica one version older keeps working during a rolling update. An older one than that
 refuses to start, naming both versions; it checks again on every new connection (a reconnect
@@ -19,7 +19,7 @@ from watcherd.core.errors import IncompatibleStore
 __all__ = ["MIGRATE_LOCK", "SCHEMA_VERSION", "SchemaTooNew", "check_version", "migrate"]
 
 MIGRATE_LOCK = 0x7761746368657201  # "watche" r\x01: a constant key of our own
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 COMPATIBLE = 1  # newer schema versions this code still works with (additive migrations)
 
 Conn = AsyncConnection[TupleRow]
@@ -80,6 +80,24 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # a replica arms the schedules it gains without computing them again. Additive: a
     # replica of schema 1 (COMPATIBLE) never reads or writes these.
     2: ("ALTER TABLE schedules ADD COLUMN next_for text, ADD COLUMN next_due timestamptz",),
+    # What the last config applied (engine.reconcile's mark, as SQLite's schema 5): replicas
+    # restarting on the same config neither recompute nor decode its declared schedules.
+    # Any other write of a declared row's spec, trigger, file status or source drops it,
+    # whoever makes it (a replica of schema 2 during a rolling update included).
+    3: (
+        "CREATE TABLE meta(key text PRIMARY KEY, value text NOT NULL)",
+        "CREATE FUNCTION watcherd_drop_applied() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN DELETE FROM meta WHERE key = 'applied'; RETURN NULL; END $$",
+        "CREATE TRIGGER applied_insert AFTER INSERT ON schedules FOR EACH ROW"
+        " WHEN (NEW.source = 'file') EXECUTE FUNCTION watcherd_drop_applied()",
+        "CREATE TRIGGER applied_update AFTER UPDATE OF spec, trigger_key, file_status, source"
+        " ON schedules FOR EACH ROW WHEN ((OLD.source = 'file' OR NEW.source = 'file') AND ("
+        " OLD.spec IS DISTINCT FROM NEW.spec OR OLD.trigger_key IS DISTINCT FROM"
+        " NEW.trigger_key OR OLD.file_status IS DISTINCT FROM NEW.file_status"
+        " OR OLD.source IS DISTINCT FROM NEW.source)) EXECUTE FUNCTION watcherd_drop_applied()",
+        "CREATE TRIGGER applied_delete AFTER DELETE ON schedules FOR EACH ROW"
+        " WHEN (OLD.source = 'file') EXECUTE FUNCTION watcherd_drop_applied()",
+    ),
 }
 
 
