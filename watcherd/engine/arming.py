@@ -45,6 +45,7 @@ log = structlog.get_logger(__name__)
 
 CATCH_UP_BATCH = 500  # schedules per catch-up transaction
 HINTS_CHUNK = 1000  # next slots stored per transaction after arming
+MISSED_EACH = 20  # schedules whose missed slots are logged one line each; more: one summary
 
 Persist = Callable[[Callable[[], Awaitable[list[str]]], str], Awaitable[list[str]]]
 
@@ -387,9 +388,6 @@ def _cancel_until_done(task: asyncio.Task[None]) -> None:
         return
     task.cancel()
     asyncio.get_running_loop().call_later(RECANCEL, _cancel_until_done, task)
-
-
-MISSED_EACH = 20  # schedules whose missed slots are logged one line each; more: one summary
 
 
 def _log_missed(missed: list[tuple[str, str, int, datetime, datetime]]) -> None:
