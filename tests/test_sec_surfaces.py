@@ -84,6 +84,15 @@ def test_sec_15_cli_tables_and_errors_escape_control_characters(
     assert r.status_code == 202, r.text
     run = _wait_terminal(api, r.json()["id"])
     assert run["trigger"]["path"] == EVIL_NAME  # the API keeps the name; the terminal must not
+    # The file's own run (the watch saw it arrive) is the one `runs list` names it by: it may
+    # still be on its way when the manual run has ended.
+    wait_until(
+        lambda: any(
+            r["trigger"].get("kind") == "file" and r["trigger"].get("path") == EVIL_NAME
+            for r in api.get(f"{API}/runs", params={"limit": 50}).json()["items"]
+        ),
+        timeout=20,
+    )
 
     for args in (("runs", "list"), ("runs", "show", run["id"]), ("schedules", "list", "--all")):
         code, out, err = cli(*args)
