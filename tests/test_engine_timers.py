@@ -135,6 +135,10 @@ recurrence = { frequency = "Minute", interval = 1 }
         await h.advance(seconds=1)
         await h.settle()
         assert len(h.slots("s")) == 1  # catch_up = "none": nothing back-filled
+        not_run = h.engine.metrics.registry.get_sample_value(
+            "watcherd_slots_not_run_total", {"schedule": "s"}
+        )
+        assert not_run == 10  # 10:01 … 10:10, counted
         await h.advance(minutes=1)
         await eventually(lambda: len(h.slots("s")) == 2)
         assert h.slots("off") == []

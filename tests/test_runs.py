@@ -21,6 +21,7 @@ from watcherd.core.models import (
     Run,
     RunStatus,
     Schedule,
+    StoredSchedule,
     TimeOptions,
 )
 from watcherd.core.recurrence import Recurrence
@@ -31,6 +32,7 @@ from watcherd.core.runs import (
     on_failure_run,
     run_id_for,
     slot_run,
+    slot_runs,
     sources_of,
     submit_run,
     transition,
@@ -118,6 +120,30 @@ def test_a_file_run_carries_its_parameters_and_file_from_queue_time() -> None:
     assert run.trigger["path"] == "in/\\xffa.csv"  # shown with invalid bytes as \xNN
     assert file_run(s, PIPE, ref).id == run.id  # one run per (file, version)
     assert file_run(s, PIPE, dataclasses.replace(ref, version="1:2:4")).id != run.id
+
+
+def test_a_catch_ups_runs_are_each_slots_own_run() -> None:
+    trig = RecurrenceTrigger(
+        recurrence=Recurrence(frequency="Hour", interval=1),
+        options=TimeOptions(concurrency="forbid"),
+    )
+    s = _schedule(trig, pipeline_parameters={"b": "2"})
+    slots = [datetime(2026, 1, 1, h, 0, 7, 250, tzinfo=UTC) for h in (3, 4, 5)]
+    runs = slot_runs(s, PIPE, slots)
+    assert runs == [slot_run(s, PIPE, slot) for slot in slots]
+    assert [r.trigger["slot"] for r in runs] == [f"2026-01-01T0{h}:00:07Z" for h in (3, 4, 5)]
+    assert len({r.id for r in runs}) == 3 and all(r.gate == trig.options for r in runs)
+    assert runs[0].parameters == {"a": "1", "b": "2"}
+    assert slot_runs(s, PIPE, []) == []
+
+
+def test_a_moved_row_differs_from_its_original_only_in_cursor_and_next_slot() -> None:
+    """`StoredSchedule.moved` copies each field by hand: a field added later must be too."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    values = {f.name: f"v-{f.name}" for f in dataclasses.fields(StoredSchedule)}
+    row = StoredSchedule(**values)  # type: ignore[arg-type]
+    hint = ("k", at)
+    assert row.moved(at, hint) == dataclasses.replace(row, cursor=at, next_hint=hint)
 
 
 def test_submit_and_on_failure_runs() -> None:

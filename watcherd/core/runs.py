@@ -39,6 +39,7 @@ __all__ = [
     "run_id_for",
     "slot_dedup",
     "slot_run",
+    "slot_runs",
     "submit_run",
     "sources_of",
     "transition",
@@ -157,15 +158,28 @@ def parameters_for(
 
 def slot_run(schedule: Schedule, pipeline: Pipeline | None, slot: datetime) -> NewRun:
     """The run of one due slot of a time schedule."""
-    return NewRun(
-        schedule_id=schedule.id,
-        pipeline_id=schedule.pipeline,
-        experiment=schedule.experiment_name,
-        dedup=slot_dedup(slot),
-        trigger={"kind": "time", "slot": format_utc(slot)},
-        parameters=parameters_for(pipeline, schedule),
-        gate=_gate(schedule),
-    )
+    return slot_runs(schedule, pipeline, (slot,))[0]
+
+
+def slot_runs(
+    schedule: Schedule, pipeline: Pipeline | None, slots: Sequence[datetime]
+) -> list[NewRun]:
+    """The runs of due slots of one time schedule (a catch-up's), oldest first; they share
+    one parameters mapping (runs never change theirs)."""
+    parameters = parameters_for(pipeline, schedule)
+    gate = _gate(schedule)
+    return [
+        NewRun(
+            schedule_id=schedule.id,
+            pipeline_id=schedule.pipeline,
+            experiment=schedule.experiment_name,
+            dedup=slot_dedup(slot),
+            trigger={"kind": "time", "slot": format_utc(slot)},
+            parameters=parameters,
+            gate=gate,
+        )
+        for slot in slots
+    ]
 
 
 def _gate(schedule: Schedule) -> TimeOptions | None:

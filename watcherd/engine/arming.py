@@ -11,16 +11,15 @@ drops that schedule (another replica owns it now) and commits the rest.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 
 import structlog
 
 from watcherd.core.errors import LeaseLost, StateError
 from watcherd.core.models import CronTrigger, DatastoreTrigger, RecurrenceTrigger, Schedule, Status
-from watcherd.core.runs import NewRun, slot_run
+from watcherd.core.runs import NewRun, slot_runs
 from watcherd.core.slots import TimeTrigger, catch_up, hint_key, next_slot
 from watcherd.core.timefmt import format_utc
 from watcherd.engine.book import ScheduleBook
@@ -217,8 +216,8 @@ class Arming:
                 due.append(sid)
         missed: list[tuple[str, str, int, datetime, datetime]] = []
         batches: list[SlotBatch] = []
-        for sid in due + later:
-            batch = self._missed(sid, now, run_all_until, missed)
+        for i, sid in enumerate(due + later):
+            batch = self._missed(sid, now, run_all_until, missed, due=i < len(due))
             if batch is not None:
                 batches.append(batch)
             if len(batches) >= CATCH_UP_BATCH:
@@ -226,6 +225,8 @@ class Arming:
                 batches = []
         if batches:
             await self.commit_slots(batches, now)
+        for name, _, count, _, _ in missed:  # after the commits: one label lookup each
+            self.metrics.slots_not_run.labels(schedule=name).inc(count)
         _log_missed(missed)
 
     def _missed(
@@ -234,8 +235,12 @@ class Arming:
         now: datetime,
         run_all_until: datetime | None,
         missed: list[tuple[str, str, int, datetime, datetime]],
+        *,
+        due: bool = False,
     ) -> SlotBatch | None:
-        """The batch of slots schedule `sid` missed, or None; notes what it will not run."""
+        """The batch of slots schedule `sid` missed, or None; notes what it will not run.
+        `due`: its stored next slot is missing or past, so its missed slots are searched at
+        once (a valid past hint would only confirm it; a stale one decides nothing)."""
         s, row = self.book.schedules.get(sid), self.book.rows.get(sid)
         if s is None or row is None or sid in self.book.fresh:
             return None
@@ -247,17 +252,18 @@ class Arming:
         try:
             # Most schedules missed nothing: their next slot (which arming needs anyway, and
             # which the store mostly still has) is after `now`, and no missed slot is searched.
-            hint = row.next_hint
-            if hint is not None and hint[0] == hint_key(
-                t, row.anchor, row.cursor, key=row.trigger_key
-            ):
-                nxt = hint[1]
-                self._hinted[sid] = row.cursor
-            else:
-                nxt = next_slot(t, row.anchor, row.cursor)
-            if nxt is None or nxt > now:
-                self._known_next[sid] = (t, row.anchor, row.cursor, nxt)
-                return None
+            if not due:
+                hint = row.next_hint
+                if hint is not None and hint[0] == hint_key(
+                    t, row.anchor, row.cursor, key=row.trigger_key
+                ):
+                    nxt = hint[1]
+                    self._hinted[sid] = row.cursor
+                else:
+                    nxt = next_slot(t, row.anchor, row.cursor)
+                if nxt is None or nxt > now:
+                    self._known_next[sid] = (t, row.anchor, row.cursor, nxt)
+                    return None
             todo = catch_up(t, row.anchor, row.cursor, now, run_all_until=run_all_until)
         except (ValueError, OverflowError) as exc:  # this schedule's problem only
             self.book.set_broken(sid, f"cannot compute missed slots: {exc}")
@@ -265,11 +271,9 @@ class Arming:
         if todo.not_run:
             not_run = todo.not_run
             missed.append((s.name, t.options.catch_up, len(not_run), not_run[0], not_run[-1]))
-            self.metrics.slots_not_run.labels(schedule=s.name).inc(len(todo.not_run))
         if todo.cursor == row.cursor:
             return None
-        runs = [r for slot in todo.run if (r := self._slot_run(s, slot)) is not None]
-        return SlotBatch(sid, todo.cursor, runs)
+        return SlotBatch(sid, todo.cursor, self._slot_runs(s, todo.run))
 
     # ── timers and pollers ───────────────────────────────────────────────────
 
@@ -337,10 +341,14 @@ class Arming:
     # ── slots ────────────────────────────────────────────────────────────────
 
     def _slot_run(self, s: Schedule, slot: datetime) -> NewRun | None:
+        runs = self._slot_runs(s, (slot,))
+        return runs[0] if runs else None
+
+    def _slot_runs(self, s: Schedule, slots: Sequence[datetime]) -> list[NewRun]:
         current = self.book.schedules.get(s.id, s)
-        if not self.book.runnable(current):
-            return None
-        return slot_run(current, self.book.config.pipeline_by_id(current.pipeline), slot)
+        if not slots or not self.book.runnable(current):
+            return []
+        return slot_runs(current, self.book.config.pipeline_by_id(current.pipeline), slots)
 
     async def commit_slots(self, batches: list[SlotBatch], now: datetime) -> list[SlotBatch]:
         """Record slots (fenced by each schedule's lease epoch), hand the runs over, and
@@ -348,7 +356,7 @@ class Arming:
         # Only what this replica holds a lease on: a slot of a schedule whose lease is gone is
         # its new owner's to record (an unfenced write could fire it twice).
         todo = [
-            dataclasses.replace(b, epoch=epoch)
+            SlotBatch(b.schedule_id, b.cursor, b.runs, epoch, b.hint)
             for b in batches
             if (epoch := self.leases.epoch(b.schedule_id)) is not None
         ]
@@ -367,9 +375,7 @@ class Arming:
         for b in todo:
             row = self.book.rows.get(b.schedule_id)
             if row is not None and (row.cursor is None or b.cursor > row.cursor):
-                self.book.rows[b.schedule_id] = dataclasses.replace(
-                    row, cursor=b.cursor, next_hint=b.hint
-                )
+                self.book.rows[b.schedule_id] = row.moved(b.cursor, b.hint)
         self.runner.enqueue_new([r for b in todo for r in b.runs], ids, now)
         return todo
 
