@@ -1134,3 +1134,44 @@ def test_the_config_hash_is_what_replicas_share_as_written(tmp_path: Path) -> No
     assert hashed("c", d="other-state") == first  # [daemon] is each replica's own
     assert hashed("d", c="0 4 * * *") != first
     assert hashed("e", cmd="false") != first
+
+
+# ── one rule, many schedules ──────────────────────────────────────────────────
+
+
+def _hourly(name: str, interval: str, extra: str = "") -> str:
+    return (
+        f'\n[[schedules]]\nname = "{name}"\npipeline = "train"\nexperiment_name = "E"\n'
+        f'recurrence = {{ frequency = "Hour", interval = {interval}{extra} }}\n'
+    )
+
+
+def test_schedules_with_the_same_recurrence_table_share_one_rule(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, BASE + _hourly("a", "2") + _hourly("b", "2") + _hourly("c", "3"))
+    a, b, c = (s.trigger for s in cfg.schedules)
+    assert isinstance(a, RecurrenceTrigger) and isinstance(b, RecurrenceTrigger)
+    assert isinstance(c, RecurrenceTrigger)
+    assert a.recurrence is b.recurrence and a.recurrence.interval == 2
+    assert c.recurrence.interval == 3
+    assert a.options is b.options  # no option set: the one default, immutable
+
+
+def test_a_table_that_reads_alike_but_is_typed_otherwise_is_still_checked(
+    tmp_path: Path,
+) -> None:
+    """`true` equals `1` and a `${N}` equals its text: the shared rule must not hide that a
+    later table is wrong (each error keeps its own key path)."""
+    text = (
+        BASE
+        + _hourly("one", "1")
+        + _hourly("yes", "true")
+        + _hourly("env", '"${N}"')
+        + _hourly("text", '"5"')
+        + _hourly("env2", '"${N}"', ", hours = [1]")
+    )
+    found = problems(tmp_path, text, {"N": "5"})
+    assert found == [
+        "schedules[1].recurrence.interval: Interval must be an integer greater than 0.",
+        "schedules[3].recurrence.interval: Interval must be an integer greater than 0.",
+        "schedules[4].recurrence.hours: Can only specify hours if frequency is Week or Day.",
+    ]

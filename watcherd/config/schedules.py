@@ -99,6 +99,12 @@ class Context:
     broken_datastores: frozenset[str] = field(default_factory=frozenset)
 
     @cached_property
+    def recurrences(self) -> dict[tuple[object, ...], recurrence_mod.Recurrence]:
+        """Valid recurrences by their inline table, as written (`_table_key`): a generated
+        config repeats a few hundred rules over thousands of schedules."""
+        return {}
+
+    @cached_property
     def tables(self) -> dict[tuple[str, bool], tuple[dict[str, Field], tuple[str, ...]]]:
         """(converters, required keys) by (trigger kinds, file table), filled as met."""
         return {}
@@ -319,20 +325,56 @@ _RECURRENCE_FIELDS = {
 }
 
 
-def _as_recurrence(value: object, at: At) -> recurrence_mod.Recurrence:
-    """The inline table of Azure ML's ScheduleRecurrence, checked by `make_recurrence`."""
-    if not isinstance(value, Mapping):
-        example = '{ frequency = "Minute", interval = 15 }'
-        raise Invalid(f"expected a table like {example}, got {describe(value)}")
-    before = len(at.problems.errors)
-    args = read_table(value, at, _RECURRENCE_FIELDS)
-    if args is None or len(at.problems.errors) > before:
-        raise Invalid(None)
+def _as_recurrence(ctx: Context) -> Converter:
+    """The inline table of Azure ML's ScheduleRecurrence, checked by `make_recurrence`; a
+    table met before in this config gives the same (immutable) Recurrence."""
+    known = ctx.recurrences
+
+    def convert(value: object, at: At) -> recurrence_mod.Recurrence:
+        if not isinstance(value, Mapping):
+            example = '{ frequency = "Minute", interval = 15 }'
+            raise Invalid(f"expected a table like {example}, got {describe(value)}")
+        key = _table_key(value)
+        if key is not None and (found := known.get(key)) is not None:
+            return found
+        before = len(at.problems.errors)
+        args = read_table(value, at, _RECURRENCE_FIELDS)
+        if args is None or len(at.problems.errors) > before:
+            raise Invalid(None)
+        try:
+            rule = recurrence_mod.make_recurrence(**args)
+        except ValidationError as exc:
+            (at / exc.key if exc.key else at).error(exc.message)
+            raise Invalid(None) from None
+        if key is not None:
+            known[key] = rule
+        return rule
+
+    return convert
+
+
+def _table_key(table: Mapping[str, object]) -> tuple[object, ...] | None:
+    """A hashable key of a flat table that tells apart every value a converter could read
+    differently: each value with its exact type (`true` is not `1`, a `${…}` is not the same
+    text written out). None when a value is neither a scalar nor a list of scalars."""
+    out: list[object] = []
+    for k, v in table.items():
+        kind = type(v)
+        if kind is list:
+            items = tuple((type(x), x) for x in v)  # type: ignore[attr-defined]
+            if any(t is list or t is dict for t, _ in items):
+                return None
+            out.append((k, kind, items))
+        elif kind is dict or isinstance(v, Mapping):
+            return None
+        else:
+            out.append((k, kind, v))
     try:
-        return recurrence_mod.make_recurrence(**args)
-    except ValidationError as exc:
-        (at / exc.key if exc.key else at).error(exc.message)
-        raise Invalid(None) from None
+        key = tuple(out)
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 _TIME_OPTION_FIELDS = {
@@ -346,7 +388,7 @@ _TIME_OPTION_FIELDS = {
 def _trigger_fields(kind: str | None, ctx: Context) -> dict[str, Field]:
     if kind == "recurrence":
         return {
-            "recurrence": Field(_as_recurrence, required=True),
+            "recurrence": Field(_as_recurrence(ctx), required=True),
             "end_time": Field(as_wall_time("end_time")),
             **_TIME_OPTION_FIELDS,
         }
@@ -364,7 +406,11 @@ def _trigger_fields(kind: str | None, ctx: Context) -> dict[str, Field]:
 
 
 def _time_options(values: Mapping[str, Any]) -> TimeOptions:
-    return TimeOptions(**{k: values[k] for k in _TIME_OPTION_FIELDS if k in values})
+    given = {k: values[k] for k in _TIME_OPTION_FIELDS if k in values}
+    return TimeOptions(**given) if given else _DEFAULT_OPTIONS
+
+
+_DEFAULT_OPTIONS = TimeOptions()  # immutable: shared by every schedule that sets no option
 
 
 def _recurrence_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
