@@ -105,6 +105,11 @@ class Context:
         return {}
 
     @cached_property
+    def crons(self) -> dict[tuple[object, ...], cron_mod.CronRule]:
+        """Valid cron rules by their keys as written (`_table_key`), as `recurrences`."""
+        return {}
+
+    @cached_property
     def tables(self) -> dict[tuple[str, bool], tuple[dict[str, Field], tuple[str, ...]]]:
         """(converters, required keys) by (trigger kinds, file table), filled as met."""
         return {}
@@ -423,12 +428,17 @@ def _recurrence_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger
 
 def _cron_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
     args = {k: values.get(k) for k in ("time_zone", "start_time", "end_time")}
-    try:
-        rule = cron_mod.make_cron(values["cron"], **args)
-    except ValidationError as exc:
-        key = "cron" if exc.key in ("", "expression") else exc.key
-        (at / key).error(exc.message)
-        return None
+    memo = _table_key({"cron": values["cron"], **args})
+    rule = ctx.crons.get(memo) if memo is not None else None
+    if rule is None:
+        try:
+            rule = cron_mod.make_cron(values["cron"], **args)
+        except ValidationError as exc:
+            key = "cron" if exc.key in ("", "expression") else exc.key
+            (at / key).error(exc.message)
+            return None
+        if memo is not None:
+            ctx.crons[memo] = rule
     return CronTrigger(cron=rule, options=_time_options(values))
 
 

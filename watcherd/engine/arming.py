@@ -36,7 +36,7 @@ from watcherd.engine.ports import (
 )
 from watcherd.engine.runner import Runner
 from watcherd.engine.sink import PollStatus
-from watcherd.engine.timers import Timers
+from watcherd.engine.timers import SameRules, Timers
 
 __all__ = ["Arming"]
 
@@ -156,10 +156,11 @@ class Arming:
                 self.book.fresh.discard(sid)  # "nothing missed" held only for its creator
         run_all_until = self.clock.now() if self._started else self.alive_until
         await self._catch_up(list(gained), run_all_until)
+        same: SameRules = {}
         for sid in gained:
             s = self.book.schedules.get(sid)
             if s is not None:
-                self.arm(s)
+                self.arm(s, same)
         self._unsaved.update(gained)
         if self._tg is not None:  # else start() saves them, once READY is near
             self._tg.create_task(self._save_hints())
@@ -277,7 +278,7 @@ class Arming:
 
     # ── timers and pollers ───────────────────────────────────────────────────
 
-    def arm(self, s: Schedule) -> None:
+    def arm(self, s: Schedule, same: SameRules | None = None) -> None:
         if self._stopped or s.status is not Status.ACTIVE or s.id in self.book.broken:
             return
         if self.leases.epoch(s.id) is None:
@@ -294,7 +295,7 @@ class Arming:
         if known is not None and known[0] is s.trigger and known[1:3] == (row.anchor, row.cursor):
             self.timers.arm(s, row.anchor, row.cursor, known_next=(known[3],))
         else:
-            self.timers.arm(s, row.anchor, row.cursor)
+            self.timers.arm(s, row.anchor, row.cursor, same=same)
 
     def disarm(self, sid: str) -> None:
         self.timers.disarm(sid)

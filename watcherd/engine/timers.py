@@ -48,6 +48,11 @@ class Armed:
     error: str | None = None
 
 
+# (id of a Recurrence or CronRule, end_time, anchor, after) → (that rule, its next slot): the
+# rule is kept with its slot, so that an id reused by another object is never taken for it
+SameRules = dict[tuple[int, datetime | None, datetime, datetime], tuple[object, datetime | None]]
+
+
 class Timers:
     """Owns the deadlines of every armed time schedule."""
 
@@ -77,10 +82,14 @@ class Timers:
         cursor: datetime,
         *,
         known_next: tuple[datetime | None] | None = None,
+        same: SameRules | None = None,
     ) -> datetime | None:
         """Arm (or re-arm) a time schedule; returns its next deadline. `known_next`: that
         deadline, already computed for this (trigger, anchor, cursor) by the caller (start-up's
-        catch-up computes it for every schedule), in a 1-tuple since None means "ended"."""
+        catch-up computes it for every schedule), in a 1-tuple since None means "ended".
+        `same`: deadlines computed in this pass, by rule, anchor and cursor (a start arms
+        thousands of schedules; those that share a rule and were created together share
+        their next slot)."""
         t = schedule.trigger
         if not isinstance(t, RecurrenceTrigger | CronTrigger):
             raise TypeError(f"schedule {schedule.name!r} has no time trigger")
@@ -93,7 +102,7 @@ class Timers:
             gen=old.gen + 1 if old else 0,
         )
         if known_next is None:
-            self._advance(a, cursor)
+            self._advance(a, cursor, same)
         else:
             self._push(a, known_next[0])
         self.armed[schedule.id] = a
@@ -104,12 +113,24 @@ class Timers:
         if self.armed.pop(schedule_id, None) is not None:
             self._wake.set()
 
-    def _advance(self, a: Armed, after: datetime) -> None:
+    def _advance(self, a: Armed, after: datetime, same: SameRules | None = None) -> None:
+        t = a.trigger
+        key = None
+        if same is not None:
+            rule = t.recurrence if isinstance(t, RecurrenceTrigger) else t.cron
+            end = t.end_time if isinstance(t, RecurrenceTrigger) else None
+            key = (id(rule), end, a.anchor, after)
+            if (found := same.get(key)) is not None and found[0] is rule:
+                self._push(a, found[1])
+                return
         try:
-            a.due = next_slot(a.trigger, a.anchor, after)
+            a.due = next_slot(t, a.anchor, after)
         except (ValueError, OverflowError) as exc:  # a bad rule is this schedule's problem only
             a.due, a.error = None, f"cannot compute the next fire time: {exc}"
             log.error("timer_error", schedule=a.schedule.name, error=a.error)
+        else:
+            if key is not None and same is not None:
+                same[key] = (rule, a.due)
         self._push(a, a.due)
 
     def _push(self, a: Armed, due: datetime | None) -> None:
