@@ -1154,6 +1154,23 @@ def test_schedules_with_the_same_recurrence_table_share_one_rule(tmp_path: Path)
     assert a.recurrence is b.recurrence and a.recurrence.interval == 2
     assert c.recurrence.interval == 3
     assert a.options is b.options  # no option set: the one default, immutable
+    assert a is b and c is not a  # one trigger object for one (rule, end, options)
+
+
+def test_schedules_with_the_same_cron_share_one_trigger_unless_an_option_differs(
+    tmp_path: Path,
+) -> None:
+    def cron(name: str, extra: str = "") -> str:
+        return (
+            f'\n[[schedules]]\nname = "{name}"\npipeline = "train"\nexperiment_name = "E"\n'
+            f'cron = "0 3 * * *"\ntime_zone = "Europe/Paris"\n{extra}'
+        )
+
+    cfg = load_text(tmp_path, BASE + cron("a") + cron("b") + cron("c", 'catch_up = "all"\n'))
+    a, b, c = (s.trigger for s in cfg.schedules)
+    assert isinstance(a, CronTrigger) and isinstance(c, CronTrigger)
+    assert a is b and c is not a and c.cron is a.cron
+    assert c.options.catch_up == "all" and a.options.catch_up == "none"
 
 
 def test_a_table_that_reads_alike_but_is_typed_otherwise_is_still_checked(

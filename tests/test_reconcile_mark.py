@@ -184,3 +184,39 @@ def test_a_stored_spec_decodes_on_first_use_and_compares_as_its_object() -> None
     assert spec != StoredSpec('{"a": 1}')
     with pytest.raises(ValueError, match="not a JSON object"):
         len(StoredSpec("[1]"))
+
+
+def test_schedules_sharing_a_trigger_get_what_each_would_alone(tmp_path: Path) -> None:
+    """reconcile derives a trigger's key and new timer once per trigger object: the rows
+    equal those of the same config with every trigger a separate (equal) object."""
+    copies = "".join(
+        f'''
+[[schedules]]
+name = "copy{i}"
+pipeline = "p"
+experiment_name = "E"
+recurrence = {{ frequency = "Day", interval = 1, time_zone = "Europe/Paris" }}
+[[schedules]]
+name = "cron{i}"
+pipeline = "p"
+experiment_name = "E"
+cron = "0 4 * * *"
+status = "{"Disabled" if i == 2 else "Active"}"
+'''
+        for i in range(3)
+    )
+    path = tmp_path / "w.toml"
+    path.write_text(_text(tmp_path) + copies)
+    cfg = config_mod.load(path, {})
+    shared = [s for s in cfg.schedules if s.name.startswith(("copy", "cron"))]
+    assert shared[0].trigger is shared[2].trigger and shared[1].trigger is shared[3].trigger
+    apart = dataclasses.replace(
+        cfg,
+        schedules=tuple(
+            dataclasses.replace(s, trigger=dataclasses.replace(s.trigger)) for s in cfg.schedules
+        ),
+    )
+    got = reconcile_mod.reconcile(cfg, {}, {}, NOW)
+    want = reconcile_mod.reconcile(apart, {}, {}, NOW)
+    assert got.rows == want.rows and got.fresh == want.fresh
+    assert got.rows[shared[5].id].cursor != got.rows[shared[3].id].cursor  # Disabled: now

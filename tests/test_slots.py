@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, load_config, running_engine
 from watcherd.cli.checkconfig import FIRES, build_report
-from watcherd.core.timefmt import format_utc, parse_utc
+from watcherd.core.timefmt import format_utc, parse_utc, utc_texts
 from watcherd.state.sqlite.store import load_schedules
 
 HEAD = """\
@@ -184,3 +185,18 @@ def test_parse_utc_reads_any_offset_as_utc_and_round_trips_format_utc(
     assert parse_utc("") is None and parse_utc(None) is None
     with pytest.raises(ValueError):
         parse_utc(text.replace("-", "/"))
+
+
+def test_a_batchs_instants_are_formatted_as_format_utc_does_each_once() -> None:
+    paris = ZoneInfo("Europe/Paris")
+    values = [
+        datetime(2026, 11, 25, 10, 15, tzinfo=UTC),
+        datetime(2026, 11, 25, 11, 15, tzinfo=paris),  # the same instant, another zone
+        datetime(2026, 11, 25, 10, 15, 0, 1, tzinfo=UTC),
+        None,
+        datetime(999, 1, 1, tzinfo=UTC),
+    ]
+    fmt = utc_texts()
+    assert [fmt(v) for v in values * 2] == [
+        None if v is None else format_utc(v, micro=True) for v in values * 2
+    ]

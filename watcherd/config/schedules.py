@@ -110,6 +110,12 @@ class Context:
         return {}
 
     @cached_property
+    def triggers(self) -> dict[tuple[object, ...], Trigger]:
+        """Time triggers by (kind, id of their shared rule, end_time, options): schedules that
+        share all of it share one trigger (whatever is derived from it, once)."""
+        return {}
+
+    @cached_property
     def tables(self) -> dict[tuple[str, bool], tuple[dict[str, Field], tuple[str, ...]]]:
         """(converters, required keys) by (trigger kinds, file table), filled as met."""
         return {}
@@ -419,11 +425,13 @@ _DEFAULT_OPTIONS = TimeOptions()  # immutable: shared by every schedule that set
 
 
 def _recurrence_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
-    return RecurrenceTrigger(
-        recurrence=values["recurrence"],
-        end_time=values.get("end_time"),
-        options=_time_options(values),
-    )
+    rule, end, options = values["recurrence"], values.get("end_time"), _time_options(values)
+    key = ("recurrence", id(rule), end, options)  # the entry keeps `rule`, so its id, alive
+    found = ctx.triggers.get(key)
+    if isinstance(found, RecurrenceTrigger) and found.recurrence is rule:
+        return found
+    found = ctx.triggers[key] = RecurrenceTrigger(recurrence=rule, end_time=end, options=options)
+    return found
 
 
 def _cron_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
@@ -439,7 +447,13 @@ def _cron_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | Non
             return None
         if memo is not None:
             ctx.crons[memo] = rule
-    return CronTrigger(cron=rule, options=_time_options(values))
+    options = _time_options(values)
+    shared = ("cron", id(rule), None, options)  # the entry keeps `rule`, so its id, alive
+    found = ctx.triggers.get(shared)
+    if isinstance(found, CronTrigger) and found.cron is rule:
+        return found
+    found = ctx.triggers[shared] = CronTrigger(cron=rule, options=options)
+    return found
 
 
 def _v2_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:

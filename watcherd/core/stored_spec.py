@@ -59,4 +59,7 @@ def spec_text(spec: Mapping[str, Any]) -> str:
     """The text a store keeps for a spec: JSON, keys sorted (a StoredSpec's own text)."""
     if isinstance(spec, StoredSpec):
         return spec.text
-    return json.dumps(spec, sort_keys=True)
+    return _ENCODE(spec)
+
+
+_ENCODE = json.JSONEncoder(sort_keys=True).encode  # json.dumps' output, one encoder for all

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import overload
 
-__all__ = ["format_utc", "parse_utc"]
+__all__ = ["format_utc", "parse_utc", "utc_texts"]
 
 
 @overload
@@ -33,3 +34,19 @@ def parse_utc(text: str | None) -> datetime | None:
     if text[-1] == "Z":  # our own form (every stored instant): already UTC, read in one call
         return datetime.fromisoformat(text)
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def utc_texts() -> Callable[[datetime | None], str | None]:
+    """`format_utc(value, micro=True)` for one batch of rows, each instant formatted once: the
+    rows a start writes share a few (its `now`, the anchors of shared rules)."""
+    seen: dict[datetime, str] = {}
+
+    def fmt(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        text = seen.get(value)
+        if text is None:
+            text = seen[value] = format_utc(value, micro=True)
+        return text
+
+    return fmt

@@ -20,10 +20,10 @@ neither is computed nor decoded (0.4 s of a restart with 10,000 schedules).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from watcherd import config as config_mod
 from watcherd.core.errors import ConfigError, ConfigErrors
@@ -36,8 +36,10 @@ from watcherd.core.models import (
     Status,
     StoredSchedule,
 )
-from watcherd.core.slots import effective_status, new_timer, trigger_key
+from watcherd.core.slots import TimeTrigger, effective_status, new_timer, trigger_key
 from watcherd.engine.ports import PipelineRow
+
+T = TypeVar("T")
 
 __all__ = ["Reconciled", "applied_mark", "parse_api", "parse_stored", "reconcile", "spec_body"]
 
@@ -116,8 +118,9 @@ def reconcile(
     if errors:
         raise ConfigErrors(errors)
     _pipelines(new, pipes, out)
+    shared: _Shared = {}
     for s in new.schedules:
-        _declared(s, rows.get(s.id), new, now, out, same=same)
+        _declared(s, rows.get(s.id), new, now, out, same=same, shared=shared)
     declared = {s.id for s in new.schedules}
     for sid, row in rows.items():
         if sid in declared:
@@ -173,6 +176,7 @@ def _declared(
     out: Reconciled,
     *,
     same: bool,
+    shared: _Shared | None = None,
 ) -> None:
     status = effective_status(s, row)
     sched = s
@@ -183,8 +187,9 @@ def _declared(
         return
     spec = config_mod.schedule_to_dict(s, cfg)
     tkey = anchor = cursor = hint = None
-    if isinstance(s.trigger, RecurrenceTrigger | CronTrigger):
-        tkey = trigger_key(s.trigger)
+    t = s.trigger
+    if isinstance(t, RecurrenceTrigger | CronTrigger):
+        tkey = _derived(shared, t, None, lambda: trigger_key(t))
         if row is not None and row.trigger_key == tkey and row.anchor and row.cursor:
             anchor, cursor, hint = row.anchor, row.cursor, row.next_hint
             if row.status != status and status is Status.ACTIVE:
@@ -193,7 +198,7 @@ def _declared(
             active = status is Status.ACTIVE and (
                 out.pipeline_status.get(s.pipeline) is Status.ACTIVE
             )
-            anchor, cursor = new_timer(s.trigger, now, active=active)
+            anchor, cursor = _derived(shared, t, active, lambda: new_timer(t, now, active=active))
             out.fresh.add(s.id)
     changed = row is None or row.spec != spec or row.status != status
     out.schedules[s.id] = sched
@@ -211,6 +216,26 @@ def _declared(
         updated_at=row.updated_at if row is not None and not changed else now,
         next_hint=hint,
     )
+
+
+# (id of a trigger, what) → (that trigger, what was derived from it): schedules that share a
+# trigger object (config.schedules.Context.triggers) share its key and new timer in one pass
+_Shared = dict[tuple[int, bool | None], tuple[object, Any]]
+
+
+def _derived(
+    shared: _Shared | None, t: TimeTrigger, what: bool | None, compute: Callable[[], T]
+) -> T:
+    """`compute()` for trigger `t`, once per pass for one trigger object."""
+    if shared is None:
+        return compute()
+    key = (id(t), what)
+    hit = shared.get(key)
+    if hit is not None and hit[0] is t:
+        return cast(T, hit[1])
+    value = compute()
+    shared[key] = (t, value)
+    return value
 
 
 def _as_applied(s: Schedule, row: StoredSchedule, status: Status) -> bool:

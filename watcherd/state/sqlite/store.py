@@ -16,7 +16,7 @@ from typing import Any
 from watcherd.core.models import Run, RunStatus, StoredSchedule
 from watcherd.core.runs import NewRun
 from watcherd.core.stored_spec import StoredSpec, spec_text
-from watcherd.core.timefmt import format_utc, parse_utc
+from watcherd.core.timefmt import format_utc, parse_utc, utc_texts
 from watcherd.engine.ports import (
     Claim,
     ClaimResult,
@@ -299,6 +299,7 @@ def _apply_config(c: Conn, compute: Callable[[Reading], ConfigWrite]) -> ConfigW
 
 
 def _save_schedules(c: Conn, items: list[StoredSchedule], reset: Sequence[str] = ()) -> None:
+    fmt = utc_texts()
     rows = [
         (
             s.id,
@@ -308,10 +309,10 @@ def _save_schedules(c: Conn, items: list[StoredSchedule], reset: Sequence[str] =
             s.file_status,
             spec_text(s.spec),
             s.trigger_key,
-            format_utc(s.anchor, micro=True),
-            format_utc(s.cursor, micro=True),
-            format_utc(s.created_at, micro=True),
-            format_utc(s.updated_at, micro=True),
+            fmt(s.anchor),
+            fmt(s.cursor),
+            fmt(s.created_at),
+            fmt(s.updated_at),
         )
         for s in items
     ]
