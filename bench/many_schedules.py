@@ -11,8 +11,9 @@ hours after the bench (`_common.time_schedules`). API on 127.0.0.1:0, JSON logs 
   NOTIFY_SOCKET, fresh state dir (every schedule row is created); `ready_restart_ms`: again on
   that state. Baseline: the same daemon on an empty config (no schedule). Median of ROUNDS,
   interleaved. Goal <= 3x the empty config.
-- `ready_after_downtime_ms` (informational): the restart after every cursor was moved
-  2 hours back in state.db, i.e. the daemon was down 2 hours: READY=1 comes after catch-up.
+- `ready_after_downtime_ms`: the restart after every cursor was moved 2 hours back in
+  state.db, i.e. the daemon was down 2 hours (SPEC §10's case): READY=1 comes after the
+  catch-up. Same baseline and goal (<= 3x the empty config).
   (With each cursor goes the next slot after it, which a daemon stopped then would have
   stored with it: `_set_down`.)
 - `config_load_s` (informational): `watcherd.config.load` of that config in this process,
@@ -453,7 +454,11 @@ def _report(
         + "\n"
     )
     e = ms["empty"]
-    for fig, key in (("ready_ms", "fresh"), ("ready_restart_ms", "restart")):
+    for fig, key in (
+        ("ready_ms", "fresh"),
+        ("ready_restart_ms", "restart"),
+        ("ready_after_downtime_ms", "down"),  # SPEC §10's own case: a restart after 2 h down
+    ):
         emit(
             BENCH,
             fig,
@@ -462,14 +467,6 @@ def _report(
             goal="<= 3x empty config",
             met=ms[key] <= READY_RATIO * e,
         )
-    emit(
-        BENCH,
-        "ready_after_downtime_ms",
-        ms["down"],
-        baseline=ms["restart"],
-        goal="(informational)",
-        met=True,
-    )
     eng, bare = statistics.median(catch["engine"]) * 1000, statistics.median(catch["bare"]) * 1000
     rows = catch["rows"]
     ok = bool(rows) and min(rows) >= args.catch_up

@@ -19,7 +19,7 @@ import pytest
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, load_config, running_engine
 from watcherd.cli.checkconfig import FIRES, build_report
-from watcherd.core.timefmt import format_utc, parse_utc, utc_texts
+from watcherd.core.timefmt import format_utc, parse_utc, utc_texts, utc_values
 from watcherd.state.sqlite.store import load_schedules
 
 HEAD = """\
@@ -197,6 +197,9 @@ def test_a_batchs_instants_are_formatted_as_format_utc_does_each_once() -> None:
         datetime(999, 1, 1, tzinfo=UTC),
     ]
     fmt = utc_texts()
-    assert [fmt(v) for v in values * 2] == [
-        None if v is None else format_utc(v, micro=True) for v in values * 2
-    ]
+    texts = [fmt(v) for v in values * 2]
+    assert texts == [None if v is None else format_utc(v, micro=True) for v in values * 2]
+    at = utc_values()
+    read = [*texts, "", "2026-11-25T11:15:00+01:00"]
+    assert [at(t) for t in read] == [parse_utc(t) for t in read]
+    assert at(texts[0]) is at(texts[1])  # one instant, one object

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import overload
 
-__all__ = ["format_utc", "parse_utc", "utc_texts"]
+__all__ = ["format_utc", "parse_utc", "utc_texts", "utc_values"]
 
 
 @overload
@@ -50,3 +50,21 @@ def utc_texts() -> Callable[[datetime | None], str | None]:
         return text
 
     return fmt
+
+
+def utc_values() -> Callable[[str | None], datetime | None]:
+    """`parse_utc` for one batch of rows read, each text parsed once (10k schedule rows share
+    a few creation instants, anchors and cursors)."""
+    seen: dict[str, datetime] = {}
+
+    def parse(text: str | None) -> datetime | None:
+        if not text:
+            return None
+        value = seen.get(text)
+        if value is None:
+            value = parse_utc(text)
+            assert value is not None
+            seen[text] = value
+        return value
+
+    return parse

@@ -16,7 +16,7 @@ from typing import Any
 from watcherd.core.models import Run, RunStatus, StoredSchedule
 from watcherd.core.runs import NewRun
 from watcherd.core.stored_spec import StoredSpec, spec_text
-from watcherd.core.timefmt import format_utc, parse_utc, utc_texts
+from watcherd.core.timefmt import format_utc, utc_texts, utc_values
 from watcherd.engine.ports import (
     Claim,
     ClaimResult,
@@ -259,6 +259,7 @@ def load_schedules(c: Conn, schedule_id: str | None = None) -> list[StoredSchedu
         rows = c.execute(sql + " ORDER BY created_at, name").fetchall()
     else:
         rows = c.execute(sql + " WHERE id=?", (schedule_id,)).fetchall()
+    at = utc_values()
     return [
         StoredSchedule(
             id=r[0],
@@ -268,11 +269,11 @@ def load_schedules(c: Conn, schedule_id: str | None = None) -> list[StoredSchedu
             file_status=r[4],
             spec=StoredSpec(r[5]),
             trigger_key=r[6],
-            anchor=parse_utc(r[7]),
-            cursor=parse_utc(r[8]),
-            created_at=parse_utc(r[9]) or datetime.min,
-            updated_at=parse_utc(r[10]) or datetime.min,
-            next_hint=(r[11], parse_utc(r[12])) if r[11] else None,
+            anchor=at(r[7]),
+            cursor=at(r[8]),
+            created_at=at(r[9]) or datetime.min,
+            updated_at=at(r[10]) or datetime.min,
+            next_hint=(r[11], at(r[12])) if r[11] else None,
         )
         for r in rows
     ]
