@@ -260,3 +260,24 @@ async def test_the_paged_order_follows_schedules_created_disabled_and_deleted(
         await m.delete_schedule("s0002a")
         assert await names() == [f"s{i:04d}" for i in range(6)]
         assert (await m.get_pipeline("p"))["schedules"] == before
+
+
+async def test_the_list_caches_forget_a_deleted_schedule(tmp_path: Path) -> None:
+    """Per-schedule items, words, bodies and next fire times are cached by id: a schedule
+    created and deleted through the API leaves nothing behind once the lists are read."""
+    async with running_engine(tmp_path, _config(2), ManualClock(NOW)) as h:
+        m, views = h.manager, h.manager.views
+        made = await m.create_schedule(
+            {"name": "brief", "pipeline": "p", "experiment_name": "E", "cron": "0 4 * * *"}
+        )
+        await m.list_schedules()
+        await m.list_pipelines()
+        caches = (views._words, views._bodies, views._fires, views._items)
+        assert all(made["id"] in cache for cache in caches)
+        await m.set_schedule_status("brief", "Disabled")
+        await m.delete_schedule("brief")
+        items, _ = await m.list_schedules()
+        assert [s["name"] for s in items] == ["s0000", "s0001"]
+        assert not any(made["id"] in cache for cache in caches)
+        assert all(set(cache) <= set(h.engine.schedules) for cache in caches)
+        assert len(views._items) == 2

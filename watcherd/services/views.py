@@ -94,6 +94,7 @@ class Views:
         self._items: dict[str, tuple[tuple[object, ...], str | None, EncodedJSON]] = {}
         self._index_cache: _Index | None = None
         self._pipelines: dict[str, tuple[tuple[object, ...], EncodedJSON]] = {}
+        self._synced = -1  # the ScheduleBook.version the caches were last pruned at
 
     @property
     def config(self) -> Config:
@@ -135,11 +136,30 @@ class Views:
             ]
             names.sort()
             self._index_cache = _Index(version, by_pipeline, names)
+        self._sync()
         return self._index_cache
+
+    def _sync(self) -> None:
+        """When the schedules changed (ScheduleBook.version), drop the cached items of
+        schedules and pipelines that are gone (deleted, or out of a reloaded config): the
+        caches never outgrow what there is. Snapshots and pops: an item may be cached from a
+        worker thread meanwhile."""
+        version = self.engine.book.version
+        if version == self._synced:
+            return
+        self._synced = version
+        sids = self.engine.rows
+        for cache in (self._words, self._bodies, self._fires, self._items):
+            for gone in [sid for sid in list(cache) if sid not in sids]:
+                cache.pop(gone, None)
+        pids = {p.id for p in self.config.pipelines.values()}
+        for gone in [pid for pid in list(self._pipelines) if pid not in pids]:
+            self._pipelines.pop(gone, None)
 
     def pipeline(self, pid: str, newest: Run | None, by_pipeline: Mapping[str, list[str]]) -> JSON:
         """A pipeline item, cached with its JSON until what it shows changes (its schedule
         ids are thousands at 10k schedules: encoded once, not on every poll)."""
+        self._sync()
         p = self.config.pipeline_by_id(pid)
         assert p is not None
         status = self.engine.pipeline_status.get(p.id, p.status)
@@ -155,7 +175,9 @@ class Views:
         return item
 
     def next3(self, s: Schedule) -> list[str]:
-        """The three next fire times of the lists, cached until the schedule fires or changes."""
+        """The three next fire times of the lists, cached until the schedule fires or changes
+        (read on the event loop for each item listed: the caches are pruned from here too)."""
+        self._sync()
         armed = self.engine.timers.armed.get(s.id)
         if s.status is not Status.ACTIVE or armed is None:
             return _NO_FIRES
