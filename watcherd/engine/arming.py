@@ -20,7 +20,7 @@ import structlog
 from watcherd.core.errors import LeaseLost, StateError
 from watcherd.core.models import CronTrigger, DatastoreTrigger, RecurrenceTrigger, Schedule, Status
 from watcherd.core.runs import NewRun, slot_runs
-from watcherd.core.slots import TimeTrigger, catch_up, hint_key, next_slot
+from watcherd.core.slots import CatchUp, TimeTrigger, catch_up, hint_key, next_slot
 from watcherd.core.timefmt import format_utc
 from watcherd.engine.book import ScheduleBook
 from watcherd.engine.clock import Clock
@@ -217,8 +217,9 @@ class Arming:
                 due.append(sid)
         missed: list[tuple[str, str, int, datetime, datetime]] = []
         batches: list[SlotBatch] = []
+        same: dict[tuple[int, datetime, datetime], tuple[TimeTrigger, CatchUp]] = {}
         for i, sid in enumerate(due + later):
-            batch = self._missed(sid, now, run_all_until, missed, due=i < len(due))
+            batch = self._missed(sid, now, run_all_until, missed, due=i < len(due), same=same)
             if batch is not None:
                 batches.append(batch)
             if len(batches) >= CATCH_UP_BATCH:
@@ -238,10 +239,13 @@ class Arming:
         missed: list[tuple[str, str, int, datetime, datetime]],
         *,
         due: bool = False,
+        same: dict[tuple[int, datetime, datetime], tuple[TimeTrigger, CatchUp]] | None = None,
     ) -> SlotBatch | None:
         """The batch of slots schedule `sid` missed, or None; notes what it will not run.
         `due`: its stored next slot is missing or past, so its missed slots are searched at
-        once (a valid past hint would only confirm it; a stale one decides nothing)."""
+        once (a valid past hint would only confirm it; a stale one decides nothing).
+        `same`: the catch-ups of this pass by trigger object, anchor and cursor (schedules
+        that share a rule and anchor fired together, so missed the same slots)."""
         s, row = self.book.schedules.get(sid), self.book.rows.get(sid)
         if s is None or row is None or sid in self.book.fresh:
             return None
@@ -265,7 +269,14 @@ class Arming:
                 if nxt is None or nxt > now:
                     self._known_next[sid] = (t, row.anchor, row.cursor, nxt)
                     return None
-            todo = catch_up(t, row.anchor, row.cursor, now, run_all_until=run_all_until)
+            key = (id(t), row.anchor, row.cursor)
+            hit = same.get(key) if same is not None else None
+            if hit is not None and hit[0] is t:
+                todo = hit[1]
+            else:
+                todo = catch_up(t, row.anchor, row.cursor, now, run_all_until=run_all_until)
+                if same is not None:
+                    same[key] = (t, todo)
         except (ValueError, OverflowError) as exc:  # this schedule's problem only
             self.book.set_broken(sid, f"cannot compute missed slots: {exc}")
             return None
