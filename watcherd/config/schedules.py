@@ -368,6 +368,14 @@ def _table_key(table: Mapping[str, object]) -> tuple[object, ...] | None:
     """A hashable key of a flat table that tells apart every value a converter could read
     differently: each value with its exact type (`true` is not `1`, a `${…}` is not the same
     text written out). None when a value is neither a scalar nor a list of scalars."""
+    types = tuple(map(type, table.values()))
+    if list not in types and dict not in types:  # scalars only (the common table): one pass
+        flat: tuple[object, ...] = (tuple(table.items()), types)
+        try:
+            hash(flat)
+        except TypeError:
+            return None
+        return flat
     out: list[object] = []
     for k, v in table.items():
         kind = type(v)

@@ -11,6 +11,7 @@ drops that schedule (another replica owns it now) and commits the rest.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
@@ -18,7 +19,14 @@ from datetime import datetime
 import structlog
 
 from watcherd.core.errors import LeaseLost, StateError
-from watcherd.core.models import CronTrigger, DatastoreTrigger, RecurrenceTrigger, Schedule, Status
+from watcherd.core.models import (
+    CronTrigger,
+    DatastoreTrigger,
+    RecurrenceTrigger,
+    Schedule,
+    Status,
+    StoredSchedule,
+)
 from watcherd.core.runs import NewRun, slot_runs
 from watcherd.core.slots import CatchUp, TimeTrigger, catch_up, hint_key, next_slot
 from watcherd.core.timefmt import format_utc
@@ -217,7 +225,7 @@ class Arming:
                 due.append(sid)
         missed: list[tuple[str, str, int, datetime, datetime]] = []
         batches: list[SlotBatch] = []
-        same: dict[tuple[int, datetime, datetime], tuple[TimeTrigger, CatchUp]] = {}
+        same = _Shared()
         for i, sid in enumerate(due + later):
             batch = self._missed(sid, now, run_all_until, missed, due=i < len(due), same=same)
             if batch is not None:
@@ -239,13 +247,13 @@ class Arming:
         missed: list[tuple[str, str, int, datetime, datetime]],
         *,
         due: bool = False,
-        same: dict[tuple[int, datetime, datetime], tuple[TimeTrigger, CatchUp]] | None = None,
+        same: _Shared | None = None,
     ) -> SlotBatch | None:
         """The batch of slots schedule `sid` missed, or None; notes what it will not run.
         `due`: its stored next slot is missing or past, so its missed slots are searched at
         once (a valid past hint would only confirm it; a stale one decides nothing).
-        `same`: the catch-ups of this pass by trigger object, anchor and cursor (schedules
-        that share a rule and anchor fired together, so missed the same slots)."""
+        `same`: what this pass computed by trigger object, anchor and cursor (schedules that
+        share a rule and anchor fired together: same stored next slot, same missed slots)."""
         s, row = self.book.schedules.get(sid), self.book.rows.get(sid)
         if s is None or row is None or sid in self.book.fresh:
             return None
@@ -259,9 +267,7 @@ class Arming:
             # which the store mostly still has) is after `now`, and no missed slot is searched.
             if not due:
                 hint = row.next_hint
-                if hint is not None and hint[0] == hint_key(
-                    t, row.anchor, row.cursor, key=row.trigger_key
-                ):
+                if hint is not None and hint[0] == _hint_key(t, row, same):
                     nxt = hint[1]
                     self._hinted[sid] = row.cursor
                 else:
@@ -270,13 +276,13 @@ class Arming:
                     self._known_next[sid] = (t, row.anchor, row.cursor, nxt)
                     return None
             key = (id(t), row.anchor, row.cursor)
-            hit = same.get(key) if same is not None else None
+            hit = same.catch_ups.get(key) if same is not None else None
             if hit is not None and hit[0] is t:
                 todo = hit[1]
             else:
                 todo = catch_up(t, row.anchor, row.cursor, now, run_all_until=run_all_until)
                 if same is not None:
-                    same[key] = (t, todo)
+                    same.catch_ups[key] = (t, todo)
         except (ValueError, OverflowError) as exc:  # this schedule's problem only
             self.book.set_broken(sid, f"cannot compute missed slots: {exc}")
             return None
@@ -390,6 +396,33 @@ class Arming:
                 self.book.rows[b.schedule_id] = row.moved(b.cursor, b.hint)
         self.runner.enqueue_new([r for b in todo for r in b.runs], ids, now)
         return todo
+
+
+@dataclasses.dataclass
+class _Shared:
+    """What one catch-up pass computed, by (trigger object, anchor, cursor[, stored key]):
+    each value keeps its trigger, so that the id in its key cannot name another object."""
+
+    hint_keys: dict[tuple[int, datetime, datetime, str | None], tuple[TimeTrigger, str]] = (
+        dataclasses.field(default_factory=dict)
+    )
+    catch_ups: dict[tuple[int, datetime, datetime], tuple[TimeTrigger, CatchUp]] = (
+        dataclasses.field(default_factory=dict)
+    )
+
+
+def _hint_key(t: TimeTrigger, row: StoredSchedule, same: _Shared | None) -> str:
+    """`hint_key` of a row with anchor and cursor set, once per pass for shared values."""
+    assert row.anchor is not None and row.cursor is not None
+    if same is None:
+        return hint_key(t, row.anchor, row.cursor, key=row.trigger_key)
+    key = (id(t), row.anchor, row.cursor, row.trigger_key)
+    hit = same.hint_keys.get(key)
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    text = hint_key(t, row.anchor, row.cursor, key=row.trigger_key)
+    same.hint_keys[key] = (t, text)
+    return text
 
 
 RECANCEL = 1.0  # seconds between cancellations of a poller that has not ended yet
