@@ -1192,3 +1192,45 @@ def test_a_table_that_reads_alike_but_is_typed_otherwise_is_still_checked(
         "schedules[3].recurrence.interval: Interval must be an integer greater than 0.",
         "schedules[4].recurrence.hours: Can only specify hours if frequency is Week or Day.",
     ]
+
+
+def test_a_config_that_shares_nothing_stops_looking_for_shared_rules() -> None:
+    from watcherd.config.schedules import SHARED_MIN_HITS, SHARED_TRIAL, Shared
+
+    apart: Shared[int] = Shared()
+    for i in range(SHARED_TRIAL):
+        assert apart.on and apart.get((i,)) is None
+        apart.put((i,), i)
+    assert not apart.on  # a file of all-different tables pays for SHARED_TRIAL keys only
+    alike: Shared[int] = Shared()
+    for i in range(4 * SHARED_TRIAL):
+        key = (i % (SHARED_MIN_HITS - 1),)
+        if alike.get(key) is None:
+            alike.put(key, i)
+    assert alike.on and alike.hits == 4 * SHARED_TRIAL - (SHARED_MIN_HITS - 1)
+    assert alike.get(None) is None and alike.lookups == 4 * SHARED_TRIAL
+
+
+def test_rules_stay_right_when_sharing_is_given_up(tmp_path: Path) -> None:
+    from watcherd.config.schedules import SHARED_TRIAL
+
+    n = SHARED_TRIAL + 20
+    start = datetime(2020, 1, 1)
+    text = BASE + "".join(  # all different: no rule is shared, the memo is given up
+        _hourly(
+            f"h{i}",
+            str(1 + i % 168),
+            f', start_time = "{start + timedelta(minutes=i):%Y-%m-%dT%H:%M:%S}"',
+        )
+        for i in range(n)
+    )
+    text += _hourly("again", "5") + _hourly("wrong", "true")
+    with pytest.raises(ConfigErrors) as exc:
+        load_text(tmp_path, text)
+    assert [str(e) for e in exc.value.errors] == [
+        f"schedules[{n + 1}].recurrence.interval: Interval must be an integer greater than 0."
+    ]
+    cfg = load_text(tmp_path, text.replace("interval = true", "interval = 6"))
+    assert len({id(s.trigger) for s in cfg.schedules}) == n + 2
+    got = [s.trigger.recurrence.interval for s in cfg.schedules]  # type: ignore[union-attr]
+    assert got == [1 + i % 168 for i in range(n)] + [5, 6]

@@ -9,11 +9,11 @@ checks (both or neither trigger, datastore-only keys without a datastore), and
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import time
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from watcherd.config.files import DATASTORE_KEYS, datastore_fields, datastore_trigger
 from watcherd.config.limits import DESCRIPTION_MAX
@@ -87,6 +87,41 @@ _RECURRENCE_KEYS = (
 )  # fmt: skip
 
 
+V = TypeVar("V")
+
+
+class Shared(Generic[V]):
+    """Values met before in one config, by key; it stops looking when the config shares
+    nothing (fewer than one hit in SHARED_MIN_HITS lookups after SHARED_TRIAL), so that a file
+    of all-different schedules pays for a few keys only."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[object, ...], V] = {}
+        self.lookups = self.hits = 0
+
+    @property
+    def on(self) -> bool:
+        return self.lookups < SHARED_TRIAL or self.hits * SHARED_MIN_HITS >= self.lookups
+
+    def get(self, key: tuple[object, ...] | None) -> V | None:
+        if key is None:
+            return None
+        self.lookups += 1
+        found = self.values.get(key)
+        if found is not None:
+            self.hits += 1
+        return found
+
+    def put(self, key: tuple[object, ...] | None, value: V) -> V:
+        if key is not None:
+            self.values[key] = value
+        return value
+
+
+SHARED_TRIAL = 512
+SHARED_MIN_HITS = 4
+
+
 @dataclass(frozen=True)
 class Context:
     """What a schedule is checked against: the config's pipelines and datastores, plus the
@@ -99,21 +134,21 @@ class Context:
     broken_datastores: frozenset[str] = field(default_factory=frozenset)
 
     @cached_property
-    def recurrences(self) -> dict[tuple[object, ...], recurrence_mod.Recurrence]:
+    def recurrences(self) -> Shared[recurrence_mod.Recurrence]:
         """Valid recurrences by their inline table, as written (`_table_key`): a generated
         config repeats a few hundred rules over thousands of schedules."""
-        return {}
+        return Shared()
 
     @cached_property
-    def crons(self) -> dict[tuple[object, ...], cron_mod.CronRule]:
-        """Valid cron rules by their keys as written (`_table_key`), as `recurrences`."""
-        return {}
+    def crons(self) -> Shared[cron_mod.CronRule]:
+        """Valid cron rules by their keys as written (`_scalars_key`), as `recurrences`."""
+        return Shared()
 
     @cached_property
-    def triggers(self) -> dict[tuple[object, ...], Trigger]:
+    def triggers(self) -> Shared[Trigger]:
         """Time triggers by (kind, id of their shared rule, end_time, options): schedules that
         share all of it share one trigger (whatever is derived from it, once)."""
-        return {}
+        return Shared()
 
     @cached_property
     def tables(self) -> dict[tuple[str, bool], tuple[dict[str, Field], tuple[str, ...]]]:
@@ -345,51 +380,54 @@ def _as_recurrence(ctx: Context) -> Converter:
         if not isinstance(value, Mapping):
             example = '{ frequency = "Minute", interval = 15 }'
             raise Invalid(f"expected a table like {example}, got {describe(value)}")
-        key = _table_key(value)
-        if key is not None and (found := known.get(key)) is not None:
+        key = _table_key(value) if known.on else None
+        if (found := known.get(key)) is not None:
             return found
         before = len(at.problems.errors)
         args = read_table(value, at, _RECURRENCE_FIELDS)
         if args is None or len(at.problems.errors) > before:
             raise Invalid(None)
         try:
-            rule = recurrence_mod.make_recurrence(**args)
+            return known.put(key, recurrence_mod.make_recurrence(**args))
         except ValidationError as exc:
             (at / exc.key if exc.key else at).error(exc.message)
             raise Invalid(None) from None
-        if key is not None:
-            known[key] = rule
-        return rule
 
     return convert
+
+
+def _scalars_key(*values: object) -> tuple[object, ...] | None:
+    """`_table_key` of values that must be scalars (None when one is not hashable)."""
+    key = (values, tuple(map(type, values)))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _table_key(table: Mapping[str, object]) -> tuple[object, ...] | None:
     """A hashable key of a flat table that tells apart every value a converter could read
     differently: each value with its exact type (`true` is not `1`, a `${…}` is not the same
     text written out). None when a value is neither a scalar nor a list of scalars."""
-    types = tuple(map(type, table.values()))
-    if list not in types and dict not in types:  # scalars only (the common table): one pass
-        flat: tuple[object, ...] = (tuple(table.items()), types)
-        try:
-            hash(flat)
-        except TypeError:
-            return None
-        return flat
-    out: list[object] = []
-    for k, v in table.items():
-        kind = type(v)
-        if kind is list:
-            items = tuple((type(x), x) for x in v)  # type: ignore[attr-defined]
-            if any(t is list or t is dict for t, _ in items):
+    values = tuple(table.values())
+    types = tuple(map(type, values))
+    if list in types or dict in types:
+        parts: list[object] = []
+        for v, kind in zip(values, types, strict=True):
+            if kind is dict:
                 return None
-            out.append((k, kind, items))
-        elif kind is dict or isinstance(v, Mapping):
-            return None
-        else:
-            out.append((k, kind, v))
+            if kind is list:
+                items = tuple(cast(list[object], v))
+                inner = tuple(map(type, items))
+                if list in inner or dict in inner:
+                    return None
+                parts.append((items, inner))
+            else:
+                parts.append(v)
+        values = tuple(parts)
+    key = (tuple(table), values, types)
     try:
-        key = tuple(out)
         hash(key)
     except TypeError:
         return None
@@ -434,34 +472,50 @@ _DEFAULT_OPTIONS = TimeOptions()  # immutable: shared by every schedule that set
 
 def _recurrence_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
     rule, end, options = values["recurrence"], values.get("end_time"), _time_options(values)
-    key = ("recurrence", id(rule), end, options)  # the entry keeps `rule`, so its id, alive
-    found = ctx.triggers.get(key)
-    if isinstance(found, RecurrenceTrigger) and found.recurrence is rule:
-        return found
-    found = ctx.triggers[key] = RecurrenceTrigger(recurrence=rule, end_time=end, options=options)
-    return found
+    return _shared_trigger(
+        ctx,
+        ("recurrence", id(rule), end, options),
+        lambda t: isinstance(t, RecurrenceTrigger) and t.recurrence is rule,
+        lambda: RecurrenceTrigger(recurrence=rule, end_time=end, options=options),
+    )
 
 
 def _cron_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
     args = {k: values.get(k) for k in ("time_zone", "start_time", "end_time")}
-    memo = _table_key({"cron": values["cron"], **args})
-    rule = ctx.crons.get(memo) if memo is not None else None
+    known = ctx.crons
+    memo = _scalars_key(values["cron"], *args.values()) if known.on else None
+    rule = known.get(memo)
     if rule is None:
         try:
-            rule = cron_mod.make_cron(values["cron"], **args)
+            rule = known.put(memo, cron_mod.make_cron(values["cron"], **args))
         except ValidationError as exc:
             key = "cron" if exc.key in ("", "expression") else exc.key
             (at / key).error(exc.message)
             return None
-        if memo is not None:
-            ctx.crons[memo] = rule
     options = _time_options(values)
-    shared = ("cron", id(rule), None, options)  # the entry keeps `rule`, so its id, alive
-    found = ctx.triggers.get(shared)
-    if isinstance(found, CronTrigger) and found.cron is rule:
+    return _shared_trigger(
+        ctx,
+        ("cron", id(rule), None, options),
+        lambda t: isinstance(t, CronTrigger) and t.cron is rule,
+        lambda: CronTrigger(cron=rule, options=options),
+    )
+
+
+def _shared_trigger(
+    ctx: Context,
+    key: tuple[object, ...],
+    same: Callable[[Trigger], bool],
+    make: Callable[[], Trigger],
+) -> Trigger:
+    """The trigger met before with this key (its rule's id: the entry keeps that rule, so the
+    id, alive), else a new one."""
+    known = ctx.triggers
+    if not known.on:
+        return make()
+    found = known.get(key)
+    if found is not None and same(found):
         return found
-    found = ctx.triggers[shared] = CronTrigger(cron=rule, options=options)
-    return found
+    return known.put(key, make())
 
 
 def _v2_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
