@@ -453,3 +453,37 @@ def test_cron_agrees_with_the_equivalent_week_recurrence(
     rec_anchor = rec_anchor_for(rec, utc(2020, 1, 1))
     assert cron_anchor == rec_anchor == wall_to_utc(datetime(2023, 1, 1), rec.zone)
     assert next_fire(rule, cron_anchor, after) == rec_next_fire(rec, rec_anchor, after)
+
+
+_FIELDS = st.tuples(
+    st.sampled_from(["*", "0", "*/7", "5,35", "10-20/5", "59"]),
+    st.sampled_from(["*", "3", "*/5", "1-4", "22,23", "0"]),
+    st.sampled_from(["*", "1", "13", "29-31", "*/10", "15"]),
+    st.sampled_from(["*", "2", "JAN,JUL", "2-4", "*/3", "12"]),
+    st.sampled_from(["*", "1-5", "5", "SUN", "MON,WED", "0,6"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=_FIELDS,
+    start=st.datetimes(min_value=datetime(1999, 1, 1), max_value=datetime(2099, 12, 31)),
+)
+@example(fields=("0", "0", "13", "*", "5"), start=datetime(2026, 1, 1))  # dom OR dow
+def test_a_parsed_expression_walks_as_a_fresh_cronsim(
+    fields: tuple[str, ...], start: datetime
+) -> None:
+    """core.cron reuses one parse per expression (`cronsim_from`): it must walk exactly as
+    `CronSim(expression, start)` does, so a cronsim that keeps other state fails here."""
+    from watcherd.core.cron import cronsim_from
+
+    expression = " ".join(fields)
+    mine, theirs = cronsim_from(expression, start), CronSim(expression, start)
+    for _ in range(4):
+        try:
+            want = next(theirs)
+        except (StopIteration, OverflowError, ValueError) as exc:
+            with pytest.raises(type(exc)):
+                next(mine)
+            return
+        assert next(mine) == want
