@@ -1234,3 +1234,24 @@ def test_rules_stay_right_when_sharing_is_given_up(tmp_path: Path) -> None:
     assert len({id(s.trigger) for s in cfg.schedules}) == n + 2
     got = [s.trigger.recurrence.interval for s in cfg.schedules]  # type: ignore[union-attr]
     assert got == [1 + i % 168 for i in range(n)] + [5, 6]
+
+
+def test_keys_checked_without_a_key_path_of_their_own_still_report_at_theirs(
+    tmp_path: Path,
+) -> None:
+    """Flat converters (schema.Field.flat) get the table's key path, not their own: what they
+    refuse is still reported at the key."""
+    text = BASE + (
+        '\n[[schedules]]\nname = 5\npipeline = "nope"\nexperiment_name = ""\n'
+        'status = "Maybe"\ncontinue_on_step_failure = "yes"\ncron = "0 3 * * *"\n'
+        'catch_up = "sometimes"\nmax_queued = 0\n'
+    )
+    assert problems(tmp_path, text) == [
+        "schedules[0].name: expected a string, got integer 5",
+        "schedules[0].pipeline: unknown pipeline 'nope'",
+        "schedules[0].experiment_name: must not be empty",
+        "schedules[0].status: invalid value 'Maybe', expected one of Active, Disabled",
+        "schedules[0].continue_on_step_failure: expected true or false, got string 'yes'",
+        "schedules[0].catch_up: invalid value 'sometimes', expected one of none, last, all",
+        "schedules[0].max_queued: must be at least 1, got 0",
+    ]

@@ -317,16 +317,16 @@ def _as_pipeline_ref(ctx: Context) -> Converter:
 
 def _common_fields(ctx: Context, *, with_id: bool) -> dict[str, Field]:
     fields = {
-        "name": Field(as_name, required=True),
-        "pipeline": Field(_as_pipeline_ref(ctx), required=True),
-        "experiment_name": Field(as_name, required=True),
-        "description": Field(as_text(DESCRIPTION_MAX)),
-        "status": Field(as_choice(*Status)),
+        "name": Field(as_name, required=True, flat=True),
+        "pipeline": Field(_as_pipeline_ref(ctx), required=True, flat=True),
+        "experiment_name": Field(as_name, required=True, flat=True),
+        "description": Field(as_text(DESCRIPTION_MAX), flat=True),
+        "status": Field(as_choice(*Status), flat=True),
         "pipeline_parameters": Field(as_str_map()),
-        "continue_on_step_failure": Field(as_bool),
+        "continue_on_step_failure": Field(as_bool, flat=True),
     }
     if with_id:
-        fields["id"] = Field(_as_schedule_id)
+        fields["id"] = Field(_as_schedule_id, flat=True)
     return fields
 
 
@@ -359,15 +359,15 @@ def _as_time_of_day(value: object, at: At) -> object:
     return value
 
 
-_RECURRENCE_FIELDS = {
-    "frequency": Field(_as_is, required=True),
-    "interval": Field(lambda v, at: _env_int(v), required=True),
-    "start_time": Field(_as_is),
-    "time_zone": Field(_as_is),
-    "hours": Field(_as_int_list),
-    "minutes": Field(_as_int_list),
-    "week_days": Field(_as_is),
-    "time_of_day": Field(_as_time_of_day),
+_RECURRENCE_FIELDS = {  # each converter only passes values on (make_recurrence judges them)
+    "frequency": Field(_as_is, required=True, flat=True),
+    "interval": Field(lambda v, at: _env_int(v), required=True, flat=True),
+    "start_time": Field(_as_is, flat=True),
+    "time_zone": Field(_as_is, flat=True),
+    "hours": Field(_as_int_list, flat=True),
+    "minutes": Field(_as_int_list, flat=True),
+    "week_days": Field(_as_is, flat=True),
+    "time_of_day": Field(_as_time_of_day, flat=True),
 }
 
 
@@ -435,10 +435,10 @@ def _table_key(table: Mapping[str, object]) -> tuple[object, ...] | None:
 
 
 _TIME_OPTION_FIELDS = {
-    "catch_up": Field(as_choice("none", "last", "all")),
-    "max_catch_up": Field(as_int(1, 1000)),
-    "concurrency": Field(as_choice("allow", "forbid", "queue")),
-    "max_queued": Field(as_int(1, 100_000)),
+    "catch_up": Field(as_choice("none", "last", "all"), flat=True),
+    "max_catch_up": Field(as_int(1, 1000), flat=True),
+    "concurrency": Field(as_choice("allow", "forbid", "queue"), flat=True),
+    "max_queued": Field(as_int(1, 100_000), flat=True),
 }
 
 
@@ -446,15 +446,15 @@ def _trigger_fields(kind: str | None, ctx: Context) -> dict[str, Field]:
     if kind == "recurrence":
         return {
             "recurrence": Field(_as_recurrence(ctx), required=True),
-            "end_time": Field(as_wall_time("end_time")),
+            "end_time": Field(as_wall_time("end_time"), flat=True),
             **_TIME_OPTION_FIELDS,
         }
     if kind == "trigger":
         return {"trigger": Field(as_v2_trigger, required=True), **_TIME_OPTION_FIELDS}
     if kind == "cron":
         return {
-            "cron": Field(as_text(256, empty=False), required=True),
-            **{k: Field(_as_is) for k in ("time_zone", "start_time", "end_time")},
+            "cron": Field(as_text(256, empty=False), required=True, flat=True),
+            **{k: Field(_as_is, flat=True) for k in ("time_zone", "start_time", "end_time")},
             **_TIME_OPTION_FIELDS,
         }
     if kind == "datastore":

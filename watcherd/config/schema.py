@@ -126,10 +126,13 @@ Converter = Callable[[object, At], Any]
 
 @dataclass(frozen=True)
 class Field:
-    """One key of a table: its converter and whether it is required."""
+    """One key of a table: its converter and whether it is required. `flat`: the converter
+    reports nothing through its `at` (it raises Invalid, reported at the key), so it is
+    handed the table's own and no key path is built for it (10 keys × 10k schedules)."""
 
     convert: Converter
     required: bool = False
+    flat: bool = False
 
 
 def read_table(
@@ -161,7 +164,7 @@ def read_table(
             (at / key).error(reason)
             continue
         try:
-            out[key] = spec.convert(value, at / key)
+            out[key] = spec.convert(value, at if spec.flat else at / key)
         except Invalid as exc:
             if exc.reason is not None:
                 (at / key).error(exc.reason)
