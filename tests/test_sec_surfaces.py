@@ -40,6 +40,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
             },
         )
         assert r.status_code == 201, r.text
+        # Its first poll takes the directory's baseline: a file written before that is part
+        # of it and starts nothing (item 15 needs the file's own run).
+        wait_until(lambda: "files" not in api.get("/readyz").json()["waiting"], timeout=20)
     yield d
     d.close()
 
