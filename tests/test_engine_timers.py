@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +273,57 @@ async def test_catch_up_commits_the_due_schedules_first_and_trusts_no_stale_stor
         assert h.slots("s2") == [_z(2026, 11, 25, 10, 0, 0)]
         assert h.slots("s1") == [_z(2026, 11, 25, h, 10, 0) for h in (7, 8, 9)]
         assert h.slots("s0") == []
+
+
+async def test_arming_in_one_pass_shares_a_next_slot_only_for_the_same_rule_anchor_and_cursor(
+    tmp_path: Path,
+) -> None:
+    """`Timers.arm(..., same=…)` computes a next slot once per (rule, end, anchor, cursor):
+    each schedule still gets what arming it alone gives, whatever it shares."""
+    from watcherd.core.cron import make_cron
+    from watcherd.core.models import CronTrigger, RecurrenceTrigger, Schedule, TimeOptions
+    from watcherd.core.recurrence import make_recurrence
+    from watcherd.engine.metrics import Metrics
+    from watcherd.engine.timers import SameRules, Timers
+
+    async def never(*_: object) -> list[object]:
+        raise AssertionError("nothing fires here")
+
+    def timers() -> Timers:
+        return Timers(
+            clock=ManualClock(),
+            metrics=Metrics(),
+            slot_run=lambda s, slot: None,
+            commit=never,  # type: ignore[arg-type]
+            active_runs=lambda sid: (0, 0),
+        )
+
+    hourly = make_recurrence("Hour", 2)
+    daily = make_cron("30 6 * * *", "Europe/Paris")
+    rec = RecurrenceTrigger(recurrence=hourly)
+    rec_end = RecurrenceTrigger(recurrence=hourly, end_time=datetime(2026, 11, 25, 11, 0))
+    cron = CronTrigger(cron=daily)
+    cron_opt = CronTrigger(cron=daily, options=TimeOptions(catch_up="all"))
+    t0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    cases = [
+        (rec, t0, t0),
+        (rec, t0, t0),  # shared: same rule, anchor, cursor
+        (rec, t0 + timedelta(minutes=30), t0 + timedelta(minutes=30)),  # another anchor
+        (rec, t0, t0 + timedelta(hours=2)),  # another cursor
+        (rec_end, t0, t0 + timedelta(hours=2)),  # another end: ended
+        (cron, t0, t0),
+        (cron_opt, t0, t0),  # another trigger object, the same rule: the same slot
+        (cron, t0, t0 + timedelta(days=1)),
+    ]
+    schedules = [
+        Schedule(id=f"s{i}", name=f"s{i}", pipeline="p", experiment_name="E", trigger=t)
+        for i, (t, _, _) in enumerate(cases)
+    ]
+    together, apart = timers(), timers()
+    same: SameRules = {}
+    got = [together.arm(s, a, c, same=same) for s, (_, a, c) in zip(schedules, cases, strict=True)]
+    want = [apart.arm(s, a, c) for s, (_, a, c) in zip(schedules, cases, strict=True)]
+    assert got == want
+    assert got[1] == got[0] and got[2] != got[0] and got[3] != got[0] and got[4] is None
+    assert got[6] == got[5] and got[7] != got[5]
+    assert len(same) == 6  # one computation per distinct (rule, end, anchor, cursor)
