@@ -320,7 +320,7 @@ async def test_arming_in_one_pass_shares_a_next_slot_only_for_the_same_rule_anch
         for i, (t, _, _) in enumerate(cases)
     ]
     together, apart = timers(), timers()
-    same: SameRules = {}
+    same = SameRules()
     got = [together.arm(s, a, c, same=same) for s, (_, a, c) in zip(schedules, cases, strict=True)]
     want = [apart.arm(s, a, c) for s, (_, a, c) in zip(schedules, cases, strict=True)]
     assert got == want

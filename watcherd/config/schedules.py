@@ -398,7 +398,10 @@ def _as_recurrence(ctx: Context) -> Converter:
 
 def _scalars_key(*values: object) -> tuple[object, ...] | None:
     """`_table_key` of values that must be scalars (None when one is not hashable)."""
-    key = (values, tuple(map(type, values)))
+    return _hashable((values, tuple(map(type, values))))
+
+
+def _hashable(key: tuple[object, ...]) -> tuple[object, ...] | None:
     try:
         hash(key)
     except TypeError:
@@ -426,12 +429,7 @@ def _table_key(table: Mapping[str, object]) -> tuple[object, ...] | None:
             else:
                 parts.append(v)
         values = tuple(parts)
-    key = (tuple(table), values, types)
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
+    return _hashable((tuple(table), values, types))
 
 
 _TIME_OPTION_FIELDS = {
@@ -475,7 +473,6 @@ def _recurrence_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger
     return _shared_trigger(
         ctx,
         ("recurrence", id(rule), end, options),
-        lambda t: isinstance(t, RecurrenceTrigger) and t.recurrence is rule,
         lambda: RecurrenceTrigger(recurrence=rule, end_time=end, options=options),
     )
 
@@ -494,28 +491,17 @@ def _cron_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | Non
             return None
     options = _time_options(values)
     return _shared_trigger(
-        ctx,
-        ("cron", id(rule), None, options),
-        lambda t: isinstance(t, CronTrigger) and t.cron is rule,
-        lambda: CronTrigger(cron=rule, options=options),
+        ctx, ("cron", id(rule), None, options), lambda: CronTrigger(cron=rule, options=options)
     )
 
 
-def _shared_trigger(
-    ctx: Context,
-    key: tuple[object, ...],
-    same: Callable[[Trigger], bool],
-    make: Callable[[], Trigger],
-) -> Trigger:
-    """The trigger met before with this key (its rule's id: the entry keeps that rule, so the
-    id, alive), else a new one."""
+def _shared_trigger(ctx: Context, key: tuple[object, ...], make: Callable[[], Trigger]) -> Trigger:
+    """The trigger met before with this key, else a new one. The key holds its rule's id: the
+    entry's trigger keeps that rule alive, so the id names no other rule meanwhile."""
     known = ctx.triggers
     if not known.on:
         return make()
-    found = known.get(key)
-    if found is not None and same(found):
-        return found
-    return known.put(key, make())
+    return known.get(key) or known.put(key, make())
 
 
 def _v2_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:

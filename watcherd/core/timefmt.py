@@ -6,6 +6,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import overload
 
+from watcherd.core.memo import once_each
+
 __all__ = ["format_utc", "parse_utc", "utc_texts", "utc_values"]
 
 
@@ -39,32 +41,14 @@ def parse_utc(text: str | None) -> datetime | None:
 def utc_texts() -> Callable[[datetime | None], str | None]:
     """`format_utc(value, micro=True)` for one batch of rows, each instant formatted once: the
     rows a start writes share a few (its `now`, the anchors of shared rules)."""
-    seen: dict[datetime, str] = {}
+    return once_each(_stored_text)
 
-    def fmt(value: datetime | None) -> str | None:
-        if value is None:
-            return None
-        text = seen.get(value)
-        if text is None:
-            text = seen[value] = format_utc(value, micro=True)
-        return text
 
-    return fmt
+def _stored_text(value: datetime | None) -> str | None:
+    return None if value is None else format_utc(value, micro=True)
 
 
 def utc_values() -> Callable[[str | None], datetime | None]:
     """`parse_utc` for one batch of rows read, each text parsed once (10k schedule rows share
     a few creation instants, anchors and cursors)."""
-    seen: dict[str, datetime] = {}
-
-    def parse(text: str | None) -> datetime | None:
-        if not text:
-            return None
-        value = seen.get(text)
-        if value is None:
-            value = parse_utc(text)
-            assert value is not None
-            seen[text] = value
-        return value
-
-    return parse
+    return once_each(parse_utc)

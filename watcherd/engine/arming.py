@@ -19,6 +19,7 @@ from datetime import datetime
 import structlog
 
 from watcherd.core.errors import LeaseLost, StateError
+from watcherd.core.memo import PerObject
 from watcherd.core.models import (
     CronTrigger,
     DatastoreTrigger,
@@ -164,7 +165,7 @@ class Arming:
                 self.book.fresh.discard(sid)  # "nothing missed" held only for its creator
         run_all_until = self.clock.now() if self._started else self.alive_until
         await self._catch_up(list(gained), run_all_until)
-        same: SameRules = {}
+        same = SameRules()
         for sid in gained:
             s = self.book.schedules.get(sid)
             if s is not None:
@@ -275,14 +276,16 @@ class Arming:
                 if nxt is None or nxt > now:
                     self._known_next[sid] = (t, row.anchor, row.cursor, nxt)
                     return None
-            key = (id(t), row.anchor, row.cursor)
-            hit = same.catch_ups.get(key) if same is not None else None
-            if hit is not None and hit[0] is t:
-                todo = hit[1]
-            else:
-                todo = catch_up(t, row.anchor, row.cursor, now, run_all_until=run_all_until)
-                if same is not None:
-                    same.catch_ups[key] = (t, todo)
+            anchor, cursor = row.anchor, row.cursor
+
+            def missed_slots() -> CatchUp:
+                return catch_up(t, anchor, cursor, now, run_all_until=run_all_until)
+
+            todo = (
+                missed_slots()
+                if same is None
+                else same.catch_ups.get(t, anchor, cursor, compute=missed_slots)
+            )
         except (ValueError, OverflowError) as exc:  # this schedule's problem only
             self.book.set_broken(sid, f"cannot compute missed slots: {exc}")
             return None
@@ -400,29 +403,24 @@ class Arming:
 
 @dataclasses.dataclass
 class _Shared:
-    """What one catch-up pass computed, by (trigger object, anchor, cursor[, stored key]):
-    each value keeps its trigger, so that the id in its key cannot name another object."""
+    """What one catch-up pass computed, by trigger object, anchor and cursor: schedules that
+    share a rule and anchor fired together (same stored next slot, same missed slots)."""
 
-    hint_keys: dict[tuple[int, datetime, datetime, str | None], tuple[TimeTrigger, str]] = (
-        dataclasses.field(default_factory=dict)
-    )
-    catch_ups: dict[tuple[int, datetime, datetime], tuple[TimeTrigger, CatchUp]] = (
-        dataclasses.field(default_factory=dict)
-    )
+    hint_keys: PerObject[str] = dataclasses.field(default_factory=PerObject)
+    catch_ups: PerObject[CatchUp] = dataclasses.field(default_factory=PerObject)
 
 
 def _hint_key(t: TimeTrigger, row: StoredSchedule, same: _Shared | None) -> str:
     """`hint_key` of a row with anchor and cursor set, once per pass for shared values."""
-    assert row.anchor is not None and row.cursor is not None
+    anchor, cursor = row.anchor, row.cursor
+    assert anchor is not None and cursor is not None
+
+    def compute() -> str:
+        return hint_key(t, anchor, cursor, key=row.trigger_key)
+
     if same is None:
-        return hint_key(t, row.anchor, row.cursor, key=row.trigger_key)
-    key = (id(t), row.anchor, row.cursor, row.trigger_key)
-    hit = same.hint_keys.get(key)
-    if hit is not None and hit[0] is t:
-        return hit[1]
-    text = hint_key(t, row.anchor, row.cursor, key=row.trigger_key)
-    same.hint_keys[key] = (t, text)
-    return text
+        return compute()
+    return same.hint_keys.get(t, anchor, cursor, row.trigger_key, compute=compute)
 
 
 RECANCEL = 1.0  # seconds between cancellations of a poller that has not ended yet

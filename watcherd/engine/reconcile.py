@@ -20,13 +20,14 @@ neither is computed nor decoded (0.4 s of a restart with 10,000 schedules).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from watcherd import config as config_mod
 from watcherd.core.errors import ConfigError, ConfigErrors
+from watcherd.core.memo import PerObject
 from watcherd.core.models import (
     Config,
     CronTrigger,
@@ -36,10 +37,8 @@ from watcherd.core.models import (
     Status,
     StoredSchedule,
 )
-from watcherd.core.slots import TimeTrigger, effective_status, new_timer, trigger_key
+from watcherd.core.slots import effective_status, new_timer, trigger_key
 from watcherd.engine.ports import PipelineRow
-
-T = TypeVar("T")
 
 __all__ = ["Reconciled", "applied_mark", "parse_api", "parse_stored", "reconcile", "spec_body"]
 
@@ -118,7 +117,7 @@ def reconcile(
     if errors:
         raise ConfigErrors(errors)
     _pipelines(new, pipes, out)
-    shared: _Shared = {}
+    shared: PerObject[Any] = PerObject()  # a trigger's key and new timer, once per trigger
     for s in new.schedules:
         _declared(s, rows.get(s.id), new, now, out, same=same, shared=shared)
     declared = {s.id for s in new.schedules}
@@ -176,7 +175,7 @@ def _declared(
     out: Reconciled,
     *,
     same: bool,
-    shared: _Shared | None = None,
+    shared: PerObject[Any],
 ) -> None:
     status = effective_status(s, row)
     sched = s
@@ -189,7 +188,7 @@ def _declared(
     tkey = anchor = cursor = hint = None
     t = s.trigger
     if isinstance(t, RecurrenceTrigger | CronTrigger):
-        tkey = _derived(shared, t, None, lambda: trigger_key(t))
+        tkey = shared.get(t, None, compute=lambda: trigger_key(t))
         if row is not None and row.trigger_key == tkey and row.anchor and row.cursor:
             anchor, cursor, hint = row.anchor, row.cursor, row.next_hint
             if row.status != status and status is Status.ACTIVE:
@@ -198,7 +197,7 @@ def _declared(
             active = status is Status.ACTIVE and (
                 out.pipeline_status.get(s.pipeline) is Status.ACTIVE
             )
-            anchor, cursor = _derived(shared, t, active, lambda: new_timer(t, now, active=active))
+            anchor, cursor = shared.get(t, active, compute=lambda: new_timer(t, now, active=active))
             out.fresh.add(s.id)
     changed = row is None or row.spec != spec or row.status != status
     out.schedules[s.id] = sched
@@ -216,26 +215,6 @@ def _declared(
         updated_at=row.updated_at if row is not None and not changed else now,
         next_hint=hint,
     )
-
-
-# (id of a trigger, what) → (that trigger, what was derived from it): schedules that share a
-# trigger object (config.schedules.Context.triggers) share its key and new timer in one pass
-_Shared = dict[tuple[int, bool | None], tuple[object, Any]]
-
-
-def _derived(
-    shared: _Shared | None, t: TimeTrigger, what: bool | None, compute: Callable[[], T]
-) -> T:
-    """`compute()` for trigger `t`, once per pass for one trigger object."""
-    if shared is None:
-        return compute()
-    key = (id(t), what)
-    hit = shared.get(key)
-    if hit is not None and hit[0] is t:
-        return cast(T, hit[1])
-    value = compute()
-    shared[key] = (t, value)
-    return value
 
 
 def _as_applied(s: Schedule, row: StoredSchedule, status: Status) -> bool:

@@ -17,6 +17,7 @@ from datetime import datetime
 
 import structlog
 
+from watcherd.core.memo import PerObject
 from watcherd.core.models import CronTrigger, RecurrenceTrigger, Schedule
 from watcherd.core.runs import NewRun, concurrency_gate
 from watcherd.core.slots import TimeTrigger, hint_key, next_slot
@@ -48,9 +49,8 @@ class Armed:
     error: str | None = None
 
 
-# (id of a Recurrence or CronRule, end_time, anchor, after) → (that rule, its next slot): the
-# rule is kept with its slot, so that an id reused by another object is never taken for it
-SameRules = dict[tuple[int, datetime | None, datetime, datetime], tuple[object, datetime | None]]
+# Next slots computed in one pass, by (Recurrence or CronRule, end_time, anchor, after)
+SameRules = PerObject[datetime | None]
 
 
 class Timers:
@@ -115,22 +115,21 @@ class Timers:
 
     def _advance(self, a: Armed, after: datetime, same: SameRules | None = None) -> None:
         t = a.trigger
-        key = None
-        if same is not None:
-            rule = t.recurrence if isinstance(t, RecurrenceTrigger) else t.cron
-            end = t.end_time if isinstance(t, RecurrenceTrigger) else None
-            key = (id(rule), end, a.anchor, after)
-            if (found := same.get(key)) is not None and found[0] is rule:
-                self._push(a, found[1])
-                return
+
+        def compute() -> datetime | None:
+            return next_slot(t, a.anchor, after)
+
+        # The slots are the rule's and the end's: triggers that differ only in options share.
+        rule, end = (
+            (t.recurrence, t.end_time) if isinstance(t, RecurrenceTrigger) else (t.cron, None)
+        )
         try:
-            a.due = next_slot(t, a.anchor, after)
+            a.due = (
+                compute() if same is None else same.get(rule, end, a.anchor, after, compute=compute)
+            )
         except (ValueError, OverflowError) as exc:  # a bad rule is this schedule's problem only
             a.due, a.error = None, f"cannot compute the next fire time: {exc}"
             log.error("timer_error", schedule=a.schedule.name, error=a.error)
-        else:
-            if key is not None and same is not None:
-                same[key] = (rule, a.due)
         self._push(a, a.due)
 
     def _push(self, a: Armed, due: datetime | None) -> None:
