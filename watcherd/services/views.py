@@ -136,7 +136,6 @@ class Views:
             ]
             names.sort()
             self._index_cache = _Index(version, by_pipeline, names)
-        self._sync()
         return self._index_cache
 
     def _sync(self) -> None:
