@@ -1,5 +1,9 @@
 """The `watcherd` command line."""
 
-from watcherd.cli.main import main
+from watcherd.core.lean_imports import import_structlog
+
+import_structlog()  # before any module of the command line imports structlog: see there
+
+from watcherd.cli.main import main  # noqa: E402
 
 __all__ = ["main"]
