@@ -1,6 +1,6 @@
 """The `watcherd` command line."""
 
-from watcherd.core.lean_imports import import_structlog
+from watcherd.cli.lean import import_structlog
 
 import_structlog()  # before any module of the command line imports structlog: see there
 
