@@ -23,6 +23,13 @@ CORE = [
 HEAVY = ["asyncio", "aiohttp", "azure", "sqlite3", "watchdog"]
 
 
+def _python(code: str) -> str:
+    """The standard output of `code` run by a fresh interpreter (a clean sys.modules)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def test_exported_members() -> None:
     assert sorted(watcherd.__all__) == [
         "ConfigError",
@@ -47,9 +54,7 @@ def test_core_modules_import_no_io_stack() -> None:
         f"bad = [h for h in {HEAVY!r} if h in sys.modules]\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    out = _python(code).strip()
     assert out == "", f"core modules pulled in: {out}"
 
 
@@ -59,9 +64,7 @@ def test_daemon_start_does_not_import_azure_without_blob_datastores() -> None:
         "import watcherd.daemon, watcherd.engine.engine\n"
         "print('azure' in sys.modules or any(m.startswith('azure.') for m in sys.modules))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    out = _python(code).strip()
     assert out == "False"
 
 
@@ -99,9 +102,7 @@ def test_client_side_imports_no_daemon_side() -> None:
         " 'watcherd.dispatch', 'watcherd.config'))]\n"
         "print(','.join(sorted(bad)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    out = _python(code).strip()
     assert out == ""
 
 
@@ -118,9 +119,7 @@ def test_command_line_imports_structlog_without_its_optional_probes() -> None:
         "        __import__(m)\n"
         "        print(m, 'importable')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
+    out = _python(code).splitlines()
     assert out[0] == "True []"
     probes = ("rich", "better_exceptions", "greenlet")
     installed = [m for m in probes if importlib.util.find_spec(m) is not None]
