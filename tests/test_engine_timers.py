@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -327,3 +329,153 @@ async def test_arming_in_one_pass_shares_a_next_slot_only_for_the_same_rule_anch
     assert got[1] == got[0] and got[2] != got[0] and got[3] != got[0] and got[4] is None
     assert got[6] == got[5] and got[7] != got[5]
     assert len(same) == 6  # one computation per distinct (rule, end, anchor, cursor)
+
+
+async def test_a_slot_is_prepared_before_its_instant_committed_at_it_and_a_change_between_wins(
+    tmp_path: Path,
+) -> None:
+    """The timer prepares a slot's commit (its run, the next slot) a little before the slot's
+    instant: nothing is committed before the instant, and a schedule changed between the
+    preparation and the instant runs as changed."""
+    clock = ManualClock(datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC))
+    text = PIPE + 'parameters = { x = "default" }\n'
+    async with running_engine(tmp_path, text, clock) as h:
+        created = await h.manager.create_schedule(
+            {"name": "api", "pipeline": "p", "experiment_name": "E",
+             "recurrence": {"frequency": "Minute", "interval": 1},
+             "pipeline_parameters": {"x": "before"}}
+        )  # fmt: skip
+        await eventually(lambda: len(h.runs("api")) == 1)  # the creation fire, 10:00:00
+        t = h.engine.timers
+        await h.advance(seconds=59, microseconds=999_500)  # 0.5 ms before 10:01:00
+        ahead = await eventually(lambda: t._ahead.get(created["id"]))
+        assert ahead.due == datetime(2026, 11, 25, 10, 1, tzinfo=UTC)
+        assert ahead.next_due == datetime(2026, 11, 25, 10, 2, tzinfo=UTC)
+        await h.settle()
+        assert h.slots("api") == [_z(2026, 11, 25, 10, 0, 0)]  # not before its instant
+
+        await h.manager.update_schedule(created["id"], {"pipeline_parameters": {"x": "after"}})
+        await h.advance(microseconds=500)
+        await eventually(lambda: len(h.runs("api")) == 2)
+        run = h.runs("api")[1]
+        assert str(run.trigger["slot"]) == _z(2026, 11, 25, 10, 1, 0)
+        assert h.runs("api")[0].parameters == {"x": "before"}
+        assert run.parameters == {"x": "after"}
+        assert run.queued_at == datetime(2026, 11, 25, 10, 1, tzinfo=UTC)
+        assert t.armed[created["id"]].due == datetime(2026, 11, 25, 10, 2, tzinfo=UTC)
+
+
+async def test_a_reload_between_a_slots_preparation_and_its_instant_is_what_runs(
+    tmp_path: Path,
+) -> None:
+    """A config reload that changes a pipeline's parameters after the slot was prepared:
+    the slot runs with the new ones."""
+    from tests.engine_helpers import load_config
+
+    clock = ManualClock(datetime(2026, 11, 25, 10, 0, 30, tzinfo=UTC))
+    text = (
+        PIPE
+        + """parameters = { x = "one" }
+
+[[schedules]]
+name = "s"
+pipeline = "p"
+experiment_name = "E"
+recurrence = { frequency = "Minute", interval = 1, start_time = "2026-11-25T09:00:00" }
+"""
+    )
+    async with running_engine(tmp_path, text, clock) as h:
+        t = h.engine.timers
+        sid = next(iter(t.armed))
+        await h.advance(seconds=29, microseconds=999_500)  # 0.5 ms before 10:01:00
+        ahead = await eventually(lambda: t._ahead.get(sid))
+        assert ahead.run is not None and ahead.run.parameters == {"x": "one"}
+        await h.engine.reload(load_config(tmp_path, text.replace('"one"', '"two"')))
+        await h.advance(microseconds=500)
+        await eventually(lambda: len(h.runs("s")) == 1)
+        run = h.runs("s")[0]
+        assert str(run.trigger["slot"]) == _z(2026, 11, 25, 10, 1, 0)
+        assert run.parameters == {"x": "two"}
+
+
+async def test_the_deadline_counts_follow_arms_disarms_and_fires_and_size_the_lead() -> None:
+    """`Timers._at` (how many schedules each deadline has, which sizes how early a batch is
+    prepared) stays equal to the armed schedules' deadlines through arms, re-arms, disarms
+    and fires; a prepared batch is committed whole at its instant."""
+    from collections import Counter
+
+    from watcherd.core.models import RecurrenceTrigger, Schedule
+    from watcherd.core.recurrence import make_recurrence
+    from watcherd.core.runs import NewRun
+    from watcherd.engine.metrics import Metrics
+    from watcherd.engine.timers import MIN_LEAD, Timers
+
+    clock = ManualClock(datetime(2026, 11, 25, 10, 0, 0, 500000, tzinfo=UTC))
+    made: list[tuple[str, datetime, datetime]] = []  # (schedule, slot, clock) at slot_run
+    committed: list[tuple[datetime, list[str]]] = []
+
+    def slot_run(s: Schedule, slot: datetime) -> NewRun:
+        made.append((s.id, slot, clock.now()))
+        return NewRun(
+            schedule_id=s.id, pipeline_id="p", experiment="E", dedup=f"slot:{slot}",
+            trigger={"kind": "time"}, parameters={},
+        )  # fmt: skip
+
+    async def commit(batch: list[Any], now: datetime) -> list[Any]:
+        committed.append((now, sorted(b.schedule_id for b in batch)))
+        return batch
+
+    t = Timers(
+        clock=clock,
+        metrics=Metrics(),
+        slot_run=slot_run,
+        commit=commit,
+        active_runs=lambda sid: (0, 0),
+    )
+
+    def check() -> None:
+        live = Counter(a.due for a in t.armed.values() if a.due is not None)
+        assert t._at == live
+
+    minute, two = make_recurrence("Minute", 1), make_recurrence("Minute", 2)
+    t0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+    def sched(i: int, rule: Any = minute) -> Schedule:
+        trig = RecurrenceTrigger(recurrence=rule)
+        return Schedule(id=f"s{i}", name=f"s{i}", pipeline="p", experiment_name="E", trigger=trig)
+
+    for i in range(5):
+        t.arm(sched(i), t0, t0)
+    check()
+    t.arm(sched(1, two), t0, t0)  # re-armed: its deadline moves to 10:02
+    t.arm(sched(2), t0, t0)  # re-armed on the same deadline
+    t.disarm("s3")
+    t.disarm("s3")  # twice: nothing more
+    check()
+    assert t._at == Counter({t0 + timedelta(minutes=1): 3, t0 + timedelta(minutes=2): 1})
+    t._cost = 0.02  # measured cost of one slot: 3 slots due at 10:01 → lead 0.12 s
+    task = asyncio.ensure_future(t.run())
+    try:
+        clock.set(t0 + timedelta(minutes=1, seconds=-0.2))  # before the lead
+        await _turns()
+        assert made == []
+        clock.set(t0 + timedelta(minutes=1, seconds=-0.1))  # within it: prepared, not fired
+        await _turns()
+        assert sorted(m[0] for m in made) == ["s0", "s2", "s4"]
+        assert committed == []
+        clock.set(t0 + timedelta(minutes=1))
+        await _turns()
+        assert committed == [(t0 + timedelta(minutes=1), ["s0", "s2", "s4"])]
+        assert len(made) == 3  # nothing computed twice
+        check()
+        assert t._at == Counter({t0 + timedelta(minutes=2): 4})
+        assert min(0.5, 2 * t._cost * 4) >= MIN_LEAD
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)

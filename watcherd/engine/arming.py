@@ -94,6 +94,7 @@ class Arming:
             slot_run=self._slot_run,
             commit=self.commit_slots,
             active_runs=runner.active,
+            version=lambda: self.book.version,
         )
         self.leases = LeaseKeeper(
             cluster,

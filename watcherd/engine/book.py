@@ -33,8 +33,9 @@ class ScheduleBook:
     broken: dict[str, str] = dataclasses.field(default_factory=dict)  # id → why (in error)
     pipeline_status: dict[str, Status] = dataclasses.field(default_factory=dict)
     fresh: set[str] = dataclasses.field(default_factory=set)  # timers just (re)created
-    # Bumped by every change to which schedules exist, their names, pipelines, statuses or
-    # errors (not by a cursor moving): what the API's list indexes are cached against.
+    # Bumped by every change to which schedules exist, their definitions, pipelines,
+    # statuses or errors, and to a pipeline's status (not by a cursor moving): what the API's
+    # list indexes are cached against, and what a timer's prepared slot was computed under.
     version: int = 0
 
     def changed(self) -> None:

@@ -318,6 +318,7 @@ class Engine:
     async def set_pipeline_status(self, pipeline_id: str, st: Status) -> None:
         await self.store.set_pipeline_status(pipeline_id, st.value)
         self.book.pipeline_status[pipeline_id] = st
+        self.book.changed()
         log.info("pipeline_status", pipeline=pipeline_id, status=st.value)
 
     async def trigger(

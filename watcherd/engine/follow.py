@@ -78,6 +78,7 @@ class ChangeFollower:
         elif change.kind == "pipeline":
             for pid, prow in (await self.store.load_pipelines()).items():
                 self.book.pipeline_status[pid] = Status(prow.status)
+            self.book.changed()
         elif change.kind == "runs":
             # Read at the runner's next turn, together with every notice that arrived
             # meanwhile: the runs named, or (no names) every Queued run.

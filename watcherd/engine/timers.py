@@ -3,6 +3,13 @@
 The task sleeps until the earliest deadline or a wake-up (a schedule armed, changed or
 removed). Every slot due at the same instant is committed in one transaction that inserts
 its runs and advances the schedules' cursors, then handed to the runner.
+
+What a slot's commit needs (its run, the schedule's next slot, the stored hint) depends only
+on the schedule and the slot, so the task wakes a little before the instant (the lead: the
+measured cost of that many slots, twice over, at least MIN_LEAD) and prepares it; at the
+instant only the concurrency gate (which counts the runs active then) and the commit remain.
+Nothing is committed before its instant, and nothing prepared is used once the schedules or
+pipelines have changed since (the book's `version`, or a re-arm): it is computed again.
 """
 
 from __future__ import annotations
@@ -10,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -34,6 +42,7 @@ SlotRun = Callable[[Schedule, datetime], "NewRun | None"]  # None: schedule or p
 # Store, hand to the runner, and return what was recorded (a fenced-out schedule's is not).
 Commit = Callable[[list[SlotBatch], datetime], Awaitable[list[SlotBatch]]]
 ActiveRuns = Callable[[str], tuple[int, int]]  # schedule id → (queued, running)
+Version = Callable[[], int]  # bumped by every change to the schedules or pipelines
 
 
 @dataclass(slots=True)
@@ -52,6 +61,23 @@ class Armed:
 # Next slots computed in one pass, by (Recurrence or CronRule, end_time, anchor, after)
 SameRules = PerObject[datetime | None]
 
+MIN_LEAD = 0.002  # s before a slot's instant when its commit is prepared, at least
+MAX_LEAD = 0.5  # ... and at most (a huge batch is then partly prepared at the instant)
+_FIRST_COST = 1e-4  # s to prepare one slot, until measured
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """One slot's commit, prepared before its instant for one armed generation."""
+
+    gen: int
+    version: int
+    due: datetime
+    run: NewRun | None  # before the concurrency gate
+    next_due: datetime | None
+    error: str | None  # the next slot could not be computed
+    key: str  # the stored next slot's hint_key
+
 
 class Timers:
     """Owns the deadlines of every armed time schedule."""
@@ -64,16 +90,22 @@ class Timers:
         slot_run: SlotRun,
         commit: Commit,
         active_runs: ActiveRuns,
+        version: Version = lambda: 0,
     ) -> None:
         self.clock = clock
         self.metrics = metrics
         self.slot_run = slot_run
         self.commit = commit
         self.active_runs = active_runs
+        self.version = version
         self.armed: dict[str, Armed] = {}
         self._heap: list[tuple[datetime, int, str, int]] = []
         self._seq = itertools.count()
+        self._gens = itertools.count()  # an Armed's gen: never reused, not even after disarm
         self._wake = asyncio.Event()
+        self._at: Counter[datetime] = Counter()  # armed schedules per deadline (live entries)
+        self._ahead: dict[str, _Ahead] = {}
+        self._cost = _FIRST_COST  # s to prepare one slot (a moving average)
 
     def arm(
         self,
@@ -99,8 +131,11 @@ class Timers:
             trigger=t,
             anchor=anchor,
             cursor=cursor,
-            gen=old.gen + 1 if old else 0,
+            gen=next(self._gens),
         )
+        if old is not None:
+            self._uncount(old.due)
+        self._ahead.pop(schedule.id, None)
         if known_next is None:
             self._advance(a, cursor, same)
         else:
@@ -110,10 +145,20 @@ class Timers:
         return a.due
 
     def disarm(self, schedule_id: str) -> None:
-        if self.armed.pop(schedule_id, None) is not None:
+        old = self.armed.pop(schedule_id, None)
+        self._ahead.pop(schedule_id, None)
+        if old is not None:
+            self._uncount(old.due)
             self._wake.set()
 
     def _advance(self, a: Armed, after: datetime, same: SameRules | None = None) -> None:
+        due, error = self._next(a, after, same)
+        self._set_next(a, due, error)
+
+    def _next(
+        self, a: Armed, after: datetime, same: SameRules | None = None
+    ) -> tuple[datetime | None, str | None]:
+        """(a's first slot after `after`, None), or (None, why it cannot be computed)."""
         t = a.trigger
 
         def compute() -> datetime | None:
@@ -124,18 +169,32 @@ class Timers:
             (t.recurrence, t.end_time) if isinstance(t, RecurrenceTrigger) else (t.cron, None)
         )
         try:
-            a.due = (
-                compute() if same is None else same.get(rule, end, a.anchor, after, compute=compute)
-            )
+            if same is None:
+                return compute(), None
+            return same.get(rule, end, a.anchor, after, compute=compute), None
         except (ValueError, OverflowError) as exc:  # a bad rule is this schedule's problem only
-            a.due, a.error = None, f"cannot compute the next fire time: {exc}"
-            log.error("timer_error", schedule=a.schedule.name, error=a.error)
-        self._push(a, a.due)
+            return None, f"cannot compute the next fire time: {exc}"
+
+    def _set_next(self, a: Armed, due: datetime | None, error: str | None) -> None:
+        if error is not None:
+            a.error = error
+            log.error("timer_error", schedule=a.schedule.name, error=error)
+        self._push(a, due)
 
     def _push(self, a: Armed, due: datetime | None) -> None:
         a.due = due
         if due is not None:
             heapq.heappush(self._heap, (due, next(self._seq), a.schedule.id, a.gen))
+            self._at[due] += 1
+
+    def _uncount(self, due: datetime | None) -> None:
+        if due is None:
+            return
+        left = self._at[due] - 1
+        if left > 0:
+            self._at[due] = left
+        else:
+            del self._at[due]
 
     # ── the loop ─────────────────────────────────────────────────────────────
 
@@ -156,23 +215,62 @@ class Timers:
             if due is None:
                 await self._wake.wait()
                 continue
-            if await self.clock.sleep_until(due, self._wake):
+            lead = min(MAX_LEAD, max(MIN_LEAD, 2 * self._cost * self._at[due]))
+            if await self.clock.sleep_until(due - timedelta(seconds=lead), self._wake):
                 continue
+            self._prepare(due)
+            if await self.clock.sleep_until(due, self._wake):
+                continue  # what was prepared stays, for the schedules not re-armed since
             await self._fire_due()
+
+    def _prepare(self, until: datetime) -> None:
+        """Prepare the commit of every armed slot due at `until` or before (see the module
+        doc): a walk of the heap's top, which holds exactly those entries."""
+        heap, todo, same, version = self._heap, [0], SameRules(), self.version()
+        started, n = time.perf_counter(), 0
+        while todo:
+            i = todo.pop()
+            if i >= len(heap) or heap[i][0] > until:
+                continue  # (the heap's order: nothing below is due sooner)
+            todo += (2 * i + 1, 2 * i + 2)
+            due, _, sid, gen = heap[i]
+            a = self.armed.get(sid)
+            if a is None or a.gen != gen or a.due != due:
+                continue  # superseded
+            ahead = self._ahead.get(sid)
+            if ahead is None or (ahead.gen, ahead.version, ahead.due) != (gen, version, due):
+                self._ahead[sid] = self._compute(a, due, version, same)
+                n += 1
+        if n:
+            cost = (time.perf_counter() - started) / n
+            self._cost += (cost - self._cost) / 4
+
+    def _compute(
+        self, a: Armed, due: datetime, version: int, same: SameRules | None = None
+    ) -> _Ahead:
+        next_due, error = self._next(a, due, same)
+        key = hint_key(a.trigger, a.anchor, due)
+        run = self.slot_run(a.schedule, due)
+        return _Ahead(a.gen, version, due, run, next_due, error, key)
 
     async def _fire_due(self) -> None:
         now = self.clock.now()
         batch: list[SlotBatch] = []
         lateness: list[float] = []
         pending: Counter[str] = Counter()
+        version = self.version()
         while (due := self._peek()) is not None and due <= now:
             _, _, sid, _ = heapq.heappop(self._heap)
             a = self.armed[sid]
-            runs = self._slot_runs(a.schedule, due, pending)
+            self._uncount(due)
+            ahead = self._ahead.pop(sid, None)
+            if ahead is None or (ahead.gen, ahead.version, ahead.due) != (a.gen, version, due):
+                ahead = self._compute(a, due, version)  # not prepared, or changed since
+            runs = self._gated(a.schedule, ahead.run, pending)
             lateness.append((now - due).total_seconds())
             a.cursor = due
-            self._advance(a, due)
-            hint = None if a.error else (hint_key(a.trigger, a.anchor, due), a.due)
+            self._set_next(a, ahead.next_due, ahead.error)
+            hint = None if a.error else (ahead.key, a.due)
             batch.append(SlotBatch(sid, due, runs, hint=hint))
         if not batch:
             return
@@ -191,8 +289,7 @@ class Timers:
                     status=r.status.value,
                 )
 
-    def _slot_runs(self, s: Schedule, slot: datetime, pending: Counter[str]) -> list[NewRun]:
-        run = self.slot_run(s, slot)
+    def _gated(self, s: Schedule, run: NewRun | None, pending: Counter[str]) -> list[NewRun]:
         if run is None:
             return []
         queued, running = self.active_runs(s.id)
