@@ -62,7 +62,7 @@ class Armed:
 SameRules = PerObject[datetime | None]
 
 MIN_LEAD = 0.002  # s before a slot's instant when its commit is prepared, at least
-MAX_LEAD = 0.5  # ... and at most (a huge batch is then partly prepared at the instant)
+MAX_LEAD = 0.5  # ... and at most (a batch that takes longer to prepare commits that late)
 _FIRST_COST = 1e-4  # s to prepare one slot, until measured
 
 
@@ -133,13 +133,13 @@ class Timers:
             cursor=cursor,
             gen=next(self._gens),
         )
-        if old is not None:
-            self._uncount(old.due)
-        self._ahead.pop(schedule.id, None)
         if known_next is None:
             self._advance(a, cursor, same)
         else:
             self._push(a, known_next[0])
+        if old is not None:  # (after: a failure above leaves the old one armed and counted)
+            self._uncount(old.due)
+        self._ahead.pop(schedule.id, None)
         self.armed[schedule.id] = a
         self._wake.set()
         return a.due
