@@ -29,6 +29,14 @@ def _z(*a: int) -> str:
     return datetime(*a, tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _schedule_s(recurrence: str, extra: str = "") -> str:
+    """A `[[schedules]]` table: schedule "s" of pipeline "p", experiment "E"."""
+    return (
+        '\n[[schedules]]\nname = "s"\npipeline = "p"\nexperiment_name = "E"\n'
+        f"recurrence = {{ {recurrence} }}\n{extra}"
+    )
+
+
 async def test_seed_recurrence_fires_at_creation_then_every_15_minutes(tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 11, 25, 10, 0, 7, 250000, tzinfo=UTC))
     text = (
@@ -61,17 +69,8 @@ recurrence = { frequency = "Minute", interval = 15 }
 
 async def test_restart_does_not_refire_creation_and_catch_up_all(tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC))
-    text = (
-        PIPE
-        + """
-[[schedules]]
-name = "s"
-pipeline = "p"
-experiment_name = "E"
-recurrence = { frequency = "Minute", interval = 10 }
-catch_up = "all"
-max_catch_up = 3
-"""
+    text = PIPE + _schedule_s(
+        'frequency = "Minute", interval = 10', 'catch_up = "all"\nmax_catch_up = 3\n'
     )
     async with running_engine(tmp_path, text, clock) as h:
         await eventually(lambda: len(h.slots()) == 1)
@@ -92,15 +91,8 @@ max_catch_up = 3
 
 async def test_past_start_time_does_not_backfill(tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 11, 25, 10, 7, 0, tzinfo=UTC))
-    text = (
-        PIPE
-        + """
-[[schedules]]
-name = "s"
-pipeline = "p"
-experiment_name = "E"
-recurrence = { frequency = "Minute", interval = 5, start_time = "2026-11-20T00:00:00" }
-"""
+    text = PIPE + _schedule_s(
+        'frequency = "Minute", interval = 5, start_time = "2026-11-20T00:00:00"'
     )
     async with running_engine(tmp_path, text, clock) as h:
         await h.advance(seconds=1)
@@ -375,14 +367,8 @@ async def test_a_reload_between_a_slots_preparation_and_its_instant_is_what_runs
     clock = ManualClock(datetime(2026, 11, 25, 10, 0, 30, tzinfo=UTC))
     text = (
         PIPE
-        + """parameters = { x = "one" }
-
-[[schedules]]
-name = "s"
-pipeline = "p"
-experiment_name = "E"
-recurrence = { frequency = "Minute", interval = 1, start_time = "2026-11-25T09:00:00" }
-"""
+        + 'parameters = { x = "one" }\n'
+        + _schedule_s('frequency = "Minute", interval = 1, start_time = "2026-11-25T09:00:00"')
     )
     async with running_engine(tmp_path, text, clock) as h:
         t = h.engine.timers
