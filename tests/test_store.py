@@ -599,3 +599,26 @@ async def test_next_slots_are_stored_with_their_key(store: RunStore) -> None:
     assert (await store.load_schedule("a")).next_hint == ("key-a2", due)  # type: ignore[union-attr]
     await store.record_slots([SlotBatch("a", due, [])], due)  # a catch-up batch: no hint
     assert (await store.load_schedule("a")).next_hint is None  # type: ignore[union-attr]
+
+
+async def test_closing_while_reads_run_finishes_them_or_refuses_them(tmp_path: Path) -> None:
+    """Reads in flight when the store closes end normally; later ones raise StateError. The
+    reader connections used to be closed under a running query: a segfault of the process."""
+    import asyncio
+
+    from watcherd.state.sqlite.database import Database
+
+    db = Database(tmp_path / "state")
+    count = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+
+    def slow(conn: sqlite3.Connection, rows: int) -> int:
+        return int(conn.execute(count + "SELECT count(*) FROM n", (rows,)).fetchone()[0])
+
+    reads = [asyncio.ensure_future(db.read(slow, 300_000)) for _ in range(4)]
+    await asyncio.sleep(0.01)  # the readers are inside their queries
+    await asyncio.to_thread(db.close)
+    done = await asyncio.gather(*reads, return_exceptions=True)
+    assert all(r == 300_000 or isinstance(r, StateError) for r in done), done
+    assert any(r == 300_000 for r in done)
+    with pytest.raises(StateError, match="closed"):
+        await db.read(slow, 1)

@@ -100,12 +100,17 @@ class Database:
         return conn
 
     def close(self) -> None:
-        """Close the connections, stop the threads and release the lock."""
+        """Close the connections, stop the threads and release the lock.
+
+        The readers' pool is shut down (its reads in flight finished) before their
+        connections close: SQLite's connection close under a query running on another thread
+        crashes the process."""
         try:
-            self._writer.submit(self._conn.close).result()
+            self._readers.shutdown()
             for c in self._reader_conns:
                 with contextlib.suppress(sqlite3.Error):
                     c.close()
+            self._writer.submit(self._conn.close).result()
         finally:
             self._shutdown()
 
@@ -142,7 +147,11 @@ class Database:
             except sqlite3.Error as exc:
                 raise StateError(f"state database: {exc}") from exc
 
-        return await loop.run_in_executor(self._readers, call)
+        try:
+            job = loop.run_in_executor(self._readers, call)
+        except RuntimeError as exc:  # the pool is shut down: the store is closing
+            raise StateError("state database: closed") from exc
+        return await job
 
     def _reader(self) -> Conn:
         conn: Conn | None = getattr(self._local, "conn", None)
