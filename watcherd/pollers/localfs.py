@@ -6,7 +6,9 @@ A rescan is one pass: `DirScan` lists the directory a chunk at a time, each chun
 pool job, and compares each entry with the snapshot as it goes (the snapshot's base is frozen
 while the scan runs, so the scan can count the known names it met: when that count is the
 snapshot's size, nothing was deleted, and no second pass is needed). Only when some known name
-was not met does `missing_names` list the names once more (no stat) to say which.
+was not met does `missing_names` list the names once more (no stat) to say which. The first
+listing of a big directory (no snapshot yet) is made by a helper process instead (`lister`),
+so that its stats do not share the daemon's GIL.
 
 Symlinks (SPEC §4, `follow_symlinks`): the scan follows them, as a listing; a version becomes
 eligible only through `stat_names`, which, under "within_root", resolves a symlinked entry and
@@ -27,6 +29,7 @@ from typing import Literal
 
 from watcherd.core.matching import NameMatcher
 from watcherd.core.snapshot import FINGERPRINT_MASK
+from watcherd.pollers import lister
 
 __all__ = [
     "CHUNK",
@@ -89,6 +92,11 @@ def check_dir(path: bytes, root: bytes | None) -> tuple[int, int]:
         FileNotFoundError, NotADirectoryError: it is gone.
         OutsideRoot: it is (or goes through) a symlink leading outside the root.
     """
+    info = _checked(path, root)
+    return info.st_dev, info.st_ino
+
+
+def _checked(path: bytes, root: bytes | None) -> os.stat_result:
     info = os.stat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fsdecode(path))
@@ -97,7 +105,7 @@ def check_dir(path: bytes, root: bytes | None) -> tuple[int, int]:
         if not _inside(real, top):
             shown = real.decode("utf-8", "backslashreplace")
             raise OutsideRoot(errno.EXDEV, f"resolves to {shown}, outside the datastore root")
-    return info.st_dev, info.st_ino
+    return info
 
 
 # ── the rescan ────────────────────────────────────────────────────────────────
@@ -148,6 +156,8 @@ class DirScan:
         self._watched = watched  # DirEvents.watching(): list only once this is watched
         self._quiet = quiet  # a skip-baseline: new files need no `new_obs`
         self._it: os._ScandirIterator[bytes] | None = None
+        self._helper: lister.Lister | None = None  # a big first listing: see `lister`
+        self._dir_bytes = 0  # the directory's st_size
         self._closed = False
 
     def next_chunk(self) -> ScanChunk:
@@ -157,22 +167,27 @@ class DirScan:
         if self._closed:
             return ScanChunk(done=True)
         if self.ident is None:
-            self.ident = check_dir(self.path, self._root)
+            info = _checked(self.path, self._root)
+            self.ident, self._dir_bytes = (info.st_dev, info.st_ino), info.st_size
             if self._watched is not False and self._watched != self.ident:
                 return ScanChunk()
-        if self._it is None:
-            self._it = os.scandir(self.path)
+        if self._it is None and self._helper is None:
+            self._open()
         out = ScanChunk()
-        if self._base:
-            listed = self._diff(out)
+        if self._helper is not None:
+            done = self._from_helper(self._helper, out)
+        elif self._base:
+            done = self._diff(out) < CHUNK
         elif self._quiet:
-            listed = self._list(out)  # a first listing, recorded as it is
+            done = self._list(out) < CHUNK  # a first listing, recorded as it is
         else:
-            listed = self._diff(out)  # a first listing, every file new
+            done = self._diff(out) < CHUNK  # a first listing, every file new
         if out.new_obs:
             mask = FINGERPRINT_MASK
             out.new_fps = [hash(o) & mask for o in out.new_obs]
             out.new_versions = [f"{a}:{b}:{c}" for a, b, c in out.new_obs]  # version_of
+            if self._quiet and self._helper is not None:
+                out.new_obs = []  # a skip-baseline keeps only the two above (as `_list`)
         kept = self._match.select(out.new_names)
         if kept is not None:
             out.new_names = [out.new_names[i] for i in kept]
@@ -180,10 +195,27 @@ class DirScan:
             out.new_versions = [out.new_versions[i] for i in kept]
             if out.new_obs:
                 out.new_obs = [out.new_obs[i] for i in kept]
-        if listed < CHUNK:
+        if done:
             self.close()
             out.done = True
         return out
+
+    def _open(self) -> None:
+        """Start the listing: by a helper process when it is the first of a big directory."""
+        if not self._base and self._dir_bytes >= lister.HELPER_MIN_BYTES:
+            self._helper = lister.start(self.path, CHUNK)
+        if self._helper is None:
+            self._it = os.scandir(self.path)
+
+    @staticmethod
+    def _from_helper(helper: lister.Lister, out: ScanChunk) -> bool:
+        """A chunk of a first listing made by the helper process; True when it was the last.
+        (Only regular files come back: nothing to count in `known`, the base being empty.)"""
+        got = helper.read()
+        if got is None:
+            return True
+        out.new_names, out.new_obs = got
+        return False
 
     def _list(self, out: ScanChunk) -> int:
         """A first listing: names, fingerprints and version strings, nothing else kept (what
@@ -248,6 +280,9 @@ class DirScan:
         if self._it is not None:
             self._it.close()
             self._it = None
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
 
 
 def missing_names(path: bytes, names: Mapping[bytes, int]) -> list[bytes]:

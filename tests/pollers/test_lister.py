@@ -1,0 +1,196 @@
+"""Issue #14: the first listing of a big directory is made by a helper process (`lister`).
+
+It must list exactly what a listing on a thread lists (hostile names included), report the
+directory's own errors as the thread would, stop with its scan, and, when it cannot start or
+dies, leave the daemon listing on threads. Its speed is in bench/big_dir.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pollers.local_helpers import SUB, polled, running, write
+from watcherd.core.matching import NameMatcher
+from watcherd.pollers import lister, localfs
+
+HOSTILE = [
+    b"new\nline.csv",
+    b"sp ace.csv",
+    b"\xff\xfe-not-utf8.csv",
+    b"-rf",
+    b"$(touch pwned).csv",
+    b"quote'\"`.csv",
+]
+
+
+@pytest.fixture(autouse=True)
+def helpers_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test starts with helpers usable, and leaves them so."""
+    monkeypatch.setattr(lister, "_usable", True)
+    yield
+
+
+@pytest.fixture
+def big(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every directory counts as big: its first listing goes to a helper."""
+    monkeypatch.setattr(lister, "HELPER_MIN_BYTES", 0)
+
+
+def _tree(root: Path) -> bytes:
+    """A directory (its own name hostile) of regular files with hostile names, and entries a
+    listing must leave out: a subdirectory, a FIFO, a symlink to a directory, a dangling one."""
+    d = root / "in box\n$(x)"
+    d.mkdir()
+    base = os.fsencode(d)
+    for name in HOSTILE + [b"f%03d.csv" % i for i in range(40)]:
+        with open(base + b"/" + name, "wb") as f:
+            f.write(name)
+    (d / "sub").mkdir()
+    write(d / "sub" / "deep.csv")
+    os.mkfifo(d / "fifo")
+    os.symlink(d / "sub", d / "dirlink")
+    os.symlink(d / "nowhere", d / "dangling")
+    os.symlink(d / "f000.csv", d / "filelink.csv")  # a file through a symlink: listed
+    return base
+
+
+def _list(path: bytes, *, quiet: bool, helper: bool, m: pytest.MonkeyPatch) -> list[object]:
+    m.setattr(lister, "HELPER_MIN_BYTES", 0 if helper else 1 << 62)
+    scan = localfs.DirScan(path, NameMatcher(["*"], [".*"]), {}, quiet=quiet)
+    rows: list[object] = []
+    used = False
+    while True:
+        chunk = scan.next_chunk()
+        used = used or scan._helper is not None
+        assert not chunk.changed and not chunk.gone
+        rows += zip(chunk.new_names, chunk.new_fps, chunk.new_versions, strict=True)
+        if quiet:
+            assert chunk.new_obs == []  # a skip-baseline keeps no versions as tuples
+        else:
+            rows += [("obs", o) for o in chunk.new_obs]
+        if chunk.done:
+            break
+    assert used == helper
+    assert scan.known == 0
+    return sorted(rows, key=repr)
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_the_helper_lists_what_a_thread_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet: bool
+) -> None:
+    monkeypatch.setattr(localfs, "CHUNK", 7)  # many chunks, and one helper chunk per call
+    path = _tree(tmp_path)
+    on_thread = _list(path, quiet=quiet, helper=False, m=monkeypatch)
+    by_helper = _list(path, quiet=quiet, helper=True, m=monkeypatch)
+    assert by_helper == on_thread
+    names = {row[0] for row in on_thread if row[0] != "obs"}  # type: ignore[index]
+    assert set(HOSTILE) <= names and b"filelink.csv" in names
+    assert not names & {b"sub", b"fifo", b"dirlink", b"dangling", b"deep.csv"}
+    assert len(names) == len(HOSTILE) + 40 + 1
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_directory_that_cannot_be_listed_raises_what_a_thread_would(tmp_path: Path) -> None:
+    helper = lister.Lister(os.fsencode(tmp_path / "gone"), 16)
+    with pytest.raises(FileNotFoundError):
+        helper.read()
+    assert helper._proc.returncode == 0  # reaped; an error of the directory, not the helper
+    assert lister._usable
+
+
+def test_closing_a_scan_stops_its_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: None
+) -> None:
+    monkeypatch.setattr(localfs, "CHUNK", 2)
+    path = _tree(tmp_path)
+    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    assert scan.next_chunk().new_names  # the first chunk
+    helper = scan._helper
+    assert helper is not None
+    proc = helper._proc
+    scan.close()
+    assert proc.returncode is not None  # killed (or done) and reaped: no zombie left
+    with pytest.raises(ProcessLookupError):
+        os.kill(proc.pid, 0)
+    assert scan.next_chunk().done
+
+
+@pytest.mark.parametrize("executable", ["/bin/true", "/bin/echo"])
+def test_a_helper_that_fails_fails_the_listing_and_later_ones_use_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: None, executable: str
+) -> None:
+    """/bin/true says nothing, /bin/echo says something that is not the wire format."""
+    path = _tree(tmp_path)
+    monkeypatch.setattr(sys, "executable", executable)
+    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    with pytest.raises(lister.HelperFailed, match="listing helper failed"):
+        scan.next_chunk()
+    assert not lister._usable
+    scan.close()
+    again = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    chunk = again.next_chunk()
+    assert again._helper is None and chunk.done and len(chunk.new_names) == len(HOSTILE) + 41
+
+
+def test_a_helper_that_cannot_start_leaves_the_listing_to_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: None
+) -> None:
+    path = _tree(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=False)
+    chunk = scan.next_chunk()
+    assert scan._helper is None and chunk.done and len(chunk.new_obs) == len(HOSTILE) + 41
+    assert not lister._usable
+
+
+def test_only_a_first_listing_of_a_big_directory_uses_a_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _tree(tmp_path)
+    size = os.stat(path).st_size
+    monkeypatch.setattr(lister, "HELPER_MIN_BYTES", size + 1)
+    small = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    small.next_chunk()
+    assert small._helper is None
+    monkeypatch.setattr(lister, "HELPER_MIN_BYTES", size)
+    rescan = localfs.DirScan(path, NameMatcher(["*"]), {b"f000.csv": 1}, quiet=True)
+    rescan.next_chunk()
+    assert rescan._helper is None  # a snapshot to compare against: listed on a thread
+    first = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    first.next_chunk()
+    assert first._helper is not None
+    first.close()
+
+
+async def test_a_poller_takes_its_baseline_through_a_helper_then_runs_new_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: None
+) -> None:
+    monkeypatch.setattr(localfs, "CHUNK", 16)
+    inbox = tmp_path / SUB
+    inbox.mkdir()
+    for i in range(100):
+        write(inbox / f"old{i:03d}.csv")
+    started: list[lister.Lister | None] = []
+    real = lister.start
+
+    def spy(path: bytes, chunk: int) -> lister.Lister | None:
+        started.append(real(path, chunk))
+        return started[-1]
+
+    monkeypatch.setattr(lister, "start", spy)
+    poller, sink, _, clock = polled(tmp_path)
+    async with running(poller):
+        await clock.wait_for_wait()
+        assert len(started) == 1 and started[0] is not None
+        assert len(sink.snapshot or {}) == 100 and sink.fired == []  # skipped, recorded
+        assert sink.marker == ""  # the baseline is complete
+        version = write(inbox / "new.csv")
+        await clock.step(60)
+        await clock.step(2)  # settle
+    assert [(c.name, c.version) for c in sink.fired] == [(b"incoming/new.csv", version)]
+    assert len(started) == 1  # the rescan compared against the snapshot, on a thread
