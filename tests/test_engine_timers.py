@@ -227,13 +227,15 @@ async def test_a_restart_arms_from_the_stored_next_slots_and_recomputes_stale_on
         assert {sid: a.due for sid, a in h.engine.timers.armed.items()} == after_fire
 
 
+@pytest.mark.parametrize("batch", [1, 500])
 async def test_catch_up_commits_the_due_schedules_first_and_trusts_no_stale_stored_slot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
 ) -> None:
-    """At a restart the schedules whose stored next slot is past are caught up first, in the
-    first commit, whatever their order in the file. A stored next slot that looks not yet due
-    but no longer holds (its cursor moved back behind the daemon's back) is not trusted: that
-    schedule's missed slots run too."""
+    """At a restart the schedules whose stored next slot is past are caught up first, in a
+    commit of their own made before the others are checked, whatever their order in the file
+    and however big a batch may be. A stored next slot that looks not yet due but no longer
+    holds (its cursor moved back behind the daemon's back) is not trusted: that schedule's
+    missed slots run too, in a later commit."""
     clock = ManualClock(datetime(2026, 11, 25, 9, 59, 30, tzinfo=UTC))
     text = PIPE + "".join(
         f'\n[[schedules]]\nname = "s{i}"\npipeline = "p"\nexperiment_name = "E"\n'
@@ -259,11 +261,11 @@ async def test_catch_up_commits_the_due_schedules_first_and_trusts_no_stale_stor
         return await record(self, batches, now)
 
     monkeypatch.setattr(arming.Arming, "commit_slots", spy)
-    monkeypatch.setattr(arming, "CATCH_UP_BATCH", 1)
+    monkeypatch.setattr(arming, "CATCH_UP_BATCH", batch)
     clock.advance(minutes=6)  # 10:05:30: s2's 10:00 slot passed unseen; s0's next is 10:10
     async with running_engine(tmp_path, text, clock) as h:
         await eventually(lambda: len(h.slots()) == 4)
-        assert commits[0] == {ids["s2"]}  # last in the file, first caught up
+        assert commits == [{ids["s2"]}, {ids["s1"]}]  # s2: last in the file, first caught up
         assert h.slots("s2") == [_z(2026, 11, 25, 10, 0, 0)]
         assert h.slots("s1") == [_z(2026, 11, 25, h, 10, 0) for h in (7, 8, 9)]
         assert h.slots("s0") == []

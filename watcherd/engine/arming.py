@@ -207,11 +207,13 @@ class Arming:
         """Queue the slots that schedules `sids` missed until now, in batched transactions.
 
         Those whose stored next slot is missing or already past go first (Quartz's misfire
-        query), and their batches are committed as they fill; then the others, whose stored
-        next slot is checked against their rule and cursor (computed again only where it no
-        longer holds). A replica gaining schedules so starts their missed runs before it has
-        checked the rest. (Computing the next batch while one commits was tried: the GIL
-        makes both slower, 0.2 → 0.28 s at 10k schedules.)"""
+        query), and their batches are committed as they fill, the last one as soon as they
+        are done; then the others, whose stored next slot is checked against their rule and
+        cursor (computed again only where it no longer holds). A restart or a replica gaining
+        schedules so starts their missed runs before it has checked the rest (at 10k
+        schedules, checking the rest took longer than committing 1,500 missed runs).
+        (Computing the next batch while one commits was tried: the GIL makes both slower,
+        0.2 → 0.28 s at 10k schedules.)"""
         now = self.clock.now()
         rows = self.book.rows
         due: list[str] = []
@@ -232,8 +234,8 @@ class Arming:
             batch = self._missed(sid, now, run_all_until, missed, due=i < len(due), same=same)
             if batch is not None:
                 batches.append(batch)
-            if len(batches) >= CATCH_UP_BATCH:
-                await self.commit_slots(batches, now)
+            if len(batches) >= CATCH_UP_BATCH or (batches and i == len(due) - 1):
+                await self.commit_slots(batches, now)  # full, or the last of the due ones
                 batches = []
         if batches:
             await self.commit_slots(batches, now)

@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from watcherd.core.errors import ClaimLost
+from watcherd.core.jsontext import dumps
 from watcherd.core.models import TERMINAL, FileRef, Run, RunStatus
 from watcherd.core.runs import NewRun, apply_gates, sources_of
 from watcherd.engine.ports import Claim, ClaimResult
@@ -141,7 +142,7 @@ async def _insert(
         f = r.file
         row = (
             r.id, r.schedule_id, r.pipeline_id, r.experiment, r.dedup, r.status.value,
-            json.dumps(r.trigger), json.dumps(dict(r.parameters)),
+            dumps(r.trigger), dumps(dict(r.parameters)),
             f.relative_path if f else None, r.error,
             f.local_path if f else None, f.url if f else None, f.parameter if f else None,
         )  # fmt: skip

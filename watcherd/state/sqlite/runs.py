@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from watcherd.core.jsontext import dumps
 from watcherd.core.models import TERMINAL, FileRef, Run, RunStatus
 from watcherd.core.runs import NewRun, apply_gates, sources_of
 from watcherd.core.timefmt import format_utc, parse_utc
@@ -118,8 +119,8 @@ def _row(r: NewRun, ts: str) -> tuple[Any, ...]:
         r.experiment,
         r.dedup,
         r.status.value,
-        json.dumps(r.trigger),
-        json.dumps(dict(r.parameters)),
+        dumps(r.trigger),
+        dumps(dict(r.parameters)),
         f.relative_path if f else None,
         r.error,
         ts,

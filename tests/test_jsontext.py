@@ -1,0 +1,38 @@
+"""`core.jsontext.dumps` writes exactly what `json.dumps` writes, errors included."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from watcherd.core.jsontext import dumps
+
+VALUES: list[Any] = [
+    {},
+    {"kind": "time", "slot": "2026-12-01T02:00:00Z"},
+    {"file": "new\nline é \u2028 \"quoted\" \\", "n": 3, "x": 2.5, "ok": True, "none": None},
+    {1: "int key", 2.5: "float key", None: "null key", True: "bool key"},
+    [1, [2, [3, {"deep": ["ü", -0.0, 1e300]}]]],
+    (1, "tuple"),
+    "a top-level string \x00 \x7f",
+    42,
+    float("nan"),
+    float("-inf"),
+    [],
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_dumps_writes_what_json_dumps_writes(value: Any) -> None:
+    assert dumps(value) == json.dumps(value)
+
+
+@pytest.mark.parametrize("value", [{"x": object()}, [b"bytes"], {("tuple", "key"): 1}])
+def test_what_json_refuses_it_refuses_the_same_way(value: Any) -> None:
+    with pytest.raises(TypeError) as want:
+        json.dumps(value)
+    with pytest.raises(TypeError) as got:
+        dumps(value)
+    assert str(got.value) == str(want.value)
