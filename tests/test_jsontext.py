@@ -12,8 +12,8 @@ from watcherd.core.jsontext import dumps
 VALUES: list[Any] = [
     {},
     {"kind": "time", "slot": "2026-12-01T02:00:00Z"},
-    {"file": "new\nline é \u2028 \"quoted\" \\", "n": 3, "x": 2.5, "ok": True, "none": None},
-    {1: "int key", 2.5: "float key", None: "null key", True: "bool key"},
+    {"file": 'new\nline é \u2028 "quoted" \\', "n": 3, "x": 2.5, "ok": True, "none": None},
+    {1: "int key", 2.5: "float key", None: "null key", False: "bool key"},
     [1, [2, [3, {"deep": ["ü", -0.0, 1e300]}]]],
     (1, "tuple"),
     "a top-level string \x00 \x7f",
