@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pollers.local_helpers import SUB, polled, running, write
+from tests.pollers.local_helpers import SUB, WAIT, polled, running, write
 from watcherd.core.matching import NameMatcher
 from watcherd.pollers import lister, localfs
 
@@ -55,15 +55,21 @@ def _tree(root: Path) -> bytes:
     os.symlink(d / "sub", d / "dirlink")
     os.symlink(d / "nowhere", d / "dangling")
     os.symlink(d / "f000.csv", d / "filelink.csv")  # a file through a symlink: listed
+    os.utime(d / "f001.csv", ns=(0, 10**19))  # after 2262: its mtime_ns is not an int64
     return base
 
 
-def _list(path: bytes, *, quiet: bool, helper: bool, m: pytest.MonkeyPatch) -> list[object]:
+def _list(
+    path: bytes, *, quiet: bool, helper: bool, m: pytest.MonkeyPatch
+) -> tuple[list[object], int]:
+    """What a first listing gives (sorted), and how many calls it took."""
     m.setattr(lister, "HELPER_MIN_BYTES", 0 if helper else 1 << 62)
-    scan = localfs.DirScan(path, NameMatcher(["*"], [".*"]), {}, quiet=quiet)
+    scan = localfs.DirScan(path, NameMatcher(["*"], [".*"]), {}, quiet=quiet, first=True)
     rows: list[object] = []
     used = False
+    calls = 0
     while True:
+        calls += 1
         chunk = scan.next_chunk()
         used = used or scan._helper is not None
         assert not chunk.changed and not chunk.gone
@@ -76,7 +82,7 @@ def _list(path: bytes, *, quiet: bool, helper: bool, m: pytest.MonkeyPatch) -> l
             break
     assert used == helper
     assert scan.known == 0
-    return sorted(rows, key=repr)
+    return sorted(rows, key=repr), calls
 
 
 @pytest.mark.parametrize("quiet", [True, False])
@@ -87,8 +93,8 @@ def test_the_helper_lists_what_a_thread_lists(
     path = _tree(tmp_path)
     on_thread = _list(path, quiet=quiet, helper=False, m=monkeypatch)
     by_helper = _list(path, quiet=quiet, helper=True, m=monkeypatch)
-    assert by_helper == on_thread
-    names = {row[0] for row in on_thread if row[0] != "obs"}  # type: ignore[index]
+    assert by_helper == on_thread  # the same rows, in as many calls (the last says done)
+    names = {row[0] for row in on_thread[0] if row[0] != "obs"}  # type: ignore[index]
     assert set(HOSTILE) <= names and b"filelink.csv" in names
     assert not names & {b"sub", b"fifo", b"dirlink", b"dangling", b"deep.csv"}
     assert len(names) == len(HOSTILE) + 40 + 1
@@ -96,9 +102,13 @@ def test_the_helper_lists_what_a_thread_lists(
 
 
 def test_a_directory_that_cannot_be_listed_raises_what_a_thread_would(tmp_path: Path) -> None:
-    helper = lister.Lister(os.fsencode(tmp_path / "gone"), 16)
-    with pytest.raises(FileNotFoundError):
+    gone = os.fsencode(tmp_path / "gone")
+    helper = lister.Lister(gone, 16)
+    with pytest.raises(FileNotFoundError) as by_helper:
         helper.read()
+    with pytest.raises(FileNotFoundError) as on_thread:
+        os.scandir(gone)
+    assert str(by_helper.value) == str(on_thread.value)
     assert helper._proc.returncode == 0  # reaped; an error of the directory, not the helper
     assert lister._usable
 
@@ -108,31 +118,55 @@ def test_closing_a_scan_stops_its_helper(
 ) -> None:
     monkeypatch.setattr(localfs, "CHUNK", 2)
     path = _tree(tmp_path)
-    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
     assert scan.next_chunk().new_names  # the first chunk
     helper = scan._helper
     assert helper is not None
     proc = helper._proc
-    scan.close()
-    assert proc.returncode is not None  # killed (or done) and reaped: no zombie left
+    scan.close()  # never waits for the helper: it is reaped by a thread if need be
+    assert proc.wait(timeout=WAIT) == -9  # killed: it had more to write than 2 names
     with pytest.raises(ProcessLookupError):
-        os.kill(proc.pid, 0)
+        os.kill(proc.pid, 0)  # and reaped: no zombie left
     assert scan.next_chunk().done
 
 
 @pytest.mark.parametrize("executable", ["/bin/true", "/bin/echo"])
-def test_a_helper_that_fails_fails_the_listing_and_later_ones_use_threads(
+def test_a_helper_that_fails_at_once_leaves_the_listing_to_a_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: None, executable: str
 ) -> None:
-    """/bin/true says nothing, /bin/echo says something that is not the wire format."""
+    """/bin/true says nothing; /bin/echo says something that is not the wire format (its
+    header would ask for gigabytes: refused before any is read)."""
     path = _tree(tmp_path)
     monkeypatch.setattr(sys, "executable", executable)
-    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
+    chunk = scan.next_chunk()
+    assert scan._helper is None and chunk.done and len(chunk.new_names) == len(HOSTILE) + 41
+    assert not lister._usable  # and later listings use threads from the start
+
+
+def test_a_helper_that_dies_mid_listing_fails_that_poll_and_later_ones_use_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: None
+) -> None:
+    path = _tree(tmp_path)
+    fake = tmp_path / "one-chunk-then-dies"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import struct, sys\n"
+        "from array import array\n"
+        "sys.stdout.buffer.write(struct.pack('=5I', 0, 1, 5, 0, 0) + b'a.csv'"
+        " + array('q', [1, 2, 3]).tobytes())\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=False, first=True)
+    chunk = scan.next_chunk()
+    assert chunk.new_names == [b"a.csv"] and chunk.new_obs == [(1, 2, 3)] and not chunk.done
     with pytest.raises(lister.HelperFailed, match="listing helper failed"):
         scan.next_chunk()
+    assert isinstance(lister.HelperFailed(), OSError)  # the poller's path for a failed poll
     assert not lister._usable
     scan.close()
-    again = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    again = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
     chunk = again.next_chunk()
     assert again._helper is None and chunk.done and len(chunk.new_names) == len(HOSTILE) + 41
 
@@ -142,7 +176,7 @@ def test_a_helper_that_cannot_start_leaves_the_listing_to_a_thread(
 ) -> None:
     path = _tree(tmp_path)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
-    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=False)
+    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=False, first=True)
     chunk = scan.next_chunk()
     assert scan._helper is None and chunk.done and len(chunk.new_obs) == len(HOSTILE) + 41
     assert not lister._usable
@@ -151,17 +185,24 @@ def test_a_helper_that_cannot_start_leaves_the_listing_to_a_thread(
 def test_only_a_first_listing_of_a_big_directory_uses_a_helper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(localfs, "CHUNK", 2)  # so a helper is still there after one call
     path = _tree(tmp_path)
     size = os.stat(path).st_size
     monkeypatch.setattr(lister, "HELPER_MIN_BYTES", size + 1)
-    small = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    small = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
     small.next_chunk()
+    small.close()
     assert small._helper is None
     monkeypatch.setattr(lister, "HELPER_MIN_BYTES", size)
-    rescan = localfs.DirScan(path, NameMatcher(["*"]), {b"f000.csv": 1}, quiet=True)
+    rescan = localfs.DirScan(path, NameMatcher(["*"]), {b"f000.csv": 1}, quiet=True, first=True)
     rescan.next_chunk()
+    rescan.close()
     assert rescan._helper is None  # a snapshot to compare against: listed on a thread
-    first = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    emptied = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True)
+    emptied.next_chunk()
+    emptied.close()
+    assert emptied._helper is None  # an empty snapshot after a baseline: not a first listing
+    first = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
     first.next_chunk()
     assert first._helper is not None
     first.close()

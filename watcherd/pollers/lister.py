@@ -11,10 +11,13 @@ Run as a script (`python -I -S lister.py DIR CHUNK`), this file is the child: th
 library only, no `watcherd` import, no `site`. Nothing reaches a shell; the directory is one
 argv element.
 
-The wire, per chunk: a header of two native u32, (count, names_len); the `count` names joined
-by NUL (names_len bytes: a file name holds no NUL); then count x 3 native int64
-(size, mtime_ns, inode). The last header is (END, 0), or (FAILED, errno) when listing the
-directory raised an OSError, which the daemon raises in turn.
+The wire, per chunk: a header of five native u32, (kind, count, names_len, odd_count,
+odd_len); the `count` names joined by NUL (names_len bytes: a file name holds no NUL); then
+count x 3 native int64 (size, mtime_ns, inode); then `odd_count` entries whose numbers do not
+fit an int64 (a date after 2262, a 64-bit inode), as name NUL "size:mtime_ns:inode" NUL ...
+(odd_len bytes). `kind` is CHUNK, or LAST for the last chunk (so the last data says it is
+done), or FAILED, with the errno in `count`, when reading the directory raised an OSError,
+which the daemon raises in turn.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ __all__ = ["HELPER_MIN_BYTES", "HelperFailed", "Lister", "disable", "start"]
 # paid back by the core it adds.
 HELPER_MIN_BYTES = 1 << 20
 
-_HEADER = struct.Struct("=II")
-_END, _FAILED = 0xFFFFFFFF, 0xFFFFFFFE
+_HEADER = struct.Struct("=5I")
+_CHUNK, _LAST, _FAILED = 0, 1, 2
+_NAME_MAX = 255  # bytes in one file name (Linux NAME_MAX): bounds what a header may ask
 _S_IFMT, _S_IFREG = 0o170000, 0o100000
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: fewer context switches than the default 64 KiB
 _F_SETPIPE_SZ = 1031
@@ -73,6 +77,8 @@ class Lister:
         import subprocess
 
         self.path = path
+        self.chunks = 0  # chunks read so far
+        self._chunk = chunk
         self._proc = subprocess.Popen(
             [sys.executable, "-I", "-S", __file__, path, str(chunk)],
             stdin=subprocess.DEVNULL,
@@ -90,31 +96,46 @@ class Lister:
         except OSError:
             pass  # the default size works, a little slower
 
-    def read(self) -> tuple[list[bytes], list[Obs]] | None:
-        """The next chunk's regular files, with their (size, mtime_ns, inode); None once the
-        listing is complete.
+    def read(self) -> tuple[list[bytes], list[Obs], bool]:
+        """The next chunk's regular files, with their (size, mtime_ns, inode), and whether it
+        is the last.
 
         Raises:
-            OSError: listing the directory failed (FileNotFoundError when it is gone ...).
+            OSError: listing the directory failed (PermissionError ...), as os.scandir raises.
             HelperFailed: the helper died or its output is not the wire format.
         """
-        count, size = _HEADER.unpack(self._exact(_HEADER.size))
-        if count == _END:
+        kind, count, size, odd_count, odd_size = _HEADER.unpack(self._exact(_HEADER.size))
+        if kind == _FAILED:
             self._reap()
-            return None
-        if count == _FAILED:
-            self._reap()
-            raise OSError(size, os.strerror(size), os.fsdecode(self.path))
-        body = self._exact(size + 24 * count)
+            raise OSError(count, os.strerror(count), self.path)
+        bound = self._chunk * (_NAME_MAX + 1)
+        if kind not in (_CHUNK, _LAST) or count + odd_count > self._chunk or size > bound:
+            raise self._failed("a malformed header")
+        if odd_size > odd_count * (_NAME_MAX + 80):
+            raise self._failed("a malformed header")
+        body = self._exact(size + 24 * count + odd_size)
         names = body[:size].split(b"\0") if count else []
         nums = array("q")
-        nums.frombytes(body[size:])
+        nums.frombytes(body[size : size + 24 * count])
         if len(names) != count or len(nums) != 3 * count:
             raise self._failed("a malformed chunk")
-        return names, list(zip(nums[0::3], nums[1::3], nums[2::3], strict=True))
+        obs = list(zip(nums[0::3], nums[1::3], nums[2::3], strict=True))
+        if odd_count:
+            odd = body[size + 24 * count :].split(b"\0")
+            try:
+                for name, version in zip(odd[0::2], odd[1::2], strict=True):
+                    a, b, c = (int(x) for x in version.split(b":"))
+                    names.append(name)
+                    obs.append((a, b, c))
+            except ValueError:
+                raise self._failed("a malformed chunk") from None
+        self.chunks += 1
+        if kind == _LAST:
+            self._reap()
+        return names, obs, kind == _LAST
 
     def _exact(self, n: int) -> bytes:
-        data = self._out.read(n)
+        data = self._out.read(n) if n else b""
         if data is None or len(data) < n:
             parts = [data or b""]
             got = len(parts[0])
@@ -130,41 +151,46 @@ class Lister:
     def _failed(self, what: str) -> HelperFailed:
         self.close()
         disable()
-        code = self._proc.returncode
         return HelperFailed(
             5,  # EIO
-            f"listing helper failed ({what}, exit status {code}); listing on a thread from now on",
-            os.fsdecode(self.path),
+            f"listing helper failed ({what}); listing on a thread from now on",
+            self.path,
         )
 
     def _reap(self) -> None:
         self._out.close()
-        self._proc.wait()
+        self._proc.wait()  # it has written its last chunk: exiting
 
     def close(self) -> None:
-        """Stop the helper (if it still runs) and reap it."""
-        if self._proc.returncode is None:
-            try:
-                self._proc.kill()
-            except ProcessLookupError:
-                pass
+        """Stop the helper (if it still runs). Never waits: a helper stuck in a stat of a
+        dead mount does not die at once, so it is reaped by a thread of its own."""
         self._out.close()
-        self._proc.wait()
+        if self._proc.poll() is not None:
+            return
+        try:
+            self._proc.kill()
+        except ProcessLookupError:
+            pass
+        if self._proc.poll() is None:
+            import threading
+
+            threading.Thread(target=self._proc.wait, name="watcherd-lister", daemon=True).start()
 
 
 # ── the child ─────────────────────────────────────────────────────────────────
 
 
 def _child(path: bytes, chunk: int, out: Any) -> None:
-    write = out.write
+    write, flush = out.write, out.flush
     try:
         it = os.scandir(path)
     except OSError as exc:
-        write(_HEADER.pack(_FAILED, exc.errno or 5))
+        write(_HEADER.pack(_FAILED, exc.errno or 5, 0, 0, 0))
         return
     with it:
         while True:
             names: list[bytes] = []
+            odd: list[bytes] = []
             nums = array("q")
             add, extend = names.append, nums.extend
             listed = 0
@@ -176,15 +202,25 @@ def _child(path: bytes, chunk: int, out: Any) -> None:
                         continue  # gone since readdir, or unreadable: not listed
                     if st.st_mode & _S_IFMT == _S_IFREG:
                         add(entry.name)
-                        extend((st.st_size, st.st_mtime_ns, st.st_ino))
+                        try:
+                            extend((st.st_size, st.st_mtime_ns, st.st_ino))
+                        except OverflowError:  # not an int64: sent as text
+                            del nums[3 * (len(names) - 1) :]
+                            odd += (names.pop(), b"%d:%d:%d" % _obs(st))
             except OSError as exc:  # reading the directory itself failed
-                write(_HEADER.pack(_FAILED, exc.errno or 5))
+                write(_HEADER.pack(_FAILED, exc.errno or 5, 0, 0, 0))
                 return
-            blob = b"\0".join(names)
-            write(_HEADER.pack(len(names), len(blob)) + blob + nums.tobytes())
-            if listed < chunk:
-                break
-    write(_HEADER.pack(_END, 0))
+            kind = _LAST if listed < chunk else _CHUNK
+            blob, odd_blob = b"\0".join(names), b"\0".join(odd)
+            write(_HEADER.pack(kind, len(names), len(blob), len(odd) // 2, len(odd_blob)))
+            write(blob + nums.tobytes() + odd_blob)
+            flush()  # each chunk as soon as it is listed
+            if kind == _LAST:
+                return
+
+
+def _obs(st: os.stat_result) -> Obs:
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _main(argv: list[str]) -> int:

@@ -305,6 +305,7 @@ class LocalPoller:
             root=self._root,
             watched=self._events.watching(),
             quiet=self._changes.silent,
+            first=self._baseline,
         )
 
     async def _opened(self, scan: DirScan) -> None:

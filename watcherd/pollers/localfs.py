@@ -146,6 +146,7 @@ class DirScan:
         root: bytes | None = None,
         watched: tuple[int, int] | bool = False,
         quiet: bool = False,
+        first: bool = False,
     ) -> None:
         self.path = path
         self.known = 0
@@ -155,6 +156,7 @@ class DirScan:
         self._root = root
         self._watched = watched  # DirEvents.watching(): list only once this is watched
         self._quiet = quiet  # a skip-baseline: new files need no `new_obs`
+        self._first = first  # no baseline committed yet (an emptied directory is not first)
         self._it: os._ScandirIterator[bytes] | None = None
         self._helper: lister.Lister | None = None  # a big first listing: see `lister`
         self._dir_bytes = 0  # the directory's st_size
@@ -174,19 +176,20 @@ class DirScan:
         if self._it is None and self._helper is None:
             self._open()
         out = ScanChunk()
-        if self._helper is not None:
-            done = self._from_helper(self._helper, out)
-        elif self._base:
-            done = self._diff(out) < CHUNK
-        elif self._quiet:
-            done = self._list(out) < CHUNK  # a first listing, recorded as it is
-        else:
-            done = self._diff(out) < CHUNK  # a first listing, every file new
+        done = self._from_helper(out) if self._helper is not None else None
+        helped = done is not None
+        if done is None:
+            if self._base:
+                done = self._diff(out) < CHUNK
+            elif self._quiet:
+                done = self._list(out) < CHUNK  # a first listing, recorded as it is
+            else:
+                done = self._diff(out) < CHUNK  # a first listing, every file new
         if out.new_obs:
             mask = FINGERPRINT_MASK
             out.new_fps = [hash(o) & mask for o in out.new_obs]
             out.new_versions = [f"{a}:{b}:{c}" for a, b, c in out.new_obs]  # version_of
-            if self._quiet and self._helper is not None:
+            if self._quiet and helped:
                 out.new_obs = []  # a skip-baseline keeps only the two above (as `_list`)
         kept = self._match.select(out.new_names)
         if kept is not None:
@@ -202,20 +205,31 @@ class DirScan:
 
     def _open(self) -> None:
         """Start the listing: by a helper process when it is the first of a big directory."""
-        if not self._base and self._dir_bytes >= lister.HELPER_MIN_BYTES:
+        if self._first and not self._base and self._dir_bytes >= lister.HELPER_MIN_BYTES:
             self._helper = lister.start(self.path, CHUNK)
         if self._helper is None:
             self._it = os.scandir(self.path)
 
-    @staticmethod
-    def _from_helper(helper: lister.Lister, out: ScanChunk) -> bool:
-        """A chunk of a first listing made by the helper process; True when it was the last.
-        (Only regular files come back: nothing to count in `known`, the base being empty.)"""
-        got = helper.read()
-        if got is None:
-            return True
-        out.new_names, out.new_obs = got
-        return False
+    def _from_helper(self, out: ScanChunk) -> bool | None:
+        """A chunk of a first listing made by the helper process; True when it was the last,
+        None when the helper failed before its first chunk (this listing then goes on here).
+        Only regular files come back: nothing to count in `known`, the base being empty.
+
+        Raises:
+            HelperFailed: it failed after some chunks (they are taken: this poll fails, and
+                the next lists on a thread).
+        """
+        helper = self._helper
+        assert helper is not None
+        try:
+            out.new_names, out.new_obs, last = helper.read()
+        except lister.HelperFailed:
+            if helper.chunks:
+                raise
+            self._helper = None
+            self._it = os.scandir(self.path)
+            return None
+        return last
 
     def _list(self, out: ScanChunk) -> int:
         """A first listing: names, fingerprints and version strings, nothing else kept (what
