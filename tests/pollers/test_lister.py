@@ -124,7 +124,7 @@ def test_closing_a_scan_stops_its_helper(
     assert helper is not None
     proc = helper._proc
     scan.close()  # never waits for the helper: it is reaped by a thread if need be
-    assert proc.wait(timeout=WAIT) == -9  # killed: it had more to write than 2 names
+    assert proc.wait(timeout=WAIT) in (-9, 1)  # killed, or its pipe closed: it had more to say
     with pytest.raises(ProcessLookupError):
         os.kill(proc.pid, 0)  # and reaped: no zombie left
     assert scan.next_chunk().done
