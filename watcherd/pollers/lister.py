@@ -61,8 +61,8 @@ def disable() -> None:
 
 def start(path: bytes, chunk: int) -> Lister | None:
     """A helper listing `path`, or None when helpers are off or it could not be started."""
-    if not _usable or not os.path.isfile(__file__):
-        return None
+    if not _usable or getattr(sys, "frozen", False) or not os.path.isfile(__file__):
+        return None  # (a frozen build's executable is not a Python that runs scripts)
     try:
         return Lister(path, chunk)
     except OSError:
