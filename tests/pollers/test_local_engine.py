@@ -6,8 +6,11 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, running_engine
+from watcherd.pollers import lister, localfs
 
 
 def _config(root: Path) -> str:
@@ -45,3 +48,39 @@ async def test_one_file_is_one_detection_lag_observation(tmp_path: Path) -> None
         "watcherd_detection_lag_seconds_count", {"schedule": "files"}
     )
     assert count == 1
+
+
+async def test_a_big_first_listing_goes_through_a_helper_into_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #14: the baseline a listing helper made is the store's snapshot (nothing runs
+    for it, a restart lists on a thread against it); the next new file runs once."""
+    monkeypatch.setattr(lister, "_usable", True)
+    monkeypatch.setattr(lister, "HELPER_MIN_BYTES", 0)  # every directory is big here
+    monkeypatch.setattr(localfs, "CHUNK", 64)
+    started: list[lister.Lister | None] = []
+    real = lister.start
+
+    def spy(path: bytes, chunk: int) -> lister.Lister | None:
+        started.append(real(path, chunk))
+        return started[-1]
+
+    monkeypatch.setattr(lister, "start", spy)
+    inbox = tmp_path / "inbox" / "in"
+    inbox.mkdir(parents=True)
+    for i in range(300):
+        (inbox / f"old{i:03d}.csv").write_bytes(b"x")
+    cfg = _config(tmp_path / "inbox")
+    async with running_engine(tmp_path, cfg, ManualClock()) as h:
+        await eventually(lambda: any(st.attempts for st in h.engine.poll.values()))  # baseline
+        assert len(started) == 1 and started[0] is not None
+        rows = await h.store.db.read(
+            lambda c: c.execute("SELECT count(*) FROM snapshots").fetchone()
+        )
+        assert rows == (300,) and h.runs("files") == []
+    async with running_engine(tmp_path, cfg, ManualClock()) as h:
+        await eventually(lambda: any(st.attempts for st in h.engine.poll.values()))
+        assert len(started) == 1  # a snapshot to compare against: no helper
+        (inbox / "new.csv").write_bytes(b"data")
+        await eventually(lambda: len(h.runs("files")) == 1)
+        assert h.runs("files")[0].file.relative_path == b"in/new.csv"
