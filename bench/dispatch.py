@@ -339,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr.write(f"dispatch: watcherd from {Path(watcherd.__file__).parent}, {layout}\n")
     tmp = Path(tempfile.mkdtemp(prefix="watcherd-bench-dispatch-"))
     cpu: dict[str, list[float]] = {}  # CPU ms per run of this process (every thread)
+    try:  # as `watcherd run` does before its loop (a tree from before 12-01 has no such call)
+        from watcherd.dispatch.process import use_pidfd_child_watcher
+    except ImportError:
+        pass
+    else:
+        sys.stderr.write(f"dispatch: pidfd child watcher: {use_pidfd_child_watcher()}\n")
 
     def timed(key: str, n: int, fn: Callable[[], T]) -> T:
         c = time.process_time()

@@ -242,3 +242,37 @@ def test_a_subreaper_ends_a_clean_step_without_scanning_proc(tmp_path: Path) -> 
     lines, pid = out["setsid"]["lines"], out["setsid"]["pid"]
     assert lines == [f"SIGTERM to {pid} (sleep)"]
     assert out["setsid"]["left"] is False
+
+
+def test_commands_are_waited_for_without_a_thread_each() -> None:
+    """`use_pidfd_child_watcher` (called by `watcherd run` and `watch` before their loop):
+    40 commands at once start no waitpid() thread and all report their exit codes. (Python
+    3.11 starts one thread per child otherwise; 3.12 waits through pidfds by itself.)"""
+    code = textwrap.dedent(
+        """
+        import asyncio, json, sys, threading
+        from watcherd.dispatch.process import ProcessGroup, use_pidfd_child_watcher
+
+        took = use_pidfd_child_watcher()
+
+        async def main():
+            groups = [
+                await ProcessGroup.start([sys.executable, "-c", f"import sys, time; "
+                                          f"time.sleep(0.5); sys.exit({i % 3})"])
+                for i in range(40)
+            ]
+            threads = threading.active_count()
+            codes = [await g.wait() for g in groups]
+            for g in groups:
+                await g.close()
+            return threads, codes
+
+        threads, codes = asyncio.run(main())
+        print(json.dumps({"took": took, "threads": threads, "codes": codes}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    assert got["codes"] == [i % 3 for i in range(40)]
+    assert got["took"] == (sys.version_info < (3, 12))
+    assert got["threads"] == 1  # the main thread only: no waitpid-N thread per child

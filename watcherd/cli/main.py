@@ -120,6 +120,9 @@ def _run_daemon(arg: str | None, env: Mapping[str, str]) -> int:
         return 2
     logs.configure(cfg.daemon.log_format, cfg.secrets)
     assert cfg.path is not None
+    from watcherd.dispatch.process import use_pidfd_child_watcher
+
+    use_pidfd_child_watcher()
     try:
         return asyncio.run(run_daemon(cfg.path, env, cfg=cfg))
     except KeyboardInterrupt:

@@ -32,7 +32,7 @@ import structlog
 
 from watcherd.core.durations import parse_duration
 from watcherd.core.models import DatastoreTrigger, LocalDatastore, Schedule
-from watcherd.dispatch.process import WATCH_STOP, ProcessGroup
+from watcherd.dispatch.process import WATCH_STOP, ProcessGroup, use_pidfd_child_watcher
 from watcherd.engine.clock import SystemClock
 from watcherd.engine.ports import FileChange
 from watcherd.pollers.local import LocalPoller
@@ -70,6 +70,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"watcherd watch: error: {exc}\n")
         return 2
     _configure_logs()
+    use_pidfd_child_watcher()
     return asyncio.run(_watch(opts))
 
 
