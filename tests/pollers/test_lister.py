@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -30,7 +31,7 @@ HOSTILE = [
 @pytest.fixture(autouse=True)
 def helpers_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test starts with helpers usable, and leaves them so."""
-    monkeypatch.setattr(lister, "_usable", True)
+    monkeypatch.setattr(lister, "_off_until", 0.0)
     yield
 
 
@@ -110,7 +111,7 @@ def test_a_directory_that_cannot_be_listed_raises_what_a_thread_would(tmp_path: 
         os.scandir(gone)
     assert str(by_helper.value) == str(on_thread.value)
     assert helper._proc.returncode == 0  # reaped; an error of the directory, not the helper
-    assert lister._usable
+    assert lister.usable()
 
 
 def test_closing_a_scan_stops_its_helper(
@@ -137,11 +138,26 @@ def test_a_helper_that_fails_at_once_leaves_the_listing_to_a_thread(
     """/bin/true says nothing; /bin/echo says something that is not the wire format (its
     header would ask for gigabytes: refused before any is read)."""
     path = _tree(tmp_path)
+    now = [1000.0]
+    monkeypatch.setattr(lister, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    real = sys.executable
     monkeypatch.setattr(sys, "executable", executable)
     scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
     chunk = scan.next_chunk()
     assert scan._helper is None and chunk.done and len(chunk.new_names) == len(HOSTILE) + 41
-    assert not lister._usable  # and later listings use threads from the start
+    assert not lister.usable()  # later listings use threads from the start ...
+    monkeypatch.setattr(sys, "executable", real)
+    now[0] += lister.RETRY_AFTER - 1
+    assert not lister.usable()
+    now[0] += 1  # ... for RETRY_AFTER seconds: then a helper is tried again
+    assert lister.usable()
+    started: list[lister.Lister | None] = []
+    start = lister.start
+    monkeypatch.setattr(lister, "start", lambda *a: started.append(start(*a)) or started[-1])
+    again = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
+    chunk = again.next_chunk()
+    assert len(started) == 1 and started[0] is not None and chunk.done
+    assert len(chunk.new_names) == len(HOSTILE) + 41 and lister.usable()
 
 
 def test_a_helper_that_dies_mid_listing_fails_that_poll_and_later_ones_use_threads(
@@ -164,7 +180,7 @@ def test_a_helper_that_dies_mid_listing_fails_that_poll_and_later_ones_use_threa
     with pytest.raises(lister.HelperFailed, match="listing helper failed"):
         scan.next_chunk()
     assert isinstance(lister.HelperFailed(), OSError)  # the poller's path for a failed poll
-    assert not lister._usable
+    assert not lister.usable()
     scan.close()
     again = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
     chunk = again.next_chunk()
@@ -179,7 +195,7 @@ def test_a_helper_that_cannot_start_leaves_the_listing_to_a_thread(
     scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=False, first=True)
     chunk = scan.next_chunk()
     assert scan._helper is None and chunk.done and len(chunk.new_obs) == len(HOSTILE) + 41
-    assert not lister._usable
+    assert not lister.usable()
 
 
 def test_only_a_first_listing_of_a_big_directory_uses_a_helper(

@@ -55,7 +55,7 @@ async def test_a_big_first_listing_goes_through_a_helper_into_the_store(
 ) -> None:
     """Issue #14: the baseline a listing helper made is the store's snapshot (nothing runs
     for it, a restart lists on a thread against it); the next new file runs once."""
-    monkeypatch.setattr(lister, "_usable", True)
+    monkeypatch.setattr(lister, "_off_until", 0.0)
     monkeypatch.setattr(lister, "HELPER_MIN_BYTES", 0)  # every directory is big here
     monkeypatch.setattr(localfs, "CHUNK", 64)
     started: list[lister.Lister | None] = []

@@ -25,11 +25,20 @@ from __future__ import annotations
 import os
 import struct
 import sys
+import time
 from array import array
 from itertools import islice
 from typing import IO, Any
 
-__all__ = ["HELPER_MIN_BYTES", "HelperFailed", "Lister", "disable", "start"]
+__all__ = [
+    "HELPER_MIN_BYTES",
+    "RETRY_AFTER",
+    "HelperFailed",
+    "Lister",
+    "disable",
+    "start",
+    "usable",
+]
 
 # A directory at least this big (its st_size: ~20-40 bytes an entry on ext4 and tmpfs) is
 # listed by the helper: some 30,000+ entries, where spawning an interpreter (~20-30 ms) is
@@ -50,18 +59,27 @@ class HelperFailed(OSError):
     """The helper died or spoke out of turn (not an error of the directory itself)."""
 
 
-_usable = True  # False once a helper failed: list on threads from then on
+RETRY_AFTER = 600.0  # seconds of listings on threads after a helper failed
+
+_off_until = 0.0  # time.monotonic() before which first listings go on threads
 
 
 def disable() -> None:
-    """List on threads from now on (a helper failed, or cannot be started here)."""
-    global _usable
-    _usable = False
+    """List on threads for `RETRY_AFTER` seconds (a helper failed, or could not start): a
+    lasting cause costs one attempt every 10 minutes, a passing one (EAGAIN, the OOM
+    killer) not the rest of the daemon's life."""
+    global _off_until
+    _off_until = time.monotonic() + RETRY_AFTER
+
+
+def usable() -> bool:
+    """Whether a first listing may start a helper now."""
+    return time.monotonic() >= _off_until
 
 
 def start(path: bytes, chunk: int) -> Lister | None:
     """A helper listing `path`, or None when helpers are off or it could not be started."""
-    if not _usable or getattr(sys, "frozen", False) or not os.path.isfile(__file__):
+    if not usable() or getattr(sys, "frozen", False) or not os.path.isfile(__file__):
         return None  # (a frozen build's executable is not a Python that runs scripts)
     try:
         return Lister(path, chunk)
@@ -153,7 +171,7 @@ class Lister:
         disable()
         return HelperFailed(
             5,  # EIO
-            f"listing helper failed ({what}); listing on a thread from now on",
+            f"listing helper failed ({what}); listing on threads for {RETRY_AFTER:.0f} s",
             self.path,
         )
 
