@@ -216,3 +216,18 @@ def polled(
         phase=0.0,
     )
     return poller, sink, health, clock
+
+
+def helper_starts(monkeypatch: Any) -> list[Any]:
+    """Every listing helper started from now on (None: `lister.start` declined or failed)."""
+    from watcherd.pollers import lister
+
+    started: list[lister.Lister | None] = []
+    real = lister.start
+
+    def spy(path: bytes, chunk: int) -> lister.Lister | None:
+        started.append(real(path, chunk))
+        return started[-1]
+
+    monkeypatch.setattr(lister, "start", spy)
+    return started

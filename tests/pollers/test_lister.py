@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.pollers.local_helpers import SUB, WAIT, polled, running, write
+from tests.pollers.local_helpers import SUB, WAIT, helper_starts, polled, running, write
 from watcherd.core.matching import NameMatcher
 from watcherd.pollers import lister, localfs
 
@@ -151,9 +151,7 @@ def test_a_helper_that_fails_at_once_leaves_the_listing_to_a_thread(
     assert not lister.usable()
     now[0] += 1  # ... for RETRY_AFTER seconds: then a helper is tried again
     assert lister.usable()
-    started: list[lister.Lister | None] = []
-    start = lister.start
-    monkeypatch.setattr(lister, "start", lambda *a: started.append(start(*a)) or started[-1])
+    started = helper_starts(monkeypatch)
     again = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
     chunk = again.next_chunk()
     assert len(started) == 1 and started[0] is not None and chunk.done
@@ -232,14 +230,7 @@ async def test_a_poller_takes_its_baseline_through_a_helper_then_runs_new_files(
     inbox.mkdir()
     for i in range(100):
         write(inbox / f"old{i:03d}.csv")
-    started: list[lister.Lister | None] = []
-    real = lister.start
-
-    def spy(path: bytes, chunk: int) -> lister.Lister | None:
-        started.append(real(path, chunk))
-        return started[-1]
-
-    monkeypatch.setattr(lister, "start", spy)
+    started = helper_starts(monkeypatch)
     poller, sink, _, clock = polled(tmp_path)
     async with running(poller):
         await clock.wait_for_wait()

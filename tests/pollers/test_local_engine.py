@@ -10,6 +10,7 @@ import pytest
 
 from tests.clocks import ManualClock
 from tests.engine_helpers import eventually, running_engine
+from tests.pollers.local_helpers import helper_starts
 from watcherd.pollers import lister, localfs
 
 
@@ -58,14 +59,7 @@ async def test_a_big_first_listing_goes_through_a_helper_into_the_store(
     monkeypatch.setattr(lister, "_off_until", 0.0)
     monkeypatch.setattr(lister, "HELPER_MIN_BYTES", 0)  # every directory is big here
     monkeypatch.setattr(localfs, "CHUNK", 64)
-    started: list[lister.Lister | None] = []
-    real = lister.start
-
-    def spy(path: bytes, chunk: int) -> lister.Lister | None:
-        started.append(real(path, chunk))
-        return started[-1]
-
-    monkeypatch.setattr(lister, "start", spy)
+    started = helper_starts(monkeypatch)
     inbox = tmp_path / "inbox" / "in"
     inbox.mkdir(parents=True)
     for i in range(300):
