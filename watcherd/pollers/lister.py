@@ -126,10 +126,12 @@ class Lister:
         if kind == _FAILED:
             self._reap()
             raise OSError(count, os.strerror(count), self.path)
-        bound = self._chunk * (_NAME_MAX + 1)
-        if kind not in (_CHUNK, _LAST) or count + odd_count > self._chunk or size > bound:
-            raise self._failed("a malformed header")
-        if odd_size > odd_count * (_NAME_MAX + 80):
+        if (
+            kind not in (_CHUNK, _LAST)
+            or count + odd_count > self._chunk
+            or size > count * (_NAME_MAX + 1)
+            or odd_size > odd_count * (_NAME_MAX + 80)
+        ):
             raise self._failed("a malformed header")
         body = self._exact(size + 24 * count + odd_size)
         names = body[:size].split(b"\0") if count else []

@@ -84,19 +84,14 @@ def real_root(root: bytes) -> bytes:
     return os.path.realpath(root)
 
 
-def check_dir(path: bytes, root: bytes | None) -> tuple[int, int]:
-    """(st_dev, st_ino) of the watched directory; with `root` (follow_symlinks="within_root"),
-    it must resolve inside root's real path.
+def check_dir(path: bytes, root: bytes | None) -> os.stat_result:
+    """The stat of the watched directory; with `root` (follow_symlinks="within_root"), it
+    must resolve inside root's real path.
 
     Raises:
         FileNotFoundError, NotADirectoryError: it is gone.
         OutsideRoot: it is (or goes through) a symlink leading outside the root.
     """
-    info = _checked(path, root)
-    return info.st_dev, info.st_ino
-
-
-def _checked(path: bytes, root: bytes | None) -> os.stat_result:
     info = os.stat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fsdecode(path))
@@ -169,7 +164,7 @@ class DirScan:
         if self._closed:
             return ScanChunk(done=True)
         if self.ident is None:
-            info = _checked(self.path, self._root)
+            info = check_dir(self.path, self._root)
             self.ident, self._dir_bytes = (info.st_dev, info.st_ino), info.st_size
             if self._watched is not False and self._watched != self.ident:
                 return ScanChunk()
