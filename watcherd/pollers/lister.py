@@ -22,13 +22,15 @@ which the daemon raises in turn.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import sys
 import time
 from array import array
-from itertools import islice
-from typing import IO, Any
+from collections.abc import Iterator
+from itertools import chain, islice
+from typing import Any, cast
 
 __all__ = [
     "HELPER_MIN_BYTES",
@@ -97,6 +99,7 @@ class Lister:
         self.path = path
         self.chunks = 0  # chunks read so far
         self._chunk = chunk
+        self._buf = bytearray()
         self._proc = subprocess.Popen(
             [sys.executable, "-I", "-S", __file__, path, str(chunk)],
             stdin=subprocess.DEVNULL,
@@ -106,7 +109,7 @@ class Lister:
         )
         out = self._proc.stdout
         assert out is not None
-        self._out: IO[bytes] = out
+        self._out = cast(io.RawIOBase, out)  # bufsize=0: a FileIO
         try:
             import fcntl
 
@@ -114,9 +117,11 @@ class Lister:
         except OSError:
             pass  # the default size works, a little slower
 
-    def read(self) -> tuple[list[bytes], list[Obs], bool]:
-        """The next chunk's regular files, with their (size, mtime_ns, inode), and whether it
-        is the last.
+    def read(self) -> tuple[list[bytes], Iterator[Obs], bool]:
+        """The next chunk's regular files, with their (size, mtime_ns, inode) in the same
+        order, and whether it is the last. The versions come as an iterator, each tuple made
+        as it is taken: a chunk of them alive at once, then freed, left holes in the memory
+        the names and fingerprints kept (+13 B a file at 100,000 files).
 
         Raises:
             OSError: listing the directory failed (PermissionError ...), as os.scandir raises.
@@ -134,39 +139,40 @@ class Lister:
         ):
             raise self._failed("a malformed header")
         body = self._exact(size + 24 * count + odd_size)
-        names = body[:size].split(b"\0") if count else []
+        names = bytes(body[:size]).split(b"\0") if count else []
         nums = array("q")
         nums.frombytes(body[size : size + 24 * count])
         if len(names) != count or len(nums) != 3 * count:
             raise self._failed("a malformed chunk")
-        obs = list(zip(nums[0::3], nums[1::3], nums[2::3], strict=True))
+        odd: list[Obs] = []
         if odd_count:
-            odd = body[size + 24 * count :].split(b"\0")
+            fields = bytes(body[size + 24 * count :]).split(b"\0")
             try:
-                for name, version in zip(odd[0::2], odd[1::2], strict=True):
+                for name, version in zip(fields[0::2], fields[1::2], strict=True):
                     a, b, c = (int(x) for x in version.split(b":"))
                     names.append(name)
-                    obs.append((a, b, c))
+                    odd.append((a, b, c))
             except ValueError:
                 raise self._failed("a malformed chunk") from None
         self.chunks += 1
         if kind == _LAST:
             self._reap()
-        return names, obs, kind == _LAST
+        numbers = zip(nums[0::3], nums[1::3], nums[2::3], strict=True)  # lengths checked above
+        return names, chain(numbers, odd), kind == _LAST
 
-    def _exact(self, n: int) -> bytes:
-        data = self._out.read(n) if n else b""
-        if data is None or len(data) < n:
-            parts = [data or b""]
-            got = len(parts[0])
-            while got < n:
-                more = self._out.read(n - got)
-                if not more:
-                    raise self._failed("its output ended early")
-                parts.append(more)
-                got += len(more)
-            data = b"".join(parts)
-        return data
+    def _exact(self, n: int) -> memoryview:
+        """The next `n` bytes, in a buffer reused from chunk to chunk (valid until the next
+        call): a chunk's ~170 KB allocated anew each time left the heap fragmented."""
+        if len(self._buf) < n:
+            self._buf = bytearray(n)
+        view = memoryview(self._buf)[:n]
+        got = 0
+        while got < n:
+            more = self._out.readinto(view[got:])
+            if not more:
+                raise self._failed("its output ended early")
+            got += more
+        return view
 
     def _failed(self, what: str) -> HelperFailed:
         self.close()

@@ -172,7 +172,6 @@ class DirScan:
             self._open()
         out = ScanChunk()
         done = self._from_helper(out) if self._helper is not None else None
-        helped = done is not None
         if done is None:
             if self._base:
                 done = self._diff(out) < CHUNK
@@ -184,8 +183,6 @@ class DirScan:
             mask = FINGERPRINT_MASK
             out.new_fps = [hash(o) & mask for o in out.new_obs]
             out.new_versions = [f"{a}:{b}:{c}" for a, b, c in out.new_obs]  # version_of
-            if self._quiet and helped:
-                out.new_obs = []  # a skip-baseline keeps only the two above (as `_list`)
         kept = self._match.select(out.new_names)
         if kept is not None:
             out.new_names = [out.new_names[i] for i in kept]
@@ -217,13 +214,21 @@ class DirScan:
         helper = self._helper
         assert helper is not None
         try:
-            out.new_names, out.new_obs, last = helper.read()
+            out.new_names, obs, last = helper.read()
         except lister.HelperFailed:
             if helper.chunks:
                 raise
             self._helper = None
             self._it = os.scandir(self.path)
             return None
+        if not self._quiet:
+            out.new_obs = list(obs)
+            return last
+        # A skip-baseline keeps fingerprints and version strings only, as `_list`.
+        add_fp, add_version, mask = out.new_fps.append, out.new_versions.append, FINGERPRINT_MASK
+        for o in obs:
+            add_fp(hash(o) & mask)
+            add_version(f"{o[0]}:{o[1]}:{o[2]}")  # version_of
         return last
 
     def _list(self, out: ScanChunk) -> int:
