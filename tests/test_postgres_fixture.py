@@ -234,14 +234,18 @@ async def test_async_pool(pg_database: str) -> None:
     ) as pool:
         await pool.wait(timeout=10)
 
+        # Each holds its connection until all three hold one: the pool must grow to 3 (a
+        # sleep instead let one connection serve two callers when a new one was slow to open).
+        held = asyncio.Barrier(3)
+
         async def pid() -> int:
             async with pool.connection() as conn:
-                await asyncio.sleep(0.05)
+                await held.wait()
                 row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
                 assert row is not None
                 return int(row[0])
 
-        pids = await asyncio.gather(*(pid() for _ in range(3)))
+        pids = await asyncio.wait_for(asyncio.gather(*(pid() for _ in range(3))), 20)
         assert len(set(pids)) == 3
 
 
