@@ -6,6 +6,7 @@ import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -31,12 +32,14 @@ from watcherd.core.runs import (
     file_run,
     on_failure_run,
     run_id_for,
+    slot_dedup,
     slot_run,
     slot_runs,
     sources_of,
     submit_run,
     transition,
 )
+from watcherd.core.timefmt import format_utc
 
 Q, R = RunStatus.QUEUED, RunStatus.RUNNING
 PIPE = Pipeline(
@@ -135,6 +138,26 @@ def test_a_catch_ups_runs_are_each_slots_own_run() -> None:
     assert len({r.id for r in runs}) == 3 and all(r.gate == trig.options for r in runs)
     assert runs[0].parameters == {"a": "1", "b": "2"}
     assert slot_runs(s, PIPE, []) == []
+
+
+@pytest.mark.parametrize(
+    "slot",
+    [
+        datetime(2026, 11, 25, 10, 15, tzinfo=UTC),
+        datetime(2026, 11, 25, 10, 15, 59, 999999, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 29, 2, 30, 0, 500, tzinfo=ZoneInfo("Europe/Paris")),  # not UTC
+    ],
+)
+def test_a_slot_runs_key_and_trigger_are_its_instant_formatted(slot: datetime) -> None:
+    """`slot_runs` formats each slot once and cuts the trigger's text from it: the same
+    texts as `slot_dedup` and `format_utc` (seconds, truncated), for every year."""
+    s = _schedule(RecurrenceTrigger(recurrence=Recurrence(frequency="Hour", interval=1)))
+    (run,) = slot_runs(s, PIPE, [slot])
+    assert run.dedup == slot_dedup(slot)
+    assert run.trigger == {"kind": "time", "slot": format_utc(slot)}
 
 
 def test_a_moved_row_differs_from_its_original_only_in_cursor_and_next_slot() -> None:

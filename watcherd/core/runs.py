@@ -168,18 +168,21 @@ def slot_runs(
     one parameters mapping (runs never change theirs)."""
     parameters = parameters_for(pipeline, schedule)
     gate = _gate(schedule)
-    return [
-        NewRun(
-            schedule_id=schedule.id,
-            pipeline_id=schedule.pipeline,
-            experiment=schedule.experiment_name,
-            dedup=slot_dedup(slot),
-            trigger={"kind": "time", "slot": format_utc(slot)},
-            parameters=parameters,
-            gate=gate,
+    out = []
+    for slot in slots:
+        text = format_utc(slot, micro=True)  # once: the trigger's is its first 19 characters
+        out.append(
+            NewRun(
+                schedule_id=schedule.id,
+                pipeline_id=schedule.pipeline,
+                experiment=schedule.experiment_name,
+                dedup=f"slot:{text}",
+                trigger={"kind": "time", "slot": f"{text[:19]}Z"},
+                parameters=parameters,
+                gate=gate,
+            )
         )
-        for slot in slots
-    ]
+    return out
 
 
 def _gate(schedule: Schedule) -> TimeOptions | None:
