@@ -225,8 +225,8 @@ def helper_starts(monkeypatch: Any) -> list[Any]:
     started: list[lister.Lister | None] = []
     real = lister.start
 
-    def spy(path: bytes, chunk: int) -> lister.Lister | None:
-        started.append(real(path, chunk))
+    def spy(fd: int, path: bytes, chunk: int) -> lister.Lister | None:
+        started.append(real(fd, path, chunk))
         return started[-1]
 
     monkeypatch.setattr(lister, "start", spy)

@@ -7,7 +7,10 @@ dies, leave the daemon listing on threads. Its speed is in bench/big_dir.py."""
 from __future__ import annotations
 
 import os
+import struct
 import sys
+import time
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +18,9 @@ from types import SimpleNamespace
 import pytest
 
 from tests.pollers.local_helpers import SUB, WAIT, helper_starts, polled, running, write
+from watcherd.core.children import WAITED
 from watcherd.core.matching import NameMatcher
+from watcherd.dispatch.process import Reaper
 from watcherd.pollers import lister, localfs
 
 HOSTILE = [
@@ -30,9 +35,15 @@ HOSTILE = [
 
 @pytest.fixture(autouse=True)
 def helpers_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test starts with helpers usable, and leaves them so."""
+    """Every test starts with helpers usable and room for several, and ends with every
+    helper it started waited for (a killed one is reaped by a thread: soon after)."""
     monkeypatch.setattr(lister, "_off_until", 0.0)
+    monkeypatch.setattr(lister, "MAX_LIVE", 8)
     yield
+    deadline = time.monotonic() + WAIT
+    while lister._live and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lister._live == 0
 
 
 @pytest.fixture
@@ -102,33 +113,151 @@ def test_the_helper_lists_what_a_thread_lists(
     assert not (tmp_path / "pwned").exists()
 
 
-def test_a_directory_that_cannot_be_listed_raises_what_a_thread_would(tmp_path: Path) -> None:
-    gone = os.fsencode(tmp_path / "gone")
-    helper = lister.Lister(gone, 16)
-    with pytest.raises(FileNotFoundError) as by_helper:
+def _fake_helper(tmp_path: Path, body: str) -> str:
+    """An executable standing in for the interpreter: `body` runs instead of the lister."""
+    fake = tmp_path / "fake-python"
+    head = "import os, struct, sys, time\nfrom array import array\n"
+    fake.write_text(f"#!{sys.executable}\n{head}{body}\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def _chunk(names: list[bytes], *, last: bool) -> bytes:
+    """One chunk on the wire, each name's (size, mtime_ns, inode) = (its index, 2, 3)."""
+    nums = array("q", [n for i in range(len(names)) for n in (i, 2, 3)]).tobytes()
+    blob = b"\0".join(names)
+    return struct.pack("=5I", 1 if last else 0, len(names), len(blob), 0, 0) + blob + nums
+
+
+def _started(path: bytes, chunk: int = 16) -> lister.Lister:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        helper = lister.start(fd, path, chunk)
+    finally:
+        os.close(fd)
+    assert helper is not None
+    return helper
+
+
+def test_a_directory_the_helper_cannot_list_raises_what_a_thread_would(tmp_path: Path) -> None:
+    """The helper's error reading the directory (here its descriptor is a file's) comes back
+    as the OSError `os.scandir` raises, and is not the helper's failure."""
+    (tmp_path / "file").write_bytes(b"x")
+    path = os.fsencode(tmp_path / "file")
+    helper = _started(path)
+    with pytest.raises(NotADirectoryError) as by_helper:
         helper.read()
-    with pytest.raises(FileNotFoundError) as on_thread:
-        os.scandir(gone)
+    with pytest.raises(NotADirectoryError) as on_thread:
+        os.scandir(path)
     assert str(by_helper.value) == str(on_thread.value)
     assert helper._proc.returncode == 0  # reaped; an error of the directory, not the helper
-    assert lister.usable()
+    assert lister.usable() and lister._live == 0 and helper._proc.pid not in WAITED
+
+
+def test_the_helper_lists_the_directory_that_was_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: None
+) -> None:
+    """The directory is swapped for another between the check and the helper's start (its
+    interpreter takes tens of ms to start): the helper still lists the one checked, through
+    the descriptor it inherits, not whatever is at the path by then."""
+    path = _tree(tmp_path)
+    moved = os.fsencode(tmp_path / "moved")
+    swap = (
+        f"os.rename({path!r}, {moved!r}); os.mkdir({path!r})\n"
+        f"open({path + b'/new.csv'!r}, 'wb').close()\n"
+        f"os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])"
+    )
+    monkeypatch.setattr(sys, "executable", _fake_helper(tmp_path, swap))
+    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
+    chunk = scan.next_chunk()
+    # (filelink.csv now dangles: its target's absolute path went with the old directory)
+    assert chunk.done and set(chunk.new_names) == {*HOSTILE, *(b"f%03d.csv" % i for i in range(40))}
+    assert os.path.exists(path + b"/new.csv")
+
+
+@pytest.mark.parametrize("helper", [True, False])
+def test_a_directory_replaced_since_its_check_is_not_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper: bool
+) -> None:
+    """By a helper or on a thread, the listing is of the directory `next_chunk` checked:
+    another one at the path is refused as the poller's `DirChanged`, nothing started."""
+    monkeypatch.setattr(lister, "HELPER_MIN_BYTES", 0 if helper else 1 << 62)
+    started = helper_starts(monkeypatch)
+    path = _tree(tmp_path)
+    scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
+    scan.ident = (0, 0)  # as if checked when another directory was there
+    with pytest.raises(localfs.DirChanged, match="directory replaced"):
+        scan.next_chunk()
+    assert started == [] and scan._helper is None and scan._it is None
+    scan.close()
 
 
 def test_closing_a_scan_stops_its_helper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: None
 ) -> None:
-    monkeypatch.setattr(localfs, "CHUNK", 2)
+    """A helper with more to say (one chunk, then it would take a minute) is killed by the
+    scan's close, which does not wait: a thread reaps it, then frees its pid and its slot."""
     path = _tree(tmp_path)
+    one = _chunk([b"a.csv"], last=False)
+    body = f"sys.stdout.buffer.write({one!r}); sys.stdout.flush(); time.sleep(60)"
+    monkeypatch.setattr(sys, "executable", _fake_helper(tmp_path, body))
     scan = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
-    assert scan.next_chunk().new_names  # the first chunk
+    assert scan.next_chunk().new_names == [b"a.csv"]
     helper = scan._helper
     assert helper is not None
     proc = helper._proc
-    scan.close()  # never waits for the helper: it is reaped by a thread if need be
-    assert proc.wait(timeout=WAIT) in (-9, 1)  # killed, or its pipe closed: it had more to say
+    assert proc.pid in WAITED and lister._live == 1
+    scan.close()
+    deadline = time.monotonic() + WAIT
+    while (proc.pid in WAITED or lister._live) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.returncode == -9 and proc.pid not in WAITED and lister._live == 0
     with pytest.raises(ProcessLookupError):
         os.kill(proc.pid, 0)  # and reaped: no zombie left
     assert scan.next_chunk().done
+
+
+def test_at_most_max_live_helpers_run_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: None
+) -> None:
+    """Each helper takes a core: a first listing that finds MAX_LIVE running goes on a
+    thread (and lists the same), and a helper's end frees its slot."""
+    monkeypatch.setattr(localfs, "CHUNK", 2)  # so the first scan's helper is still there
+    monkeypatch.setattr(lister, "MAX_LIVE", 1)
+    path = _tree(tmp_path)
+    started = helper_starts(monkeypatch)
+    first = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
+    first.next_chunk()
+    assert first._helper is not None
+    second = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
+    names: list[bytes] = []
+    while True:
+        chunk = second.next_chunk()
+        names += chunk.new_names
+        if chunk.done:
+            break
+    assert started[1] is None and len(set(names)) == len(HOSTILE) + 41
+    while not first.next_chunk().done:  # read to its end: its helper is waited for
+        pass
+    assert lister._live == 0
+    third = localfs.DirScan(path, NameMatcher(["*"]), {}, quiet=True, first=True)
+    third.next_chunk()
+    assert started[2] is not None
+    third.close()
+
+
+def test_a_name_longer_than_linux_name_max_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """exFAT, NTFS3 and CIFS names reach 765 bytes in UTF-8: a header announcing them is
+    not a malformed one (that would turn helpers off for RETRY_AFTER and fail a poll)."""
+    long = ("é" * 382).encode() + b".csv"  # 768 bytes
+    body = f"sys.stdout.buffer.write({_chunk([long, b'b.csv'], last=True)!r})"
+    monkeypatch.setattr(sys, "executable", _fake_helper(tmp_path, body))
+    helper = _started(os.fsencode(tmp_path))
+    names, obs, last = helper.read()
+    assert names == [long, b"b.csv"] and list(obs) == [(0, 2, 3), (1, 2, 3)] and last
+    assert lister.usable()
 
 
 @pytest.mark.parametrize("executable", ["/bin/true", "/bin/echo"])
@@ -242,3 +371,25 @@ async def test_a_poller_takes_its_baseline_through_a_helper_then_runs_new_files(
         await clock.step(2)  # settle
     assert [(c.name, c.version) for c in sink.fired] == [(b"incoming/new.csv", version)]
     assert len(started) == 1  # the rescan compared against the snapshot, on a thread
+
+
+def test_the_orphan_reaper_leaves_a_helper_to_its_lister(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper that has exited while its last chunk waits in the pipe (a scan paused by
+    max_pending) is a zombie child of the daemon: the orphan reaper (the daemon as PID 1)
+    must not reap it, or the lister's wait() and kill() would act on a pid the kernel may
+    have given to another process."""
+    body = f"sys.stdout.buffer.write({_chunk([b'a.csv'], last=True)!r})"
+    monkeypatch.setattr(sys, "executable", _fake_helper(tmp_path, body))
+    helper = _started(os.fsencode(tmp_path))
+    pid = helper._proc.pid
+    deadline = time.monotonic() + WAIT
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the helper did not exit"
+        time.sleep(0.01)
+    reaper = Reaper()
+    assert reaper.reap() == [] and reaper.reap() == []  # a zombie at two passes: still left
+    names, _, last = helper.read()
+    assert names == [b"a.csv"] and last and helper._proc.returncode == 0
+    assert pid not in WAITED

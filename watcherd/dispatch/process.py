@@ -34,6 +34,7 @@ from typing import IO, Any
 
 import structlog
 
+from watcherd.core.children import WAITED
 from watcherd.dispatch.procfs import (
     HAS_PROC,
     ProcInfo,
@@ -74,8 +75,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 # systems) back past the leader's: a stop then reads only processes with newer pids.
 _PID_CYCLE_SAFE = 10.0
 
-# Leaders started here and not yet reaped by asyncio: the Reaper never touches them.
-_OWN: set[int] = set()
+# Leaders started here and not yet reaped by asyncio (with every other child its starter
+# waits for, `core.children`): the Reaper never touches them.
+_OWN = WAITED
 _SUBREAPER = False  # set_child_subreaper() took effect
 
 

@@ -7,9 +7,14 @@ big (`HELPER_MIN_BYTES`), a child interpreter lists it: it does nothing but the 
 the stats, and writes what it saw to a pipe a chunk at a time, while the daemon turns the
 previous chunk into names and versions (a few C-level passes) on its own core.
 
-Run as a script (`python -I -S lister.py DIR CHUNK`), this file is the child: the standard
-library only, no `watcherd` import, no `site`. Nothing reaches a shell; the directory is one
-argv element.
+Run as a script (`python -I -S lister.py FD CHUNK`), this file is the child: the standard
+library only, no `watcherd` import, no `site`. It lists the directory the daemon opened and
+checked (`FD`, inherited), so it cannot list another one moved to the same path meanwhile; no
+path reaches its argv (nor `ps`), nor any shell.
+
+At most `MAX_LIVE` helpers run at once (each takes a core); a first listing that finds them
+all busy goes on a thread. Each helper's pid is in `core.children.WAITED` until it is waited
+for: the daemon's orphan reaper (as PID 1) must not reap it behind `Popen`'s back.
 
 The wire, per chunk: a header of five native u32, (kind, count, names_len, odd_count,
 odd_len); the `count` names joined by NUL (names_len bytes: a file name holds no NUL); then
@@ -26,6 +31,7 @@ import io
 import os
 import struct
 import sys
+import threading
 import time
 from array import array
 from collections.abc import Iterator
@@ -34,6 +40,7 @@ from typing import Any, cast
 
 __all__ = [
     "HELPER_MIN_BYTES",
+    "MAX_LIVE",
     "RETRY_AFTER",
     "HelperFailed",
     "Lister",
@@ -49,7 +56,9 @@ HELPER_MIN_BYTES = 1 << 20
 
 _HEADER = struct.Struct("=5I")
 _CHUNK, _LAST, _FAILED = 0, 1, 2
-_NAME_MAX = 255  # bytes in one file name (Linux NAME_MAX): bounds what a header may ask
+# Bytes in one file name, bounding what a header may ask: Linux's NAME_MAX is 255, but
+# exFAT, NTFS3 and CIFS give up to 255 UTF-16 units, 765 bytes in UTF-8.
+_NAME_MAX = 1024
 _S_IFMT, _S_IFREG = 0o170000, 0o100000
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: fewer context switches than the default 64 KiB
 _F_SETPIPE_SZ = 1031
@@ -65,6 +74,11 @@ RETRY_AFTER = 600.0  # seconds of listings on threads after a helper failed
 
 _off_until = 0.0  # time.monotonic() before which first listings go on threads
 
+# Helpers at once: each uses a core, and the daemon one more for the chunks it reads.
+MAX_LIVE = max(1, (os.cpu_count() or 2) // 2)
+_live = 0  # helpers started and not yet waited for
+_live_lock = threading.Lock()  # scans start helpers from pool threads
+
 
 def disable() -> None:
     """List on threads for `RETRY_AFTER` seconds (a helper failed, or could not start): a
@@ -79,21 +93,43 @@ def usable() -> bool:
     return time.monotonic() >= _off_until
 
 
-def start(path: bytes, chunk: int) -> Lister | None:
-    """A helper listing `path`, or None when helpers are off or it could not be started."""
+def start(fd: int, path: bytes, chunk: int) -> Lister | None:
+    """A helper listing the directory open as `fd` (at `path`, for errors), or None when
+    helpers are off, `MAX_LIVE` already run, or it could not be started. The caller closes
+    `fd` after (the helper has its own copy)."""
+    global _live
     if not usable() or getattr(sys, "frozen", False) or not os.path.isfile(__file__):
         return None  # (a frozen build's executable is not a Python that runs scripts)
+    with _live_lock:
+        if _live >= MAX_LIVE:
+            return None
+        _live += 1
     try:
-        return Lister(path, chunk)
+        return Lister(fd, path, chunk)
     except OSError:
+        _release()
         disable()
         return None
+
+
+def _release() -> None:
+    global _live
+    with _live_lock:
+        _live -= 1
+
+
+def _waited_for() -> set[int]:
+    """`core.children.WAITED`, imported here: the child runs this file without `watcherd`."""
+    from watcherd.core.children import WAITED
+
+    return WAITED
 
 
 class Lister:
     """The daemon's side of one helper: `read()` a chunk at a time, then `close()`."""
 
-    def __init__(self, path: bytes, chunk: int) -> None:
+    def __init__(self, fd: int, path: bytes, chunk: int) -> None:
+        """Counted in `_live` by `start()`: released here once the helper is waited for."""
         import subprocess
 
         self.path = path
@@ -101,12 +137,15 @@ class Lister:
         self._chunk = chunk
         self._buf = bytearray()
         self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", __file__, path, str(chunk)],
+            [sys.executable, "-I", "-S", __file__, str(fd), str(chunk)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             bufsize=0,
+            pass_fds=(fd,),
         )
+        _waited_for().add(self._proc.pid)
+        self._waited = False
         out = self._proc.stdout
         assert out is not None
         self._out = cast(io.RawIOBase, out)  # bufsize=0: a FileIO
@@ -186,34 +225,46 @@ class Lister:
     def _reap(self) -> None:
         self._out.close()
         self._proc.wait()  # it has written its last chunk: exiting
+        self._done()
+
+    def _done(self) -> None:
+        """The helper has been waited for: its pid is the kernel's again, its slot free."""
+        if not self._waited:
+            self._waited = True
+            _waited_for().discard(self._proc.pid)
+            _release()
+
+    def _wait(self) -> None:
+        self._proc.wait()
+        self._done()
 
     def close(self) -> None:
         """Stop the helper (if it still runs). Never waits: a helper stuck in a stat of a
         dead mount does not die at once, so it is reaped by a thread of its own."""
         self._out.close()
         if self._proc.poll() is not None:
+            self._done()
             return
         try:
             self._proc.kill()
         except ProcessLookupError:
             pass
         if self._proc.poll() is None:
-            import threading
-
-            threading.Thread(target=self._proc.wait, name="watcherd-lister", daemon=True).start()
+            threading.Thread(target=self._wait, name="watcherd-lister", daemon=True).start()
+        else:
+            self._done()
 
 
 # ── the child ─────────────────────────────────────────────────────────────────
 
 
-def _child(path: bytes, chunk: int, out: Any) -> None:
-    """List `path` to `out`. The directory is listed through a descriptor, so that each stat
-    is an fstatat() of a name in it, not a walk of the whole path again (~12 % of a stat's
-    system time at three levels deep); names then come as str, encoded back in bulk."""
+def _child(fd: int, chunk: int, out: Any) -> None:
+    """List the directory open as `fd` to `out`. Through a descriptor, each stat is an
+    fstatat() of a name in it, not a walk of the whole path again (~12 % of a stat's system
+    time at three levels deep); names then come as str, encoded back in bulk."""
     write, flush = out.write, out.flush
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         it = os.scandir(fd)
     except OSError as exc:
         write(_HEADER.pack(_FAILED, exc.errno or 5, 0, 0, 0))
@@ -261,7 +312,7 @@ def _main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C: the daemon decides
     out = sys.stdout.buffer
     try:
-        _child(os.fsencode(argv[1]), int(argv[2]), out)
+        _child(int(argv[1]), int(argv[2]), out)
         out.flush()
     except BrokenPipeError:  # the daemon closed the pipe: the listing is not wanted
         os._exit(1)

@@ -42,6 +42,7 @@ from watcherd.engine.metrics import Metrics
 from watcherd.engine.ports import ChangeSink, PollHealth
 from watcherd.engine.retry import backoff_delay
 from watcherd.pollers.fspool import off_loop
+from watcherd.pollers.lister import HelperFailed
 from watcherd.pollers.localchanges import BASELINE_MARKER, Changes, show
 from watcherd.pollers.localfs import DirChanged, DirScan, ScanChunk, local_fingerprint
 from watcherd.pollers.localstate import Batch, FailureLog
@@ -396,7 +397,7 @@ class LocalPoller:
         error = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
         traceback = not isinstance(exc, OSError)
         n = self._poll_log.failed(now, error, traceback=traceback, path=show(self.path))
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError) and not isinstance(exc, HelperFailed):
             self._events.stop()  # its directory may not be the one at the path any more
         if self._metrics is not None:
             self._metrics.poll_errors.labels(schedule=self._schedule.name).inc()

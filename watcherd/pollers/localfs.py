@@ -196,11 +196,36 @@ class DirScan:
         return out
 
     def _open(self) -> None:
-        """Start the listing: by a helper process when it is the first of a big directory."""
+        """Start the listing: by a helper process when it is the first of a big directory.
+        Either way, of the directory `next_chunk` checked (`ident`).
+
+        Raises:
+            DirChanged: another directory is at the path now.
+        """
         if self._first and not self._base and self._dir_bytes >= lister.HELPER_MIN_BYTES:
-            self._helper = lister.start(self.path, CHUNK)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self._same_dir(os.fstat(fd))
+                self._helper = lister.start(fd, self.path, CHUNK)
+            finally:
+                os.close(fd)
         if self._helper is None:
-            self._it = os.scandir(self.path)
+            self._scandir()
+
+    def _scandir(self) -> None:
+        """List on this thread. By path, `scandir` could open a directory moved there since
+        the check: one stat more per pass narrows that window to the width of this call."""
+        it = os.scandir(self.path)
+        try:
+            self._same_dir(os.stat(self.path))
+        except OSError:
+            it.close()
+            raise
+        self._it = it
+
+    def _same_dir(self, info: os.stat_result) -> None:
+        if (info.st_dev, info.st_ino) != self.ident:
+            raise DirChanged(errno.ESTALE, "directory replaced", os.fsdecode(self.path))
 
     def _from_helper(self, out: ScanChunk) -> bool | None:
         """A chunk of a first listing made by the helper process; True when it was the last,
@@ -219,7 +244,7 @@ class DirScan:
             if helper.chunks:
                 raise
             self._helper = None
-            self._it = os.scandir(self.path)
+            self._scandir()
             return None
         if not self._quiet:
             out.new_obs = list(obs)
