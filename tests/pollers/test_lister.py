@@ -6,6 +6,7 @@ dies, leave the daemon listing on threads. Its speed is in bench/big_dir.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import sys
@@ -393,3 +394,29 @@ def test_the_orphan_reaper_leaves_a_helper_to_its_lister(
     names, _, last = helper.read()
     assert names == [b"a.csv"] and last and helper._proc.returncode == 0
     assert pid not in WAITED
+
+
+async def test_a_helper_dying_mid_listing_leaves_the_pollers_events_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: None
+) -> None:
+    """The poll fails (its chunks so far are taken) but the directory is fine: its watch
+    stays, and a file written after the failure still runs through its event."""
+    inbox = tmp_path / SUB
+    inbox.mkdir()
+    for i in range(5):
+        write(inbox / f"old{i}.csv")
+    body = f"sys.stdout.buffer.write({_chunk([b'old0.csv'], last=False)!r})"
+    monkeypatch.setattr(sys, "executable", _fake_helper(tmp_path, body))  # then it dies
+    poller, sink, health, clock = polled(tmp_path, events=True)
+    async with running(poller):
+        await health.until_polls(1)
+        ok, _, error = health.polls[0]
+        assert not ok and error is not None and "listing helper failed" in error
+        assert isinstance(poller._events.watching(), tuple)  # still watched
+        await clock.step(60)  # the retry lists on a thread: the baseline
+        assert health.polls[-1][0] and sink.fired == []
+        version = write(inbox / "new.csv")
+        async with asyncio.timeout(WAIT):
+            while not sink.fired:
+                await clock.step(1)
+    assert [(c.name, c.version) for c in sink.fired] == [(b"incoming/new.csv", version)]
