@@ -123,9 +123,13 @@ def _fake_helper(tmp_path: Path, body: str) -> str:
     return str(fake)
 
 
-def _chunk(names: list[bytes], *, last: bool) -> bytes:
-    """One chunk on the wire, each name's (size, mtime_ns, inode) = (its index, 2, 3)."""
-    nums = array("q", [n for i in range(len(names)) for n in (i, 2, 3)]).tobytes()
+def _chunk(
+    names: list[bytes], *, last: bool, obs: list[tuple[int, int, int]] | None = None
+) -> bytes:
+    """One chunk on the wire; each name's (size, mtime_ns, inode) from `obs`, else (its
+    index, 2, 3)."""
+    obs = obs or [(i, 2, 3) for i in range(len(names))]
+    nums = array("q", [n for o in obs for n in o]).tobytes()
     blob = b"\0".join(names)
     return struct.pack("=5I", 1 if last else 0, len(names), len(blob), 0, 0) + blob + nums
 
@@ -405,7 +409,9 @@ async def test_a_helper_dying_mid_listing_leaves_the_pollers_events_on(
     inbox.mkdir()
     for i in range(5):
         write(inbox / f"old{i}.csv")
-    body = f"sys.stdout.buffer.write({_chunk([b'old0.csv'], last=False)!r})"
+    st = os.stat(inbox / "old0.csv")  # its true version: it has not changed since
+    one = _chunk([b"old0.csv"], last=False, obs=[(st.st_size, st.st_mtime_ns, st.st_ino)])
+    body = f"sys.stdout.buffer.write({one!r})"
     monkeypatch.setattr(sys, "executable", _fake_helper(tmp_path, body))  # then it dies
     poller, sink, health, clock = polled(tmp_path, events=True)
     async with running(poller):
@@ -419,4 +425,5 @@ async def test_a_helper_dying_mid_listing_leaves_the_pollers_events_on(
         async with asyncio.timeout(WAIT):
             while not sink.fired:
                 await clock.step(1)
+        await clock.step(5)  # past every settle deadline: nothing else runs
     assert [(c.name, c.version) for c in sink.fired] == [(b"incoming/new.csv", version)]
