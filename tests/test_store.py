@@ -622,3 +622,46 @@ async def test_closing_while_reads_run_finishes_them_or_refuses_them(tmp_path: P
     assert any(r == 300_000 for r in done)
     with pytest.raises(StateError, match="closed"):
         await db.read(slow, 1)
+
+
+def test_a_plain_runs_short_insert_stores_the_row_the_full_one_would(tmp_path: Path) -> None:
+    """A run with no file, no error and not finished binds only the columns it sets
+    (`runs_sql._INSERT_PLAIN`): every column of its row is what the full statement stores,
+    and a batch of mixed runs keeps its order (seq is the dispatch order)."""
+    from watcherd.state.sqlite import runs as runs_sql
+    from watcherd.state.sqlite.schema import migrate
+
+    ref = FileRef(
+        datastore="d", relative_path=b"in/\xffa.csv", version="1:2:3", local_path=b"/r/in/a",
+        parameter="input_path",
+    )  # fmt: skip
+    runs = [
+        _run("slot:a"),
+        dataclasses.replace(_run("file:1"), file=ref),
+        _run("slot:b").skipped("queue full"),  # an error, and finished
+        NewRun(
+            schedule_id="s",
+            pipeline_id="p",
+            experiment="E2",
+            dedup="manual:n",
+            trigger={"kind": "manual", "by": "api"},
+            parameters={"a": "1", "b": "é\n"},
+        ),  # fmt: skip
+        _run("slot:c"),
+    ]
+    tables = []
+    for name, insert in (("short", runs_sql.insert_runs), ("full", None)):
+        conn = sqlite3.connect(tmp_path / f"{name}.db", isolation_level=None)
+        migrate(conn)
+        cur = conn.cursor()
+        if insert is not None:
+            assert insert(cur, runs, NOW) == [runs[i].id for i in (0, 1, 3, 4)]
+        else:
+            ts = runs_sql.format_utc(NOW, micro=True)
+            cur.executemany(runs_sql._INSERT, [runs_sql._row(r, ts) for r in runs])
+        tables.append(conn.execute("SELECT * FROM runs ORDER BY seq").fetchall())
+        conn.close()
+    short, full = tables
+    assert short == full
+    assert [row[1] for row in short] == [r.id for r in runs]  # in the batch's order
+    assert sum(runs_sql._is_plain(r) for r in runs) == 3

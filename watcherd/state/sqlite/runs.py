@@ -10,6 +10,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
 from watcherd.core.jsontext import dumps
@@ -67,6 +68,14 @@ _INSERT = (
     " trigger, parameters, path, error, queued_at, finished_at, file_local, file_url,"
     " file_param) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+# A run with no file, no error and not finished (every time slot's, most manual ones) binds
+# only the columns it sets: Python's sqlite3 looks for an adapter for each None it binds
+# (~0.5 µs each), and the six NULLs cost more than the rest of the row (1,500 rows of a
+# catch-up: 24 -> 12 ms with the COMMIT). The columns left out take their default, NULL.
+_INSERT_PLAIN = (
+    "INSERT OR IGNORE INTO runs(id, schedule_id, pipeline_id, experiment, dedup, status,"
+    " trigger, parameters, queued_at) VALUES (?,?,?,?,?,?,?,?,?)"
+)
 _IDS_PER_QUERY = 500  # under SQLite's bound-parameter limit
 
 
@@ -89,7 +98,11 @@ def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> lis
         return []
     ts = format_utc(now, micro=True)
     before = c.connection.total_changes
-    c.executemany(_INSERT, [_row(r, ts) for r in new])
+    for plain, same in groupby(new, key=_is_plain):  # in order: seq is the dispatch order
+        if plain:
+            c.executemany(_INSERT_PLAIN, [_plain_row(r, ts) for r in same])
+        else:
+            c.executemany(_INSERT, [_row(r, ts) for r in same])
     if c.connection.total_changes - before != len(new):  # something else was ignored
         stored = set(_stored_ids(c, [r.id for r in new]))
         new = [r for r in new if r.id in stored]
@@ -103,11 +116,34 @@ def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> lis
 def _insert_one(c: sqlite3.Cursor, r: NewRun, now: datetime) -> list[str]:
     if r.gate is not None:
         r = apply_gates([r], {r.schedule_id: _active(c, r.schedule_id)})[0]
-    c.execute(_INSERT, _row(r, format_utc(now, micro=True)))
+    ts = format_utc(now, micro=True)
+    if _is_plain(r):
+        c.execute(_INSERT_PLAIN, _plain_row(r, ts))
+    else:
+        c.execute(_INSERT, _row(r, ts))
     if not c.rowcount:
         return []
     c.execute("INSERT OR IGNORE INTO experiments(name) VALUES (?)", (r.experiment,))
     return [r.id] if r.status is RunStatus.QUEUED else []
+
+
+def _is_plain(r: NewRun) -> bool:
+    return r.file is None and r.error is None and r.status not in TERMINAL
+
+
+def _plain_row(r: NewRun, ts: str) -> tuple[Any, ...]:
+    """`_row` of a plain run (`_INSERT_PLAIN`) without its NULLs."""
+    return (
+        r.id,
+        r.schedule_id,
+        r.pipeline_id,
+        r.experiment,
+        r.dedup,
+        r.status.value,
+        dumps(r.trigger),
+        dumps(dict(r.parameters)),
+        ts,
+    )
 
 
 def _row(r: NewRun, ts: str) -> tuple[Any, ...]:

@@ -346,14 +346,15 @@ def _record_slots(c: Conn, batches: list[SlotBatch], now: datetime) -> list[str]
         cur.executemany(
             "UPDATE schedules SET cursor=?, next_for=?, next_due=? WHERE id=?",
             [
-                (
-                    format_utc(b.cursor, micro=True),
-                    b.hint[0] if b.hint else None,
-                    format_utc(b.hint[1], micro=True) if b.hint else None,
-                    b.schedule_id,
-                )
-                for b in batches
+                (format_utc(b.cursor, micro=True), b.hint[0], format_utc(b.hint[1], micro=True),
+                 b.schedule_id)
+                for b in batches if b.hint is not None
             ],
+        )  # fmt: skip
+        # Without a next slot (a catch-up's): NULLs written, not bound (see runs._INSERT_PLAIN).
+        cur.executemany(
+            "UPDATE schedules SET cursor=?, next_for=NULL, next_due=NULL WHERE id=?",
+            [(format_utc(b.cursor, micro=True), b.schedule_id) for b in batches if b.hint is None],
         )
         return out
 
