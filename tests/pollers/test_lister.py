@@ -427,3 +427,21 @@ async def test_a_helper_dying_mid_listing_leaves_the_pollers_events_on(
                 await clock.step(1)
         await clock.step(5)  # past every settle deadline: nothing else runs
     assert [(c.name, c.version) for c in sink.fired] == [(b"incoming/new.csv", version)]
+
+
+def test_a_directory_opened_as_a_standard_fd_is_listed(tmp_path: Path) -> None:
+    """A daemon started with stdin closed opens the directory as fd 0, which the child's
+    own stdin would replace: the helper gets a copy above 2 instead."""
+    path = _tree(tmp_path)
+    saved = os.dup(0)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        os.dup2(fd, 0)
+        os.close(fd)
+        helper = lister.start(0, path, 1000)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+    assert helper is not None
+    names, _, last = helper.read()
+    assert last and set(HOSTILE) <= set(names) and lister.usable()

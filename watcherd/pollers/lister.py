@@ -104,8 +104,17 @@ def start(fd: int, path: bytes, chunk: int) -> Lister | None:
         if _live >= MAX_LIVE:
             return None
         _live += 1
+    low = fd < 3  # Popen gives the child new fds 0-2: a directory there would be lost
     try:
-        return Lister(fd, path, chunk)
+        if low:
+            import fcntl
+
+            fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        try:
+            return Lister(fd, path, chunk)
+        finally:
+            if low:
+                os.close(fd)
     except OSError:
         _release()
         disable()
