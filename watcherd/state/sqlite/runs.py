@@ -133,30 +133,13 @@ def _is_plain(r: NewRun) -> bool:
 
 def _plain_row(r: NewRun, ts: str) -> tuple[Any, ...]:
     """`_row` of a plain run (`_INSERT_PLAIN`) without its NULLs."""
-    return (
-        r.id,
-        r.schedule_id,
-        r.pipeline_id,
-        r.experiment,
-        r.dedup,
-        r.status.value,
-        dumps(r.trigger),
-        dumps(dict(r.parameters)),
-        ts,
-    )
+    return (*_head(r), ts)
 
 
 def _row(r: NewRun, ts: str) -> tuple[Any, ...]:
     f = r.file
     return (
-        r.id,
-        r.schedule_id,
-        r.pipeline_id,
-        r.experiment,
-        r.dedup,
-        r.status.value,
-        dumps(r.trigger),
-        dumps(dict(r.parameters)),
+        *_head(r),
         f.relative_path if f else None,
         r.error,
         ts,
@@ -164,6 +147,20 @@ def _row(r: NewRun, ts: str) -> tuple[Any, ...]:
         f.local_path if f else None,
         f.url if f else None,
         f.parameter if f else None,
+    )
+
+
+def _head(r: NewRun) -> tuple[Any, ...]:
+    """The columns every run sets, first in both INSERTs."""
+    return (
+        r.id,
+        r.schedule_id,
+        r.pipeline_id,
+        r.experiment,
+        r.dedup,
+        r.status.value,
+        dumps(r.trigger),
+        dumps(dict(r.parameters)),
     )
 
 
