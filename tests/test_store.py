@@ -664,4 +664,4 @@ def test_a_plain_runs_short_insert_stores_the_row_the_full_one_would(tmp_path: P
     short, full = tables
     assert short == full
     assert [row[1] for row in short] == [r.id for r in runs]  # in the batch's order
-    assert sum(runs_sql._is_plain(r) for r in runs) == 3
+    assert [runs_sql._statement(r, "")[0] for r in runs].count(runs_sql._INSERT_PLAIN) == 3

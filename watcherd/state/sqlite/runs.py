@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from watcherd.core.jsontext import dumps
@@ -98,11 +99,9 @@ def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> lis
         return []
     ts = format_utc(now, micro=True)
     before = c.connection.total_changes
-    for plain, same in groupby(new, key=_is_plain):  # in order: seq is the dispatch order
-        if plain:
-            c.executemany(_INSERT_PLAIN, [_plain_row(r, ts) for r in same])
-        else:
-            c.executemany(_INSERT, [_row(r, ts) for r in same])
+    # One executemany per stretch of runs of one shape, in order: seq is the dispatch order.
+    for sql, same in groupby((_statement(r, ts) for r in new), key=itemgetter(0)):
+        c.executemany(sql, [row for _, row in same])
     if c.connection.total_changes - before != len(new):  # something else was ignored
         stored = set(_stored_ids(c, [r.id for r in new]))
         new = [r for r in new if r.id in stored]
@@ -116,24 +115,19 @@ def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> lis
 def _insert_one(c: sqlite3.Cursor, r: NewRun, now: datetime) -> list[str]:
     if r.gate is not None:
         r = apply_gates([r], {r.schedule_id: _active(c, r.schedule_id)})[0]
-    ts = format_utc(now, micro=True)
-    if _is_plain(r):
-        c.execute(_INSERT_PLAIN, _plain_row(r, ts))
-    else:
-        c.execute(_INSERT, _row(r, ts))
+    c.execute(*_statement(r, format_utc(now, micro=True)))
     if not c.rowcount:
         return []
     c.execute("INSERT OR IGNORE INTO experiments(name) VALUES (?)", (r.experiment,))
     return [r.id] if r.status is RunStatus.QUEUED else []
 
 
-def _is_plain(r: NewRun) -> bool:
-    return r.file is None and r.error is None and r.status not in TERMINAL
-
-
-def _plain_row(r: NewRun, ts: str) -> tuple[Any, ...]:
-    """`_row` of a plain run (`_INSERT_PLAIN`) without its NULLs."""
-    return (*_head(r), ts)
+def _statement(r: NewRun, ts: str) -> tuple[str, tuple[Any, ...]]:
+    """The INSERT of run `r` and its row: `_INSERT_PLAIN`, without its NULLs, when it has no
+    file, no error and is not finished."""
+    if r.file is None and r.error is None and r.status not in TERMINAL:
+        return _INSERT_PLAIN, (*_head(r), ts)
+    return _INSERT, _row(r, ts)
 
 
 def _row(r: NewRun, ts: str) -> tuple[Any, ...]:
