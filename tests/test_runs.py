@@ -198,3 +198,18 @@ def test_submit_and_on_failure_runs() -> None:
 def test_concurrency_gate(concurrency: str, queued: int, running: int, why: str | None) -> None:
     opts = TimeOptions(concurrency=concurrency, max_queued=10)  # type: ignore[arg-type]
     assert concurrency_gate(opts, queued=queued, running=running) == why
+
+
+def test_the_two_slots_of_a_zones_repeated_hour_are_two_runs() -> None:
+    """Slots of one instant share their key and trigger texts across schedules (computed
+    once); two wall times of a zone's repeated hour compare equal as datetimes, yet are
+    two instants, so two runs with their own texts, whichever came first."""
+    s = _schedule(RecurrenceTrigger(recurrence=Recurrence(frequency="Hour", interval=1)))
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=ZoneInfo("Europe/Paris"))  # CEST
+    second = first.replace(fold=1)  # the same wall time an hour later, CET
+    assert first == second  # why the texts are keyed by the UTC instant
+    for order in ([first, second], [second, first]):
+        runs = slot_runs(s, PIPE, order)
+        assert [r.trigger["slot"] for r in runs] == [format_utc(t) for t in order]
+        assert [r.dedup for r in runs] == [slot_dedup(t) for t in order]
+    assert {r.trigger["slot"] for r in runs} == {"2026-10-25T00:30:00Z", "2026-10-25T01:30:00Z"}

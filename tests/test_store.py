@@ -11,6 +11,7 @@ fencing, claims across replicas, notifications) is in test_replicas_store.py.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -649,19 +650,34 @@ def test_a_plain_runs_short_insert_stores_the_row_the_full_one_would(tmp_path: P
         ),  # fmt: skip
         _run("slot:c"),
     ]
+    # Runs sharing their trigger and parameters objects (a slot's runs, a schedule's runs),
+    # each mapping's JSON written once per batch (`runs_sql._json_once`), then one with the
+    # same objects' contents changed: every row still holds its own run's JSON.
+    shared_trigger, shared_params = {"kind": "time", "slot": "d"}, {"x": "1"}
+    runs += [
+        dataclasses.replace(_run("slot:d", schedule=sid), trigger=shared_trigger,
+                            parameters=shared_params)
+        for sid in ("s2", "s3")
+    ]  # fmt: skip
+    runs.append(
+        dataclasses.replace(_run("slot:e", schedule="s2"), trigger={**shared_trigger, "slot": "e"},
+                            parameters={**shared_params, "x": "2"})
+    )  # fmt: skip
     tables = []
     for name, insert in (("short", runs_sql.insert_runs), ("full", None)):
         conn = sqlite3.connect(tmp_path / f"{name}.db", isolation_level=None)
         migrate(conn)
         cur = conn.cursor()
         if insert is not None:
-            assert insert(cur, runs, NOW) == [runs[i].id for i in (0, 1, 3, 4)]
+            assert insert(cur, runs, NOW) == [runs[i].id for i in (0, 1, 3, 4, 5, 6, 7)]
         else:
             ts = runs_sql.format_utc(NOW, micro=True)
-            cur.executemany(runs_sql._INSERT, [runs_sql._row(r, ts) for r in runs])
+            cur.executemany(runs_sql._INSERT, [runs_sql._row(r, ts, runs_sql._json) for r in runs])
         tables.append(conn.execute("SELECT * FROM runs ORDER BY seq").fetchall())
         conn.close()
     short, full = tables
     assert short == full
     assert [row[1] for row in short] == [r.id for r in runs]  # in the batch's order
-    assert [runs_sql._statement(r, "")[0] for r in runs].count(runs_sql._INSERT_PLAIN) == 3
+    assert [runs_sql._statement(r, "")[0] for r in runs].count(runs_sql._INSERT_PLAIN) == 6
+    assert [json.loads(row[7]) for row in short[-3:]] == [r.trigger for r in runs[-3:]]
+    assert [json.loads(row[8]) for row in short[-3:]] == [r.parameters for r in runs[-3:]]

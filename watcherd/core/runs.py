@@ -7,11 +7,12 @@ run is queued, and travel with it (SPEC §5). Its id is stable for its (schedule
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 from watcherd.core.errors import InvalidTransition
 from watcherd.core.models import (
@@ -170,19 +171,29 @@ def slot_runs(
     gate = _gate(schedule)
     out = []
     for slot in slots:
-        text = format_utc(slot, micro=True)  # once: the trigger's is its first 19 characters
+        # Keyed by the UTC instant: two wall times of a zone's repeated hour compare equal.
+        dedup, trigger = _slot_texts(slot if slot.tzinfo is UTC else slot.astimezone(UTC))
         out.append(
             NewRun(
                 schedule_id=schedule.id,
                 pipeline_id=schedule.pipeline,
                 experiment=schedule.experiment_name,
-                dedup=f"slot:{text}",
-                trigger={"kind": "time", "slot": f"{text[:19]}Z"},
+                dedup=dedup,
+                trigger=trigger,
                 parameters=parameters,
                 gate=gate,
             )
         )
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _slot_texts(slot: datetime) -> tuple[str, Mapping[str, object]]:
+    """A slot's dedup key and trigger, shared by every run of that instant: schedules that
+    share a rule fire together (a catch-up's runs, a minute's timers). Runs never change
+    their trigger mapping."""
+    text = format_utc(slot, micro=True)  # once: the trigger's is its first 19 characters
+    return f"slot:{text}", {"kind": "time", "slot": f"{text[:19]}Z"}
 
 
 def _gate(schedule: Schedule) -> TimeOptions | None:

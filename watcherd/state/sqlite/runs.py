@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from itertools import groupby
 from operator import itemgetter
@@ -97,10 +97,10 @@ def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> lis
     new = [r for r in runs if fresh.get(r.id) is r]
     if not new:
         return []
-    ts = format_utc(now, micro=True)
+    ts, text = format_utc(now, micro=True), _json_once()
     before = c.connection.total_changes
     # One executemany per stretch of runs of one shape, in order: seq is the dispatch order.
-    for sql, same in groupby((_statement(r, ts) for r in new), key=itemgetter(0)):
+    for sql, same in groupby((_statement(r, ts, text) for r in new), key=itemgetter(0)):
         c.executemany(sql, [row for _, row in same])
     if c.connection.total_changes - before != len(new):  # something else was ignored
         stored = set(_stored_ids(c, [r.id for r in new]))
@@ -122,18 +122,21 @@ def _insert_one(c: sqlite3.Cursor, r: NewRun, now: datetime) -> list[str]:
     return [r.id] if r.status is RunStatus.QUEUED else []
 
 
-def _statement(r: NewRun, ts: str) -> tuple[str, tuple[Any, ...]]:
+def _statement(
+    r: NewRun, ts: str, text: Callable[[Mapping[str, object]], str] | None = None
+) -> tuple[str, tuple[Any, ...]]:
     """The INSERT of run `r` and its row: `_INSERT_PLAIN`, without its NULLs, when it has no
-    file, no error and is not finished."""
+    file, no error and is not finished. `text`: the JSON of a mapping (`_json_once`)."""
+    text = text or _json
     if r.file is None and r.error is None and r.status not in TERMINAL:
-        return _INSERT_PLAIN, (*_head(r), ts)
-    return _INSERT, _row(r, ts)
+        return _INSERT_PLAIN, (*_head(r, text), ts)
+    return _INSERT, _row(r, ts, text)
 
 
-def _row(r: NewRun, ts: str) -> tuple[Any, ...]:
+def _row(r: NewRun, ts: str, text: Callable[[Mapping[str, object]], str]) -> tuple[Any, ...]:
     f = r.file
     return (
-        *_head(r),
+        *_head(r, text),
         f.relative_path if f else None,
         r.error,
         ts,
@@ -144,7 +147,7 @@ def _row(r: NewRun, ts: str) -> tuple[Any, ...]:
     )
 
 
-def _head(r: NewRun) -> tuple[Any, ...]:
+def _head(r: NewRun, text: Callable[[Mapping[str, object]], str]) -> tuple[Any, ...]:
     """The columns every run sets, first in both INSERTs."""
     return (
         r.id,
@@ -153,9 +156,28 @@ def _head(r: NewRun) -> tuple[Any, ...]:
         r.experiment,
         r.dedup,
         r.status.value,
-        dumps(r.trigger),
-        dumps(dict(r.parameters)),
+        text(r.trigger),
+        text(r.parameters),
     )
+
+
+def _json_once() -> Callable[[Mapping[str, object]], str]:
+    """The JSON of mappings for one batch, each mapping object once: a slot's runs share
+    their trigger, a schedule's runs their parameters (`core.runs.slot_runs`). Keyed by id:
+    the batch keeps every mapping alive while it lasts."""
+    seen: dict[int, str] = {}
+
+    def text(m: Mapping[str, object]) -> str:
+        got = seen.get(id(m))
+        if got is None:
+            got = seen[id(m)] = _json(m)
+        return got
+
+    return text
+
+
+def _json(m: Mapping[str, object]) -> str:
+    return dumps(m if type(m) is dict else dict(m))
 
 
 def _stored_ids(c: sqlite3.Cursor, ids: list[str]) -> list[str]:
