@@ -16,6 +16,16 @@ no asyncio and no dispatch: the floor of one-fsync-per-status-change. fsync late
 shared VM disk drifts, so the baseline is measured right before and right after each engine
 phase and averaged. ratio = value / baseline (above 1 means the engine beats serial commits).
 
+Also, informational: `http_bare_dispatch_runs_per_s` and `command_bare_dispatch_runs_per_s`,
+the dispatch alone with no store and no engine (8 tasks, as max_concurrent_runs: POSTs of a
+run-sized JSON body on one aiohttp session; `true` through asyncio.create_subprocess_exec),
+against the same bare commit loop; and `http_cpu_floor_runs_per_s` and
+`command_cpu_floor_runs_per_s`: 1 / (the bare commit loop's CPU per run + the bare
+dispatch's), the most runs/s one interpreter can reach doing both (the GIL serializes them;
+only fsync waits can overlap), against the same loop. A floor ratio under 1.0 means the
+1.0x goal is out of reach on this machine whatever the engine does: a disk whose fsync costs
+less than a dispatch's CPU.
+
 Also `http_cpu_ms_per_run` and `command_cpu_ms_per_run` (informational): CPU time of this
 process (every thread; a command's child not counted) per run, against the bare loop's per
 run. On a shared machine runs/s drifts with the disk's fsync latency; CPU per run does not
@@ -209,6 +219,46 @@ def _baseline_old_layout(tmp: Path, n: int) -> float:
         shutil.rmtree(state, ignore_errors=True)
 
 
+# ── the dispatch alone ───────────────────────────────────────────────────────
+
+_BODY = {  # about what the http dispatcher POSTs for a manual run
+    "run_id": "7f0c2a4e-3b1d-5e6f-8a9b-0c1d2e3f4a5b",
+    "schedule": "hook",
+    "schedule_id": "0b8f5c2e-1d3a-5f4e-9a8b-7c6d5e4f3a2b",
+    "pipeline": "hook",
+    "experiment_name": "bench",
+    "trigger": {"kind": "manual", "by": "bench"},
+    "parameters": {},
+    "attempt": 1,
+}
+
+
+async def bare_dispatch(port: int | None, n: int, tasks: int = 8) -> tuple[float, float]:
+    """(runs/s, CPU ms per run of this process) of n dispatches by `tasks` concurrent tasks,
+    with no store and no engine: POSTs to the sink on one session, or `true` spawned."""
+    import aiohttp
+
+    left = iter(range(n))
+
+    async def post(session: aiohttp.ClientSession) -> None:
+        for _ in left:
+            async with session.post(f"http://127.0.0.1:{port}/hook", json=_BODY) as r:
+                await r.read()
+
+    async def spawn() -> None:
+        for _ in left:
+            proc = await asyncio.create_subprocess_exec("true")
+            await proc.wait()
+
+    async with aiohttp.ClientSession() as session:
+        t, c = time.perf_counter(), time.process_time()
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(tasks):
+                tg.create_task(post(session) if port is not None else spawn())
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return n / wall, cpu * 1000 / n
+
+
 # ── the engine ───────────────────────────────────────────────────────────────
 
 CONFIG = """\
@@ -362,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: asyncio.run(_engine_runs(tmp, port, "hook", args.http_runs, args.clients)),
             )
             b1 = timed("bare", nb, lambda: baseline_runs_per_s(tmp, nb))
+            bare_http = asyncio.run(bare_dispatch(port, args.http_runs))
+        bare_cmd = asyncio.run(bare_dispatch(None, args.command_runs))
         cmd, cmd_bad = timed(
             "command",
             args.command_runs,
@@ -388,9 +440,18 @@ def main(argv: list[str] | None = None) -> int:
         # What a run costs this process in CPU (all its threads; a command's child not
         # counted): steadier than runs/s on a shared machine, so the figure to compare two
         # trees by (issue #12). Baseline: the bare loop's, per run.
+        bare_cpu = statistics.fmean(cpu["bare"])
         for kind in ("http", "command"):
-            bare = statistics.fmean(cpu["bare"])
-            _emit(f"{kind}_cpu_ms_per_run", cpu[kind][0], bare, "(informational)", True)
+            _emit(f"{kind}_cpu_ms_per_run", cpu[kind][0], bare_cpu, "(informational)", True)
+        # The dispatch alone, and the most runs/s one interpreter reaches doing it and the
+        # commits (their CPU added: the GIL serializes them), against the same commit loop.
+        for kind, (rate, dispatch_cpu), commits in (
+            ("http", bare_http, hb),
+            ("command", bare_cmd, cb),
+        ):
+            _emit(f"{kind}_bare_dispatch_runs_per_s", rate, commits, "(informational)", True)
+            floor = 1000 / (bare_cpu + dispatch_cpu)
+            _emit(f"{kind}_cpu_floor_runs_per_s", floor, commits, "(informational)", True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
