@@ -33,7 +33,9 @@ class ManualClock:
         self.set(self._now + timedelta(seconds=seconds, **kw))
         return self._now
 
-    async def sleep_until(self, deadline: datetime, wake: asyncio.Event | None = None) -> bool:
+    async def sleep_until(
+        self, deadline: datetime, wake: asyncio.Event | None = None, *, precise: bool = False
+    ) -> bool:
         self.sleepers += 1
         try:
             return await self._sleep_until(deadline, wake)

@@ -115,7 +115,9 @@ class StepClock(ManualClock):
         self.waits = 0
         self._waiting = asyncio.Event()
 
-    async def sleep_until(self, deadline: datetime, wake: asyncio.Event | None = None) -> bool:
+    async def sleep_until(
+        self, deadline: datetime, wake: asyncio.Event | None = None, *, precise: bool = False
+    ) -> bool:
         while self._now < deadline:
             if wake is not None and wake.is_set():
                 return True

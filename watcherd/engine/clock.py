@@ -8,11 +8,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["MAX_WAIT", "Clock", "ScaledClock", "SystemClock", "clock_from_env"]
+__all__ = ["MAX_WAIT", "PRECISE_LAST", "Clock", "ScaledClock", "SystemClock", "clock_from_env"]
 
 # A single wait is capped so a wall-clock jump (suspend, NTP step) is noticed within a minute;
 # the caller recomputes its deadline, it does not tick.
 MAX_WAIT = 60.0
+# The last stretch of a `precise` sleep is spent yielding to the loop, not in epoll: its
+# timeout counts whole milliseconds, rounded up, so a timer wakes 0-1 ms late (0.7 ms at p50
+# with 1,000 Minute schedules, a quarter of a slot's lateness). At most this long a deadline.
+PRECISE_LAST = 0.0015
 
 
 class Clock(Protocol):
@@ -26,10 +30,14 @@ class Clock(Protocol):
         """Seconds on a monotonic clock (durations only)."""
         ...
 
-    async def sleep_until(self, deadline: datetime, wake: asyncio.Event | None = None) -> bool:
+    async def sleep_until(
+        self, deadline: datetime, wake: asyncio.Event | None = None, *, precise: bool = False
+    ) -> bool:
         """Sleep until `deadline` (wall clock) or until `wake` is set; True if woken.
 
-        Returns False when the deadline passed. `wake` is not cleared.
+        Returns False when the deadline passed. `wake` is not cleared. `precise`: return as
+        close after the deadline as the loop allows (a timer's instant), not up to a
+        millisecond after it.
         """
         ...
 
@@ -51,11 +59,20 @@ class SystemClock:
         """How long `seconds` of this clock's time last on the real one."""
         return seconds
 
-    async def sleep_until(self, deadline: datetime, wake: asyncio.Event | None = None) -> bool:
+    async def sleep_until(
+        self, deadline: datetime, wake: asyncio.Event | None = None, *, precise: bool = False
+    ) -> bool:
         while True:
             remaining = self._real_seconds((deadline - self.now()).total_seconds())
             if remaining <= 0:
                 return False
+            if precise:
+                if remaining <= PRECISE_LAST:  # yield until then: other tasks run meanwhile
+                    await asyncio.sleep(0)
+                    if wake is not None and wake.is_set():
+                        return True
+                    continue
+                remaining -= PRECISE_LAST
             step = min(remaining, MAX_WAIT)
             if wake is None:
                 await asyncio.sleep(step)
