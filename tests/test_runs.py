@@ -213,3 +213,17 @@ def test_the_two_slots_of_a_zones_repeated_hour_are_two_runs() -> None:
         assert [r.trigger["slot"] for r in runs] == [format_utc(t) for t in order]
         assert [r.dedup for r in runs] == [slot_dedup(t) for t in order]
     assert {r.trigger["slot"] for r in runs} == {"2026-10-25T00:30:00Z", "2026-10-25T01:30:00Z"}
+
+
+def test_a_slots_runs_share_a_read_only_trigger() -> None:
+    """The runs of one instant share their trigger texts (computed once), so no run may
+    change its trigger: it would be every other run's."""
+    rule = RecurrenceTrigger(recurrence=Recurrence(frequency="Hour", interval=1))
+    slot = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    (a,) = slot_runs(_schedule(rule), PIPE, [slot])
+    (b,) = slot_runs(dataclasses.replace(_schedule(rule), id="other"), PIPE, [slot])
+    assert a.trigger == b.trigger == {"kind": "time", "slot": "2026-11-25T10:00:00Z"}
+    assert a.id != b.id
+    with pytest.raises(TypeError):
+        a.trigger["slot"] = "changed"  # type: ignore[index]
+    assert b.trigger["slot"] == "2026-11-25T10:00:00Z"

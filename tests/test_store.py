@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -650,10 +651,11 @@ def test_a_plain_runs_short_insert_stores_the_row_the_full_one_would(tmp_path: P
         ),  # fmt: skip
         _run("slot:c"),
     ]
-    # Runs sharing their trigger and parameters objects (a slot's runs, a schedule's runs),
-    # each mapping's JSON written once per batch (`runs_sql._json_once`), then one with the
-    # same objects' contents changed: every row still holds its own run's JSON.
-    shared_trigger, shared_params = {"kind": "time", "slot": "d"}, {"x": "1"}
+    # Runs sharing their trigger and parameters objects (a slot's runs, a schedule's runs;
+    # each mapping's JSON is made once per batch: `jsontext.mapping_json_once`), then one with
+    # other mappings of other contents: every row holds its own run's JSON.
+    shared_trigger: Mapping[str, object] = MappingProxyType({"kind": "time", "slot": "d"})
+    shared_params = {"x": "1"}
     runs += [
         dataclasses.replace(_run("slot:d", schedule=sid), trigger=shared_trigger,
                             parameters=shared_params)
@@ -672,7 +674,8 @@ def test_a_plain_runs_short_insert_stores_the_row_the_full_one_would(tmp_path: P
             assert insert(cur, runs, NOW) == [runs[i].id for i in (0, 1, 3, 4, 5, 6, 7)]
         else:
             ts = runs_sql.format_utc(NOW, micro=True)
-            cur.executemany(runs_sql._INSERT, [runs_sql._row(r, ts, runs_sql._json) for r in runs])
+            rows = [runs_sql._row(r, ts, runs_sql.mapping_json) for r in runs]
+            cur.executemany(runs_sql._INSERT, rows)
         tables.append(conn.execute("SELECT * FROM runs ORDER BY seq").fetchall())
         conn.close()
     short, full = tables

@@ -9,10 +9,10 @@ config's and the engine's own, never cyclic); without the C accelerator, `json.d
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["dumps"]
+__all__ = ["dumps", "mapping_json", "mapping_json_once"]
 
 
 def _default(o: object) -> Any:
@@ -38,3 +38,23 @@ def _make() -> Callable[[Any], str]:
 
 
 dumps = _make()
+
+
+def mapping_json(m: Mapping[str, Any]) -> str:
+    """`dumps` of a mapping of any kind (the C encoder takes only a dict)."""
+    return dumps(m if type(m) is dict else dict(m))
+
+
+def mapping_json_once() -> Callable[[Mapping[str, Any]], str]:
+    """`mapping_json` for one batch of rows, each mapping object once: a slot's runs share
+    their trigger, a schedule's runs their parameters (`core.runs.slot_runs`). Keyed by id;
+    each entry keeps its mapping, so that the id names no other object meanwhile."""
+    seen: dict[int, tuple[Mapping[str, Any], str]] = {}
+
+    def text(m: Mapping[str, Any]) -> str:
+        got = seen.get(id(m))
+        if got is None:
+            got = seen[id(m)] = (m, mapping_json(m))
+        return got[1]
+
+    return text

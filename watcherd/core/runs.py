@@ -13,6 +13,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 from watcherd.core.errors import InvalidTransition
 from watcherd.core.models import (
@@ -187,13 +188,13 @@ def slot_runs(
     return out
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)  # > max_catch_up: one schedule's catch-up fits whole
 def _slot_texts(slot: datetime) -> tuple[str, Mapping[str, object]]:
     """A slot's dedup key and trigger, shared by every run of that instant: schedules that
-    share a rule fire together (a catch-up's runs, a minute's timers). Runs never change
-    their trigger mapping."""
+    share a rule fire together (a catch-up's runs, a minute's timers). The trigger is
+    read-only: one run's change would be every run's."""
     text = format_utc(slot, micro=True)  # once: the trigger's is its first 19 characters
-    return f"slot:{text}", {"kind": "time", "slot": f"{text[:19]}Z"}
+    return f"slot:{text}", MappingProxyType({"kind": "time", "slot": f"{text[:19]}Z"})
 
 
 def _gate(schedule: Schedule) -> TimeOptions | None:

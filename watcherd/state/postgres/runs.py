@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from watcherd.core.errors import ClaimLost
-from watcherd.core.jsontext import dumps
+from watcherd.core.jsontext import mapping_json_once
 from watcherd.core.models import TERMINAL, FileRef, Run, RunStatus
 from watcherd.core.runs import NewRun, apply_gates, sources_of
 from watcherd.engine.ports import Claim, ClaimResult
@@ -138,11 +138,12 @@ async def _insert(
     if not runs:
         return []
     cols: list[list[Any]] = [[] for _ in range(13)]
+    text = mapping_json_once()
     for r in runs:
         f = r.file
         row = (
             r.id, r.schedule_id, r.pipeline_id, r.experiment, r.dedup, r.status.value,
-            dumps(r.trigger), dumps(dict(r.parameters)),
+            text(r.trigger), text(r.parameters),
             f.relative_path if f else None, r.error,
             f.local_path if f else None, f.url if f else None, f.parameter if f else None,
         )  # fmt: skip

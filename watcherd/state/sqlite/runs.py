@@ -14,7 +14,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from watcherd.core.jsontext import dumps
+from watcherd.core.jsontext import mapping_json, mapping_json_once
 from watcherd.core.models import TERMINAL, FileRef, Run, RunStatus
 from watcherd.core.runs import NewRun, apply_gates, sources_of
 from watcherd.core.timefmt import format_utc, parse_utc
@@ -97,7 +97,7 @@ def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> lis
     new = [r for r in runs if fresh.get(r.id) is r]
     if not new:
         return []
-    ts, text = format_utc(now, micro=True), _json_once()
+    ts, text = format_utc(now, micro=True), mapping_json_once()
     before = c.connection.total_changes
     # One executemany per stretch of runs of one shape, in order: seq is the dispatch order.
     for sql, same in groupby((_statement(r, ts, text) for r in new), key=itemgetter(0)):
@@ -126,8 +126,8 @@ def _statement(
     r: NewRun, ts: str, text: Callable[[Mapping[str, object]], str] | None = None
 ) -> tuple[str, tuple[Any, ...]]:
     """The INSERT of run `r` and its row: `_INSERT_PLAIN`, without its NULLs, when it has no
-    file, no error and is not finished. `text`: the JSON of a mapping (`_json_once`)."""
-    text = text or _json
+    file, no error and is not finished. `text`: the JSON of a mapping (`mapping_json_once`)."""
+    text = text or mapping_json
     if r.file is None and r.error is None and r.status not in TERMINAL:
         return _INSERT_PLAIN, (*_head(r, text), ts)
     return _INSERT, _row(r, ts, text)
@@ -159,25 +159,6 @@ def _head(r: NewRun, text: Callable[[Mapping[str, object]], str]) -> tuple[Any, 
         text(r.trigger),
         text(r.parameters),
     )
-
-
-def _json_once() -> Callable[[Mapping[str, object]], str]:
-    """The JSON of mappings for one batch, each mapping object once: a slot's runs share
-    their trigger, a schedule's runs their parameters (`core.runs.slot_runs`). Keyed by id:
-    the batch keeps every mapping alive while it lasts."""
-    seen: dict[int, str] = {}
-
-    def text(m: Mapping[str, object]) -> str:
-        got = seen.get(id(m))
-        if got is None:
-            got = seen[id(m)] = _json(m)
-        return got
-
-    return text
-
-
-def _json(m: Mapping[str, object]) -> str:
-    return dumps(m if type(m) is dict else dict(m))
 
 
 def _stored_ids(c: sqlite3.Cursor, ids: list[str]) -> list[str]:
