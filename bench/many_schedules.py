@@ -269,7 +269,7 @@ def _bare_commits(state: Path, batches: list[tuple[list[Any], datetime]]) -> flo
                 r.experiment,
                 r.dedup,
                 r.status.value,
-                _json(r.trigger),
+                _json(dict(r.trigger)),
                 _json(dict(r.parameters)),
                 ts,
             )

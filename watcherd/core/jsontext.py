@@ -42,6 +42,8 @@ dumps = _make()
 
 def mapping_json(m: Mapping[str, Any]) -> str:
     """`dumps` of a mapping of any kind (the C encoder takes only a dict)."""
+    if not m:
+        return "{}"  # most runs' parameters: each schedule's runs have their own empty dict
     return dumps(m if type(m) is dict else dict(m))
 
 
