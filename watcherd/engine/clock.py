@@ -13,9 +13,10 @@ __all__ = ["MAX_WAIT", "PRECISE_LAST", "Clock", "ScaledClock", "SystemClock", "c
 # A single wait is capped so a wall-clock jump (suspend, NTP step) is noticed within a minute;
 # the caller recomputes its deadline, it does not tick.
 MAX_WAIT = 60.0
-# The last stretch of a `precise` sleep is spent yielding to the loop, not in epoll: its
-# timeout counts whole milliseconds, rounded up, so a timer wakes 0-1 ms late (0.7 ms at p50
-# with 1,000 Minute schedules, a quarter of a slot's lateness). At most this long a deadline.
+# The last stretch of a `precise` sleep, spent yielding to the loop rather than in epoll,
+# whose timeout counts whole milliseconds, rounded up: a timer woke 0-1 ms late (0.7 ms at
+# p50 with 1,000 Minute schedules, a quarter of a slot's lateness). So a precise sleep keeps
+# the loop busy (other tasks running meanwhile) for at most this long before its deadline.
 PRECISE_LAST = 0.0015
 
 
