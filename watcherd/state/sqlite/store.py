@@ -340,21 +340,19 @@ def _delete_schedule(c: Conn, ident: str) -> None:
 
 
 def _record_slots(c: Conn, batches: list[SlotBatch], now: datetime) -> list[str]:
+    fmt = utc_texts()  # schedules that fire together share their cursor and next slot
     with Tx(c) as cur:
         runs = [r for b in batches for r in b.runs]
         out = runs_sql.insert_runs(cur, runs, now) if runs else []
         cur.executemany(
             "UPDATE schedules SET cursor=?, next_for=?, next_due=? WHERE id=?",
-            [
-                (format_utc(b.cursor, micro=True), b.hint[0], format_utc(b.hint[1], micro=True),
-                 b.schedule_id)
-                for b in batches if b.hint is not None
-            ],
+            [(fmt(b.cursor), b.hint[0], fmt(b.hint[1]), b.schedule_id)
+             for b in batches if b.hint is not None],
         )  # fmt: skip
         # Without a next slot (a catch-up's): NULLs written, not bound (see runs._INSERT_PLAIN).
         cur.executemany(
             "UPDATE schedules SET cursor=?, next_for=NULL, next_due=NULL WHERE id=?",
-            [(format_utc(b.cursor, micro=True), b.schedule_id) for b in batches if b.hint is None],
+            [(fmt(b.cursor), b.schedule_id) for b in batches if b.hint is None],
         )
         return out
 
