@@ -121,6 +121,25 @@ async def test_outbox_key_is_unique_and_run_id_stable(store: RunStore) -> None:
     assert (await store.get_run(run.id)).status is RunStatus.QUEUED  # type: ignore[union-attr]
 
 
+async def test_a_batch_with_runs_stored_already_adds_and_returns_only_the_new(
+    store: RunStore,
+) -> None:
+    """Runs already stored are left as they are, a run repeated in the batch counts once (the
+    first), a Skipped one is stored but not returned: the ids returned are the new Queued
+    runs, in the batch's order, and each run is stored once."""
+    a, b, c, d = (_run(f"slot:{k}") for k in "abcd")
+    assert await store.record_slots([SlotBatch("s", NOW, [a, b])], NOW) == [a.id, b.id]
+    skipped = _run("slot:e").skipped("queue full")
+    later = NOW + timedelta(minutes=1)
+    got = await store.record_slots([SlotBatch("s", later, [c, a, d, c, skipped, b])], later)
+    assert got == [c.id, d.id]
+    page = await store.list_runs(limit=50)
+    assert sorted(r.id for r in page.runs) == sorted({a.id, b.id, c.id, d.id, skipped.id})
+    stored_a = await store.get_run(a.id)
+    assert stored_a is not None and stored_a.queued_at == NOW  # not re-inserted
+    assert await store.record_slots([SlotBatch("s", later, [a, b])], later) == []
+
+
 async def test_a_refused_move_raises_invalid_transition(store: RunStore) -> None:
     run = _run("slot:y")
     await store.record_slots([SlotBatch("s", NOW, [run])], NOW)

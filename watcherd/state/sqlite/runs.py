@@ -77,34 +77,35 @@ _INSERT_PLAIN = (
     "INSERT OR IGNORE INTO runs(id, schedule_id, pipeline_id, experiment, dedup, status,"
     " trigger, parameters, queued_at) VALUES (?,?,?,?,?,?,?,?,?)"
 )
-_IDS_PER_QUERY = 500  # under SQLite's bound-parameter limit
 
 
 def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> list[str]:
     """INSERT OR IGNORE under UNIQUE(schedule_id, dedup); returns the ids inserted Queued.
 
-    One statement for the batch (a catch-up inserts hundreds): the runs whose id is already
-    stored are left out first; a run's id is a function of (schedule_id, dedup), so the
-    statement can ignore nothing else, and if it did, the ids stored after it tell."""
+    One statement for the batch (a catch-up inserts hundreds). A run already stored is
+    ignored by it; when the statement added fewer rows than it was given, the rows it added
+    are read back (their seq is above the largest before it: AUTOINCREMENT). A batch of new
+    runs, as a catch-up's, reads nothing back."""
     if len(runs) == 1:
         return _insert_one(c, runs[0], now)
     gated = sorted({r.schedule_id for r in runs if r.gate is not None})
     if gated:
         runs = apply_gates(runs, {sid: _active(c, sid) for sid in gated})
-    fresh = {r.id: r for r in reversed(runs)}  # the first of a repeated id wins, as row by row
-    for found in _stored_ids(c, list(fresh)):
-        del fresh[found]
-    new = [r for r in runs if fresh.get(r.id) is r]
-    if not new:
-        return []
+    first: dict[str, NewRun] = {}
+    for r in runs:
+        first.setdefault(r.id, r)  # the first of a repeated id wins, as row by row
+    new = list(first.values())
     ts, text = format_utc(now, micro=True), mapping_json_once()
+    (top,) = c.execute("SELECT coalesce(max(seq), 0) FROM runs").fetchone()
     before = c.connection.total_changes
     # One executemany per stretch of runs of one shape, in order: seq is the dispatch order.
     for sql, same in groupby((_statement(r, ts, text) for r in new), key=itemgetter(0)):
         c.executemany(sql, [row for _, row in same])
-    if c.connection.total_changes - before != len(new):  # something else was ignored
-        stored = set(_stored_ids(c, [r.id for r in new]))
-        new = [r for r in new if r.id in stored]
+    if c.connection.total_changes - before != len(new):  # some were stored already
+        added = {row[0] for row in c.execute("SELECT id FROM runs WHERE seq > ?", (top,))}
+        new = [r for r in new if r.id in added]
+        if not new:
+            return []
     c.executemany(
         "INSERT OR IGNORE INTO experiments(name) VALUES (?)",
         [(e,) for e in dict.fromkeys(r.experiment for r in new)],
@@ -159,15 +160,6 @@ def _head(r: NewRun, text: Callable[[Mapping[str, object]], str]) -> tuple[Any, 
         text(r.trigger),
         text(r.parameters),
     )
-
-
-def _stored_ids(c: sqlite3.Cursor, ids: list[str]) -> list[str]:
-    out: list[str] = []
-    for i in range(0, len(ids), _IDS_PER_QUERY):
-        chunk = ids[i : i + _IDS_PER_QUERY]
-        marks = ",".join("?" * len(chunk))
-        out += [row[0] for row in c.execute(f"SELECT id FROM runs WHERE id IN ({marks})", chunk)]
-    return out
 
 
 def _active(c: sqlite3.Cursor, schedule_id: str) -> tuple[int, int]:
