@@ -85,7 +85,8 @@ def insert_runs(c: sqlite3.Cursor, runs: Sequence[NewRun], now: datetime) -> lis
     One statement for the batch (a catch-up inserts hundreds). A run already stored is
     ignored by it; when the statement added fewer rows than it was given, the rows it added
     are read back (their seq is above the largest before it: AUTOINCREMENT). A batch of new
-    runs, as a catch-up's, reads nothing back."""
+    runs, as a catch-up's, reads nothing back. (An ignored row still takes a seq value, as
+    a single run's insert always did: seq orders runs, with gaps.)"""
     if len(runs) == 1:
         return _insert_one(c, runs[0], now)
     gated = sorted({r.schedule_id for r in runs if r.gate is not None})
