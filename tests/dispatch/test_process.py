@@ -19,7 +19,7 @@ import pytest
 import structlog
 
 from watcherd.dispatch.process import ProcessGroup, Reaper
-from watcherd.dispatch.procfs import scan_processes
+from watcherd.dispatch.procfs import read_process, scan_processes
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux /proc")
 
@@ -53,6 +53,9 @@ async def test_wait_returns_at_the_exit_though_a_child_holds_the_pipe(tmp_path: 
             assert await group.wait() == 3
         child = await _pid_in(pid)
         assert _alive(child)
+        async with asyncio.timeout(10):  # the shell forked it; the exec of sleep may lag
+            while (info := read_process(child)) is not None and info.comm != "sleep":  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         with structlog.testing.capture_logs() as logs:
             lines = await group.stop(((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))
         assert lines == [f"SIGTERM to {child} (sleep)"]
