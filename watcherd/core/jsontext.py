@@ -12,6 +12,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from watcherd.core.memo import PerObject
+
 __all__ = ["dumps", "mapping_json", "mapping_json_once"]
 
 
@@ -48,15 +50,7 @@ def mapping_json(m: Mapping[str, Any]) -> str:
 
 
 def mapping_json_once() -> Callable[[Mapping[str, Any]], str]:
-    """`mapping_json` for one batch of rows, each mapping object once: a slot's runs share
-    their trigger, a schedule's runs their parameters (`core.runs.slot_runs`). Keyed by id;
-    each entry keeps its mapping, so that the id names no other object meanwhile."""
-    seen: dict[int, tuple[Mapping[str, Any], str]] = {}
-
-    def text(m: Mapping[str, Any]) -> str:
-        got = seen.get(id(m))
-        if got is None:
-            got = seen[id(m)] = (m, mapping_json(m))
-        return got[1]
-
-    return text
+    """`mapping_json` for one batch of rows, each mapping object once (`PerObject`): a slot's
+    runs share their trigger, a schedule's runs their parameters (`core.runs.slot_runs`)."""
+    seen: PerObject[str] = PerObject()
+    return lambda m: seen.get(m, compute=lambda: mapping_json(m))

@@ -125,11 +125,10 @@ def _insert_one(c: sqlite3.Cursor, r: NewRun, now: datetime) -> list[str]:
 
 
 def _statement(
-    r: NewRun, ts: str, text: Callable[[Mapping[str, object]], str] | None = None
+    r: NewRun, ts: str, text: Callable[[Mapping[str, object]], str] = mapping_json
 ) -> tuple[str, tuple[Any, ...]]:
     """The INSERT of run `r` and its row: `_INSERT_PLAIN`, without its NULLs, when it has no
     file, no error and is not finished. `text`: the JSON of a mapping (`mapping_json_once`)."""
-    text = text or mapping_json
     if r.file is None and r.error is None and r.status not in TERMINAL:
         return _INSERT_PLAIN, (*_head(r, text), ts)
     return _INSERT, _row(r, ts, text)
