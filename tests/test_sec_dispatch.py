@@ -399,3 +399,78 @@ async def test_sec_4_the_metadata_address_is_never_asked(dispatcher: HttpDispatc
         pytest.fail(f"a request was attempted: {exc}")
     assert outcome.status is RunStatus.FAILED and outcome.http_status is None
     assert outcome.error is not None and "{region}" in outcome.error
+
+
+# ── SPEC §8: a command's own `env` values in its log ──────────────────────────
+
+ENV_TOKEN = "Zq9XwV7kT3pL"  # no character repeats: any 3 of its characters in a row are its
+
+
+def _leaky(tmp_path: Path, script: str, log_limit: str = "1MiB") -> str:
+    return f"""
+[daemon]
+api = ""
+[pipelines.leaky]
+kind = "command"
+env = {{ API_KEY = "{ENV_TOKEN}", AUTH = "Bearer {TOKEN}" }}
+log_limit = "{log_limit}"
+steps = [["sh", "-c", {json.dumps(script.replace("${", "$${"))}]]
+[[schedules]]
+name = "manual"
+pipeline = "leaky"
+experiment_name = "E"
+status = "Disabled"
+cron = "0 0 1 1 *"
+"""
+
+
+async def test_sec_8_env_values_echoed_by_a_command_are_masked_in_its_log(
+    tmp_path: Path,
+) -> None:
+    """`set -x` and debug prints put a command's secrets in its output; the run's log (API,
+    page, `runs logs`) shows each as ***, also a credential echoed without its scheme word."""
+    script = 'echo "key=$API_KEY"; echo "$AUTH" >&2; echo "${AUTH#Bearer }"; printf "\\377"; exit 3'
+    async with running_engine(tmp_path, _leaky(tmp_path, script), _clock()) as h:
+        await h.manager.trigger_schedule("manual")
+        await eventually(lambda: h.runs() and h.runs()[0].status in TERMINAL)
+        run = h.runs()[0]
+        log = await h.manager.get_run_log(run.id)
+        shown = json.dumps(await h.manager.get_run(run.id))
+    assert run.status is RunStatus.FAILED and run.exit_code == 3
+    assert b"key=***\n" in log and b"\n***\n" in log and b"\xff" in log
+    assert ENV_TOKEN.encode() not in log and TOKEN.encode() not in log
+    assert ENV_TOKEN not in shown and TOKEN not in shown
+
+
+async def test_sec_8_a_secret_cut_by_the_log_limit_leaves_no_part(tmp_path: Path) -> None:
+    """The log keeps its last `log_limit` bytes: a secret across the cut, at every offset,
+    shows neither whole nor in part."""
+    # 40 lines of growing filler and the secret: the cut falls inside it at many offsets.
+    script = 'p=; i=0; while [ $i -lt 40 ]; do echo "$p$API_KEY"; p="$p."; i=$((i+1)); done'
+    async with running_engine(tmp_path, _leaky(tmp_path, script, "64B"), _clock()) as h:
+        await h.manager.trigger_schedule("manual")
+        await eventually(lambda: h.runs() and h.runs()[0].status in TERMINAL)
+        log = await h.manager.get_run_log(h.runs()[0].id)
+    assert 0 < len(log) <= 64 and log.endswith(b"***\n")
+    parts = {ENV_TOKEN[i : i + 3] for i in range(len(ENV_TOKEN) - 2)}
+    assert not [p for p in parts if p.encode() in log], log
+
+
+def test_sec_8_a_reloaded_configs_secrets_are_masked_in_the_log_from_then_on() -> None:
+    """The daemon's log processor learns a reloaded config's secrets (SIGHUP adds a pipeline
+    with a header token) and keeps masking the old ones."""
+    from watcherd import logs
+
+    out = io.StringIO()
+    before = structlog.get_config()
+    configure("json", secrets=[SIG], stream=out)
+    try:
+        logger = structlog.get_logger("test")
+        logger.info("before", body=f"{TOKEN} {SIG}")
+        logs.add_secrets([TOKEN])  # what Daemon._reload does with the new config's secrets
+        logger.info("after", body=f"{TOKEN} {SIG}")
+    finally:
+        structlog.configure(**before)
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["body"] == f"{TOKEN} ***"  # unknown before the reload
+    assert second["body"] == "*** ***"

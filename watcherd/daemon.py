@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from watcherd import config as config_mod
-from watcherd import statefiles
+from watcherd import logs, statefiles
 from watcherd.core.errors import AlreadyRunning, ConfigErrors, IncompatibleStore, StateError
 from watcherd.core.models import (
     Config,
@@ -356,6 +356,7 @@ class Daemon:
         log.info("reload_started", config=str(self.config_path))
         try:
             new = await asyncio.to_thread(config_mod.load, self.config_path, self.env)
+            logs.add_secrets(new.secrets)  # the log masks them from now on, as the API does
             await self.engine.reload(new)
             self.engine.reload_error = None
             log.info("reload_done", schedules=len(self.engine.schedules))

@@ -16,7 +16,7 @@ import structlog
 
 from watcherd.core.redact import MASK, make_redactor, redact_urls_in_text
 
-__all__ = ["configure", "redaction_processor"]
+__all__ = ["Redaction", "add_secrets", "configure", "redaction_processor"]
 
 _SECRET_KEYS = frozenset(
     {
@@ -32,35 +32,60 @@ _SECRET_KEYS = frozenset(
 )
 
 
-def redaction_processor(secrets: Iterable[str]) -> Callable[..., MutableMapping[str, Any]]:
-    """A processor masking known secret keys, known secret values, and URL credentials."""
-    scrub = make_redactor(secrets)
+class Redaction:
+    """The processor masking known secret keys, known secret values, and URL credentials.
 
-    def _clean(value: Any) -> Any:
+    The values are the config's at start; `add` extends them with a reloaded config's (kept
+    as well as the old ones: a run started before the reload may still echo one)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = frozenset(secrets)
+        self._scrub = make_redactor(self.secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        more = self.secrets.union(secrets)
+        if more != self.secrets:
+            self.secrets, self._scrub = more, make_redactor(more)
+
+    def _clean(self, value: Any) -> Any:
         if isinstance(value, str):
-            value = scrub(value)
+            value = self._scrub(value)
             if "://" in value and ("@" in value or "?" in value):
                 value = redact_urls_in_text(value)
             return value
         if isinstance(value, dict):
             return {
-                k: (MASK if str(k).lower() in _SECRET_KEYS else _clean(v)) for k, v in value.items()
+                k: (MASK if str(k).lower() in _SECRET_KEYS else self._clean(v))
+                for k, v in value.items()
             }
         if isinstance(value, list | tuple):
-            return [_clean(v) for v in value]
+            return [self._clean(v) for v in value]
         return value
 
-    def processor(
-        _logger: Any, _name: str, event: MutableMapping[str, Any]
+    def __call__(
+        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for k in list(event):
             if k.lower() in _SECRET_KEYS:
                 event[k] = MASK
             else:
-                event[k] = _clean(event[k])
+                event[k] = self._clean(event[k])
         return event
 
-    return processor
+
+def redaction_processor(secrets: Iterable[str]) -> Callable[..., MutableMapping[str, Any]]:
+    """A processor masking known secret keys, known secret values, and URL credentials."""
+    return Redaction(secrets)
+
+
+_active: Redaction | None = None  # the processor `configure` installed
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Mask these values too from now on (a reloaded config's secrets), in the processor
+    `configure` installed."""
+    if _active is not None:
+        _active.add(secrets)
 
 
 def configure(
@@ -78,13 +103,15 @@ def configure(
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    global _active
+    _active = Redaction(secrets)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,  # to text, so that redaction sees it
-            redaction_processor(secrets),
+            _active,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -21,6 +21,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 __all__ = [
     "MASK",
+    "BytesMask",
     "MIN_SEARCH_LEN",
     "connection_string_secrets",
     "make_redactor",
@@ -50,14 +51,35 @@ def make_redactor(secrets: Iterable[str]) -> Callable[[str], str]:
     Compiled once. Longer texts are tried first, so a secret containing another is masked
     whole.
     """
-    found: set[str] = set()
-    for secret in secrets:
-        found.update(secret_parts(secret))
-    ordered = sorted({s for s in found if len(s) >= MIN_SEARCH_LEN}, key=len, reverse=True)
+    ordered = _searched(secrets)
     if not ordered:
         return _identity
     pattern = re.compile("|".join(re.escape(s) for s in ordered))
     return lambda text: pattern.sub(MASK, text)
+
+
+def _searched(secrets: Iterable[str]) -> list[str]:
+    """The secrets and their parts searched for in free text, longest first."""
+    found: set[str] = set()
+    for secret in secrets:
+        found.update(secret_parts(secret))
+    return sorted({s for s in found if len(s) >= MIN_SEARCH_LEN}, key=len, reverse=True)
+
+
+class BytesMask:
+    """`make_redactor` for output bytes (a command's log, which need not be UTF-8): each
+    secret and its parts, encoded as a command's environment is (UTF-8, surrogateescape),
+    become `***`. `longest`: the length of the longest one searched, in bytes."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        terms = [t.encode("utf-8", "surrogateescape") for t in _searched(secrets)]
+        self.longest = max((len(t) for t in terms), default=0)
+        self._pattern = re.compile(b"|".join(re.escape(t) for t in terms)) if terms else None
+
+    def __call__(self, data: bytes) -> bytes:
+        if self._pattern is None or not data:
+            return data
+        return self._pattern.sub(MASK.encode(), data)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

@@ -11,6 +11,7 @@ step's own process has already exited. `process.ProcessGroup` is the one impleme
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Mapping
 
@@ -19,6 +20,7 @@ import structlog
 from watcherd.core.errors import DispatchUnavailable
 from watcherd.core.models import CommandTarget, RunStatus
 from watcherd.core.placeholders import expand_bytes
+from watcherd.core.redact import BytesMask
 from watcherd.core.timefmt import format_utc
 from watcherd.dispatch.process import RUN_STOP, ProcessGroup
 from watcherd.engine.ports import Outcome, RunContext
@@ -100,19 +102,41 @@ def refusal(ctx: RunContext) -> str | None:
 
 
 class _Tail:
-    """The last `limit` bytes of a stream."""
+    """The last `limit` bytes of a stream, its secrets masked (SPEC §8: every `env` value).
 
-    def __init__(self, limit: int) -> None:
+    Masked when read, over `mask.longest` more bytes than are kept, so that a secret across
+    the cut is still found; a head cut away may have split one, so the bytes where its end
+    could be are dropped with it."""
+
+    def __init__(self, limit: int, mask: BytesMask | None = None) -> None:
         self.limit = limit
+        self.mask = mask
+        self.spare = mask.longest if mask is not None else 0
         self.buf = bytearray()
+        self.cut = False
 
     def add(self, chunk: bytes) -> None:
         self.buf += chunk
-        if len(self.buf) > 2 * self.limit:
-            del self.buf[: len(self.buf) - self.limit]
+        if len(self.buf) > 2 * self.limit + self.spare:
+            del self.buf[: len(self.buf) - self.limit - self.spare]
+            self.cut = True
 
     def value(self) -> bytes:
-        return bytes(self.buf[-self.limit :]) if self.limit else b""
+        if not self.limit:
+            return b""
+        data = bytes(self.buf)
+        if self.cut and self.spare:
+            data = data[self.spare - 1 :]  # may start with the end of a secret cut in two
+        if self.mask is not None:
+            data = self.mask(data)
+        return data[-self.limit :]
+
+
+@functools.lru_cache(maxsize=64)
+def _mask(values: tuple[str, ...]) -> BytesMask | None:
+    """The mask of a command's `env` values (compiled once per distinct set)."""
+    mask = BytesMask(values)
+    return mask if mask.longest else None
 
 
 async def _pump(stream: asyncio.StreamReader, tail: _Tail) -> None:
@@ -139,7 +163,7 @@ class CommandDispatcher:
         DispatchUnavailable; on cancellation the log so far is kept for `partial_log`."""
         target = ctx.pipeline.target
         assert isinstance(target, CommandTarget)
-        tail = _Tail(target.log_limit)
+        tail = _Tail(target.log_limit, _mask(tuple(sorted(target.env.values()))))
         try:
             return await self._dispatch(ctx, target, tail)
         except asyncio.CancelledError:
