@@ -36,6 +36,7 @@ import httpx
 import structlog
 
 from watcherd.core import errors as _errors
+from watcherd.core.redact import redact_url, redact_urls_in_text
 
 __all__ = [
     "DEFAULT_URL",
@@ -358,7 +359,7 @@ def _error_from(response: httpx.Response, url: str, auth_hint: str | None) -> Wa
     except ValueError:
         pass
     if not message:
-        message = f"HTTP {response.status_code} from {url}"
+        message = f"HTTP {response.status_code} from {redact_url(url)}"
     if response.status_code == 401:
         message += f" ({auth_hint or _AUTH_HINT})"
     cls = _BY_STATUS.get(response.status_code, WatcherdError)
@@ -402,7 +403,9 @@ class Client:
         try:
             httpx.URL(base)
         except (httpx.InvalidURL, TypeError, ValueError) as exc:
-            raise WatcherdError(f"invalid daemon URL {self.url}: {exc}", code="bad_url") from None
+            raise WatcherdError(
+                f"invalid daemon URL {redact_url(self.url)}: {redact_url(str(exc))}", code="bad_url"
+            ) from None
         self._http = httpx.Client(
             base_url=base, headers=headers, timeout=timeout, transport=transport
         )
@@ -458,9 +461,9 @@ class Client:
                 headers=dict(headers or {}),
             )
         except httpx.HTTPError as exc:
-            reason = str(exc) or type(exc).__name__
+            reason = redact_urls_in_text(str(exc)) or type(exc).__name__
             raise DaemonUnreachable(
-                f"daemon not reachable at {self.url} ({reason})", code="unreachable"
+                f"daemon not reachable at {redact_url(self.url)} ({reason})", code="unreachable"
             ) from exc
         if response.status_code >= 400:
             raise _error_from(response, self.url, self.auth_hint)

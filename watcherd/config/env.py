@@ -32,9 +32,37 @@ _SINGLE = re.compile(r"\$\{[^}]*\}")
 
 
 class _BadReference(Exception):
-    def __init__(self, reason: str) -> None:
+    """`reason` quotes the bad reference; `bare` does not (for a secret's value)."""
+
+    def __init__(self, reason: str, bare: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.bare = bare or reason
+
+
+# Keys whose values are secrets (SPEC §8; `loader.collect_secrets` collects them): a bad
+# `${…}` in one is reported without quoting it, which would show the secret's other end.
+_SECRET_KEYS = frozenset(
+    {
+        "token",
+        "database",
+        "connection_string",
+        "queue_connection_string",
+        "account_key",
+        "sas_token",
+        "url",
+        "endpoint",
+        "account_url",
+        "queue_account_url",
+    }
+)
+_SECRET_TABLES = frozenset({"headers", "env"})
+
+
+def _secret_path(parts: list[str | int]) -> bool:
+    return (bool(parts) and parts[-1] in _SECRET_KEYS) or (
+        len(parts) >= 2 and parts[-2] in _SECRET_TABLES
+    )
 
 
 Found = list[tuple[str, str, bool]]
@@ -130,7 +158,8 @@ class _Walker:
             try:
                 result = _expand(value, self.env)
             except _BadReference as exc:
-                self.problems.append((_path(parts), exc.reason))
+                why = exc.bare if _secret_path(parts) else exc.reason
+                self.problems.append((_path(parts), why))
                 return value
         else:
             result = value
@@ -165,7 +194,10 @@ def _expand(text: str, env: Mapping[str, str]) -> str:
         elif text.startswith("${", start):
             end = text.find("}", start)
             if end == -1:
-                raise _BadReference(f"unterminated variable reference {text[start:]!r}")
+                raise _BadReference(
+                    f"unterminated variable reference {text[start:]!r}",
+                    "unterminated variable reference (not shown: the value is a secret)",
+                )
             out.append(_resolve(text[start + 2 : end], env))
             pos = end + 1
         else:
@@ -181,7 +213,10 @@ def _expand(text: str, env: Mapping[str, str]) -> str:
 def _resolve(body: str, env: Mapping[str, str]) -> str:
     name, sep, default = body.partition(":-")
     if not _NAME.fullmatch(name):
-        raise _BadReference(f"invalid variable reference '${{{body}}}'")
+        raise _BadReference(
+            f"invalid variable reference '${{{body}}}'",
+            "invalid variable reference (not shown: the value is a secret)",
+        )
     value = env.get(name)
     if sep and not value:  # as in the shell: ":-" also replaces an empty value
         return default

@@ -11,7 +11,6 @@ import re
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
 from watcherd.config.limits import GLOBS_MAX, PATH_MAX, URL_MAX
 from watcherd.config.schema import (
@@ -32,6 +31,7 @@ from watcherd.config.schema import (
     describe,
     did_you_mean,
     read_table,
+    url_problem,
 )
 from watcherd.core.durations import parse_polling_interval
 from watcherd.core.models import (
@@ -42,7 +42,6 @@ from watcherd.core.models import (
     DatastoreTrigger,
     LocalDatastore,
 )
-from watcherd.core.redact import redact_url
 
 __all__ = ["DATASTORE_KEYS", "datastore_fields", "datastore_trigger"]
 
@@ -150,12 +149,8 @@ _as_url_text = as_text(URL_MAX, empty=False)
 
 def _as_queue_url(value: object, at: At) -> str:
     text = _as_url_text(value, at)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("https", "http") or not parts.netloc:
-        raise Invalid(f"invalid URL {redact_url(text)[:200]!r}: expected https://…")
+    if (why := url_problem(text, ("https", "http"), "https://…")) is not None:
+        raise Invalid(why)
     return text
 
 

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from watcherd.config.limits import ENTRIES_MAX, NAME_MAX, PATH_MAX, key_join
 from watcherd.core.durations import parse_duration, parse_size
 from watcherd.core.errors import ConfigError, ValidationError
+from watcherd.core.redact import lenient_credentials, redact_url
 from watcherd.core.wallclock import parse_local_datetime
 
 __all__ = [
@@ -415,3 +417,28 @@ def _plain(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+def url_problem(text: str, schemes: tuple[str, ...], expected: str | None = None) -> str | None:
+    """Why `text` is not a URL of one of `schemes` a request can be sent to, or None. The URL
+    is quoted with its credentials masked (SPEC §8), also when it does not parse. `expected`:
+    what the message says is expected (default: the schemes)."""
+    shown = redact_url(text)[:200]
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in schemes or not parts.netloc:
+        return f"invalid URL {shown!r}: expected {expected or ' or '.join(schemes) + '://…'}"
+    try:
+        parts.port  # noqa: B018  # parses the port; ValueError when it is bad
+    except ValueError:
+        return f"invalid URL {shown!r}: bad port"
+    lenient = lenient_credentials(text)
+    written = text[lenient[0] : lenient[1]] if lenient is not None else ""
+    if written != parts.netloc.rpartition("@")[0]:
+        return (
+            f"invalid URL {shown!r}: its user name or password holds a character that must be "
+            "percent-encoded there ('#' %23, '/' %2F, '?' %3F, '@' %40, '[' %5B)"
+        )
+    return None

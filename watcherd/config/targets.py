@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from watcherd.config.daemon import parse_daemon
 from watcherd.config.limits import DESCRIPTION_MAX, PATH_MAX, URL_MAX
@@ -31,6 +30,7 @@ from watcherd.config.schema import (
     describe,
     did_you_mean,
     read_table,
+    url_problem,
 )
 from watcherd.core.models import (
     AzureMLTarget,
@@ -46,7 +46,6 @@ from watcherd.core.models import (
     Target,
     default_pipeline_id,
 )
-from watcherd.core.redact import redact_url
 
 __all__ = [
     "PIPELINE_ID",
@@ -73,12 +72,8 @@ def _as_url(*schemes: str) -> Converter:
 
     def convert(value: object, at: At) -> str:
         text = as_url_text(value, at)
-        try:
-            parts = urlsplit(text)
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in schemes or not parts.netloc:
-            raise Invalid(f"invalid URL {redact_url(text)!r}: expected {' or '.join(schemes)}://…")
+        if (why := url_problem(text, schemes)) is not None:
+            raise Invalid(why)
         return text
 
     return convert

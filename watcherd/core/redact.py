@@ -15,21 +15,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit, urlunsplit
 
 __all__ = [
     "MASK",
     "BytesMask",
     "MIN_SEARCH_LEN",
     "connection_string_secrets",
+    "lenient_credentials",
     "make_redactor",
     "query_values",
     "redact",
     "redact_obj",
     "redact_url",
     "redact_urls_in_text",
+    "redactor_for",
     "secret_parts",
     "url_secrets",
 ]
@@ -58,11 +62,23 @@ def make_redactor(secrets: Iterable[str]) -> Callable[[str], str]:
     return lambda text: pattern.sub(MASK, text)
 
 
+@functools.lru_cache(maxsize=16)
+def redactor_for(secrets: frozenset[str]) -> Callable[[str], str]:
+    """`make_redactor` of a config's secrets, compiled once per distinct set (per run it
+    would compile a pattern of every secret)."""
+    return make_redactor(secrets)
+
+
 def _searched(secrets: Iterable[str]) -> list[str]:
-    """The secrets and their parts searched for in free text, longest first."""
+    """The secrets and their parts searched for in free text, longest first; each also as a
+    JSON string spells it (a server echoing headers as JSON escapes `"`, `\\` and
+    non-ASCII)."""
     found: set[str] = set()
     for secret in secrets:
-        found.update(secret_parts(secret))
+        for part in secret_parts(secret):
+            found.add(part)
+            found.add(json.dumps(part)[1:-1])
+            found.add(json.dumps(part, ensure_ascii=False)[1:-1])
     return sorted({s for s in found if len(s) >= MIN_SEARCH_LEN}, key=len, reverse=True)
 
 
@@ -132,12 +148,16 @@ def query_values(query: str) -> list[str]:
 def redact_url(url: str) -> str:
     """Mask a URL's userinfo and query string: `https://u:p@h/x?sig=1` → `https://***@h/x?***`.
 
-    Text that does not parse as a URL is returned unchanged.
+    Text that does not parse as a URL is masked as `lenient_credentials` reads it (a password
+    holding an unencoded `#` or `/`, a stray `[`), else returned unchanged.
     """
     try:
         parts = urlsplit(url)
     except ValueError:
-        return url
+        parts = None
+    lenient = lenient_credentials(url)
+    if parts is None or _disagrees(parts, lenient):
+        return _mask_lenient(url, lenient)
     netloc = parts.netloc
     if "@" in netloc:
         netloc = MASK + "@" + netloc.rpartition("@")[2]
@@ -145,6 +165,49 @@ def redact_url(url: str) -> str:
     if netloc == parts.netloc and query == parts.query:
         return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_HOST_PORT = re.compile(r"[^:/?#@]*:[0-9]*")
+
+
+def lenient_credentials(url: str) -> tuple[int, int, int] | None:
+    """Where a URL's credentials are as written, read as a careless writer meant them:
+    (start of the userinfo, its end (the last `@` before the query; = start when there is
+    none), start of the query (`len(url)` when there is none)); None if not `scheme://…`.
+
+    Unlike `urlsplit`, a password holding an unencoded `#`, `/` or `[` stays userinfo (up to
+    the last `@`), unless what precedes its first `/` is a host and port or has no `:`
+    (`https://h:8080/users/@me`, `https://h/@scope/x`: an `@` in a path)."""
+    i = url.find("://")
+    if i <= 0:
+        return None
+    start = end = i + 3
+    at = url.rfind("@", start)
+    if at != -1:
+        cand = url[start:at]
+        slash = cand.find("/")
+        before = cand if slash == -1 else cand[:slash]
+        a_path = slash != -1 and (":" not in before or _HOST_PORT.fullmatch(before))
+        if "?" not in cand and not a_path:
+            end = at
+    q = url.find("?", end)
+    return start, end, len(url) if q == -1 else q
+
+
+def _disagrees(parts: SplitResult, lenient: tuple[int, int, int] | None) -> bool:
+    """True when `urlsplit` misses credentials that `lenient_credentials` finds."""
+    if lenient is None:
+        return False
+    start, end, _ = lenient
+    return end > start and "@" not in parts.netloc
+
+
+def _mask_lenient(url: str, lenient: tuple[int, int, int] | None) -> str:
+    if lenient is None:
+        return url
+    start, end, q = lenient
+    out = url[:start] + (MASK if end > start else "") + url[end:q]
+    return out + ("?" + MASK if q < len(url) else "")
 
 
 def redact_urls_in_text(text: str) -> str:
@@ -157,11 +220,22 @@ def redact_urls_in_text(text: str) -> str:
 def url_secrets(url: str, *, values: bool = True) -> list[str]:
     """The secret parts of a URL: its userinfo (and password alone) and its query string,
     with (unless `values` is false) each query value alone."""
+    found: list[str] = []
+    lenient = lenient_credentials(url)
+    if lenient is not None:  # as written, whatever urlsplit makes of it
+        start, end, q = lenient
+        if end > start:
+            found.append(url[start:end])
+            if ":" in found[-1]:
+                found.append(found[-1].partition(":")[2])
+        if q < len(url):
+            found.append(url[q + 1 :])
+            if values:
+                found += query_values(url[q + 1 :])
     try:
         parts = urlsplit(url)
     except ValueError:
-        return []
-    found: list[str] = []
+        return list(dict.fromkeys(s for s in found if s))
     if "@" in parts.netloc:
         userinfo = parts.netloc.rpartition("@")[0]
         found.append(userinfo)

@@ -102,7 +102,7 @@ def refusal(ctx: RunContext) -> str | None:
 
 
 class _Tail:
-    """The last `limit` bytes of a stream, its secrets masked (SPEC §8: every `env` value).
+    """The last `limit` bytes of a stream, the config's secrets masked (SPEC §8).
 
     Masked when read, over `mask.longest` more bytes than are kept, so that a secret across
     the cut is still found; a head cut away may have split one, so the bytes where its end
@@ -132,10 +132,11 @@ class _Tail:
         return data[-self.limit :]
 
 
-@functools.lru_cache(maxsize=64)
-def _mask(values: tuple[str, ...]) -> BytesMask | None:
-    """The mask of a command's `env` values (compiled once per distinct set)."""
-    mask = BytesMask(values)
+@functools.lru_cache(maxsize=16)
+def _mask(secrets: frozenset[str]) -> BytesMask | None:
+    """The mask of a config's secrets, its commands' `env` values among them (compiled once
+    per distinct set)."""
+    mask = BytesMask(secrets)
     return mask if mask.longest else None
 
 
@@ -163,7 +164,7 @@ class CommandDispatcher:
         DispatchUnavailable; on cancellation the log so far is kept for `partial_log`."""
         target = ctx.pipeline.target
         assert isinstance(target, CommandTarget)
-        tail = _Tail(target.log_limit, _mask(tuple(sorted(target.env.values()))))
+        tail = _Tail(target.log_limit, _mask(ctx.secrets | frozenset(target.env.values())))
         try:
             return await self._dispatch(ctx, target, tail)
         except asyncio.CancelledError:

@@ -68,6 +68,7 @@ def plan_for(
             attempt=attempt,
             extra_env=extra,
             azureml_datastore=ds.azureml_datastore if isinstance(ds, BlobDatastore) else None,
+            secrets=config.secrets,
         )
 
     return Plan(
@@ -75,4 +76,5 @@ def plan_for(
         schedule_name=s.name if s else (run.schedule_id or "(submit)"),
         serial=serial,
         make_context=make,
+        secrets=config.secrets,
     )

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ import structlog
 from watcherd.core.durations import format_duration
 from watcherd.core.errors import ClaimLost, DispatchUnavailable, StateError, TransientError
 from watcherd.core.models import Pipeline, Run, RunStatus
+from watcherd.core.redact import redactor_for
 from watcherd.core.runs import NewRun, on_failure_run
 from watcherd.core.timefmt import format_utc
 from watcherd.engine.clock import Clock
@@ -51,6 +52,7 @@ class Plan:
     schedule_name: str
     serial: bool  # the schedule's concurrency is "queue": one run at a time
     make_context: Callable[[Run, int], RunContext]
+    secrets: frozenset[str] = frozenset()  # the config's: masked in every error recorded
 
 
 class Execution:
@@ -160,23 +162,24 @@ class Execution:
             ctx = self.plan.make_context(run, self.attempt)
             started = self.clock.now()
             try:
-                outcome = await self.dispatcher.dispatch(ctx)
+                outcome = self._masked(await self.dispatcher.dispatch(ctx))
             except TransientError as exc:
                 status = exc.http_status if isinstance(exc, DispatchUnavailable) else None
+                error = redactor_for(self.plan.secrets)(str(exc))
                 self.attempts.append(
                     _record(
-                        self.attempt, started, self.clock.now(), error=str(exc), http_status=status
+                        self.attempt, started, self.clock.now(), error=error, http_status=status
                     )
                 )
                 if self.attempt >= retry.attempts:
                     return Outcome(
                         status=RunStatus.FAILED,
-                        error=f"retries exhausted after {self.attempt} attempts: {exc}",
+                        error=f"retries exhausted after {self.attempt} attempts: {error}",
                     )
                 delay = backoff_delay(self.attempt, retry.max_delay, exc.retry_after)
                 nxt = self.clock.now() + timedelta(seconds=delay)
                 log.warning("run_retry", attempt=self.attempt + 1, delay=round(delay, 3),
-                            error=str(exc))  # fmt: skip
+                            error=error)  # fmt: skip
                 await self._persist(
                     functools.partial(
                         self.store.update_running,
@@ -237,7 +240,16 @@ class Execution:
         )  # fmt: skip
         log.warning("run_requeued", reason="interrupted by shutdown")
 
+    def _masked(self, outcome: Outcome) -> Outcome:
+        """The outcome with the config's secrets masked in its error (SPEC §8): a target may
+        echo any of them, a dispatcher masks only its own."""
+        if outcome.error is None or not self.plan.secrets:
+            return outcome
+        error = redactor_for(self.plan.secrets)(outcome.error)
+        return outcome if error == outcome.error else replace(outcome, error=error)
+
     async def _finish(self, outcome: Outcome) -> tuple[list[NewRun], list[str]]:
+        outcome = self._masked(outcome)  # also an internal error's, a timeout's
         run, pipeline = self.run_, self.plan.pipeline
         now = self.clock.now()
         followups: list[NewRun] = []

@@ -408,6 +408,9 @@ class RunContext:
     attempt: int
     extra_env: Mapping[str, str] = field(default_factory=dict)  # e.g. WATCHERD_FAILED_RUN
     azureml_datastore: str | None = None  # the file's blob datastore's Azure ML name (§13)
+    # Every secret of the config (SPEC §8): what the run's log must never show, whoever's
+    # (a command may print a header token or the daemon token it inherited).
+    secrets: frozenset[str] = frozenset()
 
     @property
     def data_path_parameter_name(self) -> str | None:

@@ -20,6 +20,7 @@ from watcherd.client import (
     quote_id,
     read_config_json,
 )
+from watcherd.core.redact import redact_url
 from watcherd.sdk.recurrence import ScheduleRecurrence, TimeZone
 from watcherd.sdk.runs import TERMINAL_STATUSES, PipelineRun, page_link
 
@@ -56,7 +57,7 @@ class Workspace:
     def __init__(self, url: str, token: str | None = None, *, client: Client | None = None):
         self._client = client or Client(url, token)
         self.url = self._client.url
-        self.name = self.url
+        self.name = redact_url(self.url)  # shown (repr, errors): its credentials masked
         # Notebooks rarely close a workspace: close its connections when it is collected.
         weakref.finalize(self, self._client.close)
 
@@ -102,7 +103,7 @@ class Workspace:
         self._client.close()
 
     def __repr__(self) -> str:
-        return f"Workspace(url={self.url!r})"
+        return f"Workspace(url={self.name!r})"
 
 
 class Experiment:
