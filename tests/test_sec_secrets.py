@@ -254,3 +254,17 @@ def test_the_client_never_quotes_a_daemon_urls_credentials() -> None:
         assert not _shows(repr(ws) + ws.name, PASS.replace("#", ""), SIG)
     finally:
         ws.close()
+
+
+def test_a_sas_token_of_one_value_has_that_value_masked_alone(tmp_path: Path) -> None:
+    text = """
+[daemon]
+api = ""
+[datastores.lake]
+kind = "azure_blob"
+account_url = "https://acct.blob.core.windows.net"
+sas_token = "sig=Wv3Kp8Nz2Qd5"
+container = "inbox"
+"""
+    secrets = load_config(tmp_path, text).secrets
+    assert make_redactor(secrets)("signature Wv3Kp8Nz2Qd5 refused") == "signature *** refused"

@@ -32,7 +32,7 @@ from watcherd.config.targets import (
 )
 from watcherd.core.errors import ConfigError, ConfigErrors
 from watcherd.core.models import Config, Schedule, Source
-from watcherd.core.redact import connection_string_secrets, redact, url_secrets
+from watcherd.core.redact import connection_string_secrets, query_values, redact, url_secrets
 
 __all__ = [
     "check_compat",
@@ -351,7 +351,7 @@ def collect_secrets(tree: Mapping[str, object]) -> frozenset[str]:
         for conn in _strings(store.get("connection_string")):
             found += connection_string_secrets(conn)
         for sas in _strings(store.get("sas_token")):
-            found += [sas, sas.lstrip("?")]
+            found += [sas, sas.lstrip("?"), *query_values(sas.lstrip("?"))]  # "sig=X" too
         found += _strings(store.get("account_key"))
         for url in _strings(store.get("account_url")):
             found += url_secrets(url)
