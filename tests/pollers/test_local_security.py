@@ -302,3 +302,102 @@ async def test_sec_14_a_rescan_never_queues_more_than_max_pending(
                 await sink.until(lambda: sink.queued == 100 or len(sink.fired) == 250)
     assert sink.most == 100
     assert sorted(sink.names()) == sorted(f"{SUB}/f{i:03d}.csv".encode() for i in range(250))
+
+
+# ── a `writing` state no close ends: the rescan asks the kernel (USERS 17) ───
+
+
+async def test_a_file_truncated_by_path_runs_at_the_next_rescan(
+    tmp_path: Path, inbox: Path
+) -> None:
+    """truncate(2) by path is a modify event with no open and so no close."""
+    poller, sink, health, clock = polled(tmp_path, events=True, settle=timedelta(seconds=2))
+    async with running(poller):
+        await clock.wait_for_wait()
+        write(inbox / "a.csv", b"abcdef")
+        await sink.until(lambda: bool(fired(sink, "a.csv")))
+        os.truncate(inbox / "a.csv", 3)
+        await mark(sink, inbox)
+        await clock.step(5)
+        assert len(fired(sink, "a.csv")) == 1  # waits for a close: none comes
+        await clock.step(60)  # the next rescan
+        await sink.until(lambda: len(fired(sink, "a.csv")) == 2)
+    assert [c.version.split(":")[0] for c in fired(sink, "a.csv")] == ["6", "3"]
+
+
+async def test_a_file_created_by_an_open_for_reading_runs_at_the_next_rescan(
+    tmp_path: Path, inbox: Path
+) -> None:
+    poller, sink, _, clock = polled(tmp_path, events=True, settle=timedelta(seconds=2))
+    async with running(poller):
+        await clock.wait_for_wait()
+        os.close(os.open(inbox / "empty.csv", os.O_RDONLY | os.O_CREAT))
+        await mark(sink, inbox)
+        await clock.step(60)
+        await sink.until(lambda: bool(fired(sink, "empty.csv")))
+    assert [c.version.split(":")[0] for c in fired(sink, "empty.csv")] == ["0"]
+
+
+async def test_a_writer_holding_its_file_open_is_waited_for_across_rescans(
+    tmp_path: Path, inbox: Path
+) -> None:
+    poller, sink, health, clock = polled(tmp_path, events=True, settle=timedelta(seconds=2))
+    async with running(poller):
+        await clock.wait_for_wait()
+        fd = os.open(inbox / "log.csv", os.O_WRONLY | os.O_CREAT)
+        try:
+            os.write(fd, b"x" * 100)
+            await mark(sink, inbox)
+            polls = len(health.polls)
+            for _ in range(3):  # three rescans, the writer quiet but its file open
+                await clock.step(60)
+            await health.until_polls(polls + 3)
+            assert fired(sink, "log.csv") == []
+            os.write(fd, b"y" * 100)
+        finally:
+            os.close(fd)
+        await sink.until(lambda: bool(fired(sink, "log.csv")))
+        await mark(sink, inbox, "last.csv")
+    assert [c.version.split(":")[0] for c in fired(sink, "log.csv")] == ["200"]
+
+
+async def test_a_write_event_handled_after_an_overflow_does_not_hold_its_file(
+    tmp_path: Path, inbox: Path
+) -> None:
+    """An overflow loses events: a modify read before it but handled after it must not wait
+    for a close that may be among them (the inotify thread posts both, in that order)."""
+    poller, sink, _, clock = polled(tmp_path, events=True, settle=timedelta(seconds=2))
+    async with running(poller):
+        await clock.wait_for_wait()
+        write(inbox / "a.csv", b"abcdef")
+        await sink.until(lambda: bool(fired(sink, "a.csv")))
+        os.truncate(inbox / "a.csv", 3)  # a writer "has it open"
+        await mark(sink, inbox)
+        poller._post("writing", b"a.csv")  # read, not yet handled, when the queue overflows
+        poller._post("overflow", b"")
+        async with asyncio.timeout(WAIT):  # handled: waiting for its settle, not for a close
+            while b"a.csv" not in poller._track.pending:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        await clock.step(2)
+        await sink.until(lambda: len(fired(sink, "a.csv")) == 2)  # not a poll later
+    assert [c.version.split(":")[0] for c in fired(sink, "a.csv")] == ["6", "3"]
+
+
+async def test_where_the_kernel_cannot_tell_a_quiet_writer_waits_an_interval_then_settle(
+    tmp_path: Path, inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No lease (another user's file, a file system without them): a name with no event for a
+    whole polling interval is left to the settle rule."""
+    from watcherd.pollers import localchanges
+
+    monkeypatch.setattr(localchanges, "open_for_writing", lambda _, names: dict.fromkeys(names))
+    poller, sink, _, clock = polled(tmp_path, events=True, settle=timedelta(seconds=2))
+    async with running(poller):
+        await clock.wait_for_wait()
+        os.close(os.open(inbox / "b.csv", os.O_RDONLY | os.O_CREAT))
+        await mark(sink, inbox)
+        await clock.step(30)
+        await clock.step(30)  # the rescan, 60 s after its event
+        await clock.step(2)  # its settle
+        await sink.until(lambda: bool(fired(sink, "b.csv")))
+    assert [c.version.split(":")[0] for c in fired(sink, "b.csv")] == ["0"]

@@ -344,6 +344,7 @@ class LocalPoller:
                 changes.take(chunk, now, batch)
             if chunk.done:
                 await changes.deletions(self._scan, self._gone, now, batch)
+                await changes.writers_done(now, self._interval, batch)
             marker = ("" if chunk.done else None) if changes.silent else None
             await changes.commit(batch, marker=marker, force=chunk.done and changes.silent)
         except Exception as exc:
@@ -429,6 +430,10 @@ class LocalPoller:
             if kind == "overflow":
                 log.warning("events_overflow", path=show(self.path))
             self._track.events_lost()
+            raw = self._raw  # gathered before the loss: whether a close follows is lost too
+            for name, was in raw.items():
+                if was == "writing" or was == "created":
+                    raw[name] = "check"
             self._rescan = True
             self._wake.set()
             return

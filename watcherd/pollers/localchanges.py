@@ -27,10 +27,11 @@ from watcherd.pollers.localfs import (
     Stats,
     local_fingerprint,
     missing_names,
+    open_for_writing,
     stat_names,
     version_of,
 )
-from watcherd.pollers.localstate import Batch, WriteCompletion
+from watcherd.pollers.localstate import Batch, How, WriteCompletion
 from watcherd.pollers.localwatch import EventKind
 
 __all__ = ["BASELINE_MARKER", "Changes"]
@@ -39,6 +40,7 @@ log = structlog.get_logger("watcherd.pollers.local")
 
 BASELINE_MARKER = "local:baseline"  # listing marker while a skip-baseline is committed in chunks
 _STAT_IN_POOL = 64  # stat batches larger than this leave the event loop
+_WRITER_QUIET = 1.0  # seconds without an event before a writer's file is asked about
 
 
 def show(name: bytes) -> str:
@@ -95,7 +97,7 @@ class Changes:
         first poll of a million files does nothing per file on the loop but this). A name an
         event has seen since (committed, being written, an outside symlink) is left to that."""
         names, fps, versions = chunk.new_names, chunk.new_fps, chunk.new_versions
-        skip = self.touched | self.track.writing | set(self.track.outside)
+        skip = self.touched | self.track.writing.keys() | self.track.outside.keys()
         if skip:
             keep = [i for i, n in enumerate(names) if n not in skip]
             names, fps = [names[i] for i in keep], [fps[i] for i in keep]
@@ -121,6 +123,7 @@ class Changes:
         names = [n for n in raw if self._match(n)]
         if not names:
             return
+        lost = self.track.lost
         stats = await self._stat(names)
         if stats is None:
             return
@@ -129,12 +132,14 @@ class Changes:
             obs, kind = stats.obs[name], raw[name]
             if obs is False:
                 continue  # unreadable: the next rescan decides
+            if track.lost != lost and kind in ("writing", "created"):
+                kind = "check"  # events were lost meanwhile: its close may be among them
             if obs is not None and (
                 kind == "writing" or (kind == "created" and name not in stats.linked)
             ):
-                track.start_writing(name)  # eligible at its close, however long that takes
+                track.start_writing(name, now)  # eligible at its close (or stale_writers)
             elif kind == "closed":
-                track.writing.discard(name)
+                track.writing.pop(name, None)
                 track.observe(name, obs, "closed", now, snap.get(name), batch)
             elif obs is None or name not in track.writing:
                 old = snap.get(name)
@@ -143,6 +148,33 @@ class Changes:
                 else:
                     track.observe(name, obs, "check", now, old, batch)
         await self.commit(batch)
+
+    async def writers_done(self, now: float, interval: float, batch: Batch) -> None:
+        """At the end of a rescan: the names `writing` with no event for `settle` that no
+        process has open for writing any more are eligible now (a change no close reports:
+        `truncate(2)`, an `open(O_CREAT)` for reading); where the kernel cannot tell, those
+        with no event for a whole polling interval are left to the settle rule."""
+        track = self.track
+        names = track.stale_writers(now, max(self._settle, _WRITER_QUIET))
+        if not names:
+            return
+        since = {n: track.writing[n] for n in names}
+        open_now = await off_loop(open_for_writing, self.path, names)
+        stats = await self._stat(names)
+        if stats is None:
+            return
+        snap = self.snap
+        for name in names:
+            held = open_now[name]
+            if track.writing.get(name) != since[name]:
+                continue  # an event came meanwhile: it decides
+            if held or (held is None and now - since[name] < interval):
+                continue  # a writer still has it open; or it cannot be told yet
+            del track.writing[name]
+            obs = stats.obs[name]
+            if obs is not False:
+                how: How = "closed" if held is False else "check"
+                track.observe(name, obs, how, now, snap.get(name), batch)
 
     async def settle(self) -> None:
         track, snap = self.track, self.snap

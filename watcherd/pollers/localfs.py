@@ -19,7 +19,9 @@ the watched directory itself to the same rule.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import signal
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ __all__ = [
     "check_dir",
     "local_fingerprint",
     "missing_names",
+    "open_for_writing",
     "stat_names",
     "version_of",
 ]
@@ -388,4 +391,34 @@ def stat_names(
         if st.st_nlink > 1:
             out.linked.add(name)
         out.obs[name] = _OBS(st)
+    return out
+
+
+def open_for_writing(path: bytes, names: list[bytes]) -> dict[bytes, bool | None]:
+    """Whether some process has each file in `path` open for writing (None: cannot tell).
+
+    The kernel refuses a read lease (`F_SETLEASE`, EAGAIN) on a file any process has open for
+    writing. The lease is dropped at once; a writer opening the file in between waits for that,
+    and the notice of its break comes as SIGURG, ignored by default (SIGIO, the default notice,
+    would end the daemon). None: not the file's owner (without CAP_LEASE), a symlink, gone, or
+    a file system without leases."""
+    out: dict[bytes, bool | None] = {}
+    for name in names:
+        try:
+            fd = os.open(
+                os.path.join(path, name), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+        except OSError:
+            out[name] = None
+            continue
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as exc:
+            out[name] = True if exc.errno == errno.EAGAIN else None
+        else:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            out[name] = False
+        finally:
+            os.close(fd)
     return out

@@ -4,8 +4,13 @@ Pure bookkeeping, no I/O: the poller feeds it what events, settle re-checks and 
 
 - A close-after-write or move-into event makes a version eligible at once ("closed").
 - A file some writer has open (a modify event, or a create by open()) is `writing`: it becomes
-  eligible only at its close, however long the writer pauses. Nothing else (settle, rescans)
-  may fire it meanwhile.
+  eligible at its close, however long the writer pauses. Nothing else (settle) may fire it
+  meanwhile, but a rescan asks the kernel about the names that have had no event for `settle`:
+  one no process has open for writing any more had a change no close reports (`truncate(2)`,
+  an `open(O_CREAT)` for reading) and is eligible; where the kernel cannot tell, one with no
+  event for a whole polling interval is left to the settle rule (`stale_writers`).
+- Events lost (a queue overflow) end every `writing` state, and bump `lost`: a modify event
+  read before the loss but handled after it must not start one again (its close may be lost).
 - Every other change (events off, rescans, downtime, links made without an open) is `pending`:
   eligible once a stat at its own settle deadline shows the same (size, mtime, inode).
 - A version that differs from a just-fired one only by mtime, within `settle`, is the same
@@ -64,7 +69,8 @@ class WriteCompletion:
         self.settle = settle
         self.pending: dict[bytes, tuple[Obs, float]] = {}  # obs + its settle deadline
         self._heap: list[tuple[float, bytes]] = []  # (deadline, name); stale entries skipped
-        self.writing: set[bytes] = set()
+        self.writing: dict[bytes, float] = {}  # name → time of its last "writing" event
+        self.lost = 0  # events_lost() calls so far
         self.recent: dict[bytes, tuple[int, int, float]] = {}  # fired: size, inode, until
         self.deferred: dict[bytes, Obs] = {}
         self.outside: dict[bytes, Obs] = {}
@@ -94,15 +100,20 @@ class WriteCompletion:
 
     # ── transitions ──────────────────────────────────────────────────────────
 
-    def start_writing(self, name: bytes) -> None:
-        """A writer has `name` open: only its close makes it eligible."""
-        self.writing.add(name)
+    def start_writing(self, name: bytes, now: float) -> None:
+        """A writer has `name` open: its close makes it eligible (or `stale_writers`)."""
+        self.writing[name] = now
         self.pending.pop(name, None)
         self.deferred.pop(name, None)  # superseded by what is being written
 
     def events_lost(self) -> None:
         """Closes may have been missed (queue overflow, watch gone): no file waits for one."""
         self.writing.clear()
+        self.lost += 1
+
+    def stale_writers(self, now: float, quiet: float) -> list[bytes]:
+        """Names `writing` with no event for `quiet` seconds."""
+        return [n for n, at in self.writing.items() if now - at >= quiet]
 
     def observe(
         self, name: bytes, obs: Obs | None, how: How, now: float, old: int | None, batch: Batch
@@ -133,7 +144,7 @@ class WriteCompletion:
 
     def forget(self, name: bytes) -> None:
         self.pending.pop(name, None)
-        self.writing.discard(name)
+        self.writing.pop(name, None)
         self.deferred.pop(name, None)
 
     def fired(self, name: bytes, obs: Obs, until: float) -> None:
