@@ -118,6 +118,9 @@ _SCHEDULE_KEYS: JSON = {
     "events": _OPT_BOOL,
 }
 
+# What a GET shows beside a schedule's keys; a body may carry them back: they are ignored.
+_SHOWN: JSON = {"trigger_words": {}, "last_run": {}, "error": {}}
+
 _RUN: JSON = {
     "type": "object",
     "required": ["id", "schedule_id", "status"],
@@ -198,13 +201,15 @@ SCHEMAS: JSON = {
     "ScheduleCreate": {
         "type": "object",
         "required": ["name", "pipeline", "experiment_name"],
-        "properties": _SCHEDULE_KEYS,
+        "description": "trigger_words, last_run and error (shown by a GET) are ignored",
+        "properties": {**_SCHEDULE_KEYS, **_SHOWN},
         "additionalProperties": False,
     },
     "ScheduleUpdate": {
         "type": "object",
-        "description": "any subset of the schedule keys; null keeps, pipeline_parameters {} clears",
-        "properties": _SCHEDULE_KEYS,
+        "description": "any subset of the schedule keys; null keeps, pipeline_parameters {} "
+        "clears; trigger_words, last_run and error (shown by a GET) are ignored",
+        "properties": {**_SCHEDULE_KEYS, **_SHOWN},
         "additionalProperties": False,
     },
     "TriggerRequest": {

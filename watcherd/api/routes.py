@@ -171,9 +171,23 @@ async def create_schedule(request: web.Request) -> web.Response:
     if request.content_type in parsing.YAML_TYPES:  # SPEC §13: Azure ML v2 schedule YAML
         created = await svc.create_schedule_yaml(await parsing.yaml_text(request))
     else:
-        created = await svc.create_schedule(await parsing.json_object(request))
+        created = await svc.create_schedule(_without_shown(await parsing.json_object(request)))
     location = f"{API}/schedules/{created.get('id', '')}"
     return json_response(created, status=201, Location=location)
+
+
+# What a schedule's JSON shows beside its keys and its read-only keys (the page's words, its
+# last run, why it is in error): derived, so a body may carry them and they are ignored, and a
+# GET's object less its read-only keys can be POSTed back (SPEC §8).
+_SHOWN = ("trigger_words", "last_run", "error")
+
+
+def _without_shown(body: dict[str, Any]) -> dict[str, Any]:
+    return (
+        {k: v for k, v in body.items() if k not in _SHOWN}
+        if any(k in body for k in _SHOWN)
+        else body
+    )
 
 
 async def get_schedule(request: web.Request) -> web.Response:
@@ -181,7 +195,7 @@ async def get_schedule(request: web.Request) -> web.Response:
 
 
 async def update_schedule(request: web.Request) -> web.Response:
-    body = await parsing.json_object(request)
+    body = _without_shown(await parsing.json_object(request))
     return json_response(await _svc(request).update_schedule(_ident(request), body))
 
 
