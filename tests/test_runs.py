@@ -182,6 +182,11 @@ def test_submit_and_on_failure_runs() -> None:
     f = on_failure_run(failed, "alert", error="boom", exit_code=3)
     assert f.pipeline_id == "alert" and f.dedup == "on_failure:r"
     assert json.loads(f.parameters["failed_run"])["exit_code"] == 3
+    assert json.loads(f.parameters["failed_run"])["schedule_id"] == "s"
+    # a submit's run has no schedule: null, as the API shows it (not "")
+    submitted = dataclasses.replace(failed, schedule_id="")
+    g = on_failure_run(submitted, "alert", error=None, exit_code=1)
+    assert json.loads(g.parameters["failed_run"])["schedule_id"] is None
 
 
 @pytest.mark.parametrize(

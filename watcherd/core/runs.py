@@ -274,7 +274,7 @@ def on_failure_run(
     """The one run of a pipeline's `on_failure` pipeline for a failed run (SPEC §5)."""
     doc = {
         "id": failed.id,
-        "schedule_id": failed.schedule_id,
+        "schedule_id": failed.schedule_id or None,  # a submit's: null, as the API shows it
         "pipeline_id": failed.pipeline_id,
         "experiment_name": failed.experiment_name,
         "error": error,
