@@ -180,6 +180,20 @@ async def test_mtime_only_change_right_after_eligibility_is_the_same_version(
     assert sink.names() == [b"incoming/a.csv", b"incoming/zz-marker.csv"]
 
 
+async def test_a_same_size_rewrite_right_after_eligibility_is_new_content(
+    tmp_path: Path, inbox: Path
+) -> None:
+    """Only the mtime differs, within `settle`, but a close after a write reports it: a file
+    rewritten while its run reads it runs again (USERS 19); a `touch` (above) does not."""
+    async with evented(tmp_path, settle=timedelta(seconds=30)) as (_, sink):
+        write(inbox / "a.csv", b"AAAA")
+        await sink.until(lambda: len(sink.fired) == 1)
+        rewritten = write(inbox / "a.csv", b"BBBB")
+        await mark(sink, inbox)
+    assert sink.names() == [b"incoming/a.csv", b"incoming/a.csv", b"incoming/zz-marker.csv"]
+    assert sink.fired[1].version == rewritten
+
+
 async def test_overflow_forces_a_full_rescan(tmp_path: Path, inbox: Path) -> None:
     health = RecordingHealth()
     sched, ds = make(tmp_path, events=True)

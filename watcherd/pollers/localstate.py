@@ -14,7 +14,8 @@ Pure bookkeeping, no I/O: the poller feeds it what events, settle re-checks and 
 - Every other change (events off, rescans, downtime, links made without an open) is `pending`:
   eligible once a stat at its own settle deadline shows the same (size, mtime, inode).
 - A version that differs from a just-fired one only by mtime, within `settle`, is the same
-  version (`recent`).
+  version (`recent`: a copy's `copystat`, a `touch`), unless a close after a write reports it:
+  then it is new content of the same size (a file rewritten while its run reads it runs again).
 - `deferred`: eligible versions not queued yet because the schedule has `max_pending` runs
   Queued; they are re-checked and queued as the queue drains.
 - `outside`: symlinks skipped because they lead outside the datastore root, with the version
@@ -127,14 +128,14 @@ class WriteCompletion:
         if hash(obs) & FINGERPRINT_MASK == old:
             self.pending.pop(name, None)
             return
+        if how == "closed":  # a close after a write: new content, whatever its size
+            self.pending.pop(name, None)
+            batch.fire(name, obs)
+            return
         recent = self.recent.get(name)
         if recent is not None and recent[2] > now and recent[:2] == (obs[0], obs[2]):
             self.pending.pop(name, None)  # mtime-only change soon after eligibility
             batch.upserts[name] = obs
-            return
-        if how == "closed":
-            self.pending.pop(name, None)
-            batch.fire(name, obs)
             return
         entry = self.pending.get(name)
         if entry is None or entry[0] != obs:
