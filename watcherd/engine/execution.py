@@ -58,6 +58,11 @@ class Plan:
 class Execution:
     """Runs one claimed run to its end (`run()`), or records why it stopped."""
 
+    # The attempt a timeout, cancel, shutdown or crash cut short: (attempt, start, end), set
+    # only then (a class default: nothing to do for a run that ends normally), recorded in
+    # attempts[] with why by `_record_cut` when the run's end is written.
+    _cut: tuple[int, datetime, datetime] | None = None
+
     def __init__(
         self,
         run: Run,
@@ -129,9 +134,9 @@ class Execution:
                 outcome = await self._attempts()
         except TimeoutError:
             text = format_duration(timeout) if timeout else "?"
-            outcome = Outcome(
-                status=RunStatus.FAILED, error=f"timeout after {text}", log=self._partial_log()
-            )
+            error = f"timeout after {text}"
+            self._record_cut(error)
+            outcome = Outcome(status=RunStatus.FAILED, error=error, log=self._partial_log())
         except asyncio.CancelledError:
             with contextlib.suppress(StateError):  # the next start re-queues it anyway
                 await asyncio.shield(self._interrupted())
@@ -142,6 +147,7 @@ class Execution:
         except Exception as exc:  # a dispatcher bug must not take the daemon down
             log.exception("dispatch_crashed")
             outcome = Outcome(status=RunStatus.FAILED, error=f"internal error: {exc!r}")
+            self._record_cut(redactor_for(self.plan.secrets)(outcome.error or ""))
         try:
             return await self._finish(outcome)
         except ClaimLost:  # another replica runs it again: this outcome is not recorded
@@ -152,6 +158,12 @@ class Execution:
         """The output so far of an interrupted run, with what was stopped (command runs)."""
         partial = getattr(self.dispatcher, "partial_log", None)
         return (partial(self.run_.id) or b"") if partial is not None else b""
+
+    def _record_cut(self, error: str) -> None:
+        """Record the attempt that was cut short (if one was), with why, in attempts[]."""
+        if (cut := self._cut) is not None:
+            self._cut = None
+            self.attempts.append(_record(*cut, error=error))
 
     def _claim(self) -> Claim:
         return Claim(self.replica_id, self.attempt)
@@ -194,6 +206,9 @@ class Execution:
                 self.attempt += 1
                 await self.clock.sleep(delay)
                 continue
+            except BaseException:  # timeout, cancel, shutdown, a dispatcher bug: end it here
+                self._cut = (self.attempt, started, self.clock.now())
+                raise
             self.attempts.append(
                 _record(
                     self.attempt,
@@ -225,6 +240,7 @@ class Execution:
             log.error("run_claim_lost", reason="this replica was declared dead meanwhile")
             return
         if self.canceled:
+            self._record_cut("canceled")
             await self.store.transition_run(
                 self.run_.id, RunStatus.CANCELED, among=[RunStatus.RUNNING], now=now,
                 claim=self._claim(), finished_at=now, error="canceled",
@@ -233,6 +249,7 @@ class Execution:
             self.metrics.runs.labels(status="Canceled", pipeline=self.run_.pipeline_id).inc()
             log.info("run_canceled")
             return
+        self._record_cut("interrupted by shutdown")
         await self.store.transition_run(
             self.run_.id, RunStatus.QUEUED, among=[RunStatus.RUNNING], now=now,
             claim=self._claim(), error="interrupted by shutdown", attempt=self.attempt + 1,

@@ -1,0 +1,122 @@
+"""attempts[] keeps the attempt a timeout, cancel or shutdown cut short (SPEC §5), and the
+attempts before it, through the real engine with command pipelines."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.clocks import ManualClock
+from tests.engine_helpers import Harness, eventually, running_engine
+from watcherd.core.models import RunStatus
+
+WAIT = 20.0
+
+
+def _clock() -> ManualClock:
+    return ManualClock(datetime(2026, 11, 25, 10, 0, tzinfo=UTC))
+
+
+def _config(pipeline: str, *, shutdown: str = "20s") -> str:
+    return f"""
+[daemon]
+api = ""
+shutdown_timeout = "{shutdown}"
+[pipelines.p]
+kind = "command"
+{pipeline}
+[[schedules]]
+name = "s"
+pipeline = "p"
+experiment_name = "E"
+status = "Disabled"
+cron = "0 0 1 1 *"
+"""
+
+
+def _hang(marker: Path) -> str:
+    """A step that says it started, then runs until stopped."""
+    return f'steps = [["sh", "-c", "touch {marker}; exec sleep 1000"]]'
+
+
+def _stamped(attempt: dict[str, Any]) -> None:
+    start = datetime.fromisoformat(str(attempt["start"]).replace("Z", "+00:00"))
+    end = datetime.fromisoformat(str(attempt["end"]).replace("Z", "+00:00"))
+    assert start <= end, attempt
+
+
+async def _start(h: Harness, marker: Path) -> str:
+    """Trigger the run and wait until its step runs."""
+    rid = str((await h.manager.trigger_schedule("s"))["id"])
+    await eventually(marker.exists, WAIT)
+    return rid
+
+
+async def test_a_timed_out_run_keeps_the_attempt_it_cut_short(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    text = _config(f'timeout = "300ms"\n{_hang(marker)}')
+    async with running_engine(tmp_path, text, _clock()) as h:
+        rid = await _start(h, marker)
+        await eventually(lambda: h.runs()[0].status is RunStatus.FAILED, WAIT)
+        run = await h.manager.get_run(rid)
+    assert run["error"] == "timeout after 300ms"
+    attempts = run["attempts"]
+    assert [a["attempt"] for a in attempts] == [1], attempts
+    assert attempts[0]["error"] == "timeout after 300ms"
+    _stamped(attempts[0])
+
+
+async def test_a_canceled_running_run_keeps_its_attempt(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    async with running_engine(tmp_path, _config(_hang(marker)), _clock()) as h:
+        rid = await _start(h, marker)
+        answer = await h.manager.cancel_run(rid)
+        run = await h.manager.get_run(rid)
+    assert answer["status"] == "Canceled" and run["status"] == "Canceled"
+    attempts = run["attempts"]
+    assert [a["attempt"] for a in attempts] == [1], attempts
+    assert attempts[0]["error"] == "canceled"
+    _stamped(attempts[0])
+
+
+async def test_a_run_canceled_after_a_retry_keeps_both_attempts(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    script = f"if [ -e {first} ]; then touch {second}; exec sleep 1000; fi; touch {first}; exit 75"
+    pipeline = (
+        'retry = { attempts = 3, max_delay = "1s" }\n'
+        "retry_exit_codes = [75]\n"
+        f'steps = [["sh", "-c", "{script}"]]'
+    )
+    async with running_engine(tmp_path, _config(pipeline), _clock()) as h:
+        rid = str((await h.manager.trigger_schedule("s"))["id"])
+        await eventually(lambda: h.runs() and h.runs()[0].attempt == 2, WAIT)
+        async with asyncio.timeout(WAIT):
+            # Attempt 2 waits out its backoff on the injected clock: advance until it runs.
+            while not second.exists():  # noqa: ASYNC110
+                await h.advance(seconds=2)
+                await asyncio.sleep(0.01)
+        await h.manager.cancel_run(rid)
+        run = await h.manager.get_run(rid)
+    assert run["status"] == "Canceled" and run["attempt"] == 2
+    attempts = run["attempts"]
+    assert [a["attempt"] for a in attempts] == [1, 2], attempts
+    assert "exited 75" in attempts[0]["error"]
+    assert attempts[1]["error"] == "canceled"
+    for a in attempts:
+        _stamped(a)
+
+
+async def test_a_run_stopped_by_shutdown_keeps_its_attempt(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    text = _config(_hang(marker), shutdown="100ms")
+    async with running_engine(tmp_path, text, _clock()) as h:
+        rid = await _start(h, marker)
+        h.engine.stop()  # the grace ends before the step does: re-queued
+        await eventually(lambda: h.runs()[0].status is RunStatus.QUEUED, WAIT)
+        run = h.runs()[0]
+    assert run.id == rid and run.attempt == 2 and run.error == "interrupted by shutdown"
+    assert [a["attempt"] for a in run.attempts] == [1], run.attempts
+    assert run.attempts[0]["error"] == "interrupted by shutdown"
+    _stamped(dict(run.attempts[0]))
