@@ -100,13 +100,24 @@ class Manager:
         pid = self._pipeline_id(ident)
         st = _status(status)
         if st is Status.DISABLED:
+            # every schedule that references it counts, those in error too (their stored
+            # status is what enabling the pipeline again would resume)
+            eng = self.engine
             active = [
-                s
-                for s in self.engine.schedules.values()
+                (s.name, s.id)
+                for s in eng.schedules.values()
                 if s.pipeline == pid and s.status is Status.ACTIVE
             ]
+            active += [
+                (eng.rows[sid].name, sid)
+                for sid in eng.broken
+                if sid not in eng.schedules
+                and sid in eng.rows
+                and eng.rows[sid].status == Status.ACTIVE.value
+                and self.views.broken_pipeline(sid) == pid
+            ]
             if active:
-                names = ", ".join(f"{s.name} ({s.id})" for s in active)
+                names = ", ".join(f"{name} ({sid})" for name, sid in active)
                 raise Conflict(
                     f"pipeline {ident} has Active schedules: {names}; disable them first",
                     "pipeline_has_active_schedules",
@@ -171,7 +182,9 @@ class Manager:
                     if pid is not None
                     else (not active_only or s.status is Status.ACTIVE)
                 )
-            return pid is None and (not active_only or eng.rows[sid].status == Status.ACTIVE.value)
+            if pid is not None:  # in error: it still references its pipeline
+                return self.views.broken_pipeline(sid) == pid
+            return not active_only or eng.rows[sid].status == Status.ACTIVE.value
 
         next_cursor = None
         if limit is None and after is None:  # everything, in the order the schedules came
@@ -269,11 +282,31 @@ class Manager:
                 body, config=self.config, key_prefix="body", source=Source.API, existing=s
             )
             new = dataclasses.replace(new, id=s.id, status=s.status)
+            # Everything that can refuse the PATCH is checked before anything is saved: a
+            # refused PATCH changes nothing.
+            if new.name != s.name and self._name_taken(new.name, but=s.id):
+                raise Conflict(f"a schedule named {new.name!r} exists", "exists")
+            if body.get("status") is not None:
+                st = _status(str(body["status"]))
+                if (
+                    st is Status.ACTIVE
+                    and s.status is not Status.ACTIVE
+                    and self.engine.pipeline_status.get(s.pipeline) is not Status.ACTIVE
+                ):
+                    raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
             await self.engine.save_schedule(new, config_mod.schedule_to_dict(new, self.config))
             s = new
         if body.get("status") is not None:
             return await self.set_schedule_status(s.id, str(body["status"]))
         return await self.get_schedule(s.id)
+
+    def _name_taken(self, name: str, *, but: str) -> bool:
+        """Whether a schedule other than `but` is named `name` (declared, API-created,
+        removed or in error: names are unique across all the stored rows)."""
+        eng = self.engine
+        if any(x.name == name and sid != but for sid, x in eng.schedules.items()):
+            return True
+        return any(row.name == name and sid != but for sid, row in eng.rows.items())
 
     async def set_schedule_status(self, ident: str, status: str) -> JSON:
         st = _status(status)

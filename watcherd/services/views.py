@@ -109,8 +109,17 @@ class Views:
         return s.name if s else None
 
     def schedules_by_pipeline(self) -> dict[str, list[str]]:
-        """The ids of each pipeline's schedules (removed ones aside)."""
+        """The ids of each pipeline's schedules (removed ones aside, those in error too)."""
         return self._index().by_pipeline
+
+    def broken_pipeline(self, sid: str) -> str | None:
+        """The pipeline id a stored schedule in error references (its stored `pipeline`, by
+        id or name); None when its body names none."""
+        ref = self.engine.rows[sid].spec.get("pipeline")
+        if not isinstance(ref, str):
+            return None
+        p = self.config.pipeline_by_id(ref)
+        return p.id if p is not None else ref
 
     def by_name(self) -> list[tuple[str, str]]:
         """(name, id) of every schedule, broken ones too, sorted: the schedules' page order."""
@@ -129,11 +138,12 @@ class Views:
                 row = rows.get(sid)
                 if (row.source if row is not None else s.source.value) != removed:
                     by_pipeline.setdefault(s.pipeline, []).append(sid)
-            names += [
-                (rows[sid].name, sid)
-                for sid in self.engine.broken
-                if sid in rows and sid not in self.engine.schedules
-            ]
+            for sid in self.engine.broken:
+                if sid in rows and sid not in self.engine.schedules:
+                    names.append((rows[sid].name, sid))
+                    pid = self.broken_pipeline(sid)  # in error, it still references it
+                    if pid is not None and rows[sid].source != removed:
+                        by_pipeline.setdefault(pid, []).append(sid)
             names.sort()
             self._index_cache = _Index(version, by_pipeline, names)
         return self._index_cache
