@@ -198,3 +198,19 @@ async def test_a_schedule_in_error_still_holds_its_pipeline(tmp_path: Path) -> N
         r = await client.post(f"{API}/pipelines/train/disable")
         assert r.status_code == 200 and r.json()["status"] == "Disabled", r.text
         assert r.json()["schedules"] == [s["id"]]
+
+
+async def test_runs_of_a_deleted_schedule_can_still_be_listed_by_its_id(tmp_path: Path) -> None:
+    async with _api(tmp_path) as (h, client, _):
+        made = await _create(client, "gone")
+        r = await client.post(f"{API}/schedules/{made['id']}/trigger")
+        assert r.status_code in (200, 201, 202), r.text
+        await eventually(lambda: bool(h.runs()))
+        assert (await client.post(f"{API}/schedules/{made['id']}/disable")).status_code == 200
+        assert (await client.delete(f"{API}/schedules/{made['id']}")).status_code == 204
+        listed = await client.get(f"{API}/runs", params={"schedule_id": made["id"]})
+        assert listed.status_code == 200, listed.text
+        ids = {r["id"] for r in h.runs()}
+        assert {r["id"] for r in listed.json()["items"]} == ids and ids
+        unknown = await client.get(f"{API}/runs", params={"schedule_id": "no-such-schedule"})
+        assert unknown.status_code == 404

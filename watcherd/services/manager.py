@@ -400,11 +400,7 @@ class Manager:
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[JSON], str | None]:
-        sid = (
-            (self._broken_id(schedule_id) or self._schedule(schedule_id).id)
-            if schedule_id
-            else None
-        )
+        sid = await self._runs_schedule_id(schedule_id) if schedule_id else None
         pid = self._pipeline_id(pipeline_id) if pipeline_id else None
         if status is not None and status not in {s.value for s in RunStatus}:
             raise ValidationError(f"unknown run status {status!r}", "status")
@@ -418,6 +414,17 @@ class Manager:
             cursor=cursor or None,
         )
         return [run_json(r, self.views.name(r.schedule_id)) for r in page.runs], page.next_cursor
+
+    async def _runs_schedule_id(self, ident: str) -> str:
+        """The schedule id runs are filtered by: a schedule's (by id or name, in error too),
+        or the id of a deleted one whose runs are still stored; else NotFound."""
+        try:
+            return self._broken_id(ident) or self._schedule(ident).id
+        except NotFound:
+            page = await self.engine.store.list_runs(schedule_id=ident, limit=1)
+            if page.runs:
+                return ident
+            raise
 
     async def _run(self, run_id: str) -> Run:
         r = await self.engine.store.get_run(run_id)
