@@ -210,7 +210,7 @@ async def test_runs_of_a_deleted_schedule_can_still_be_listed_by_its_id(tmp_path
         assert (await client.delete(f"{API}/schedules/{made['id']}")).status_code == 204
         listed = await client.get(f"{API}/runs", params={"schedule_id": made["id"]})
         assert listed.status_code == 200, listed.text
-        ids = {r["id"] for r in h.runs()}
+        ids = {r.id for r in h.runs()}
         assert {r["id"] for r in listed.json()["items"]} == ids and ids
         unknown = await client.get(f"{API}/runs", params={"schedule_id": "no-such-schedule"})
         assert unknown.status_code == 404
