@@ -1,7 +1,8 @@
 """`watcherd schedules|pipelines|experiments|runs …`: manage a running daemon through its API.
 
-Exit codes: 0 ok; 1 runtime failure (daemon unreachable, 401, 404, 409); 2 usage or invalid
-value (422). Lists print an aligned table (`--json`: one JSON document).
+Exit codes (SPEC §6): 0 ok; 1 runtime failure (daemon unreachable, 401, 404, 409, 421, 5xx);
+2 usage error: bad arguments, found by argparse or refused by the daemon (400, 413, 422).
+Lists print an aligned table (`--json`: one JSON document).
 """
 
 from __future__ import annotations
@@ -385,10 +386,15 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         _err(str(exc))
         return 2
-
     except ValidationError as exc:
         _err(f"{exc.key_path}: {exc.message}" if exc.key_path else exc.message)
         return 2
     except WatcherdError as exc:
         _err(exc.message)
-        return 1
+        return 2 if exc.status in _BAD_ARGUMENTS else 1
+
+
+# The daemon's answers to a request whose values came from the command line (a query value
+# such as `--status`/`--limit`, a schedule YAML file) and are refused as such: usage errors
+# (exit 2). 422 is a ValidationError; 401, 404, 409, 421 and 5xx are runtime failures (1).
+_BAD_ARGUMENTS = frozenset({400, 413, 422})

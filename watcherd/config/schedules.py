@@ -211,14 +211,15 @@ def build_schedule(
     if not kinds:
         skip |= {k for keys in TRIGGER_KEYS.values() for k in keys}
     values = read_table(raw, at, fields, foreign=_foreign(kind, api_body), skip=skip)
-    if values is None or kind is None:
+    if values is None:
         return None
-    if len(at.problems.errors) > before:
-        if kind == "datastore" and "datastore" in values:
-            _BUILDERS[kind](values, at, ctx)  # its datastore-dependent checks, reported too
+    if (
+        kind is None
+        or len(at.problems.errors) > before
+        or any(key not in values for key in required)  # e.g. a broken pipeline, reported
+    ):
+        _trigger_problems(kinds, values, at, ctx)
         return None
-    if any(key not in values for key in required):
-        return None  # a reference to a broken pipeline or datastore, already reported
     trigger = _BUILDERS[kind](values, at, ctx)
     if trigger is None:
         return None
@@ -227,6 +228,21 @@ def build_schedule(
     if fixed_id is None and api_body:
         fixed_id = str(uuid.uuid4())
     return _assemble(values, trigger, source=source, fixed_id=fixed_id)
+
+
+def _trigger_problems(kinds: list[str], values: dict[str, Any], at: At, ctx: Context) -> None:
+    """Report the checks the builders make themselves (a cron expression, its zone and times;
+    a datastore's kind-dependent keys) for a schedule refused already, so that check-config
+    lists all its errors (SPEC §6). A builder runs only on its own converted keys: a key that
+    failed to convert, or a reference to a broken datastore, was reported (or is part of an
+    error reported) already, and its consequences would be noise."""
+    for kind in kinds:
+        needs = _CHECKED_BY_BUILDER.get(kind)
+        if needs is None or needs not in values:
+            continue
+        trigger = _BUILDERS[kind](values, at, ctx)
+        if trigger is not None and "pipeline" in values:
+            _target_fits(values["pipeline"], trigger, ctx.config, at / "pipeline")
 
 
 def _assemble(
@@ -515,6 +531,10 @@ def _v2_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
 def _datastore_trigger(values: dict[str, Any], at: At, ctx: Context) -> Trigger | None:
     return datastore_trigger(values, at, ctx.config)
 
+
+# The kinds whose builder checks values itself, with the key it needs (the recurrence and v2
+# `trigger` tables are checked by their converters, in `read_table`).
+_CHECKED_BY_BUILDER = {"cron": "cron", "datastore": "datastore"}
 
 _BUILDERS = {
     "recurrence": _recurrence_trigger,
