@@ -474,3 +474,13 @@ def test_sec_8_a_reloaded_configs_secrets_are_masked_in_the_log_from_then_on() -
     first, second = (json.loads(line) for line in out.getvalue().splitlines())
     assert first["body"] == f"{TOKEN} ***"  # unknown before the reload
     assert second["body"] == "*** ***"
+
+
+async def test_sec_8_a_big_log_is_masked_too(tmp_path: Path) -> None:
+    """Over 64 KiB the log is masked in a thread, not on the event loop: the same result."""
+    script = 'echo "$API_KEY"; head -c 300000 /dev/zero | tr "\\0" x; echo; echo "$API_KEY"'
+    async with running_engine(tmp_path, _leaky(tmp_path, script), _clock()) as h:
+        await h.manager.trigger_schedule("manual")
+        await eventually(lambda: h.runs() and h.runs()[0].status in TERMINAL)
+        log = await h.manager.get_run_log(h.runs()[0].id)
+    assert len(log) > 300000 and log.count(b"***") == 2 and ENV_TOKEN.encode() not in log

@@ -131,6 +131,16 @@ class _Tail:
             data = self.mask(data)
         return data[-self.limit :]
 
+    async def masked(self) -> bytes:
+        """`value()`, in a thread when the buffer is big: searching a MiB for every secret
+        takes tens of ms, which the event loop (timers, other runs) must not wait for."""
+        if self.mask is None or len(self.buf) <= _MASK_ON_LOOP:
+            return self.value()
+        return await asyncio.to_thread(self.value)
+
+
+_MASK_ON_LOOP = 64 * 1024  # bytes of output masked on the loop (well under a millisecond)
+
 
 @functools.lru_cache(maxsize=16)
 def _mask(secrets: frozenset[str]) -> BytesMask | None:
@@ -211,7 +221,7 @@ class CommandDispatcher:
             error=failed,
             exit_code=worst,
             exit_codes=tuple(codes),
-            log=tail.value(),
+            log=await tail.masked(),
         )
 
     @staticmethod
