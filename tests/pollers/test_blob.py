@@ -437,6 +437,64 @@ async def test_blobs_span_pages_and_each_is_seen_once(container: Ctr) -> None:
 
 
 @pytest.mark.azurite
+async def test_names_the_service_orders_otherwise_than_bytes_never_fire_unchanged(
+    container: Ctr,
+) -> None:
+    """Azurite lists by UTF-16 code units: an emoji (a surrogate pair) before U+FF71, which
+    UTF-8 bytes order the other way. A page's name range then misses a name a later page
+    lists: it is put back, not run as new (USERS 11: nothing is reprocessed)."""
+    ds, client = container
+    odd = ["incoming/1.csv", "incoming/z.csv", "incoming/\U0001f600.csv", "incoming/\uff71.csv"]
+    await put(client, *odd)
+    async with running(ds, _schedule(list_page_size=1)) as h:
+        assert (await h.first())[0]
+        for _ in range(2):
+            assert await h.changes() == []  # steady polls: nothing changed
+        await put(client, "incoming/\U0001f601.csv", "incoming/\uff72.csv")
+        assert sorted(c.name.decode() for c in await h.changes()) == sorted(
+            ["incoming/\U0001f601.csv", "incoming/\uff72.csv"]
+        )
+        assert await h.changes() == []
+        assert [len(snap) for snap in h.sink.snapshots.values()] == [6]
+
+
+@pytest.mark.azurite
+async def test_an_empty_page_before_the_end_deletes_nothing(
+    container: Ctr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Azure may answer a listing page with no blob but a continuation marker (a server-side
+    timeout): such a page bounds no name range, so nothing after it is taken for deleted
+    (and then run again as new). Azurite never does: one empty answer is given here in place
+    of the second page, with that page's own marker, which the next request then uses."""
+    from watcherd.pollers import blob as blob_mod
+
+    ds, client = container
+    await put(client, *(f"incoming/{c}.csv" for c in "abcdef"))
+    real_pages, real_next = blob_mod.BlobPoller._pages, blob_mod._next_page
+    asked: list[str | None] = []
+    inject = {"on": False}
+
+    def pages(self: BlobPoller, client: ContainerClient, token: str | None) -> Any:
+        asked.append(token)
+        return real_pages(self, client, token)
+
+    async def next_page(pages: Any, where: str, scrub: Any) -> tuple[list[Any], str | None]:
+        if inject["on"] and asked[-1] is not None:  # the second page: once
+            inject["on"] = False
+            return [], asked[-1]
+        return await real_next(pages, where, scrub)
+
+    async with running(ds, _schedule(list_page_size=2)) as h:
+        assert (await h.first())[0]
+        monkeypatch.setattr(blob_mod.BlobPoller, "_pages", pages)
+        monkeypatch.setattr(blob_mod, "_next_page", next_page)
+        inject["on"] = True
+        assert await h.changes() == []
+        assert not inject["on"]  # the empty page was given
+        assert [len(snap) for snap in h.sink.snapshots.values()] == [6]
+
+
+@pytest.mark.azurite
 async def test_missing_container_is_retried_until_it_exists(container: Ctr) -> None:
     ds, client = container
     missing = replace(ds, container=f"m{uuid.uuid4().hex[:16]}")

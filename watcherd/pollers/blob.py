@@ -38,7 +38,13 @@ from watcherd.engine.metrics import Metrics
 from watcherd.engine.ports import ChangeSink, FileChange, PollHealth
 from watcherd.engine.retry import backoff_delay
 from watcherd.pollers.blob_events import WatchedDirectory, keep_earliest
-from watcherd.pollers.blob_listing import ListingMarker, range_deletes
+from watcherd.pollers.blob_listing import (
+    ListingMarker,
+    Order,
+    listing_order,
+    needs_order,
+    range_deletes,
+)
 from watcherd.pollers.blob_queue import (
     FOLDER,
     GONE,
@@ -140,6 +146,11 @@ class BlobPoller:
         self._loaded = False
         self._resume: ListingMarker | None = None  # where the next listing starts
         self._marker_stored = False  # a marker is persisted and must be cleared at the end
+        # Names this pass deleted as missing from a page's name range, with their fingerprint:
+        # one a later page lists after all (the service orders names otherwise than bytes do:
+        # Azurite by UTF-16 code units) is put back, not run as new.
+        self._range_gone: dict[bytes, int] = {}
+        self._order: Order | None = None  # the names' key in listing order, where bytes differ
         self._lock = asyncio.Lock()  # listing pages and event batches take turns
         self._ready = asyncio.Event()  # the baseline is complete: events may be handled
         self._inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
@@ -262,7 +273,11 @@ class BlobPoller:
         resume = self._resume
         fire_new = not baseline or self._trigger.initial == "fire"
         known = sorted(self._snapshot) if self._snapshot is not None else []
+        self._order = listing_order if needs_order(known) else None
+        if self._order is not None:
+            known.sort(key=listing_order)
         after = resume.after if resume is not None else None
+        self._range_gone = {}
         # One pager per page: a pager keeps its last page (the response and every item)
         # until the next one has arrived, so one pager for the whole listing holds two pages
         # at once and the heap keeps room for both (bench/blob_events: RSS grew 3.2 KB a blob
@@ -312,10 +327,11 @@ class BlobPoller:
         match = self._match
         out: list[Listed] = []
         end: bytes | None = None
+        order = self._order
         for item in items:
             name: str = item.name
             raw = name.encode("utf-8")
-            if end is None or raw > end:
+            if end is None or (raw > end if order is None else order(raw) > order(end)):
                 end = raw
             if not isinstance(item, BlobProperties):  # a BlobPrefix: a subdirectory
                 continue
@@ -346,11 +362,19 @@ class BlobPoller:
         if fire_new and upserts:
             changed = dict(upserts)
             fire = [FileChange(n, v, m) for n, v, m in listed if changed.get(n) == v]
+            if self._range_gone and snap is not None:  # put back as it was: not new
+                gone, fp = self._range_gone, snap.fingerprint
+                fire = [c for c in fire if gone.get(c.name) != fp(c.version)]
         deletes: list[bytes] = []
-        if snap is not None and known:
+        # A page with no name (all filtered out, or none) but more to come bounds no range.
+        if snap is not None and known and (end is not None or not token):
             deletes = range_deletes(
-                known, after, end if token else None, {n for n, _, _ in listed}, snap
+                known, after, end if token else None, {n for n, _, _ in listed}, snap, self._order
             )
+            for name in deletes:
+                fp_now = snap.get(name)
+                if fp_now is not None:
+                    self._range_gone[name] = fp_now
         resume = None
         marker: str | None = None
         if token:
