@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.clocks import ManualClock
-from tests.engine_helpers import eventually, running_engine
+from tests.engine_helpers import eventually, running_engine, settles
 from watcherd.core import slots
 from watcherd.core.models import RunStatus
 from watcherd.engine import arming, timers
@@ -467,3 +467,49 @@ async def test_the_deadline_counts_follow_arms_disarms_and_fires_and_size_the_le
 async def _turns(n: int = 20) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
+
+
+# ── reloads that keep the trigger's key (SPEC §3.1: no back-fill, no second creation fire) ──
+
+
+async def test_a_reload_extending_an_ended_schedule_back_fills_nothing(tmp_path: Path) -> None:
+    from tests.engine_helpers import load_config
+
+    clock = ManualClock(datetime(2026, 11, 25, 10, 0, 30, tzinfo=UTC))
+    rule = 'frequency = "Minute", interval = 1, start_time = "2026-11-25T09:00:00"'
+    text = PIPE + _schedule_s(rule, 'end_time = "2026-11-25T10:05:00"\n')
+    async with running_engine(tmp_path, text, clock) as h:
+        for _ in range(12):  # to 10:12:30: 10:01 … 10:05, then the schedule has ended
+            await h.advance(minutes=1)
+        await eventually(lambda: len(h.slots("s")) == 5)
+        await h.advance(seconds=10)
+        await h.engine.reload(load_config(tmp_path, text.replace("10:05:00", "12:00:00")))
+        await h.advance(seconds=30)  # 10:13:10
+        await settles(lambda: len(h.slots("s")) > 6, within=0.5)  # a back-fill would show
+        assert h.slots("s")[4:] == [_z(2026, 11, 25, 10, 5, 0), _z(2026, 11, 25, 10, 13, 0)]
+
+
+async def test_a_reload_that_reorders_a_recurrences_lists_is_the_same_trigger(
+    tmp_path: Path,
+) -> None:
+    """No start_time: the creation fire, once; the same days and hours in another order (or
+    twice) are the same normalised recurrence: no second creation fire, no re-anchoring."""
+    from tests.engine_helpers import load_config
+
+    clock = ManualClock(datetime(2026, 11, 25, 10, 0, 30, tzinfo=UTC))  # a Wednesday
+    rule = 'frequency = "Week", interval = 1, week_days = ["Monday", "Friday"], hours = [4, 16]'
+    text = PIPE + _schedule_s(rule)
+    async with running_engine(tmp_path, text, clock) as h:
+        await eventually(lambda: len(h.slots("s")) == 1)  # on creation
+        row = next(iter(h.engine.book.rows.values()))
+        swapped = rule.replace('"Monday", "Friday"', '"Friday", "Monday", "Friday"').replace(
+            "[4, 16]", "[16, 4]"
+        )
+        await h.advance(minutes=10)  # a creation fire now would be a new slot
+        await h.engine.reload(load_config(tmp_path, PIPE + _schedule_s(swapped)))
+        await h.advance(seconds=30)
+        await settles(lambda: len(h.slots("s")) > 1, within=0.5)  # a second fire would show
+        after = next(iter(h.engine.book.rows.values()))
+        assert len(h.slots("s")) == 1
+    assert after.anchor == row.anchor  # not re-anchored at the reload
+    assert after.cursor == datetime(2026, 11, 25, 10, 0, 30, tzinfo=UTC)  # the creation fire

@@ -203,3 +203,40 @@ def test_a_batchs_instants_are_formatted_as_format_utc_does_each_once() -> None:
     read = [*texts, "", "2026-11-25T11:15:00+01:00"]
     assert [at(t) for t in read] == [parse_utc(t) for t in read]
     assert at(texts[0]) is at(texts[1])  # one instant, one object
+
+
+def test_a_recurrences_lists_are_sets_in_its_key_and_an_old_key_still_matches() -> None:
+    from watcherd.core.models import RecurrenceTrigger
+    from watcherd.core.recurrence import make_recurrence
+    from watcherd.core.slots import same_trigger, trigger_key
+
+    def week(days: list[str], hours: list[int]) -> RecurrenceTrigger:
+        rule = make_recurrence(frequency="Week", interval=1, week_days=days, hours=hours)
+        return RecurrenceTrigger(recurrence=rule)
+
+    a, b = week(["Monday", "Friday"], [4, 16]), week(["Friday", "Monday", "Friday"], [16, 4])
+    assert trigger_key(a) == trigger_key(b)
+    assert trigger_key(a) != trigger_key(week(["Monday"], [4, 16]))
+    # a key stored by a watcherd from before (the lists as written) is the same trigger
+    written = repr(
+        ("recurrence", "Week", 1, None, "UTC", (16, 4), None, ("Friday", "Monday", "Friday"))
+    )
+    assert written != trigger_key(b) and same_trigger(written, b)
+    assert not same_trigger(written, a) and not same_trigger(None, a)
+
+
+def test_a_changed_trigger_of_a_running_schedule_resumes_at_now_not_at_its_cursor() -> None:
+    from watcherd.core.models import RecurrenceTrigger
+    from watcherd.core.recurrence import make_recurrence
+    from watcherd.core.slots import RELOAD_GRACE, changed_cursor
+
+    rule = make_recurrence(frequency="Minute", interval=1, start_time=datetime(2026, 11, 25, 9, 0))
+    t = RecurrenceTrigger(recurrence=rule)
+    anchor = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    ended = datetime(2026, 11, 25, 10, 5, tzinfo=UTC)  # its last slot, under the old end
+    now = datetime(2026, 11, 25, 10, 12, 40, tzinfo=UTC)
+    assert changed_cursor(t, anchor, ended, now) == now - RELOAD_GRACE
+    recent = datetime(2026, 11, 25, 10, 12, tzinfo=UTC)  # it fired on time: nothing skipped
+    assert changed_cursor(t, anchor, recent, now) == recent
+    late = datetime(2026, 11, 25, 10, 13, 0, 500_000, tzinfo=UTC)  # 10:13 due 0.5 s ago
+    assert changed_cursor(t, anchor, recent, late) == recent  # it still fires

@@ -38,7 +38,7 @@ from watcherd.core.slots import (
     creation_fire,
     effective_status,
     new_timer,
-    trigger_key,
+    same_trigger,
     upcoming,
 )
 from watcherd.core.timefmt import format_utc
@@ -185,7 +185,7 @@ def _fire_times(
         entry is not None
         and entry.anchor is not None
         and entry.cursor is not None
-        and entry.trigger_key == trigger_key(trigger)
+        and same_trigger(entry.trigger_key, trigger)
     ):
         anchor, cursor, fresh = entry.anchor, max(entry.cursor, now), False
     else:

@@ -24,6 +24,7 @@ from watcherd.core.models import (
     Status,
     StoredSchedule,
 )
+from watcherd.core.recurrence import WEEK_DAYS, Recurrence
 
 __all__ = [
     "hint_key",
@@ -31,10 +32,12 @@ __all__ = [
     "CatchUp",
     "anchor_for",
     "catch_up",
+    "changed_cursor",
     "creation_fire",
     "effective_status",
     "new_timer",
     "next_slot",
+    "same_trigger",
     "slots_between",
     "trigger_key",
     "upcoming",
@@ -50,6 +53,23 @@ def next_slot(trigger: TimeTrigger, anchor: datetime, after: datetime) -> dateti
     if isinstance(trigger, RecurrenceTrigger):
         return recurrence.next_fire(trigger.recurrence, anchor, after, trigger.end_time)
     return cron.next_fire(trigger.cron, anchor, after)
+
+
+RELOAD_GRACE = timedelta(seconds=1)
+
+
+def changed_cursor(
+    trigger: TimeTrigger, anchor: datetime, cursor: datetime, now: datetime
+) -> datetime:
+    """The cursor of a running schedule whose trigger changed at `now` but kept its key (its
+    `end_time` moved later, say): a slot before `now - RELOAD_GRACE` after `cursor` was not
+    due under the old trigger (the timers fire each on time), so it is not run now either:
+    no back-fill (SPEC §3.1; `catch_up` covers only slots missed while the daemon was down).
+    A slot in the last RELOAD_GRACE still fires, should it not have yet."""
+    nxt = next_slot(trigger, anchor, cursor)
+    if nxt is not None and nxt <= now - RELOAD_GRACE:
+        return now - RELOAD_GRACE
+    return cursor
 
 
 def slots_between(
@@ -99,16 +119,51 @@ def hint_key(
 def trigger_key(trigger: TimeTrigger) -> str:
     """A stable text of what defines the slots: a change re-anchors the schedule.
 
-    v1 keys keep their original form (stored keys must not change across upgrades, or every
-    schedule would re-anchor and fire on creation again); v2 keys are marked as such."""
+    The recurrence's lists count as sets (SPEC §3.1's "normalised recurrence"): the same
+    hours, minutes or days in another order or twice are the same trigger. v1 keys keep their
+    form otherwise (stored keys must not change across upgrades, or every schedule would
+    re-anchor and fire on creation again; `same_trigger` also accepts a key stored before the
+    lists were normalised); v2 keys are marked as such."""
     if isinstance(trigger, RecurrenceTrigger):
         r = trigger.recurrence
-        v1 = ("recurrence", r.frequency, r.interval, r.start_time, r.zone, r.hours, r.minutes,
-              r.week_days)  # fmt: skip
-        return repr(("v2", *v1, r.month_days) if r.v2 else v1)
+        days = (
+            None if r.week_days is None else tuple(sorted(set(r.week_days), key=_DAY.__getitem__))
+        )
+        return _recurrence_key(r, _ints(r.hours), _ints(r.minutes), days, _ints(r.month_days))
     c = trigger.cron
     key = ("cron", c.expression, c.zone, c.start_time)
     return repr(("v2", *key) if c.v2 else key)
+
+
+def same_trigger(stored: str | None, trigger: TimeTrigger) -> bool:
+    """Whether a stored trigger key is `trigger`'s: its key, or the key a watcherd from before
+    the lists were normalised stored for it (the lists as written)."""
+    if stored is None:
+        return False
+    if stored == trigger_key(trigger):
+        return True
+    if not isinstance(trigger, RecurrenceTrigger):
+        return False
+    r = trigger.recurrence
+    return stored == _recurrence_key(r, r.hours, r.minutes, r.week_days, r.month_days)
+
+
+def _recurrence_key(
+    r: Recurrence,
+    hours: tuple[int, ...] | None,
+    minutes: tuple[int, ...] | None,
+    days: tuple[str, ...] | None,
+    month_days: tuple[int, ...] | None,
+) -> str:
+    v1 = ("recurrence", r.frequency, r.interval, r.start_time, r.zone, hours, minutes, days)
+    return repr(("v2", *v1, month_days) if r.v2 else v1)
+
+
+def _ints(values: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(sorted(set(values)))
+
+
+_DAY = {d: i for i, d in enumerate(WEEK_DAYS)}
 
 
 def new_timer(trigger: TimeTrigger, now: datetime, *, active: bool) -> tuple[datetime, datetime]:

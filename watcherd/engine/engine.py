@@ -42,7 +42,7 @@ from watcherd.core.runs import (
     manual_run,
     submit_run,
 )
-from watcherd.core.slots import new_timer, trigger_key, upcoming
+from watcherd.core.slots import changed_cursor, new_timer, same_trigger, trigger_key, upcoming
 from watcherd.engine.arming import Arming
 from watcherd.engine.book import ScheduleBook
 from watcherd.engine.clock import Clock
@@ -197,7 +197,7 @@ class Engine:
         ok = await self.cluster.set_config(config_hash(new))  # leases kept
         old = dict(self.book.schedules)
         old_rows = dict(self.book.rows)
-        await self._apply(new, config_ok=ok)
+        await self._apply(new, config_ok=ok, running=True)
         for sid in set(old) | set(self.book.schedules):
             if old.get(sid) != self.book.schedules.get(sid) or old_rows.get(
                 sid
@@ -205,11 +205,13 @@ class Engine:
                 await self.arming.refresh(sid)
         self.arming.leases.wake()
 
-    async def _apply(self, new: Config, *, config_ok: bool) -> None:
+    async def _apply(self, new: Config, *, config_ok: bool, running: bool = False) -> None:
         now = self.clock.now()
 
         def compute(reading: Reading) -> ConfigWrite:
-            plan = reconcile(new, reading.schedules, reading.pipelines, now, reading.applied)
+            plan = reconcile(
+                new, reading.schedules, reading.pipelines, now, reading.applied, running=running
+            )
             return ConfigWrite(plan.pipeline_rows, plan.changed, plan, applied=plan.applied)
 
         if config_ok:
@@ -269,8 +271,10 @@ class Engine:
         tkey = anchor = cursor = None
         if isinstance(s.trigger, RecurrenceTrigger | CronTrigger):
             tkey = trigger_key(s.trigger)
-            if row is not None and row.trigger_key == tkey:
+            if row is not None and same_trigger(row.trigger_key, s.trigger):
                 anchor, cursor = row.anchor, row.cursor
+                if anchor is not None and cursor is not None and row.spec != spec:
+                    cursor = changed_cursor(s.trigger, anchor, cursor, now)  # its end_time…
             else:
                 anchor, cursor = new_timer(s.trigger, now, active=self.book.runnable(s))
                 self.book.fresh.add(s.id)

@@ -37,7 +37,13 @@ from watcherd.core.models import (
     Status,
     StoredSchedule,
 )
-from watcherd.core.slots import effective_status, new_timer, trigger_key
+from watcherd.core.slots import (
+    changed_cursor,
+    effective_status,
+    new_timer,
+    same_trigger,
+    trigger_key,
+)
 from watcherd.engine.ports import PipelineRow
 
 __all__ = ["Reconciled", "applied_mark", "parse_api", "parse_stored", "reconcile", "spec_body"]
@@ -105,10 +111,13 @@ def reconcile(
     pipes: Mapping[str, PipelineRow],
     now: datetime,
     applied: str | None = None,
+    *,
+    running: bool = False,
 ) -> Reconciled:
     """Apply `new` to the stored state; `applied`: the store's mark of the config it last
-    applied. Raises ConfigErrors when the config breaks API-created schedules (a pipeline or
-    datastore they use is gone, a name clash)."""
+    applied; `running`: a reload of a running daemon (not a start: its timers have fired
+    every slot due until now). Raises ConfigErrors when the config breaks API-created
+    schedules (a pipeline or datastore they use is gone, a name clash)."""
     out = Reconciled(applied=applied_mark(new))
     same = out.applied is not None and applied == out.applied
     api, out.broken = parse_api(rows.values(), new)
@@ -119,7 +128,7 @@ def reconcile(
     _pipelines(new, pipes, out)
     shared: PerObject[Any] = PerObject()  # a trigger's key and new timer, once per trigger
     for s in new.schedules:
-        _declared(s, rows.get(s.id), new, now, out, same=same, shared=shared)
+        _declared(s, rows.get(s.id), new, now, out, same=same, shared=shared, running=running)
     declared = {s.id for s in new.schedules}
     for sid, row in rows.items():
         if sid in declared:
@@ -176,6 +185,7 @@ def _declared(
     *,
     same: bool,
     shared: PerObject[Any],
+    running: bool = False,
 ) -> None:
     status = effective_status(s, row)
     sched = s
@@ -189,10 +199,14 @@ def _declared(
     t = s.trigger
     if isinstance(t, RecurrenceTrigger | CronTrigger):
         tkey = shared.get(t, None, compute=lambda: trigger_key(t))
-        if row is not None and row.trigger_key == tkey and row.anchor and row.cursor:
+        if row is not None and row.anchor and row.cursor and same_trigger(row.trigger_key, t):
             anchor, cursor, hint = row.anchor, row.cursor, row.next_hint
             if row.status != status and status is Status.ACTIVE:
                 cursor, hint = now, None  # enabling never fires by itself
+            elif running and row.spec != spec:  # a reload changed it (its end_time, say)
+                moved = changed_cursor(t, anchor, cursor, now)
+                if moved != cursor:
+                    cursor, hint = moved, None
         else:
             active = status is Status.ACTIVE and (
                 out.pipeline_status.get(s.pipeline) is Status.ACTIVE
