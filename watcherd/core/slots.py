@@ -135,12 +135,12 @@ def trigger_key(trigger: TimeTrigger) -> str:
     return repr(("v2", *key) if c.v2 else key)
 
 
-def same_trigger(stored: str | None, trigger: TimeTrigger) -> bool:
-    """Whether a stored trigger key is `trigger`'s: its key, or the key a watcherd from before
-    the lists were normalised stored for it (the lists as written)."""
+def same_trigger(stored: str | None, trigger: TimeTrigger, key: str | None = None) -> bool:
+    """Whether a stored trigger key is `trigger`'s: its key (`key`, when the caller has it),
+    or the key a watcherd from before the lists were normalised stored (lists as written)."""
     if stored is None:
         return False
-    if stored == trigger_key(trigger):
+    if stored == (key if key is not None else trigger_key(trigger)):
         return True
     if not isinstance(trigger, RecurrenceTrigger):
         return False

@@ -271,7 +271,7 @@ class Engine:
         tkey = anchor = cursor = None
         if isinstance(s.trigger, RecurrenceTrigger | CronTrigger):
             tkey = trigger_key(s.trigger)
-            if row is not None and same_trigger(row.trigger_key, s.trigger):
+            if row is not None and same_trigger(row.trigger_key, s.trigger, tkey):
                 anchor, cursor = row.anchor, row.cursor
                 if anchor is not None and cursor is not None and row.spec != spec:
                     cursor = changed_cursor(s.trigger, anchor, cursor, now)  # its end_time…

@@ -199,7 +199,7 @@ def _declared(
     t = s.trigger
     if isinstance(t, RecurrenceTrigger | CronTrigger):
         tkey = shared.get(t, None, compute=lambda: trigger_key(t))
-        if row is not None and row.anchor and row.cursor and same_trigger(row.trigger_key, t):
+        if row is not None and row.anchor and row.cursor and same_trigger(row.trigger_key, t, tkey):
             anchor, cursor, hint = row.anchor, row.cursor, row.next_hint
             if row.status != status and status is Status.ACTIVE:
                 cursor, hint = now, None  # enabling never fires by itself
