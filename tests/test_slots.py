@@ -240,3 +240,20 @@ def test_a_changed_trigger_of_a_running_schedule_resumes_at_now_not_at_its_curso
     assert changed_cursor(t, anchor, recent, now) == recent
     late = datetime(2026, 11, 25, 10, 13, 0, 500_000, tzinfo=UTC)  # 10:13 due 0.5 s ago
     assert changed_cursor(t, anchor, recent, late) == recent  # it still fires
+
+
+def test_a_downtime_longer_than_the_slots_looked_at_says_so_and_its_oldest_slot() -> None:
+    from watcherd.core.models import RecurrenceTrigger
+    from watcherd.core.recurrence import make_recurrence
+    from watcherd.core.slots import MISSED_LIMIT, catch_up
+
+    rule = make_recurrence(frequency="Minute", interval=1, start_time=datetime(2026, 1, 1))
+    t = RecurrenceTrigger(recurrence=rule)
+    anchor = datetime(2026, 1, 1, tzinfo=UTC)
+    cursor = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    short = catch_up(t, anchor, cursor, cursor + timedelta(minutes=90))
+    assert short.oldest is None and len(short.not_run) == 90  # catch_up "none"
+    long = catch_up(t, anchor, cursor, cursor + timedelta(days=3))  # 4,320 slots missed
+    assert len(long.not_run) == MISSED_LIMIT  # the newest only: a lower bound
+    assert long.oldest == cursor + timedelta(minutes=1)
+    assert long.not_run[0] > long.oldest

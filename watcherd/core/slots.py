@@ -219,6 +219,9 @@ class CatchUp:
     run: list[datetime]  # slots to run now, oldest first
     not_run: list[datetime]  # missed slots the policy drops (logged and counted), oldest first
     cursor: datetime  # the new cursor
+    # More than MISSED_LIMIT slots were missed: only the newest were looked at, and this is
+    # the oldest missed slot (not_run then counts a lower bound).
+    oldest: datetime | None = None
 
 
 def catch_up(
@@ -245,4 +248,5 @@ def catch_up(
     opts = trigger.options
     keep = {"none": 0, "last": 1, "all": opts.max_catch_up}[opts.catch_up]
     kept = rest[-keep:] if keep else []
-    return CatchUp(owed + kept, rest[: len(rest) - len(kept)], max(now, missed[-1]))
+    oldest = next_slot(trigger, anchor, cursor) if len(missed) == MISSED_LIMIT else None
+    return CatchUp(owed + kept, rest[: len(rest) - len(kept)], max(now, missed[-1]), oldest)

@@ -227,7 +227,7 @@ class Arming:
                 later.append(sid)
             else:
                 due.append(sid)
-        missed: list[tuple[str, str, int, datetime, datetime]] = []
+        missed: list[Missed] = []
         batches: list[SlotBatch] = []
         same = _Shared()
         for i, sid in enumerate(due + later):
@@ -239,7 +239,7 @@ class Arming:
                 batches = []
         if batches:
             await self.commit_slots(batches, now)
-        for name, _, count, _, _ in missed:  # after the commits: one label lookup each
+        for name, _, count, *_ in missed:  # after the commits: one label lookup each
             self.metrics.slots_not_run.labels(schedule=name).inc(count)
         _log_missed(missed)
 
@@ -248,7 +248,7 @@ class Arming:
         sid: str,
         now: datetime,
         run_all_until: datetime | None,
-        missed: list[tuple[str, str, int, datetime, datetime]],
+        missed: list[Missed],
         *,
         due: bool = False,
         same: _Shared | None = None,
@@ -294,7 +294,9 @@ class Arming:
             return None
         if todo.not_run:
             not_run = todo.not_run
-            missed.append((s.name, t.options.catch_up, len(not_run), not_run[0], not_run[-1]))
+            oldest = todo.oldest if todo.oldest is not None else not_run[0]
+            more = todo.oldest is not None
+            missed.append((s.name, t.options.catch_up, len(not_run), oldest, not_run[-1], more))
         if todo.cursor == row.cursor:
             return None
         return SlotBatch(sid, todo.cursor, self._slot_runs(s, todo.run))
@@ -442,19 +444,27 @@ def _cancel_until_done(task: asyncio.Task[None]) -> None:
     asyncio.get_running_loop().call_later(RECANCEL, _cancel_until_done, task)
 
 
-def _log_missed(missed: list[tuple[str, str, int, datetime, datetime]]) -> None:
+# (schedule name, catch_up, slots not run, the oldest, the newest, more were not counted:
+# after a downtime of more than MISSED_LIMIT slots, the count is a lower bound)
+Missed = tuple[str, str, int, datetime, datetime, bool]
+
+
+def _log_missed(missed: list[Missed]) -> None:
     """One line per schedule that will not run some missed slots (its `catch_up`), or one
-    line for all when there are many (after a long downtime); the metric has each count."""
+    line for all when there are many (after a long downtime); the metric has each count.
+    `count_is_lower_bound`: more were missed than were looked at (MISSED_LIMIT)."""
     if len(missed) <= MISSED_EACH:
-        for name, policy, count, first, last in missed:
+        for name, policy, count, first, last, more in missed:
+            extra = {"count_is_lower_bound": True} if more else {}
             log.info(
                 "slots_missed", schedule=name, count=count, catch_up=policy,
-                first=format_utc(first), last=format_utc(last),
+                first=format_utc(first), last=format_utc(last), **extra,
             )  # fmt: skip
         return
+    extra = {"count_is_lower_bound": True} if any(m[5] for m in missed) else {}
     log.info(
         "slots_missed", schedules=len(missed), count=sum(m[2] for m in missed),
         first=format_utc(min(m[3] for m in missed)), last=format_utc(max(m[4] for m in missed)),
         names=[m[0] for m in missed[:MISSED_EACH]],
-        metric="watcherd_slots_not_run_total",
+        metric="watcherd_slots_not_run_total", **extra,
     )  # fmt: skip
