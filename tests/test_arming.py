@@ -48,15 +48,17 @@ async def test_a_finished_poller_is_left_alone() -> None:
 def test_missed_slots_are_one_line_each_for_a_few_schedules_and_one_in_all_for_many() -> None:
     t0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
     few = [
-        (f"s{i}", "last", 2, t0 + timedelta(hours=i), t0 + timedelta(hours=i + 1)) for i in range(3)
+        (f"s{i}", "last", 2, t0 + timedelta(hours=i), t0 + timedelta(hours=i + 1), i == 2)
+        for i in range(3)
     ]
     with capture_logs() as logs:
         arming._log_missed(few)
     assert [(e["event"], e["schedule"], e["count"], e["catch_up"]) for e in logs] == [
         ("slots_missed", f"s{i}", 2, "last") for i in range(3)
     ]
+    assert [e.get("count_is_lower_bound") for e in logs] == [None, None, True]
     many = [
-        (f"s{i}", "all", i + 1, t0 + timedelta(minutes=i), t0 + timedelta(hours=i))
+        (f"s{i}", "all", i + 1, t0 + timedelta(minutes=i), t0 + timedelta(hours=i), False)
         for i in range(50)
     ]
     with capture_logs() as logs:
