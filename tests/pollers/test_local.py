@@ -369,6 +369,37 @@ async def test_events_unavailable_falls_back_to_polling(
     assert [e["event"] for e in logs].count("events_unavailable") == 1
 
 
+async def test_a_directory_unreadable_for_a_while_gets_its_events_back(
+    tmp_path: Path, inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify refused with EACCES (the directory unreadable, as its listing is): the poll
+    fails and is retried, and once it can be read the watch starts; events are not given up
+    for good as when inotify itself is unavailable (above). Root reads any directory, so the
+    kernel's refusal is played once here."""
+    real, refused = localwatch.start_dir_watch, []
+
+    def once(*args: Any, **kw: Any) -> Any:
+        if not refused:
+            refused.append(True)
+            raise PermissionError(13, "inotify_add_watch refused")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(localwatch, "start_dir_watch", once)
+    health = RecordingHealth()
+    sched, ds = make(tmp_path, events=True, settle=timedelta(minutes=10))
+    sink = RecordingSink()
+    poller = LocalPoller(
+        schedule=sched, datastore=ds, sink=sink, health=health, clock=SystemClock()
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with running(poller):
+            await health.until_polls(2)  # the refused attempt, then the retry's baseline
+            write(inbox / "a.csv")  # an event: settle is 10 min, so only an event fires it
+            await sink.until(lambda: sink.names() == [b"incoming/a.csv"])
+    assert health.polls[0][0] is False and health.polls[1][0] is True
+    assert "events_unavailable" not in [e["event"] for e in logs]
+
+
 async def test_an_overrun_is_logged_counted_and_missed_ticks_skipped(
     tmp_path: Path, inbox: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -185,6 +185,8 @@ class DirEvents:
 
         Raises:
             FileNotFoundError, NotADirectoryError: the directory is gone.
+            PermissionError: it cannot be read now (its listing fails too, and is retried:
+                events are tried again with it, not given up for good).
         """
         if self._mode is False:
             return False
@@ -201,7 +203,7 @@ class DirEvents:
         except asyncio.CancelledError:
             job.add_done_callback(_stop_started)  # cancelled while it started: undo it
             raise
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
             raise
         except Exception as exc:
             self._mode = False
