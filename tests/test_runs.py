@@ -118,7 +118,8 @@ def test_a_file_run_carries_its_parameters_and_file_from_queue_time() -> None:
         parameter="input",
     )
     run = file_run(s, PIPE, ref)
-    assert run.parameters == {"a": "1", "b": "2"}  # pipeline < schedule
+    # pipeline < schedule < the file, as its trigger shows it (SPEC §5: stored with the run)
+    assert run.parameters == {"a": "1", "b": "2", "input": "in/\\xffa.csv"}
     assert run.file == ref and run.path == b"in/\xffa.csv"
     assert run.trigger["path"] == "in/\\xffa.csv"  # shown with invalid bytes as \xNN
     assert file_run(s, PIPE, ref).id == run.id  # one run per (file, version)

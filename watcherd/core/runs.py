@@ -215,9 +215,18 @@ def file_run(schedule: Schedule, pipeline: Pipeline | None, file: FileRef) -> Ne
             "path": display_name(file.relative_path),
             "version": file.version,
         },
-        parameters=parameters_for(pipeline, schedule),
+        parameters=parameters_for(pipeline, schedule, _file_parameter(file)),
         file=file,
     )
+
+
+def _file_parameter(file: FileRef | None) -> dict[str, str] | None:
+    """The file's binding among a run's stored parameters (SPEC §5: resolved when it is
+    queued): its path in the datastore, as its trigger shows it. Each dispatcher binds the
+    file itself (a local path, DataPathAssignments, a blob URL): this is what is shown."""
+    if file is None or not file.parameter:
+        return None
+    return {file.parameter: display_name(file.relative_path)}
 
 
 def manual_run(
@@ -239,7 +248,9 @@ def manual_run(
         experiment=schedule.experiment_name,
         dedup=f"manual:{nonce}",
         trigger=trigger,
-        parameters=parameters_for(pipeline, schedule, parameters),
+        parameters=parameters_for(
+            pipeline, schedule, {**(parameters or {}), **(_file_parameter(file) or {})}
+        ),
         file=file,
         gate=_gate(schedule),
     )
