@@ -248,3 +248,42 @@ def test_many_schedules_load_a_page_at_a_time(browser: Any, tmp_path: Path) -> N
         context.close()
     finally:
         d.close()
+
+
+def test_long_names_wrap_and_hide_no_column(browser: Any, daemon: DaemonProc) -> None:
+    """A 120-character schedule name and a 200-character file name wrap in their cells: every
+    row's buttons stay on screen, at desktop and phone widths, and the names show whole."""
+    long_name = "Nightly-retrain-" + "x" * 104
+    file_name = "f" * 196 + ".csv"
+    with daemon.client() as api:
+        made = api.post(
+            "/api/v1/schedules",
+            json={
+                "name": long_name,
+                "pipeline": "train",
+                "experiment_name": "Long",
+                "datastore": "workspaceblobstore",
+                "polling_interval": "1h",
+                "data_path_parameter_name": "input_data",
+            },
+        )
+        assert made.status_code == 201, made.text
+        (daemon.workdir / "inbox" / file_name).write_bytes(b"x")
+        r = api.post(f"/api/v1/schedules/{made.json()['id']}/trigger", json={"path": file_name})
+        assert r.status_code in (200, 201, 202), r.text
+    offscreen = """() => [...document.querySelectorAll('#schedules button, #runs button')]
+        .filter(b => b.offsetParent !== null)
+        .filter(b => b.getBoundingClientRect().right > window.innerWidth + 1).length"""
+    clipped = """() => [...document.querySelectorAll('.name strong, #runs .mono')]
+        .filter(e => e.scrollWidth > e.clientWidth + 1).length"""
+    for width in (1280, 375):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(daemon.url + "/")
+        for text in (long_name, file_name):  # the schedule, and its run's file
+            page.wait_for_function("t => document.body.innerText.includes(t)", arg=text)
+        assert page.evaluate(offscreen) == 0, width
+        assert page.evaluate(clipped) == 0, width
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, width
+        context.close()

@@ -91,7 +91,11 @@
         t.path || "file");
     }
     if (t.kind === "time") return h("span", { title: t.slot || "" }, "slot ", fmtTime(t.slot) || "");
-    if (t.kind === "manual") return h("span", {}, "manual" + (t.by ? " (" + t.by + ")" : ""));
+    if (t.kind === "manual") {
+      const by = "manual" + (t.by ? " (" + t.by + ")" : "");
+      if (!t.path) return h("span", {}, by);
+      return h("span", { class: "stack" }, h("span", {}, by), h("span", { class: "mono" }, t.path));
+    }
     if (t.kind) return h("span", {}, t.kind);
     return h("span", { class: "muted" }, "—");
   }
