@@ -486,3 +486,43 @@ async def test_a_replica_whose_config_no_longer_matches_stands_by(
         )
         assert eng.not_ready() is not None, state
         assert row[1] != "a", state
+
+
+SIX = """
+[daemon]
+api = ""
+[pipelines.p]
+kind = "command"
+steps = [["true"]]
+""" + "".join(
+    f'[[schedules]]\nname = "s{i}"\npipeline = "p"\nexperiment_name = "E"\ncron = "0 {i} * * *"\n'
+    for i in range(6)
+)
+
+
+async def test_every_replica_is_ready_while_the_others_hold_some_schedules(
+    tmp_path: Path, pg_store_url: str
+) -> None:
+    """/readyz (SPEC §8, §12): a schedule another replica holds is that one's to arm; each
+    replica is ready with its own share (a readiness probe on every pod)."""
+    from watcherd.services.manager import Manager
+
+    clock = _clock()
+    async with (
+        pg_engine(tmp_path, SIX, pg_store_url, clock, "r1") as a,
+        pg_engine(tmp_path, SIX, pg_store_url, clock, "r2") as b,
+    ):
+        held = lambda n: set(n.engine.arming.leases.held)  # noqa: E731
+
+        async def spread() -> bool:  # beats until both hold some and together all
+            for n in (a, b):
+                await n.engine.arming.leases.beat()
+            return bool(held(a)) and bool(held(b)) and len(held(a) | held(b)) == 6
+
+        async with asyncio.timeout(WAIT):
+            while not await spread():
+                clock.advance(seconds=1)
+        for n in (a, b):
+            ready, body = Manager(n.engine).readiness()
+            assert ready, body
+            assert body["waiting"] == [] and body["errors"] == []

@@ -512,9 +512,13 @@ def _waiting_and_errors(eng: Engine) -> tuple[list[str], list[JSON]]:
     # One pass with the engine's maps in locals (`Engine.schedule_error` inlined): the
     # probe and the page ask every few seconds, and 10k schedules are on the event loop.
     broken, polls, armed, active = eng.broken, eng.poll, eng.timers.armed, Status.ACTIVE
+    # With replicas, a schedule another replica holds is that one's to arm (SPEC §12): this
+    # replica is ready without it.
+    leases = eng.arming.leases
+    held = leases.held if leases.replicas > 1 else None
     for sid, s in eng.schedules.items():
-        if s.status is not active:
-            continue
+        if s.status is not active or (held is not None and sid not in held and sid not in broken):
+            continue  # (a schedule in error is the config's: every replica lists it)
         error = broken.get(sid)
         p, a = polls.get(sid), armed.get(sid)
         if error is None:
