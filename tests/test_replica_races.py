@@ -526,3 +526,38 @@ async def test_every_replica_is_ready_while_the_others_hold_some_schedules(
             ready, body = Manager(n.engine).readiness()
             assert ready, body
             assert body["waiting"] == [] and body["errors"] == []
+
+
+LOCAL = """
+[daemon]
+api = ""
+[datastores.mounted]
+kind = "local"
+root = "/nonexistent/watcherd-test/mount"
+[pipelines.p]
+kind = "command"
+steps = [["true"]]
+[[schedules]]
+name = "files"
+pipeline = "p"
+experiment_name = "E"
+datastore = "mounted"
+polling_interval = "1h"
+"""
+
+
+async def test_a_replica_without_a_local_root_leaves_its_schedule_to_those_with_it(
+    tmp_path: Path, pg_store_url: str
+) -> None:
+    """SPEC §12: a local schedule is owned only by replicas that can read its root; one that
+    does not have the root at all (another host's mount) does not take it. Alone, a daemon
+    keeps it, to report the missing directory (SPEC §4)."""
+    from tests.engine_helpers import running_engine
+
+    async with pg_engine(tmp_path, LOCAL, pg_store_url, _clock(), "r1") as node:
+        assert node.engine.arming.wanted() == []
+        assert node.engine.arming.leases.held == {}
+    solo = tmp_path / "solo"
+    solo.mkdir()
+    async with running_engine(solo, LOCAL, _clock()) as h:
+        assert [h.engine.schedules[sid].name for sid in h.engine.arming.wanted()] == ["files"]

@@ -63,9 +63,11 @@ class DefaultPollers:
     which the engine cancels at shutdown.
     """
 
-    def __init__(self, clock: Clock, metrics: Metrics) -> None:
+    def __init__(self, clock: Clock, metrics: Metrics, *, replicas: bool = False) -> None:
         self.clock, self.metrics = clock, metrics
         self._hub: QueueHub | None = None
+        self._replicas = replicas  # other replicas may serve what this one cannot
+        self._missing: set[str] = set()  # local roots reported missing (logged once each)
 
     def poller(
         self,
@@ -94,11 +96,22 @@ class DefaultPollers:
         )  # fmt: skip
 
     def can_serve(self, datastore: Datastore) -> bool:
-        # A root this replica cannot read is another host's to watch (SPEC §12); a missing
-        # one is still ours to report (its poller logs and retries it, SPEC §4).
-        if isinstance(datastore, LocalDatastore) and os.path.exists(datastore.root):
-            return os.access(datastore.root, os.R_OK | os.X_OK)
-        return True
+        # A root this replica cannot read is another host's to watch (SPEC §12). A missing
+        # one is too, with replicas: another host may have it (logged here, once); alone, it
+        # is still ours to report (its poller logs and retries it, SPEC §4).
+        if not isinstance(datastore, LocalDatastore):
+            return True
+        root = str(datastore.root)
+        if os.path.exists(root):
+            self._missing.discard(root)
+            return os.access(root, os.R_OK | os.X_OK)
+        if not self._replicas:
+            return True
+        if root not in self._missing:
+            self._missing.add(root)
+            log.warning("local_root_missing", datastore=datastore.name, root=root,
+                        reason="left to the replicas that have it")  # fmt: skip
+        return False
 
     def locate(self, datastore: Datastore, name: bytes) -> tuple[bytes | None, str | None]:
         if isinstance(datastore, LocalDatastore):
@@ -157,7 +170,7 @@ def build_engine(
         store,
         clock,
         cluster=cluster or SoloCluster(statefiles.replica_id(cfg), clock),
-        pollers=DefaultPollers(clock, metrics),
+        pollers=DefaultPollers(clock, metrics, replicas=cluster is not None),
         dispatchers=DefaultDispatchers(),
         metrics=metrics,
     )
