@@ -535,6 +535,50 @@ async def test_database_down_raises_masked_state_errors_and_recovers(
     assert text.count("database_unavailable") <= 1
 
 
+async def test_after_an_outage_the_listener_is_back_with_the_first_heartbeat(
+    pg_server: PostgresServer, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the database is down, LISTEN reconnects with a growing backoff (up to 10 s, in
+    which another replica's disable would not reach this one, SPEC §12): a heartbeat that
+    goes through ends the wait. The backoff is made 60 s here, so only that can end it."""
+    from watcherd.state.postgres import cluster as cluster_mod
+
+    dbname = pg_database.rsplit("/", 1)[1]
+    url = pg_server.password_dsn(dbname)
+    store, cluster = await open_pg(
+        url, replica_id="a", lease_ttl=TTL, clock=ManualClock(NOW), connect_timeout=1
+    )
+    got: asyncio.Queue[Change] = asyncio.Queue()
+
+    async def listen() -> None:
+        async for change in cluster.changes():
+            await got.put(change)
+
+    task = asyncio.create_task(listen())
+    try:
+        await cluster.join(host="h", config_hash="c")
+        assert await asyncio.wait_for(got.get(), 10) == Change("resync")
+        monkeypatch.setattr(cluster_mod, "backoff_delay", lambda *_a, **_k: 60.0)
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.to_thread(pg_server.stop)
+            async with asyncio.timeout(30):  # the listener noticed, and waits its backoff
+                while "listen_lost" not in [e["event"] for e in logs]:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        await asyncio.to_thread(pg_server.start)
+        async with asyncio.timeout(30):
+            while True:  # the pool may need a try or two after the restart
+                try:
+                    await cluster.beat(wanted=["s"], running=0)
+                    break
+                except StateError:
+                    await asyncio.sleep(0.2)
+        assert await asyncio.wait_for(got.get(), 5) == Change("resync")  # not 60 s later
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
 def test_the_url_never_appears_in_errors() -> None:
     bad = "postgresql://user:s3cret-pw@[::1/db"
     with pytest.raises(StateError) as err:

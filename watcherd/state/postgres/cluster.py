@@ -16,6 +16,7 @@ so it is never left without an owner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import socket
@@ -61,6 +62,11 @@ class PgCluster:
         # Local monotonic time of the next expiry of a lease this replica wants but another
         # holds, or of another replica's heartbeat: beat again then (see `beat`).
         self.recheck_at: float | None = None
+        # Set by a heartbeat that went through while LISTEN was down: the database is back,
+        # so `changes` reconnects now rather than at the end of its backoff (up to 10 s, in
+        # which a disable on another replica would not stop this one's slots, SPEC §12).
+        self._db_back = asyncio.Event()
+        self._listen_down = False
 
     # ── membership ───────────────────────────────────────────────────────────
 
@@ -135,6 +141,8 @@ class PgCluster:
         except BaseException:
             self._wanted_sent = None  # unknown whether it was written: send it again
             raise
+        if self._listen_down:
+            self._db_back.set()
         expiry = self._expiry_in
         self.recheck_at = None if expiry is None else sent + expiry + RECHECK_MARGIN
         return Membership(
@@ -346,7 +354,7 @@ class PgCluster:
                 await conn.execute(f"LISTEN {CHANNEL}")
                 if failures:
                     log.info("listen_restored", database=self.db.url.display)
-                failures = 0
+                failures, self._listen_down = 0, False
                 yield Change("resync")
                 while True:
                     async for n in conn.notifies(timeout=LISTEN_PING):
@@ -366,7 +374,11 @@ class PgCluster:
             finally:
                 if conn is not None:
                     await conn.close()
-            await asyncio.sleep(backoff_delay(failures, _LISTEN_BACKOFF_CAP))
+            self._listen_down = True
+            self._db_back.clear()
+            with contextlib.suppress(TimeoutError):  # a heartbeat through: the database is back
+                async with asyncio.timeout(backoff_delay(failures, _LISTEN_BACKOFF_CAP)):
+                    await self._db_back.wait()
 
     def _parse(self, payload: str) -> Change | None:
         try:
