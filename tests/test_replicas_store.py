@@ -136,6 +136,32 @@ async def test_fenced_writes_refused_once_the_lease_moved(
         await b_store.record_slots([SlotBatch("s", later, [], epoch=1)], later)
 
 
+async def test_a_slot_of_a_schedule_disabled_elsewhere_starts_nothing(
+    replicas: Callable[..., Awaitable[Replica]],
+) -> None:
+    """A replica that has not heard of a disable yet (its LISTEN reconnecting after an
+    outage) still records the slot's cursor, but the slot queues no run (SPEC §12: no slot
+    of the old state starts after the 2xx)."""
+    from tests.test_store import _schedule
+
+    a_store, a = await replicas("a")
+    b_store, _ = await replicas("b")
+    await b_store.save_schedules([_schedule("s", "s", NOW), _schedule("t", "t", NOW)])
+    m = await a.beat(wanted=["s", "t"], running=0)
+    assert set(m.leases) == {"s", "t"}
+    await b_store.save_schedules([_schedule("s", "s", NOW, status="Disabled")])  # elsewhere
+    later = NOW + timedelta(minutes=1)
+    off, on = _run("slot:off", schedule="s"), _run("slot:on", schedule="t")
+    batches = [
+        SlotBatch("s", later, [off], epoch=m.leases["s"]),
+        SlotBatch("t", later, [on], epoch=m.leases["t"]),
+    ]
+    assert await a_store.record_slots(batches, later) == [on.id]
+    assert [r.id for r in (await b_store.list_runs()).runs] == [on.id]
+    rows = {r.id: r for r in await b_store.load_schedules()}
+    assert rows["s"].cursor == later and rows["t"].cursor == later
+
+
 async def test_leases_spread_and_rebalance(
     replicas: Callable[..., Awaitable[Replica]], pg_store_url: str
 ) -> None:

@@ -48,7 +48,17 @@ class PgStore(Definitions):
                 await self._fence(
                     c, [(b.schedule_id, b.epoch) for b in batches if b.epoch is not None]
                 )
-                runs = [r for b in batches for r in b.runs]
+                # A schedule disabled on another replica, whose notice this one has not had
+                # yet (LISTEN reconnecting after an outage): its slot starts nothing (§12).
+                ids = [b.schedule_id for b in batches if b.runs]
+                off: set[str] = set()
+                if ids:
+                    cur = await c.execute(
+                        "SELECT id FROM schedules WHERE id = ANY(%s) AND status <> 'Active'",
+                        (ids,),
+                    )
+                    off = {str(row[0]) for row in await cur.fetchall()}
+                runs = [r for b in batches if b.schedule_id not in off for r in b.runs]
                 out = await runs_sql.insert_runs(c, runs, now, self.db.runs_notice())
                 # An unfenced write (one daemon; or a caller that lost track of its lease)
                 # never moves a cursor back.
