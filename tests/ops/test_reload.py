@@ -71,8 +71,8 @@ def _slots(d: DaemonProc) -> dict[str, list[datetime]]:
     out: dict[str, list[datetime]] = {name: [] for name in ids.values()}
     for r in d.runs():
         trig = json.loads(r["trigger"])
-        if trig.get("kind") == "time":
-            out[ids[r["schedule_id"]]].append(datetime.fromisoformat(trig["slot"]))
+        if trig.get("kind") == "time":  # the key has the slot to the microsecond
+            out[ids[r["schedule_id"]]].append(datetime.fromisoformat(r["dedup"][len("slot:") :]))
     return out
 
 
@@ -124,8 +124,13 @@ def test_sighup_adds_removes_and_changes_schedules(tmp_path: Path) -> None:
         assert hup - timedelta(seconds=1) <= first <= applied
         _assert_every_minute("added", slots["added"])
         # changed trigger: re-anchored at the reload, the old timeline ends there
-        old = [s for s in slots["retimed"] if s < hup - timedelta(seconds=1)]
-        new = [s for s in slots["retimed"] if s >= hup - timedelta(seconds=1)]
+        # The old timeline is every minute from its first slot; the new one starts at the
+        # reload (its creation fire). Told apart by that grid, not by the SIGHUP's time: at
+        # 300x, an old slot a few real ms before the signal is within a scaled second of it.
+        grid = slots["retimed"][0]
+        on_grid = [(s - grid) % MINUTE == timedelta(0) for s in slots["retimed"]]
+        old = [s for s, g in zip(slots["retimed"], on_grid, strict=True) if g and s <= applied]
+        new = [s for s, g in zip(slots["retimed"], on_grid, strict=True) if s not in old]
         _assert_every_minute("retimed (before)", old)
         assert new and min(new) <= applied, "no creation fire after the trigger changed"
         assert new[0] == min(new) and all(s <= applied for s in old)
