@@ -484,3 +484,23 @@ async def test_sec_8_a_big_log_is_masked_too(tmp_path: Path) -> None:
         await eventually(lambda: h.runs() and h.runs()[0].status in TERMINAL)
         log = await h.manager.get_run_log(h.runs()[0].id)
     assert len(log) > 300000 and log.count(b"***") == 2 and ENV_TOKEN.encode() not in log
+
+
+def test_sec_8_the_tail_never_shows_part_of_a_secret_at_any_cut() -> None:
+    """The log tail is cut at every offset around a short secret and a long one: no piece of
+    either shows (a short one that starts in the bytes dropped at the head is masked whole)."""
+    from watcherd.core.redact import BytesMask
+    from watcherd.dispatch.command import _Tail
+
+    short, long = ENV_TOKEN, "Lx4Vb7Qm2Zr9Tn6Wc3Hp8Jd5Kf1Gs0Y"
+    mask = BytesMask([short, long])
+    pieces = {s[i : i + 4] for s in (short, long) for i in range(len(s) - 3)}
+    for pad in range(len(long) + 8):
+        for secret in (short, long):
+            tail = _Tail(64, mask)
+            tail.add(b"." * pad + secret.encode() + b"." * 3)
+            for _ in range(3):  # enough to be cut (more than 2 x 64 + spare)
+                tail.add(b"-" * 40 + secret.encode() + b"\n")
+            shown = tail.value().decode()
+            assert len(shown.encode()) <= 64
+            assert not [p for p in pieces if p in shown], (pad, secret, shown)

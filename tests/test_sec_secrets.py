@@ -268,3 +268,22 @@ container = "inbox"
 """
     secrets = load_config(tmp_path, text).secrets
     assert make_redactor(secrets)("signature Wv3Kp8Nz2Qd5 refused") == "signature *** refused"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://u:p@h/x?email=a@b.com",  # an @ in the query
+        "https://u:p@h/@scope/x",  # an @ in the path, after credentials
+        "https://[::1]:8080/a@b",  # an IPv6 host, an @ in the path
+    ],
+)
+def test_urls_with_an_at_sign_after_their_host_stay_valid(tmp_path: Path, url: str) -> None:
+    text = f'[daemon]\napi = ""\n[pipelines.hook]\nkind = "http"\nurl = "{url}"\n'
+    assert load_config(tmp_path, text).pipelines["hook"].target.url == url
+
+
+def test_a_hash_in_a_password_is_found_whatever_follows() -> None:
+    url = f"https://u:{PASS}@h/x?e=a@b"  # an @ in the query too
+    assert not _shows(redact_url(url), PASS)
+    assert PASS in url_secrets(url)

@@ -430,10 +430,6 @@ def url_problem(text: str, schemes: tuple[str, ...], expected: str | None = None
         parts = None
     if parts is None or parts.scheme not in schemes or not parts.netloc:
         return f"invalid URL {shown!r}: expected {expected or ' or '.join(schemes) + '://…'}"
-    try:
-        parts.port  # noqa: B018  # parses the port; ValueError when it is bad
-    except ValueError:
-        return f"invalid URL {shown!r}: bad port"
     lenient = lenient_credentials(text)
     written = text[lenient[0] : lenient[1]] if lenient is not None else ""
     if written != parts.netloc.rpartition("@")[0]:
@@ -441,4 +437,8 @@ def url_problem(text: str, schemes: tuple[str, ...], expected: str | None = None
             f"invalid URL {shown!r}: its user name or password holds a character that must be "
             "percent-encoded there ('#' %23, '/' %2F, '?' %3F, '@' %40, '[' %5B)"
         )
+    try:
+        parts.port  # noqa: B018  # parses the port; ValueError when it is bad
+    except ValueError:
+        return f"invalid URL {shown!r}: bad port"
     return None

@@ -92,10 +92,24 @@ class BytesMask:
         self.longest = max((len(t) for t in terms), default=0)
         self._pattern = re.compile(b"|".join(re.escape(t) for t in terms)) if terms else None
 
-    def __call__(self, data: bytes) -> bytes:
+    def __call__(self, data: bytes, start: int = 0) -> bytes:
+        """`data[start:]` masked, the whole of `data` searched: a secret that begins before
+        `start` and ends after it shows as `***` too (none of it is left)."""
         if self._pattern is None or not data:
-            return data
-        return self._pattern.sub(MASK.encode(), data)
+            return data[start:]
+        if not start:
+            return self._pattern.sub(_MASK_BYTES, data)
+        out, pos = bytearray(), start
+        for m in self._pattern.finditer(data):
+            if m.end() <= start:
+                continue
+            out += data[pos : max(pos, m.start())] + _MASK_BYTES
+            pos = m.end()
+        out += data[pos:]
+        return bytes(out)
+
+
+_MASK_BYTES = MASK.encode()
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -172,23 +186,29 @@ _HOST_PORT = re.compile(r"[^:/?#@]*:[0-9]*")
 
 def lenient_credentials(url: str) -> tuple[int, int, int] | None:
     """Where a URL's credentials are as written, read as a careless writer meant them:
-    (start of the userinfo, its end (the last `@` before the query; = start when there is
-    none), start of the query (`len(url)` when there is none)); None if not `scheme://…`.
+    (start of the userinfo, its end (= start when there is none), start of the query
+    (`len(url)` when there is none)); None if not `scheme://…`.
 
-    Unlike `urlsplit`, a password holding an unencoded `#`, `/` or `[` stays userinfo (up to
-    the last `@`), unless what precedes its first `/` is a host and port or has no `:`
-    (`https://h:8080/users/@me`, `https://h/@scope/x`: an `@` in a path)."""
+    The userinfo ends at the last `@` before the first `/` (RFC 3986, where a `#` or `[` in
+    it no longer ends it early, as in `urlsplit`). Without one there, a password holding an
+    unencoded `/` runs to the last `@` before the query, unless what precedes that `/` is a
+    host (`h`, `h:8080`, `[::1]:8080`: then the `@` is in a path, `https://h/users/@me`)."""
     i = url.find("://")
     if i <= 0:
         return None
     start = end = i + 3
-    at = url.rfind("@", start)
+    q0 = url.find("?", start)
+    q0 = len(url) if q0 == -1 else q0
+    slash = url.find("/", start, q0)
+    head = slash if slash != -1 else q0
+    at = url.rfind("@", start, head)
     if at != -1:
-        cand = url[start:at]
-        slash = cand.find("/")
-        before = cand if slash == -1 else cand[:slash]
-        a_path = slash != -1 and (":" not in before or _HOST_PORT.fullmatch(before))
-        if "?" not in cand and not a_path:
+        end = at
+    elif slash != -1:
+        at = url.rfind("@", slash, q0)
+        before = url[start:slash]
+        is_host = ":" not in before or before.startswith("[") or _HOST_PORT.fullmatch(before)
+        if at != -1 and not is_host:
             end = at
     q = url.find("?", end)
     return start, end, len(url) if q == -1 else q

@@ -125,11 +125,17 @@ class _Tail:
         if not self.limit:
             return b""
         data = bytes(self.buf)
-        if self.cut and self.spare:
-            data = data[self.spare - 1 :]  # may start with the end of a secret cut in two
-        if self.mask is not None:
-            data = self.mask(data)
+        # The head a cut left may start with the end of a secret cut in two: its first
+        # `spare - 1` bytes are dropped (a whole secret crossing that line is masked whole).
+        start = self.spare - 1 if self.cut and self.spare else 0
+        data = self.mask(data, start) if self.mask is not None else data[start:]
         return data[-self.limit :]
+
+    def copy(self) -> _Tail:
+        """The output so far, kept apart from what may still arrive."""
+        other = _Tail(self.limit, self.mask)
+        other.buf, other.cut = bytearray(self.buf), self.cut
+        return other
 
     async def masked(self) -> bytes:
         """`value()`, in a thread when the buffer is big: searching a MiB for every secret
@@ -159,7 +165,7 @@ class CommandDispatcher:
     """Runs a command pipeline's steps."""
 
     def __init__(self) -> None:
-        self._interrupted: dict[str, bytes] = {}  # run id -> log of an interrupted attempt
+        self._interrupted: dict[str, _Tail] = {}  # run id -> log of an interrupted attempt
 
     def partial_log(self, run_id: str) -> bytes | None:
         """The log of the run's attempt that was cancelled (timeout, cancel, shutdown), once.
@@ -167,7 +173,8 @@ class CommandDispatcher:
         A cancelled dispatch can only re-raise CancelledError; this is where its output and
         what was stopped can still be had (the runner may store it with the run).
         """
-        return self._interrupted.pop(run_id, None)
+        tail = self._interrupted.pop(run_id, None)
+        return tail.value() if tail is not None else None
 
     async def dispatch(self, ctx: RunContext) -> Outcome:
         """Run the steps; a step's non-zero exit in `retry_exit_codes` raises
@@ -178,7 +185,7 @@ class CommandDispatcher:
         try:
             return await self._dispatch(ctx, target, tail)
         except asyncio.CancelledError:
-            self._interrupted[ctx.run.id] = tail.value()
+            self._interrupted[ctx.run.id] = tail.copy()  # masked when fetched (`partial_log`)
             while len(self._interrupted) > _KEEP_INTERRUPTED:  # never fetched: forget the oldest
                 del self._interrupted[next(iter(self._interrupted))]
             raise
