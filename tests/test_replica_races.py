@@ -554,10 +554,14 @@ async def test_a_replica_without_a_local_root_leaves_its_schedule_to_those_with_
     keeps it, to report the missing directory (SPEC §4)."""
     from tests.engine_helpers import running_engine
 
-    async with pg_engine(tmp_path, LOCAL, pg_store_url, _clock(), "r1") as node:
-        assert node.engine.arming.wanted() == []
-        assert node.engine.arming.leases.held == {}
+    clock = _clock()
+    async with pg_engine(tmp_path, LOCAL, pg_store_url, clock, "r1") as a:
+        names = lambda n: [n.engine.schedules[i].name for i in n.engine.arming.wanted()]  # noqa: E731
+        assert names(a) == ["files"]  # the only replica: it keeps it, to report it
+        async with pg_engine(tmp_path, LOCAL, pg_store_url, clock, "r2") as b:
+            await a.engine.arming.leases.beat()  # a now knows of b
+            assert names(a) == [] and names(b) == []  # left to a replica that has the root
     solo = tmp_path / "solo"
     solo.mkdir()
-    async with running_engine(solo, LOCAL, _clock()) as h:
+    async with running_engine(solo, LOCAL, clock) as h:
         assert [h.engine.schedules[sid].name for sid in h.engine.arming.wanted()] == ["files"]

@@ -257,3 +257,17 @@ def test_a_downtime_longer_than_the_slots_looked_at_says_so_and_its_oldest_slot(
     assert len(long.not_run) == MISSED_LIMIT  # the newest only: a lower bound
     assert long.oldest == cursor + timedelta(minutes=1)
     assert long.not_run[0] > long.oldest
+
+
+def test_exactly_as_many_missed_slots_as_are_looked_at_is_an_exact_count() -> None:
+    from watcherd.core.models import RecurrenceTrigger
+    from watcherd.core.recurrence import make_recurrence
+    from watcherd.core.slots import MISSED_LIMIT, catch_up
+
+    rule = make_recurrence(frequency="Minute", interval=1, start_time=datetime(2026, 1, 1))
+    t = RecurrenceTrigger(recurrence=rule)
+    cursor = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    exact = catch_up(
+        t, datetime(2026, 1, 1, tzinfo=UTC), cursor, cursor + timedelta(minutes=MISSED_LIMIT)
+    )
+    assert len(exact.not_run) == MISSED_LIMIT and exact.oldest is None

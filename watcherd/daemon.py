@@ -63,10 +63,12 @@ class DefaultPollers:
     which the engine cancels at shutdown.
     """
 
-    def __init__(self, clock: Clock, metrics: Metrics, *, replicas: bool = False) -> None:
+    def __init__(self, clock: Clock, metrics: Metrics) -> None:
         self.clock, self.metrics = clock, metrics
         self._hub: QueueHub | None = None
-        self._replicas = replicas  # other replicas may serve what this one cannot
+        # Whether other replicas are live now (they may have what this one lacks): set by
+        # `build_engine` for replicas on PostgreSQL; alone (or SQLite) this one keeps all.
+        self.others: Callable[[], bool] = lambda: False
         self._missing: set[str] = set()  # local roots reported missing (logged once each)
 
     def poller(
@@ -105,7 +107,7 @@ class DefaultPollers:
         if os.path.exists(root):
             self._missing.discard(root)
             return os.access(root, os.R_OK | os.X_OK)
-        if not self._replicas:
+        if not self.others():
             return True
         if root not in self._missing:
             self._missing.add(root)
@@ -165,15 +167,20 @@ def build_engine(
     """The engine with the default pollers and dispatchers (close it with `engine.close()`);
     without a cluster, the one daemon of a SQLite state."""
     metrics = Metrics()
-    return Engine(
+    pollers = DefaultPollers(clock, metrics)
+    engine = Engine(
         cfg,
         store,
         clock,
         cluster=cluster or SoloCluster(statefiles.replica_id(cfg), clock),
-        pollers=DefaultPollers(clock, metrics, replicas=cluster is not None),
+        pollers=pollers,
         dispatchers=DefaultDispatchers(),
         metrics=metrics,
     )
+    if cluster is not None:
+        leases = engine.arming.leases
+        pollers.others = lambda: leases.replicas > 1
+    return engine
 
 
 class Daemon:

@@ -249,4 +249,6 @@ def catch_up(
     keep = {"none": 0, "last": 1, "all": opts.max_catch_up}[opts.catch_up]
     kept = rest[-keep:] if keep else []
     oldest = next_slot(trigger, anchor, cursor) if len(missed) == MISSED_LIMIT else None
+    if oldest is not None and oldest >= missed[0]:
+        oldest = None  # exactly MISSED_LIMIT were missed: all were looked at
     return CatchUp(owed + kept, rest[: len(rest) - len(kept)], max(now, missed[-1]), oldest)

@@ -273,8 +273,12 @@ class Engine:
             tkey = trigger_key(s.trigger)
             if row is not None and same_trigger(row.trigger_key, s.trigger, tkey):
                 anchor, cursor = row.anchor, row.cursor
-                if anchor is not None and cursor is not None and row.spec != spec:
-                    cursor = changed_cursor(s.trigger, anchor, cursor, now)  # its end_time…
+                if (
+                    anchor is not None
+                    and cursor is not None
+                    and row.spec.get("end_time") != spec.get("end_time")
+                ):  # the slots were not those of the end it had: none is back-filled
+                    cursor = changed_cursor(s.trigger, anchor, cursor, now)
             else:
                 anchor, cursor = new_timer(s.trigger, now, active=self.book.runnable(s))
                 self.book.fresh.add(s.id)

@@ -203,7 +203,7 @@ def _declared(
             anchor, cursor, hint = row.anchor, row.cursor, row.next_hint
             if row.status != status and status is Status.ACTIVE:
                 cursor, hint = now, None  # enabling never fires by itself
-            elif running and row.spec != spec:  # a reload changed it (its end_time, say)
+            elif running and row.spec.get("end_time") != spec.get("end_time"):  # a reload
                 moved = changed_cursor(t, anchor, cursor, now)
                 if moved != cursor:
                     cursor, hint = moved, None

@@ -41,6 +41,9 @@ log = structlog.get_logger("watcherd.pollers.local")
 BASELINE_MARKER = "local:baseline"  # listing marker while a skip-baseline is committed in chunks
 _STAT_IN_POOL = 64  # stat batches larger than this leave the event loop
 _WRITER_QUIET = 1.0  # seconds without an event before a writer's file is asked about
+# Without a lease to ask (not the file's owner): seconds with no event for it, and at least a
+# polling interval, before a file a writer opened is taken as closed (then `settle`).
+_NO_LEASE_QUIET = 300.0
 
 
 def show(name: bytes) -> str:
@@ -153,7 +156,7 @@ class Changes:
         """At the end of a rescan: the names `writing` with no event for `settle` that no
         process has open for writing any more are eligible now (a change no close reports:
         `truncate(2)`, an `open(O_CREAT)` for reading); where the kernel cannot tell, those
-        with no event for a whole polling interval are left to the settle rule."""
+        with no event for a polling interval, and 5 minutes at least, go to the settle rule."""
         track = self.track
         names = track.stale_writers(now, max(self._settle, _WRITER_QUIET))
         if not names:
@@ -168,7 +171,7 @@ class Changes:
             held = open_now[name]
             if track.writing.get(name) != since[name]:
                 continue  # an event came meanwhile: it decides
-            if held or (held is None and now - since[name] < interval):
+            if held or (held is None and now - since[name] < max(interval, _NO_LEASE_QUIET)):
                 continue  # a writer still has it open; or it cannot be told yet
             del track.writing[name]
             obs = stats.obs[name]

@@ -291,9 +291,9 @@ class Manager:
                 if (
                     st is Status.ACTIVE
                     and s.status is not Status.ACTIVE
-                    and self.engine.pipeline_status.get(s.pipeline) is not Status.ACTIVE
+                    and self.engine.pipeline_status.get(new.pipeline) is not Status.ACTIVE
                 ):
-                    raise Conflict(f"pipeline {s.pipeline} is Disabled", "pipeline_disabled")
+                    raise Conflict(f"pipeline {new.pipeline} is Disabled", "pipeline_disabled")
             await self.engine.save_schedule(new, config_mod.schedule_to_dict(new, self.config))
             s = new
         if body.get("status") is not None:
