@@ -272,10 +272,12 @@ class BlobPoller:
         client = self._open_client()
         resume = self._resume
         fire_new = not baseline or self._trigger.initial == "fire"
-        known = sorted(self._snapshot) if self._snapshot is not None else []
-        self._order = listing_order if needs_order(known) else None
-        if self._order is not None:
-            known.sort(key=listing_order)
+        names = list(self._snapshot) if self._snapshot is not None else []
+        # Sorted (and scanned for names byte order would misplace) in a thread: at a million
+        # names that is most of a second the loop must not wait for.
+        known, self._order = [], None
+        if names:
+            known, self._order = await asyncio.to_thread(_listing_sorted, names)
         after = resume.after if resume is not None else None
         self._range_gone = {}
         # One pager per page: a pager keeps its last page (the response and every item)
@@ -597,6 +599,15 @@ class BlobPoller:
                 await closable.close()
             except Exception as exc:  # closing must not mask why run() ended
                 self._log.debug("blob_client_close_failed", error=self._scrub(str(exc)))
+
+
+def _listing_sorted(names: list[bytes]) -> tuple[list[bytes], Order | None]:
+    """The names in the listing's order, and the key that order needs (None: bytes)."""
+    names.sort()
+    if not needs_order(names):
+        return names, None
+    names.sort(key=listing_order)
+    return names, listing_order
 
 
 async def _next_page(

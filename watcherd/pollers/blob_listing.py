@@ -38,7 +38,8 @@ def listing_order(name: bytes) -> bytes:
 
 def needs_order(names: Sequence[bytes]) -> bool:
     """Whether byte order may differ from the listing's among `names` (then they are keyed
-    by `listing_order`): some name holds a character at U+E000 or above."""
+    by `listing_order`): some name holds a character at U+E000 or above (one kind of the
+    two whose orders differ; the other, above U+FFFF, also starts with such a byte)."""
     return (
         any(_HIGH.search(n) for n in names)
         if len(names) < 64
