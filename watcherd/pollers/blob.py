@@ -275,7 +275,8 @@ class BlobPoller:
         names = list(self._snapshot) if self._snapshot is not None else []
         # Sorted (and scanned for names byte order would misplace) in a thread: at a million
         # names that is most of a second the loop must not wait for.
-        known, self._order = [], None
+        known: list[bytes] = []
+        self._order = None
         if names:
             known, self._order = await asyncio.to_thread(_listing_sorted, names)
         after = resume.after if resume is not None else None
