@@ -8,7 +8,7 @@ Pure bookkeeping, no I/O: the poller feeds it what events, settle re-checks and 
   meanwhile, but a rescan asks the kernel about the names that have had no event for `settle`:
   one no process has open for writing any more had a change no close reports (`truncate(2)`,
   an `open(O_CREAT)` for reading) and is eligible; where the kernel cannot tell, one with no
-  event for a whole polling interval is left to the settle rule (`stale_writers`).
+  event for a polling interval, and 5 minutes at least, is left to the settle rule.
 - Events lost (a queue overflow) end every `writing` state, and bump `lost`: a modify event
   read before the loss but handled after it must not start one again (its close may be lost).
 - Every other change (events off, rescans, downtime, links made without an open) is `pending`:
