@@ -58,7 +58,7 @@ def _warm(what: str, build: Callable[[], object]) -> None:
         try:
             build()
         except BaseException as exc:  # noqa: BLE001  (the fixture reports it, in its test)
-            print(f"background {what} build failed: {exc!r}", file=sys.stderr)
+            print(f"background {what} build failed: {exc!r}", file=sys.__stderr__)
 
     threading.Thread(target=run, name=f"warm-{what}", daemon=True).start()
 
@@ -76,7 +76,9 @@ def _warm_base() -> None:
 def _warm_azure() -> None:
     from tests.compat.azure_env import ensure_azure_env
 
-    ensure_azure_env()
+    # To the real stderr: a test capturing `sys.stderr` (capsys) at that moment would take
+    # this thread's lines for its own output (test_cli_manage's error-line checks did).
+    ensure_azure_env(log_line=lambda line: print(line, file=sys.__stderr__, flush=True))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
