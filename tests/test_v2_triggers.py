@@ -234,6 +234,14 @@ REFUSED: list[tuple[dict[str, Any], list[str]]] = [
     ({"type": "cron", "expression": "* * * * *", "end_time": "2026-02-30T00:00:00"},
      ["body.trigger.end_time: invalid date-time '2026-02-30T00:00:00': day is out of range for "
       "month"]),
+    # azure-ai-ml's ISO 8601 check refuses these three; so does watcherd (SPEC §13)
+    *[({"type": "recurrence", "frequency": "day", "interval": 1, "start_time": text},
+       [f"body.trigger.start_time: invalid date-time {text!r}: expected YYYY-MM-DDThh:mm[:ss], "
+        "optionally with an offset (Z, +02:00)"])
+      for text in ("2030-01-01T04:00:00z", "2030-01-01T04:00:00 +02:00", " 2030-01-01T04:00:00 ")],
+    ({"type": "cron", "expression": "* * * * *", "end_time": "2030-01-01T04:00:00z"},
+     ["body.trigger.end_time: invalid date-time '2030-01-01T04:00:00z': expected "
+      "YYYY-MM-DDThh:mm[:ss], optionally with an offset (Z, +02:00)"]),
 ]  # fmt: skip
 
 

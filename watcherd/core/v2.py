@@ -45,9 +45,11 @@ _DAYS = tuple(d.lower() for d in WEEK_DAYS)
 _PATTERN_KEYS = ("hours", "minutes", "week_days", "month_days")
 _RANGES = {"hours": (0, 23), "minutes": (0, 59), "month_days": (1, 31)}
 # v1's form, a space for the T, fractions, and an offset (Z, ±hh:mm, ±hhmm), as v2 reads them.
+# As azure-ai-ml's ISO 8601 check takes them: no space around the text or before the offset,
+# and `Z` upper-case (SPEC §13: what it rejects, watcherd rejects).
 _TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
-    r"\s*([Zz]|[+-]\d{2}:?\d{2})?",
+    r"(Z|[+-]\d{2}:?\d{2})?",
     re.ASCII,
 )
 
@@ -201,7 +203,7 @@ def _parse_time(value: object, key: str) -> datetime:
         raise ValidationError(
             f'expected a date-time string like "2022-07-10T10:00:00", got {_show(value)}', key
         )
-    m = _TIME.fullmatch(value.strip())
+    m = _TIME.fullmatch(value)
     if m is None:
         raise ValidationError(
             f"invalid date-time {value[:80]!r}: expected YYYY-MM-DDThh:mm[:ss], optionally with "
@@ -209,7 +211,7 @@ def _parse_time(value: object, key: str) -> datetime:
             key,
         )
     try:
-        parsed = datetime.fromisoformat(value.strip().replace(" ", "T", 1).replace("z", "Z"))
+        parsed = datetime.fromisoformat(value.replace(" ", "T", 1))
     except ValueError as exc:
         raise ValidationError(f"invalid date-time {value!r}: {exc}", key) from None
     check_year(parsed, key)
