@@ -468,3 +468,26 @@ async def test_the_daemon_fires_the_doc_schedules_at_v2s_times(tmp_path: Path) -
             "2022-07-10T17:00:00Z", "2022-07-10T17:30:00Z", "2022-07-10T18:00:00Z",
             "2022-07-10T18:30:00Z", "2022-07-10T19:00:00Z",
         ]  # fmt: skip
+
+
+def test_the_empty_pattern_azure_ai_ml_writes_for_an_hourly_trigger_is_taken(cfg: Config) -> None:
+    """azure-ai-ml dumps `RecurrenceTrigger(frequency="hour", interval=3)` with an empty
+    `schedule`: it is no pattern; a pattern with values stays refused for hour and minute."""
+    text = """\
+name: every_three_hours
+create_job: azureml:simple-pipeline-job
+trigger:
+  type: recurrence
+  frequency: hour
+  interval: 3
+  schedule:
+    hours: []
+    minutes: []
+  start_time: "2030-01-01T00:00:00"
+"""
+    s = create(cfg, text)
+    assert isinstance(s.trigger, RecurrenceTrigger)
+    assert (s.trigger.recurrence.frequency, s.trigger.recurrence.interval) == ("Hour", 3)
+    with pytest.raises(ConfigErrors) as exc:
+        create(cfg, text.replace("hours: []", "hours: [1]"))
+    assert "frequency hour takes no schedule" in str(exc.value)

@@ -301,6 +301,8 @@ def _pattern(
         problems.append(((where,), f"expected a table like {example}, got {_show(raw)}"))
         return None
     if frequency in ("minute", "hour"):
+        if all(v in ([], None) for v in raw.values()):
+            return None  # azure-ai-ml writes `schedule: {hours: [], minutes: []}` for these
         problems.append(((where,), f"frequency {frequency} takes no schedule (hours, minutes, "
                          "week_days and month_days go with day, week and month)"))  # fmt: skip
         return None
