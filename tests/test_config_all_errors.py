@@ -248,3 +248,27 @@ def test_valid_schedules_skip_the_error_path(
     )
     cfg = load(write(tmp_path, tables), {})
     assert len(cfg.schedules) == 200
+
+
+def test_an_env_name_a_process_cannot_take_is_a_config_error(tmp_path: Path) -> None:
+    """`env = { "A=B" = "1" }` passed check-config, then every run failed at its start."""
+    base = '[pipelines.p]\nkind = "command"\nsteps = [["true"]]\nenv = { "A=B" = "1", OK = "2" }\n'
+    assert errors_of(tmp_path, "", base) == [
+        ('pipelines.p.env."A=B"', "invalid environment variable name 'A=B'")
+    ]
+
+
+def test_an_unset_variable_is_one_error_not_one_per_schedule(tmp_path: Path) -> None:
+    """`${X}` unset is reported at its value; its text left as written (read as the placeholder
+    `{X}`) is not reported again for each schedule of the pipeline."""
+    base = (
+        '[pipelines.p]\nkind = "command"\nsteps = [["echo", "--token=${WATCHERD_TEST_UNSET_X}"]]\n'
+    )
+    schedules = "".join(
+        f'[[schedules]]\nname = "s{i}"\npipeline = "p"\nexperiment_name = "E"\n'
+        f'cron = "0 {i} * * *"\n'
+        for i in range(3)
+    )
+    assert errors_of(tmp_path, schedules, base) == [
+        ("pipelines.p.steps[0][1]", "environment variable WATCHERD_TEST_UNSET_X is not set")
+    ]

@@ -148,9 +148,19 @@ def parse(
     problems.errors += on_failure_problems(config)
     if problems:
         kept = [e for i, e in enumerate(problems.errors) if i < first_converter_error or
-                not tainted(e.key_path, noise)]  # fmt: skip
+                not (tainted(e.key_path, noise) or _tainted_site(e.reason, noise))]  # fmt: skip
         raise _redacted(_unique(kept), secrets, str(path) if path else "config")
     return replace(config, schedules=tuple(schedules))
+
+
+_PLACEHOLDER_SITE = re.compile(r"unresolved placeholder \{[^}]*\} in (\S+)")
+
+
+def _tainted_site(reason: str, noise: set[str]) -> bool:
+    """An unresolved placeholder found in a value whose `${…}` failed (reported at that value
+    already: `${X}` left as written reads as the placeholder `{X}`) is noise too."""
+    m = _PLACEHOLDER_SITE.match(reason)
+    return m is not None and tainted(m.group(1), noise)
 
 
 def _digest(tree: Mapping[str, object]) -> str:

@@ -188,6 +188,21 @@ def _as_env_name(value: object, at: At) -> str:
     return text
 
 
+_as_env_values = as_str_map(secret=True)
+
+
+def _as_env(value: object, at: At) -> dict[str, str]:
+    """A command's `env`: string values (secrets), under names a process environment takes
+    (else every run would fail at its start, not the config at its load)."""
+    env: dict[str, str] = _as_env_values(value, at)
+    bad = [k for k in env if not _ENV_NAME.fullmatch(k)]
+    for key in bad:
+        (at / key).error(f"invalid environment variable name {key!r}")
+    if bad:
+        raise Invalid(None)
+    return env
+
+
 def _as_retry(value: object, at: At) -> RetryPolicy:
     fields = {"attempts": Field(as_int(1, 1000)), "max_delay": Field(as_duration())}
     values = read_table(value, at, fields)
@@ -200,7 +215,7 @@ def _command_fields(base_dir: Path) -> dict[str, Field]:
     return {
         "steps": Field(_as_steps, required=True),
         "cwd": Field(as_path(base_dir)),
-        "env": Field(as_str_map(secret=True)),
+        "env": Field(_as_env),
         "inherit_env": Field(as_str_list(_as_env_name)),
         "retry_exit_codes": Field(as_str_list(as_int(1, 255))),
         "log_limit": Field(as_size),
