@@ -226,6 +226,46 @@ recurrence = {{ frequency = "Day", interval = 1 }}
         d.close()
 
 
+def test_a_second_sigterm_forces_the_exit_and_leaves_no_command_running(tmp_path: Path) -> None:
+    """The first SIGTERM drains (shutdown_timeout); a second forces the exit at once, and
+    takes the running commands' process groups with it: none runs on beside the next start's
+    attempt of its run."""
+    pidfile = tmp_path / "pid"
+    text = f"""
+[daemon]
+api = ""
+shutdown_timeout = "60s"
+[pipelines.long]
+kind = "command"
+steps = [["sh", "-c", "echo $$ > {pidfile}; exec sleep 1000"]]
+[[schedules]]
+name = "l"
+pipeline = "long"
+experiment_name = "E"
+recurrence = {{ frequency = "Day", interval = 1 }}
+"""
+    d = DaemonProc(tmp_path, text)
+    try:
+        d.start()
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip())
+        child = int(pidfile.read_text())
+        d.signal(signal.SIGTERM)
+        wait_until(lambda: d.events("daemon_stopping"))
+        d.signal(signal.SIGTERM)
+        assert d.proc is not None and d.proc.wait(20) == 1
+        wait_until(lambda: not _alive(child), timeout=10)
+    finally:
+        d.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [

@@ -335,6 +335,9 @@ class Daemon:
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         if self._stop.is_set():
             log.warning("forced_exit", signal=sig.name)
+            from watcherd.dispatch.process import kill_all_groups
+
+            kill_all_groups()  # no command outlives it (its run is re-queued at the next start)
             os._exit(1)  # a second signal forces the exit
         log.info("signal_received", signal=sig.name)
         self._stop.set()

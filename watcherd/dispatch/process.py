@@ -52,6 +52,7 @@ __all__ = [
     "ProcessGroup",
     "Reaper",
     "StopPlan",
+    "kill_all_groups",
     "set_child_subreaper",
     "use_pidfd_child_watcher",
 ]
@@ -373,6 +374,14 @@ class ProcessGroup:
 
 
 # ── orphans: subreaper and reaper ────────────────────────────────────────────
+
+
+def kill_all_groups() -> None:
+    """SIGKILL the process group of every command still running: a forced exit (a second
+    SIGTERM) leaves none behind to run on beside the next start's attempt of its run."""
+    for pid in list(_OWN):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def set_child_subreaper() -> bool:
