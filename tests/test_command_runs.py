@@ -378,3 +378,29 @@ async def test_a_blob_named_like_an_option_never_reaches_a_command(tmp_path: Pat
     outcome = await CommandDispatcher().dispatch(ctx)
     assert outcome.status is RunStatus.FAILED and "starts with '-'" in (outcome.error or "")
     assert not marker.exists()
+
+
+async def test_a_missing_cwd_is_named_in_the_runs_error(tmp_path: Path) -> None:
+    """A `cwd` that does not exist fails the run with the directory named, not as if the
+    command were missing (both are ENOENT from exec)."""
+    text = f"""
+[daemon]
+api = ""
+[pipelines.p]
+kind = "command"
+cwd = "{tmp_path / "gone"}"
+steps = [["true"]]
+[[schedules]]
+name = "manual"
+pipeline = "p"
+experiment_name = "E"
+status = "Disabled"
+cron = "0 0 1 1 *"
+"""
+    async with running_engine(tmp_path, text, _clock()) as h:
+        await h.manager.trigger_schedule("manual")
+        await h.settle()
+        (run,) = h.runs()
+    assert run.status is RunStatus.FAILED
+    gone = str(tmp_path / "gone")
+    assert run.error == f"step 0: cannot start 'true': No such file or directory (in cwd {gone!r})"

@@ -209,7 +209,11 @@ class CommandDispatcher:
             except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
                 tail.add(f"watcherd: cannot start step {i}: {exc}\n".encode())
                 codes.append(127)
-                failed = failed or f"step {i}: cannot start {step[0]!r}: {exc.strerror or exc}"
+                # The working directory is named when it is what failed (not the command).
+                cwd_ok = await asyncio.to_thread(os.path.isdir, cwd)
+                where = "" if cwd_ok else f" (in cwd {os.fspath(cwd)!r})"
+                reason = f"{exc.strerror or exc}{where}"
+                failed = failed or f"step {i}: cannot start {step[0]!r}: {reason}"
                 if not ctx.continue_on_step_failure:
                     break
                 continue
