@@ -287,7 +287,9 @@ async def test_first_gain_after_startup_runs_every_slot_missed_while_ownerless(
 ) -> None:
     """A schedule first gained after start-up (its owner died) re-reads its cursor and
     runs every slot that fell due while nobody owned it, not catch_up's start-up choice."""
-    start = datetime.now(UTC).replace(microsecond=0)
+    # Half a minute past: a start on a whole minute is itself a slot, due at creation (a CI
+    # run that began at :00 had it queued by b, against `due` counted from the next minute).
+    start = datetime.now(UTC).replace(second=30, microsecond=0)
     clock = ManualClock(start)
     async with pg_engine(tmp_path, SCHED, pg_store_url, clock, "a") as a:
         assert a.engine.arming.leases.held  # a owns s
