@@ -195,21 +195,26 @@ recurrence = {{ frequency = "Hour", interval = 1 }}
     assert json.loads((tmp_path / "failed.json").read_text())["id"] == failed.id
 
 
-def test_sigterm_drains_then_requeues_and_resumes(tmp_path: Path) -> None:
-    marker = tmp_path / "started"
-    text = f"""
+def _long_run(script: str, shutdown_timeout: str) -> str:
+    """A daemon whose one schedule starts `sh -c script` at once (a creation fire)."""
+    return f"""
 [daemon]
 api = ""
-shutdown_timeout = "300ms"
+shutdown_timeout = "{shutdown_timeout}"
 [pipelines.long]
 kind = "command"
-steps = [["sh", "-c", "echo $WATCHERD_ATTEMPT >> {marker}; sleep 30"]]
+steps = [["sh", "-c", {json.dumps(script)}]]
 [[schedules]]
 name = "l"
 pipeline = "long"
 experiment_name = "E"
 recurrence = {{ frequency = "Day", interval = 1 }}
 """
+
+
+def test_sigterm_drains_then_requeues_and_resumes(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    text = _long_run(f"echo $WATCHERD_ATTEMPT >> {marker}; sleep 30", "300ms")
     d = DaemonProc(tmp_path, text)
     try:
         d.start()
@@ -231,20 +236,7 @@ def test_a_second_sigterm_forces_the_exit_and_leaves_no_command_running(tmp_path
     takes the running commands' process groups with it: none runs on beside the next start's
     attempt of its run."""
     pidfile = tmp_path / "pid"
-    text = f"""
-[daemon]
-api = ""
-shutdown_timeout = "60s"
-[pipelines.long]
-kind = "command"
-steps = [["sh", "-c", "echo $$ > {pidfile}; exec sleep 1000"]]
-[[schedules]]
-name = "l"
-pipeline = "long"
-experiment_name = "E"
-recurrence = {{ frequency = "Day", interval = 1 }}
-"""
-    d = DaemonProc(tmp_path, text)
+    d = DaemonProc(tmp_path, _long_run(f"echo $$ > {pidfile}; exec sleep 1000", "60s"))
     try:
         d.start()
         wait_until(lambda: pidfile.exists() and pidfile.read_text().strip())
@@ -256,14 +248,6 @@ recurrence = {{ frequency = "Day", interval = 1 }}
         wait_until(lambda: not _alive(child), timeout=10)
     finally:
         d.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize(
