@@ -40,11 +40,7 @@ def needs_order(names: Sequence[bytes]) -> bool:
     """Whether byte order may differ from the listing's among `names` (then they are keyed
     by `listing_order`): some name holds a character at U+E000 or above (one kind of the
     two whose orders differ; the other, above U+FFFF, also starts with such a byte)."""
-    return (
-        any(_HIGH.search(n) for n in names)
-        if len(names) < 64
-        else bool(_HIGH.search(b"/".join(names)))
-    )
+    return _HIGH.search(b"/".join(names)) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -302,11 +302,8 @@ class Manager:
 
     def _name_taken(self, name: str, *, but: str) -> bool:
         """Whether a schedule other than `but` is named `name` (declared, API-created,
-        removed or in error: names are unique across all the stored rows)."""
-        eng = self.engine
-        if any(x.name == name and sid != but for sid, x in eng.schedules.items()):
-            return True
-        return any(row.name == name and sid != but for sid, row in eng.rows.items())
+        removed or in error: every one has a stored row, and names are unique among them)."""
+        return any(row.name == name and sid != but for sid, row in self.engine.rows.items())
 
     async def set_schedule_status(self, ident: str, status: str) -> JSON:
         st = _status(status)
