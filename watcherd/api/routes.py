@@ -183,11 +183,7 @@ _SHOWN = ("trigger_words", "last_run", "error")
 
 
 def _without_shown(body: dict[str, Any]) -> dict[str, Any]:
-    return (
-        {k: v for k, v in body.items() if k not in _SHOWN}
-        if any(k in body for k in _SHOWN)
-        else body
-    )
+    return {k: v for k, v in body.items() if k not in _SHOWN}
 
 
 async def get_schedule(request: web.Request) -> web.Response:
