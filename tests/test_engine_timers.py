@@ -15,6 +15,7 @@ from tests.engine_helpers import eventually, running_engine, settles
 from watcherd.core import slots
 from watcherd.core.models import RunStatus
 from watcherd.engine import arming, timers
+from watcherd.engine.runner import Runner
 
 PIPE = """
 [daemon]
@@ -254,21 +255,71 @@ async def test_catch_up_commits_the_due_schedules_first_and_trusts_no_stale_stor
             )
         )
     commits: list[set[str]] = []
-    record = arming.Arming.commit_slots
+    handed: list[tuple[int, set[str]]] = []  # (commits made then, schedules of the runs)
+    record, enqueue = arming.Arming._record, Runner.enqueue_new
 
-    async def spy(self: arming.Arming, batches: list[Any], now: datetime) -> list[Any]:
+    async def spy(self: arming.Arming, batches: list[Any], now: datetime) -> Any:
         commits.append({b.schedule_id for b in batches})
         return await record(self, batches, now)
 
-    monkeypatch.setattr(arming.Arming, "commit_slots", spy)
+    def spy_enqueue(self: Runner, runs: list[Any], inserted: list[str], now: datetime) -> None:
+        handed.append((len(commits), {r.schedule_id for r in runs}))
+        enqueue(self, runs, inserted, now)
+
+    monkeypatch.setattr(arming.Arming, "_record", spy)
+    monkeypatch.setattr(Runner, "enqueue_new", spy_enqueue)
     monkeypatch.setattr(arming, "CATCH_UP_BATCH", batch)
     clock.advance(minutes=6)  # 10:05:30: s2's 10:00 slot passed unseen; s0's next is 10:10
     async with running_engine(tmp_path, text, clock) as h:
         await eventually(lambda: len(h.slots()) == 4)
         assert commits == [{ids["s2"]}, {ids["s1"]}]  # s2: last in the file, first caught up
+        # The due schedule's runs go to the runner once its commit is made, before the others
+        # are checked; nothing is handed over between two commits of due schedules.
+        assert handed[:2] == [(1, {ids["s2"]}), (2, {ids["s1"]})]
         assert h.slots("s2") == [_z(2026, 11, 25, 10, 0, 0)]
         assert h.slots("s1") == [_z(2026, 11, 25, h, 10, 0) for h in (7, 8, 9)]
         assert h.slots("s0") == []
+
+
+async def test_catch_up_hands_the_due_runs_over_once_all_their_commits_are_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Due schedules committed in several batches: their runs reach the runner in one call,
+    after the last of those commits (not between two), and each run once."""
+    clock = ManualClock(datetime(2026, 11, 25, 9, 59, 30, tzinfo=UTC))
+    text = PIPE + "".join(
+        f'\n[[schedules]]\nname = "s{i}"\npipeline = "p"\nexperiment_name = "E"\n'
+        'recurrence = { frequency = "Hour", interval = 1, '
+        f'start_time = "2026-11-25T00:{i:02d}:00" }}\ncatch_up = "all"\n'
+        for i in range(3)
+    )
+    async with running_engine(tmp_path, text, clock) as h:
+        await eventually(lambda: _hinted_rows(h) == 3)
+        ids = {h.engine.schedule(f"s{i}").id for i in range(3)}
+    commits: list[set[str]] = []
+    handed: list[tuple[int, list[str]]] = []
+    record, enqueue = arming.Arming._record, Runner.enqueue_new
+
+    async def spy(self: arming.Arming, batches: list[Any], now: datetime) -> Any:
+        commits.append({b.schedule_id for b in batches})
+        return await record(self, batches, now)
+
+    def spy_enqueue(self: Runner, runs: list[Any], inserted: list[str], now: datetime) -> None:
+        handed.append((len(commits), [r.schedule_id for r in runs]))
+        enqueue(self, runs, inserted, now)
+
+    monkeypatch.setattr(arming.Arming, "_record", spy)
+    monkeypatch.setattr(Runner, "enqueue_new", spy_enqueue)
+    monkeypatch.setattr(arming, "CATCH_UP_BATCH", 1)
+    clock.advance(hours=2)  # 11:59:30: each missed its 10:0i and 11:0i slots
+    async with running_engine(tmp_path, text, clock) as h:
+        await eventually(lambda: len(h.slots()) == 6)
+        assert [len(c) for c in commits] == [1, 1, 1] and set().union(*commits) == ids
+        assert len(handed) == 1
+        at, sids = handed[0]
+        assert at == 3 and sorted(sids) == sorted([*ids, *ids])
+        await h.settle()  # each run once, and all of them started
+        assert sorted(r.status for r in h.runs()) == [RunStatus.COMPLETED] * 6
 
 
 async def test_arming_in_one_pass_shares_a_next_slot_only_for_the_same_rule_anchor_and_cursor(
