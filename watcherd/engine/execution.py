@@ -1,8 +1,9 @@
 """`Execution`: one claimed run, from its first attempt to its recorded end.
 
 It tries the dispatcher, backs off on retryable failures (the run stays Running with
-`next_attempt_at`), bounds the whole run by the pipeline's `timeout`, and records the end:
-Completed/Failed/Submitted, Canceled, or Queued again when the daemon stops. Every write out
+`next_attempt_at`; the runner lends its slot meanwhile), bounds the whole run by the
+pipeline's `timeout`, and records the end: Completed/Failed/Submitted, Canceled, or Queued
+again when the daemon stops. Every write out
 of Running carries this replica's claim (SPEC §12): refused, the outcome is not recorded and
 `run_claim_lost` is logged — another replica runs it again.
 """
@@ -74,7 +75,10 @@ class Execution:
         health: StoreHealth,
         replica_id: str,
         dispatcher: Dispatcher,
+        backoff: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
+        """`backoff(seconds)` waits between two attempts (the runner's lends the run's slot
+        meanwhile, `engine.capacity`); the clock's sleep by default."""
         self.run_ = run
         self.plan = plan
         self.store = store
@@ -83,6 +87,7 @@ class Execution:
         self.health = health
         self.replica_id = replica_id
         self.dispatcher = dispatcher
+        self.backoff = backoff or clock.sleep
         self.attempt = run.attempt  # the attempt this replica holds the claim at
         self.attempts: list[dict[str, object]] = [dict(a) for a in run.attempts]
         self.canceled = False  # set before the task is cancelled by `runs cancel`
@@ -207,7 +212,7 @@ class Execution:
                     "run retry",
                 )
                 self.attempt += 1
-                await self.clock.sleep(delay)
+                await self.backoff(delay)
                 continue
             except BaseException:  # timeout, cancel, shutdown, a dispatcher bug: end it here
                 self._cut = (self.attempt, started, self.clock.now())

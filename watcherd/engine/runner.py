@@ -2,8 +2,9 @@
 
 Rules (SPEC §5, §3.3, §4): at most `max_concurrent_runs` at once; runs of one file never
 overlap and waiting versions coalesce to the newest; a `concurrency = "queue"` schedule runs
-one at a time; retryable failures back off and try again while the run stays Running; a run
-interrupted by shutdown goes back to Queued. Every status change goes through the store's
+one at a time; retryable failures back off and try again while the run stays Running (its
+slot lent to other runs meanwhile, `engine.capacity`); a run interrupted by shutdown goes
+back to Queued. Every status change goes through the store's
 `transition_run` (one transition table, `core.runs`), durably (`retry.persist`).
 
 Size: a little over 400 lines; the intake, the eligibility rules and the slots of
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
@@ -25,6 +27,7 @@ import structlog
 from watcherd.core.errors import StateError
 from watcherd.core.models import TERMINAL, Run, RunStatus
 from watcherd.core.runs import NewRun
+from watcherd.engine.capacity import Capacity
 from watcherd.engine.clock import Clock
 from watcherd.engine.execution import Execution, Plan
 from watcherd.engine.metrics import Metrics
@@ -72,7 +75,8 @@ class Runner:
         self.resolve = resolve
         self.paused = False  # a standby replica claims nothing
         self.dispatchers = dispatchers
-        self.max_concurrent = max_concurrent
+        self._wake = asyncio.Event()
+        self.capacity = Capacity(max_concurrent, self._wake.set)
         self._queued: OrderedDict[str, Run] = OrderedDict()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._queued_by_schedule: Counter[str] = Counter()
@@ -85,7 +89,6 @@ class Runner:
         self._refresh_wanted = False
         self._wanted: set[str] = set()  # run ids another replica queued: read at the next turn
         self._order = 0
-        self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._intake = True
         self._tg: asyncio.TaskGroup | None = None
@@ -108,6 +111,14 @@ class Runner:
 
     def total_running(self) -> int:
         return len(self._running)
+
+    @property
+    def max_concurrent(self) -> int:
+        return self.capacity.size
+
+    @max_concurrent.setter
+    def max_concurrent(self, size: int) -> None:
+        self.capacity.size = size
 
     async def wait_queued_below(self, schedule_id: str, limit: int) -> None:
         async with self._changed:
@@ -218,10 +229,10 @@ class Runner:
     async def _start_ready(self) -> None:
         superseded: list[str] = []
         started = True
-        while started and self._intake and len(self._running) < self.max_concurrent:
+        while started and self._intake and self.capacity.free:
             started = False
             for run in self._candidates():
-                if len(self._running) >= self.max_concurrent or self.paused:
+                if not self.capacity.free or self.paused:
                     break
                 plan = self._eligible(run, superseded)
                 if plan is None:
@@ -295,6 +306,7 @@ class Runner:
         if key is not None:
             self._busy_files.add(key)
         self._running_by_schedule[run.schedule_id] += 1
+        self.capacity.take(run.id)
         assert self._tg is not None
         self._running[run.id] = self._tg.create_task(self._execute(run, plan))
         self.metrics.queue_depth.set(len(self._queued))
@@ -302,6 +314,7 @@ class Runner:
 
     def _release(self, run: Run) -> None:
         self._running.pop(run.id, None)
+        self.capacity.release(run.id)
         self._busy_elsewhere.clear()  # a run ended: what was BUSY may be claimable now
         self._running_by_schedule[run.schedule_id] -= 1
         key = _file_key(run)
@@ -353,6 +366,7 @@ class Runner:
             health=self.health,
             replica_id=self.replica_id,
             dispatcher=self.dispatchers(plan.pipeline.kind),
+            backoff=functools.partial(self._backoff, run.id),
         )
         self._executions[run.id] = execution
         claimed = ClaimResult.GONE
@@ -370,6 +384,12 @@ class Runner:
             self._release(run)
         if claimed is ClaimResult.BUSY:  # its file or schedule runs on another replica
             self._requeue_local(run)
+
+    async def _backoff(self, run_id: str, seconds: float) -> None:
+        """Wait between two attempts of a run without holding its slot (`engine.capacity`)."""
+        self.capacity.lend(run_id)
+        await self.clock.sleep(seconds)
+        await self.capacity.take_back(run_id)
 
     # ── control ──────────────────────────────────────────────────────────────
 
