@@ -27,6 +27,7 @@ from watcherd.pollers.blob_events import (
     account_from_topic,
     event_matches,
     keep_earliest,
+    parse_events,
     parse_message,
     skip_reason,
 )
@@ -437,6 +438,20 @@ def test_malformed(text: str | bytes, reason: str | None) -> None:
         parse_message(text)
     assert info.value.reason.startswith(reason), info.value.reason
     assert str(info.value) == info.value.reason
+
+
+def test_parse_events_keeps_the_well_formed_events_of_an_array() -> None:
+    good = [event_grid(name="incoming/a.csv"), event_grid(name="incoming/b.csv")]
+    events, bad = parse_events(raw([good[0], {"eventType": 5}, good[1], [1]]))
+    assert [e.name for e in events] == ["incoming/a.csv", "incoming/b.csv"]
+    assert bad == [
+        "event 1: eventType is a number, not a string",
+        "event 3: an array, not an event object",
+    ]
+    events, bad = parse_events(raw([1, {}]))
+    assert events == [] and [b.split(":")[0] for b in bad] == ["event 0", "event 1"]
+    with pytest.raises(ParseError):  # a lone event object: the message is the event
+        parse_events(raw({"eventType": 5}))
 
 
 def test_parse_error_quotes_are_short() -> None:

@@ -343,6 +343,30 @@ async def test_a_malformed_message_ends_in_the_poison_queue_with_its_reason(env:
 
 
 @pytest.mark.azurite
+async def test_a_malformed_event_does_not_hide_its_siblings(env: Env) -> None:
+    """An array with one malformed event: the others start their runs now (not at the next
+    listing), and the message goes to the poison queue naming the bad one."""
+    c = env.ds.container
+    doc = [event_grid(c, "incoming/a.csv"), {"eventType": 5}, event_grid(c, "incoming/b.csv")]
+    async with watching(env) as w:
+        watch = await w.start(env.schedule())
+        await put(env.blobs, "incoming/a.csv", "incoming/b.csv")
+        await env.send(text(doc))
+        await eventually(lambda: w.stats.counts["poisoned"] == 1)
+        await drained(env)
+        assert names(watch.sink.fired) == [b"incoming/a.csv", b"incoming/b.csv"]
+    async with QueueClient.from_connection_string(env.conn, f"{env.qname}-poison") as poison:
+        try:
+            got = [json.loads(m.content) async for m in poison.receive_messages(max_messages=10)]
+        finally:
+            await poison.delete_queue()
+    assert [g["reason"] for g in got] == [
+        "unparseable: event 1: eventType is a number, not a string (its other 2 delivered)"
+    ]
+    assert json.loads(got[0]["message"]) == doc
+
+
+@pytest.mark.azurite
 async def test_a_message_still_failing_at_dequeue_count_5_is_poisoned(env: Env) -> None:
     class BrokenSink(RecordingSink):
         async def commit(self, *args: Any, **kw: Any) -> int:

@@ -1,7 +1,7 @@
 """Reads one Azure Storage Queue of blob events: receive, renew, fan out, delete, poison.
 
 SPEC §4 "Blob events", at-least-once. The consumer
-- receives up to 32 messages per request (no decode policy: `parse_message` detects raw or
+- receives up to 32 messages per request (no decode policy: `parse_events` detects raw or
   base64 JSON itself), keeping at most `max_in_hand` messages; an empty answer is asked again
   after a backoff from 100 ms to 1 s (Storage Queues have no long polling);
 - renews each held message's visibility (60 s) at half-time, keeping only the latest pop
@@ -14,9 +14,10 @@ SPEC §4 "Blob events", at-least-once. The consumer
   that concerns nobody is counted `ignored` and deleted). A failure releases the message
   after our backoff (it comes back with dequeue count + 1); one still failing at dequeue
   count 5, or unparseable, is sent to the poison queue (created when missing) as JSON
-  `{"reason", "message"}` and deleted. A subscriber that is not ready (no baseline yet, paused
-  by `max_pending`) makes the message come back later, never poisoned for it; one that
-  stopped lets it come back at once, as does a consumer that is cancelled.
+  `{"reason", "message"}` and deleted. An array with malformed events among good ones goes
+  there too, once its good events are delivered. A subscriber that is not ready (no baseline
+  yet, paused by `max_pending`) makes the message come back later, never poisoned for it;
+  one that stopped lets it come back at once, as does a consumer that is cancelled.
 
 (~500 lines, one class: every method handles the life of a held message, its receipt and its
 lock; split, a message's life would be read across two files.)
@@ -45,7 +46,7 @@ from watcherd.pollers.blob_events import (
     ParseError,
     WatchedDirectory,
     keep_earliest,
-    parse_message,
+    parse_events,
     skip_reason,
 )
 from watcherd.pollers.blob_storage import QueueTarget, error_code, map_azure_errors
@@ -298,9 +299,12 @@ class Consumer:
     async def _process(self, held: _Held) -> None:
         target = self._t
         try:
-            events = parse_message(held.content)
+            events, bad = parse_events(held.content)
         except ParseError as exc:
             await self._poison(held, f"unparseable: {exc.reason}")
+            return
+        if not events:
+            await self._poison(held, "unparseable: " + "; ".join(bad))
             return
         self._count("received", len(events), "")
         subs = dict(self._subs)
@@ -336,8 +340,12 @@ class Consumer:
                     else:
                         outcome[n, name] = result
         if not failures and not waiting:
-            await self._delete(held)
             self._count_outcomes(events, hits, unmatched, outcome)
+            if bad:  # kept for the operator, once its well-formed siblings are delivered
+                why = f"unparseable: {'; '.join(bad)} (its other {len(events)} delivered)"
+                await self._poison(held, why)
+            else:
+                await self._delete(held)
             return
         if failures and held.dequeue_count >= MAX_DEQUEUE:
             reason = f"still failing at dequeue count {held.dequeue_count}: " + "; ".join(failures)

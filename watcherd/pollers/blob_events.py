@@ -44,6 +44,7 @@ __all__ = [
     "account_from_topic",
     "event_matches",
     "keep_earliest",
+    "parse_events",
     "parse_message",
     "skip_reason",
 ]
@@ -158,18 +159,32 @@ def parse_message(text: str | bytes) -> list[BlobEvent]:
             non-empty array of them, or an event is malformed (a BlobCreated event without a
             blob location, fields of the wrong type, a bad time).
     """
+    events, bad = parse_events(text)
+    if bad:
+        raise ParseError(bad[0])
+    return events
+
+
+def parse_events(text: str | bytes) -> tuple[list[BlobEvent], list[str]]:
+    """The well-formed events of one queue message, and why each other one is malformed
+    ("event <i>: <reason>"): one bad event in an array does not hide its siblings.
+
+    Raises:
+        ParseError: the message itself is unusable (not JSON nor base64 of JSON, an empty
+            array, a lone event object that is malformed).
+    """
     doc = _load(text)
-    items: list[Any] = doc if isinstance(doc, list) else [doc]
-    if not items:
+    if not isinstance(doc, list):
+        return [_parse_event(doc)], []
+    if not doc:
         raise ParseError("an empty JSON array: no events")
-    events = []
-    for i, item in enumerate(items):
-        where = f"event {i}: " if isinstance(doc, list) else ""
+    events, bad = [], []
+    for i, item in enumerate(doc):
         try:
             events.append(_parse_event(item))
         except ParseError as exc:
-            raise ParseError(where + exc.reason) from None
-    return events
+            bad.append(f"event {i}: {exc.reason}")
+    return events, bad
 
 
 def _load(text: str | bytes) -> Any:
