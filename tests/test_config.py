@@ -378,6 +378,12 @@ BAD = [
         "MiB GiB",
     ),
     (
+        "huge_log_limit",
+        '[pipelines.p]\nkind = "command"\nsteps = [["x"]]\nlog_limit = "65MiB"\n',
+        "pipelines.p.log_limit: 65MiB is more than 64MiB: a run's log is kept in the state "
+        "database (send more output to a file of your own)",
+    ),
+    (
         "unset_variable",
         SCHEDULE.replace('"E"', '"${EXPERIMENT}"') + 'cron = "* * * * *"\n',
         "schedules[0].experiment_name: environment variable EXPERIMENT is not set",

@@ -211,6 +211,19 @@ def _as_retry(value: object, at: At) -> RetryPolicy:
     return RetryPolicy(**values)
 
 
+LOG_LIMIT_MAX = 64 << 20  # a run's log is one value of the state database, kept with the run
+
+
+def _as_log_limit(value: object, at: At) -> int:
+    size = as_size(value, at)
+    if size > LOG_LIMIT_MAX:
+        raise Invalid(
+            f"{value} is more than 64MiB: a run's log is kept in the state database "
+            "(send more output to a file of your own)"
+        )
+    return size
+
+
 def _command_fields(base_dir: Path) -> dict[str, Field]:
     return {
         "steps": Field(_as_steps, required=True),
@@ -218,7 +231,7 @@ def _command_fields(base_dir: Path) -> dict[str, Field]:
         "env": Field(_as_env),
         "inherit_env": Field(as_str_list(_as_env_name)),
         "retry_exit_codes": Field(as_str_list(as_int(1, 255))),
-        "log_limit": Field(as_size),
+        "log_limit": Field(_as_log_limit),
     }
 
 
