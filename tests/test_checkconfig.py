@@ -355,3 +355,26 @@ def test_stored_api_schedule_takes_the_stored_id(tmp_path: Path, bin_dir: Path) 
     row = report.schedules[2]
     assert (row.id, row.creation_fire) == ("api-1", None)
     assert row.next_fire_times[0] == datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("junk", [b"not a database " * 20, b""])
+def test_an_unreadable_state_db_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], junk: bytes
+) -> None:
+    """check-config on a state.db that cannot be read says so (exit 0: the config itself is
+    fine), instead of showing fire times computed as if nothing were stored."""
+    from watcherd.cli.main import main
+
+    cfg = make_config(tmp_path)
+    state = cfg.daemon.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "state.db").write_bytes(junk)
+    assert cfg.path is not None
+    assert main(["check-config", "--config", str(cfg.path), "--json"]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    if not junk:  # an empty file is an empty database: nothing stored, nothing to say
+        assert all(w["key_path"] != "daemon.state_dir" for w in warnings)
+        return
+    (w,) = [w for w in warnings if w["key_path"] == "daemon.state_dir"]
+    assert "the state database cannot be read" in w["message"]
+    assert "file is not a database" in w["message"]

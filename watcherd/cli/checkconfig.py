@@ -108,6 +108,7 @@ def build_report(
     stored: Mapping[str, StoredSchedule],
     path: Path | None = None,
     search_path: str | None = None,
+    unreadable: str | None = None,
 ) -> Report:
     """Build the report for a loaded config (or the errors that stopped it loading).
 
@@ -117,6 +118,8 @@ def build_report(
         stored: The state DB's schedules by id (empty when there is no DB yet).
         path: The config file, for the heading (default: the config's own path).
         search_path: PATH for the `argv[0]` check (default: the process's PATH).
+        unreadable: why the state DB could not be read (a warning: what it stores is not
+            shown, and `watcherd run` would refuse it).
     """
     if isinstance(config_or_errors, ConfigErrors):
         failed = [Problem(key_path=e.key_path, message=e.reason) for e in config_or_errors.errors]
@@ -128,6 +131,11 @@ def build_report(
     unparsed = [(stored[sid].name, stored[sid].spec) for sid in broken]
     rows = [_schedule_row(s, config, stored.get(s.id), now) for s in (*config.schedules, *api)]
     warnings = _warnings(config, api, search_path)
+    if unreadable is not None:
+        warnings.insert(0, Problem(key_path="daemon.state_dir", message=(
+            f"the state database cannot be read ({unreadable}): stored anchors, statuses and "
+            "API-created schedules are not shown, and `watcherd run` would refuse it"
+        )))  # fmt: skip
     problems = check_compat(config, api, unparsed)
     errors = [Problem(key_path=e.key_path, message=e.reason) for e in problems]
     return Report(

@@ -141,31 +141,35 @@ def _check(arg: str | None, as_json: bool, env: Mapping[str, str]) -> int:
     except ConfigErrors as exc:
         report = checkconfig.build_report(exc, now=now, stored={})
     else:
-        stored = _read_stored(cfg)
-        report = checkconfig.build_report(cfg, now=now, stored=stored)
+        stored, unreadable = _read_stored(cfg)
+        report = checkconfig.build_report(cfg, now=now, stored=stored, unreadable=unreadable)
     text = checkconfig.format_json(report) if as_json else checkconfig.format_text(report)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 2 if report.errors else 0
 
 
-def _read_stored(cfg: object) -> dict[str, StoredSchedule]:
-    """The stored schedules (anchors, statuses, API-created bodies), read-only; {} when there
-    is no state yet or it cannot be read."""
+def _read_stored(cfg: object) -> tuple[dict[str, StoredSchedule], str | None]:
+    """The stored schedules (anchors, statuses, API-created bodies), read-only, and why the
+    state DB could not be read (None: read, or there is no state yet)."""
     from watcherd.core.errors import WatcherdError
     from watcherd.core.models import Config
     from watcherd.state.sqlite.store import SqliteStore, load_schedules
 
     assert isinstance(cfg, Config)
-    if not (cfg.daemon.state_dir / "state.db").exists():
-        return {}
+    db = cfg.daemon.state_dir / "state.db"
+    try:
+        if db.stat().st_size == 0:  # an empty file is initialized by a start, like none
+            return {}, None
+    except FileNotFoundError:  # no state yet
+        return {}, None
     try:
         store = SqliteStore(cfg.daemon.state_dir, read_only=True, lock=False)
-    except WatcherdError:
-        return {}
+    except WatcherdError as exc:
+        return {}, str(exc)
     try:
         rows = store.db.sync(load_schedules)
-    except Exception:  # an unreadable DB only loses the stored anchors
-        return {}
+    except Exception as exc:  # an unreadable DB only loses the stored anchors
+        return {}, f"{db}: {exc}"
     finally:
         store.db.close()
-    return {r.id: r for r in rows}
+    return {r.id: r for r in rows}, None
