@@ -242,7 +242,8 @@ class Arming:
                 recorded.append(await self._record(batches, now))
                 batches = []
             if i == len(due) - 1:  # their runs start before the rest is checked
-                recorded = self._hand_over(recorded, now)
+                self._hand_over(recorded, now)
+                recorded = []
         if batches:
             recorded.append(await self._record(batches, now))
         self._hand_over(recorded, now)
@@ -416,11 +417,9 @@ class Arming:
                 self.leases.lost(exc.schedule_id, lost[0].epoch if lost else None)
         return todo, ids
 
-    def _hand_over(
-        self, recorded: list[tuple[list[SlotBatch], list[str]]], now: datetime
-    ) -> list[tuple[list[SlotBatch], list[str]]]:
+    def _hand_over(self, recorded: list[tuple[list[SlotBatch], list[str]]], now: datetime) -> None:
         """Move the book's cursors to each (batches, ids inserted) `_record` returned and give
-        the runner their runs, in one call; returns an empty list, for the next ones."""
+        the runner their runs, in one call."""
         rows = self.book.rows
         for batches, _ in recorded:
             for b in batches:
@@ -430,7 +429,6 @@ class Arming:
         runs = [r for batches, _ in recorded for b in batches for r in b.runs]
         if runs:
             self.runner.enqueue_new(runs, [i for _, ids in recorded for i in ids], now)
-        return []
 
 
 @dataclasses.dataclass
