@@ -120,3 +120,58 @@ async def test_a_run_stopped_by_shutdown_keeps_its_attempt(tmp_path: Path) -> No
     assert [a["attempt"] for a in run.attempts] == [1], run.attempts
     assert run.attempts[0]["error"] == "interrupted by shutdown"
     _stamped(dict(run.attempts[0]))
+
+
+async def _past_backoffs(h: Harness, done: Any) -> None:
+    """Advance the injected clock until `done()`: each backoff's sleep starts after a write."""
+    async with asyncio.timeout(WAIT):
+        while not done():
+            await h.advance(seconds=2)
+            await asyncio.sleep(0.01)
+
+
+async def test_a_run_failing_through_its_retries_keeps_each_attempts_output_and_codes(
+    tmp_path: Path,
+) -> None:
+    pipeline = (
+        'retry = { attempts = 3, max_delay = "1s" }\n'
+        "retry_exit_codes = [75]\n"
+        'steps = [["sh", "-c", "echo attempt $WATCHERD_ATTEMPT says hello; exit 75"]]'
+    )
+    async with running_engine(tmp_path, _config(pipeline), _clock()) as h:
+        rid = str((await h.manager.trigger_schedule("s"))["id"])
+        await _past_backoffs(h, lambda: h.runs()[0].status is RunStatus.FAILED)
+        run = await h.manager.get_run(rid)
+        log = (await h.manager.get_run_log(rid)).decode()
+    assert run["error"].startswith("retries exhausted after 3 attempts") and run["exit_code"] == 75
+    assert [a["exit_codes"] for a in run["attempts"]] == [[75], [75], [75]]
+    for n in (1, 2, 3):  # each attempt's output, in order, and why it was tried again
+        assert f"attempt {n} says hello" in log
+        assert f"watcherd: attempt {n}: step 0 exited 75 (retryable)" in log
+    assert log.index("attempt 1 says") < log.index("attempt 2 says") < log.index("attempt 3 says")
+
+
+async def test_the_next_attempt_dispatches_the_pipeline_as_reloaded_and_clears_next_attempt_at(
+    tmp_path: Path,
+) -> None:
+    """A pipeline fixed (SIGHUP) while its run backs off: the next attempt runs the fixed
+    steps (SPEC §5: the pipeline's at dispatch time). `next_attempt_at` marks the backoff
+    only: it is cleared once the next attempt runs."""
+    from tests.engine_helpers import load_config
+
+    started = tmp_path / "second"
+    broken = (
+        'retry = { attempts = 5, max_delay = "1s" }\n'
+        "retry_exit_codes = [75]\n"
+        'steps = [["sh", "-c", "exit 75"]]'
+    )
+    fixed = broken.replace("exit 75", f"touch {started}; exec sleep 1000")
+    async with running_engine(tmp_path, _config(broken), _clock()) as h:
+        rid = str((await h.manager.trigger_schedule("s"))["id"])
+        await eventually(lambda: h.runs()[0].next_attempt_at is not None, WAIT)
+        await h.engine.reload(load_config(tmp_path, _config(fixed)))
+        await _past_backoffs(h, started.exists)
+        await eventually(lambda: h.runs()[0].next_attempt_at is None, WAIT)
+        run = h.runs()[0]
+        assert run.id == rid and run.status is RunStatus.RUNNING and run.attempt == 2
+        await h.manager.cancel_run(rid)

@@ -153,14 +153,23 @@ class PollUnavailable(TransientError):
 
 
 class DispatchUnavailable(TransientError):
-    """A run target could not be reached or answered 408/429/5xx (`http_status`, kept in
-    the run's attempts[])."""
+    """A run target could not be reached or answered 408/429/5xx (`http_status`), or a
+    command step exited with a code of `retry_exit_codes` (`exit_codes` of its steps and the
+    attempt's masked `log`): kept in the run's attempts[] and log."""
 
     def __init__(
-        self, message: str, retry_after: float | None = None, http_status: int | None = None
+        self,
+        message: str,
+        retry_after: float | None = None,
+        http_status: int | None = None,
+        *,
+        exit_codes: tuple[int, ...] = (),
+        log: bytes = b"",
     ) -> None:
         super().__init__(message, retry_after)
         self.http_status = http_status
+        self.exit_codes = exit_codes
+        self.log = log
 
 
 class PermanentError(WatcherdError):

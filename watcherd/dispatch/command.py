@@ -221,7 +221,11 @@ class CommandDispatcher:
             if code == 0:
                 continue
             if code in target.retry_exit_codes:
-                raise DispatchUnavailable(f"step {i} exited {code} (retryable)")
+                raise DispatchUnavailable(
+                    f"step {i} exited {code} (retryable)",
+                    exit_codes=tuple(codes),
+                    log=await tail.masked(),
+                )
             failed = failed or f"step {i} exited {code}"
             if not ctx.continue_on_step_failure:
                 break

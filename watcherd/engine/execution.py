@@ -76,9 +76,12 @@ class Execution:
         replica_id: str,
         dispatcher: Dispatcher,
         backoff: Callable[[float], Awaitable[None]] | None = None,
+        replan: Callable[[], tuple[Plan, Dispatcher] | str | None] | None = None,
     ) -> None:
         """`backoff(seconds)` waits between two attempts (the runner's lends the run's slot
-        meanwhile, `engine.capacity`); the clock's sleep by default."""
+        meanwhile, `engine.capacity`); the clock's sleep by default. `replan()` gives the
+        plan and dispatcher of the pipeline as configured now, for the next attempt (a str:
+        why the run can no longer be dispatched; None: keep the current one)."""
         self.run_ = run
         self.plan = plan
         self.store = store
@@ -88,6 +91,8 @@ class Execution:
         self.replica_id = replica_id
         self.dispatcher = dispatcher
         self.backoff = backoff or clock.sleep
+        self.replan = replan
+        self._earlier = b""  # the output of this run's failed attempts, kept with its log
         self.attempt = run.attempt  # the attempt this replica holds the claim at
         self.attempts: list[dict[str, object]] = [dict(a) for a in run.attempts]
         self.canceled = False  # set before the task is cancelled by `runs cancel`
@@ -141,7 +146,8 @@ class Execution:
             text = format_duration(timeout) if timeout else "?"
             error = f"timeout after {text}"
             self._record_cut(error)
-            outcome = Outcome(status=RunStatus.FAILED, error=error, log=await self._partial_log())
+            kept = self._with_earlier(await self._partial_log())
+            outcome = Outcome(status=RunStatus.FAILED, error=error, log=kept)
         except asyncio.CancelledError:
             with contextlib.suppress(StateError):  # the next start re-queues it anyway
                 await asyncio.shield(self._interrupted())
@@ -177,42 +183,39 @@ class Execution:
         return Claim(self.replica_id, self.attempt)
 
     async def _attempts(self) -> Outcome:
-        run, retry = self.run_, self.plan.pipeline.retry
+        run = self.run_
         while True:
             ctx = self.plan.make_context(run, self.attempt)
             started = self.clock.now()
             try:
                 outcome = self._masked(await self.dispatcher.dispatch(ctx))
             except TransientError as exc:
-                status = exc.http_status if isinstance(exc, DispatchUnavailable) else None
+                failed = exc if isinstance(exc, DispatchUnavailable) else None
+                codes = failed.exit_codes if failed is not None else ()
                 error = redactor_for(self.plan.secrets)(str(exc))
                 self.attempts.append(
                     _record(
-                        self.attempt, started, self.clock.now(), error=error, http_status=status
+                        self.attempt,
+                        started,
+                        self.clock.now(),
+                        error=error,
+                        exit_codes=list(codes),
+                        http_status=failed.http_status if failed is not None else None,
                     )
                 )
-                if self.attempt >= retry.attempts:
+                if failed is not None and failed.log:
+                    self._keep(failed.log + f"watcherd: attempt {self.attempt}: {error}\n".encode())
+                if self.attempt >= self.plan.pipeline.retry.attempts:
                     return Outcome(
                         status=RunStatus.FAILED,
                         error=f"retries exhausted after {self.attempt} attempts: {error}",
+                        exit_code=next((c for c in codes if c), None),
+                        exit_codes=codes,
+                        log=self._earlier,
                     )
-                delay = backoff_delay(self.attempt, retry.max_delay, exc.retry_after)
-                nxt = self.clock.now() + timedelta(seconds=delay)
-                log.warning("run_retry", attempt=self.attempt + 1, delay=round(delay, 3),
-                            error=error)  # fmt: skip
-                await self._persist(
-                    functools.partial(
-                        self.store.update_running,
-                        run.id,
-                        claim=self._claim(),
-                        attempt=self.attempt + 1,
-                        next_attempt_at=nxt,
-                        attempts=list(self.attempts),
-                    ),  # fmt: skip
-                    "run retry",
-                )
-                self.attempt += 1
-                await self.backoff(delay)
+                await self._back_off(exc, error)
+                if (ended := self._replanned()) is not None:
+                    return ended
                 continue
             except BaseException:  # timeout, cancel, shutdown, a dispatcher bug: end it here
                 self._cut = (self.attempt, started, self.clock.now())
@@ -227,7 +230,53 @@ class Execution:
                     http_status=outcome.http_status,
                 )
             )
+            if self._earlier:  # earlier attempts failed: their output comes first
+                outcome = replace(outcome, log=self._with_earlier(outcome.log))
             return outcome
+
+    async def _back_off(self, exc: TransientError, error: str) -> None:
+        """Record the next attempt and when it starts (`next_attempt_at`), wait for it, then
+        record that it runs (`next_attempt_at` cleared)."""
+        delay = backoff_delay(self.attempt, self.plan.pipeline.retry.max_delay, exc.retry_after)
+        nxt = self.clock.now() + timedelta(seconds=delay)
+        log.warning("run_retry", attempt=self.attempt + 1, delay=round(delay, 3), error=error)
+        await self._update(next_attempt_at=nxt, attempt=self.attempt + 1, what="run retry")
+        self.attempt += 1
+        await self.backoff(delay)
+        await self._update(next_attempt_at=None, attempt=self.attempt, what="run next attempt")
+
+    async def _update(self, *, what: str, **fields: Any) -> None:
+        await self._persist(
+            functools.partial(
+                self.store.update_running,
+                self.run_.id,
+                claim=self._claim(),
+                attempts=list(self.attempts),
+                **fields,
+            ),
+            what,
+        )
+
+    def _replanned(self) -> Outcome | None:
+        """The next attempt dispatches the pipeline as configured now (SPEC §5: its target is
+        the pipeline's at dispatch time: a fix reloaded during a backoff is used); an Outcome
+        when the run can no longer be dispatched."""
+        got = self.replan() if self.replan is not None else None
+        if isinstance(got, str):
+            return Outcome(status=RunStatus.FAILED, error=got, log=self._earlier)
+        if got is not None:
+            self.plan, self.dispatcher = got
+        return None
+
+    def _keep(self, output: bytes) -> None:
+        """Add a failed attempt's output to what the run's log keeps."""
+        self._earlier = self._with_earlier(output)
+
+    def _with_earlier(self, output: bytes) -> bytes:
+        """The earlier attempts' output, then `output`: the last `log_limit` bytes of it."""
+        joined = self._earlier + output
+        limit = getattr(self.plan.pipeline.target, "log_limit", None)
+        return joined[-limit:] if limit is not None and len(joined) > limit else joined
 
     async def _move(self, to: RunStatus, **fields: Any) -> tuple[bool, list[str]]:
         return await self._persist(

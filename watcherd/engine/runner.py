@@ -33,6 +33,7 @@ from watcherd.engine.execution import Execution, Plan
 from watcherd.engine.metrics import Metrics
 from watcherd.engine.ports import (
     ClaimResult,
+    Dispatcher,
     DispatcherFactory,
     RunStore,
 )
@@ -367,6 +368,7 @@ class Runner:
             replica_id=self.replica_id,
             dispatcher=self.dispatchers(plan.pipeline.kind),
             backoff=functools.partial(self._backoff, run.id),
+            replan=functools.partial(self._replan, run),
         )
         self._executions[run.id] = execution
         claimed = ClaimResult.GONE
@@ -384,6 +386,12 @@ class Runner:
             self._release(run)
         if claimed is ClaimResult.BUSY:  # its file or schedule runs on another replica
             self._requeue_local(run)
+
+    def _replan(self, run: Run) -> tuple[Plan, Dispatcher] | str | None:
+        """A running run's plan and dispatcher from the config as it is now (its next
+        attempt); why it can no longer be dispatched; or None (keep the one it has)."""
+        plan = self.resolve(run)
+        return (plan, self.dispatchers(plan.pipeline.kind)) if isinstance(plan, Plan) else plan
 
     async def _backoff(self, run_id: str, seconds: float) -> None:
         """Wait between two attempts of a run without holding its slot (`engine.capacity`)."""
