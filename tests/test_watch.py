@@ -246,6 +246,26 @@ async def test_debounce_waits_for_quiet_and_runs_the_newest_version_once(
     assert float(t) - last >= 0.4
 
 
+async def test_a_file_gone_before_its_command_starts_runs_nothing(
+    tmp_path: Path, inbox: Path
+) -> None:
+    """Deleted or moved away during its debounce (or while it waits for a job slot): its
+    command does not run; a rename inside the directory runs the new name only."""
+    out = tmp_path / "out"
+    args = ("--debounce", "2s", "--", sys.executable, "-c", RECORD, str(out))
+    async with watching(inbox, *args) as w:
+        put(inbox / "gone.csv")
+        put(inbox / "away.csv")
+        put(inbox / "src.csv")
+        await w.logged("file_changed", 3)  # each is waiting for its debounce now
+        os.unlink(inbox / "gone.csv")
+        os.rename(inbox / "away.csv", tmp_path / "away.csv")
+        os.rename(inbox / "src.csv", inbox / "dst.csv")
+        await until(lambda: len(records(out)) == 1)
+        await w.logged("file_gone", 3)
+    assert records(out) == [os.fsencode(inbox / "dst.csv")]
+
+
 async def test_initial_runs_present_files_and_poll_mode_works(tmp_path: Path, inbox: Path) -> None:
     out = tmp_path / "out"
     put(inbox / "present.csv")
@@ -268,7 +288,9 @@ async def test_initial_runs_present_files_and_poll_mode_works(tmp_path: Path, in
         (["DIR", "--"], "no command after '--'"),
         (["DIR", "--debounce", "1x", "--", "true"], "--debounce: invalid duration '1x'"),
         (["DIR", "--jobs", "0", "--", "true"], "--jobs must be at least 1"),
-        (["DIR", "--poll", "0", "--", "true"], "--poll must be a positive"),
+        (["DIR", "--poll", "0", "--", "true"], "--poll must be a number of seconds in (0, "),
+        (["DIR", "--poll", "inf", "--", "true"], "--poll must be a number of seconds in (0, "),
+        (["DIR", "--poll", "1e300", "--", "true"], "--poll must be a number of seconds in (0, "),
         (["DIR", "--bogus", "--", "true"], "unrecognized arguments: --bogus"),
         (["MISSING", "--", "true"], "MISSING: not a directory"),
     ],
@@ -282,6 +304,22 @@ def test_usage_errors_exit_2_with_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and err.startswith("watcherd watch: error:")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["DIR", "--help", "--", "true"]])
+def test_help_lists_every_option_and_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main([str(tmp_path) if a == "DIR" else a for a in argv]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: watcherd watch DIR [options] -- CMD [ARG...]")
+    for flag in ("--pattern", "--ignore", "--debounce", "--jobs", "--initial", "--poll"):
+        assert flag in out
+
+
+def test_a_help_after_the_command_is_the_commands(tmp_path: Path) -> None:
+    opts = parse_args([str(tmp_path), "--", "tool", "--help"])
+    assert opts.command == (b"tool", b"--help")
 
 
 def test_debounce_takes_a_duration_or_a_bare_zero(tmp_path: Path) -> None:
@@ -300,3 +338,32 @@ def test_parse_args_defaults_and_command_bytes(tmp_path: Path) -> None:
 def test_command_for_appends_or_substitutes() -> None:
     assert command_for([b"cat"], b"/d/a b") == [b"cat", b"/d/a b"]
     assert command_for([b"cp", b"{path}", b"{path}.bak"], b"/d/x") == [b"cp", b"/d/x", b"/d/x.bak"]
+
+
+async def test_job_slots_serve_waiters_in_order_and_skip_cancelled_ones() -> None:
+    from watcherd.cli.watch import _Slots
+
+    slots, order = _Slots(1), []
+
+    async def job(name: str, hold: asyncio.Event) -> None:
+        async with slots:
+            order.append(name)
+            await hold.wait()
+
+    holds = {n: asyncio.Event() for n in "abcde"}
+    tasks = {n: asyncio.create_task(job(n, holds[n])) for n in "abcde"}
+    await asyncio.sleep(0)
+    assert order == ["a"]
+    tasks["b"].cancel()  # waiting: skipped when its turn comes
+    tasks["d"].cancel()
+    holds["a"].set()
+    await asyncio.sleep(0)
+    tasks["c"].cancel()  # its turn has come (a released) but it has not run yet
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["a", "e"]  # c passed its turn on to the next live waiter
+    holds["e"].set()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+    async with asyncio.timeout(1):  # the slot is free again
+        async with slots:
+            pass

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in _MANAGE:
         sub.add_parser(name, help=f"manage {name} of a running daemon", add_help=False)
     # `state copy` parses its own options (watcherd.cli.state_copy): listed here for --help.
-    state = sub.add_parser("state", help="the daemon's stored state", add_help=False)
+    state = sub.add_parser("state", help="the daemon's stored state")
     state.add_argument(
         "action", nargs="?", metavar="copy", help="copy --to URL [--from DIR] [--config FILE]"
     )
