@@ -635,6 +635,17 @@ def test_bad_config(tmp_path: Path, text: str, line: str) -> None:
                 "schedules[3].id: duplicate id 'x' (also schedules[2])",
             ],
         ),
+        (  # a schedule with another error still takes its name: both are reported
+            '[[schedules]]\nname = "r"\npipeline = "train"\nexperiment_name = "E"\n'
+            'recurrence = { frequency = "hour", interval = 1 }\n'
+            '[[schedules]]\nname = "r"\npipeline = "train"\nexperiment_name = "E"\n'
+            'cron = "1 * * * *"\n',
+            [
+                "schedules[0].recurrence.frequency: Invalid value for frequency, only one of "
+                "Minute, Hour, Day, Week, or Month accepted",
+                "schedules[1].name: duplicate name 'r' (also schedules[0])",
+            ],
+        ),
         (
             '[datastores.d]\nkind = "local"\nrot = "/x"\n',
             [

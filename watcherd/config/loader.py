@@ -207,22 +207,31 @@ def _parse_schedules(raw: object, at: At, ctx: Context) -> list[Schedule]:
     names: dict[str, int] = {}
     for i, item in enumerate(raw):
         schedule = build_schedule(item, at / i, ctx, source=Source.FILE)
+        # A schedule with other errors still takes its name: a duplicate is reported too.
+        name = schedule.name if schedule is not None else _raw_name(item)
+        first = names.get(name) if name is not None else None
+        duplicate = first is not None
+        if first is not None:
+            (at / i / "name").error(f"duplicate name {name!r} (also {at.path}[{first}])")
+        elif name is not None:
+            names[name] = i
         if schedule is None:
             continue
         for reason in placeholder_problems(schedule, ctx.config):
             (at / i / "pipeline").error(reason)
-        if schedule.name in names:
-            (at / i / "name").error(
-                f"duplicate name {schedule.name!r} (also {at.path}[{names[schedule.name]}])"
-            )
-        elif schedule.id in index:
+        if not duplicate and schedule.id in index:
             (at / i / "id").error(
                 f"duplicate id {schedule.id!r} (also {at.path}[{index[schedule.id]}])"
             )
-        names.setdefault(schedule.name, i)
         index.setdefault(schedule.id, i)
         schedules.append(schedule)
     return schedules
+
+
+def _raw_name(item: object) -> str | None:
+    """The name a schedule table gives, when it is a non-empty string."""
+    name = item.get("name") if isinstance(item, Mapping) else None
+    return name if isinstance(name, str) and name else None
 
 
 def parse_schedule(
