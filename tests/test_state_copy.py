@@ -193,3 +193,13 @@ def test_copy_output_and_errors_never_show_the_password(
     assert "password authentication failed" in text
     for secret in (PASSWORD, "s3cr", "Wrong-Pw-123", "watcherd_pw"):
         assert secret not in text
+
+
+@pytest.mark.parametrize("url", ["bogus://x", "postgresql://h:notaport/db", "mysql://u:pw@h/db"])
+def test_a_target_that_is_no_postgresql_url_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    assert state_copy.main(["--to", url, "--from", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("watcherd: --to: ") and err.count("\n") == 1
+    assert "pw@" not in err and "notaport" not in err  # the value is never shown

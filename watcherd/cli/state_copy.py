@@ -101,6 +101,9 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     if not url:
         _err("no target: give --to postgresql://… (or [daemon] database in the config)")
         return 2
+    if (why := _url_problem(url)) is not None:  # a usage error, before anything is opened
+        _err(f"--to: {why}")
+        return 2
     try:
         counts, shown = asyncio.run(_copy(Path(source), url))
     except AlreadyRunning as exc:
@@ -160,3 +163,15 @@ def _convert(row: Sequence[Any], instants: frozenset[int]) -> tuple[Any, ...]:
         parse_utc(v) if i in instants else (bytes(v) if isinstance(v, memoryview) else v)
         for i, v in enumerate(row)
     )
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` is no PostgreSQL target (`[daemon] database`'s rule), or None."""
+    from watcherd.config.daemon import as_database
+    from watcherd.config.schema import At, Invalid, Problems
+
+    try:
+        as_database(url, At("--to", Problems()))
+    except Invalid as exc:
+        return exc.reason or "not a PostgreSQL URL"
+    return None

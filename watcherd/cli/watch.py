@@ -315,7 +315,8 @@ class Runner:
         finally:
             await group.close()
         duration = round(time.monotonic() - started, 3)
-        log.info("command_finished", path=_show(path), exit_code=code, duration=duration)
+        say = log.info if code == 0 else log.warning  # a failure stands out in the console
+        say("command_finished", path=_show(path), exit_code=code, duration=duration)
 
     def close(self) -> None:
         """Take no more files; cancel waiting ones and stop running commands."""

@@ -31,7 +31,7 @@ from watcherd.config.schema import (
 from watcherd.core.models import DaemonSettings
 from watcherd.core.redact import url_secrets
 
-__all__ = ["database_secrets", "parse_daemon"]
+__all__ = ["as_database", "database_secrets", "parse_daemon"]
 
 _LEASE_MIN, _LEASE_MAX = timedelta(seconds=3), timedelta(minutes=5)
 # libpq's conninfo: `key = value` pairs, a value bare or single-quoted with \' and \\ escapes.
@@ -58,7 +58,7 @@ def _as_api(base_dir: Path) -> Converter:
     return convert
 
 
-def _as_database(value: object, at: At) -> str:
+def as_database(value: object, at: At) -> str:
     """A libpq URL (`postgresql://…`) or conninfo (`host=… dbname=…`); "" means SQLite.
     Never quoted back: it may hold a password."""
     text = as_secret(value, at)
@@ -108,7 +108,7 @@ def parse_daemon(raw: object, at: At, base_dir: Path, env: Mapping[str, str]) ->
         "log_format": Field(as_choice("auto", "json", "console")),
         "retention": Field(as_duration(positive=True)),
         "readyz_strict": Field(as_bool),
-        "database": Field(_as_database),
+        "database": Field(as_database),
         "replica_id": Field(_as_replica_id),
         "lease_ttl": Field(_as_lease_ttl),
     }
