@@ -175,3 +175,35 @@ async def test_the_next_attempt_dispatches_the_pipeline_as_reloaded_and_clears_n
         run = h.runs()[0]
         assert run.id == rid and run.status is RunStatus.RUNNING and run.attempt == 2
         await h.manager.cancel_run(rid)
+
+
+async def test_a_retried_runs_output_is_kept_while_it_backs_off_and_over_a_restart(
+    tmp_path: Path,
+) -> None:
+    """During a backoff the output so far is the run's log (a crash then keeps it); a run
+    re-queued by a shutdown during its backoff keeps it too, and its next attempts add to it."""
+    gate = tmp_path / "fixed"
+    script = f"echo out-$WATCHERD_ATTEMPT; [ -e {gate} ] && exit 0; exit 75"
+    pipeline = (
+        'retry = { attempts = 9, max_delay = "1s" }\n'
+        "retry_exit_codes = [75]\n"
+        f'steps = [["sh", "-c", "{script}"]]'
+    )
+    text = _config(pipeline, shutdown="100ms")
+    async with running_engine(tmp_path, text, _clock()) as h:
+        rid = str((await h.manager.trigger_schedule("s"))["id"])
+        await _past_backoffs(h, lambda: h.runs()[0].attempt == 3)
+        await eventually(lambda: h.runs()[0].next_attempt_at is not None, WAIT)
+        log = (await h.manager.get_run_log(rid)).decode()
+        assert "out-1" in log and "out-2" in log and "watcherd: attempt 2:" in log
+        h.engine.stop()  # during the backoff before attempt 3: re-queued as attempt 4
+        await eventually(lambda: h.runs()[0].status is RunStatus.QUEUED, WAIT)
+    gate.touch()
+    async with running_engine(tmp_path, text, _clock()) as h:
+        await eventually(lambda: h.runs()[0].status is RunStatus.COMPLETED, WAIT)
+        log = (await h.manager.get_run_log(rid)).decode()
+    assert [line for line in log.splitlines() if line.startswith("out-")] == [
+        "out-1",
+        "out-2",
+        "out-4",
+    ]

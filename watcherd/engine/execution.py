@@ -141,6 +141,8 @@ class Execution:
         timeout = self.plan.pipeline.timeout
         try:
             async with asyncio.timeout(timeout.total_seconds() if timeout else None):
+                if self.attempt > 1:  # re-queued or retried: the output of its attempts so far
+                    self._earlier = await self.store.run_log(self.run_.id) or b""
                 outcome = await self._attempts()
         except TimeoutError:
             text = format_duration(timeout) if timeout else "?"
@@ -240,7 +242,10 @@ class Execution:
         delay = backoff_delay(self.attempt, self.plan.pipeline.retry.max_delay, exc.retry_after)
         nxt = self.clock.now() + timedelta(seconds=delay)
         log.warning("run_retry", attempt=self.attempt + 1, delay=round(delay, 3), error=error)
-        await self._update(next_attempt_at=nxt, attempt=self.attempt + 1, what="run retry")
+        output: dict[str, Any] = {"log": self._earlier} if self._earlier else {}
+        await self._update(  # the output so far: shown meanwhile, and kept over a crash
+            next_attempt_at=nxt, attempt=self.attempt + 1, what="run retry", **output
+        )
         self.attempt += 1
         await self.backoff(delay)
         await self._update(next_attempt_at=None, attempt=self.attempt, what="run next attempt")
@@ -296,12 +301,14 @@ class Execution:
         if self.abandoned:  # re-queued elsewhere while this replica was paused
             log.error("run_claim_lost", reason="this replica was declared dead meanwhile")
             return
+        kept = self._with_earlier(await self._partial_log())
+        output: dict[str, Any] = {"log": kept} if kept else {}  # else the stored log stays
         if self.canceled:
             self._record_cut("canceled")
             await self.store.transition_run(
                 self.run_.id, RunStatus.CANCELED, among=[RunStatus.RUNNING], now=now,
                 claim=self._claim(), finished_at=now, error="canceled",
-                attempts=self.attempts, next_attempt_at=None,
+                attempts=self.attempts, next_attempt_at=None, **output,
             )  # fmt: skip
             self.metrics.runs.labels(status="Canceled", pipeline=self.run_.pipeline_id).inc()
             log.info("run_canceled")
@@ -310,7 +317,7 @@ class Execution:
         await self.store.transition_run(
             self.run_.id, RunStatus.QUEUED, among=[RunStatus.RUNNING], now=now,
             claim=self._claim(), error="interrupted by shutdown", attempt=self.attempt + 1,
-            attempts=self.attempts, next_attempt_at=None,
+            attempts=self.attempts, next_attempt_at=None, **output,
         )  # fmt: skip
         log.warning("run_requeued", reason="interrupted by shutdown")
 
