@@ -411,8 +411,13 @@ async def test_insert_manual_once_per_idempotency_key(store: RunStore) -> None:
     assert await store.insert_manual(second, "key", NOW) == first.id
     assert await store.insert_manual(second, None, NOW) == second.id
     assert sorted(r.id for r in (await store.list_runs()).runs) == sorted([first.id, second.id])
-    # Idempotency keys are pruned with the runs of their age.
+    # A key outlives the retention while its run is unfinished: a client retrying after a
+    # restart gets that run back, never a second one.
     assert await store.prune(NOW + timedelta(days=1)) == 0
+    assert await store.insert_manual(_run("manual:3"), "key", NOW) == first.id
+    # Once its run finished, the key goes with the runs of its age.
+    await store.transition_run(first.id, RunStatus.CANCELED, now=NOW, finished_at=NOW)
+    assert await store.prune(NOW + timedelta(days=1)) == 1
     assert await store.insert_manual(_run("manual:3"), "key", NOW) == _run("manual:3").id
 
 

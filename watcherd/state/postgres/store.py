@@ -427,7 +427,11 @@ class PgStore(Definitions):
                     " LIMIT %s FOR UPDATE SKIP LOCKED)",
                     (before, PRUNE_BATCH),
                 )
-                await c.execute("DELETE FROM idempotency WHERE created_at < %s", (before,))
+                await c.execute(  # kept while its run is unfinished (SPEC §5)
+                    "DELETE FROM idempotency WHERE created_at < %s AND NOT EXISTS (SELECT 1"
+                    " FROM runs WHERE runs.id = idempotency.run_id AND runs.finished_at IS NULL)",
+                    (before,),
+                )
                 return cur.rowcount
 
         total = 0

@@ -440,5 +440,11 @@ def prune_batch(c: Conn, before: datetime, limit: int) -> int:
             (cutoff, limit),
         )
         n = cur.rowcount
-        cur.execute("DELETE FROM idempotency WHERE created_at < ?", (cutoff,))
+        # A key is kept while its run is unfinished: a client retrying its request after a
+        # restart must get that run back, not a second one (SPEC §5).
+        cur.execute(
+            "DELETE FROM idempotency WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM runs"
+            " WHERE runs.id = idempotency.run_id AND runs.finished_at IS NULL)",
+            (cutoff,),
+        )
         return n
