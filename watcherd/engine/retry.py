@@ -49,6 +49,7 @@ class StoreHealth:
     failed_writes: int = 0
     since: float = 0.0  # monotonic
     last_summary: float = 0.0
+    failing: int = 0  # writes retrying now: the store has recovered once none is
 
 
 async def persist(
@@ -59,34 +60,51 @@ async def persist(
     failure is logged once, then a summary every minute, then the recovery; nothing is lost
     and the daemon does not crash."""
     attempt = 0
-    while True:
-        try:
-            result = await op()
-        except (LeaseLost, ClaimLost, IncompatibleStore):  # retrying cannot help
-            raise
-        except StateError as exc:
-            attempt += 1
-            now = clock.monotonic()
-            health.failed_writes += 1
-            if health.error is None:
-                health.since = health.last_summary = now
-                log.error("state_write_failed", error=str(exc), write=what)
-            elif now - health.last_summary >= SUMMARY_EVERY:
-                health.last_summary = now
-                log.error(
-                    "state_write_still_failing",
-                    error=str(exc),
-                    failed_writes=health.failed_writes,
-                    seconds=round(now - health.since),
-                )
-            health.error = str(exc)
-            await clock.sleep(backoff_delay(attempt, WRITE_BACKOFF_CAP, initial=0.25))
-            continue
-        if health.error is not None:
-            log.info(
-                "state_write_recovered",
-                failed_writes=health.failed_writes,
-                seconds=round(clock.monotonic() - health.since),
-            )
-            health.error, health.failed_writes = None, 0
-        return result
+    try:
+        while True:
+            try:
+                result = await op()
+            except (LeaseLost, ClaimLost, IncompatibleStore):  # retrying cannot help
+                raise
+            except StateError as exc:
+                attempt += 1
+                _failed(health, str(exc), what, clock.monotonic(), first=attempt == 1)
+                await clock.sleep(backoff_delay(attempt, WRITE_BACKOFF_CAP, initial=0.25))
+                continue
+            break
+    except BaseException:
+        if attempt:  # cancelled (shutdown) while retrying: no longer failing, not recovered
+            health.failing -= 1
+        raise
+    if attempt:
+        health.failing -= 1
+    # Recovered only when no other write is still failing (one small write getting through
+    # while others fail is no recovery: /readyz stays 503, and the summary goes on).
+    if health.error is not None and not health.failing:
+        log.info(
+            "state_write_recovered",
+            failed_writes=health.failed_writes,
+            seconds=round(clock.monotonic() - health.since),
+        )
+        health.error, health.failed_writes = None, 0
+    return result
+
+
+def _failed(health: StoreHealth, error: str, what: str, now: float, *, first: bool) -> None:
+    """Count a failed try of a write: its first failure logged while the store was fine,
+    then a summary every SUMMARY_EVERY seconds while any write keeps failing."""
+    health.failed_writes += 1
+    if first:
+        health.failing += 1
+    if health.error is None:
+        health.since = health.last_summary = now
+        log.error("state_write_failed", error=error, write=what)
+    elif now - health.last_summary >= SUMMARY_EVERY:
+        health.last_summary = now
+        log.error(
+            "state_write_still_failing",
+            error=error,
+            failed_writes=health.failed_writes,
+            seconds=round(now - health.since),
+        )
+    health.error = error
