@@ -343,3 +343,33 @@ def test_sec_10_a_blob_named_like_an_option_starts_no_command(
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_configured_token_kept_unchanged_needs_no_write(tmp_path: Path) -> None:
+    """A start on a full disk must not fail on the token file: a configured token already
+    kept is not written again (its mode is still made 0600); one that cannot be written is a
+    warning (the daemon has it from the config). A token to generate that cannot be kept is
+    an OSError (the daemon reports state_unavailable, exit 1)."""
+    import structlog
+
+    from watcherd import statefiles
+    from watcherd.config import load
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "token").write_text("configured-tok\n")
+    (state / "token").chmod(0o644)
+    (state / f".token.{os.getpid()}.tmp").mkdir()  # any write of the token file now fails
+    path = tmp_path / "w.toml"
+    path.write_text(f'[daemon]\nstate_dir = "{state}"\ntoken = "configured-tok"\n')
+    with structlog.testing.capture_logs() as logs:
+        assert statefiles.token(load(path, {}))[0] == "configured-tok"
+    assert _mode(state / "token") == 0o600 and not logs
+    path.write_text(f'[daemon]\nstate_dir = "{state}"\ntoken = "another-tok"\n')
+    with structlog.testing.capture_logs() as logs:
+        assert statefiles.token(load(path, {}))[0] == "another-tok"
+    assert [e["event"] for e in logs] == ["token_file_not_written"]
+    (state / "token").unlink()
+    path.write_text(f'[daemon]\nstate_dir = "{state}"\n')
+    with pytest.raises(OSError):
+        statefiles.token(load(path, {}))

@@ -216,7 +216,11 @@ class Daemon:
                 return 0
             store, cluster = opened
             stack.push_async_callback(store.close)
-            token, token_path = statefiles.token(cfg)
+            try:
+                token, token_path = statefiles.token(cfg)
+            except OSError as exc:  # a token to generate, and no room or right to keep it
+                log.error("state_unavailable", error=f"token file: {statefiles.os_error(exc)}")
+                return 1
             self.engine = engine = build_engine(cfg, store, self.clock, cluster)
             stack.push_async_callback(engine.close)
             try:
@@ -345,7 +349,11 @@ class Daemon:
     def _write_discovery(self, cfg: Config, token_path: Path) -> None:
         assert self.url is not None
         doc = {"url": self.url, "token_file": str(token_path.resolve())}
-        statefiles.write_private(cfg.daemon.state_dir / "config.json", json.dumps(doc), 0o600)
+        path = cfg.daemon.state_dir / "config.json"
+        try:  # the CLI's way to this daemon; the daemon itself runs without it
+            statefiles.write_private(path, json.dumps(doc), 0o600)
+        except OSError as exc:
+            log.warning("discovery_not_written", path=str(path), error=statefiles.os_error(exc))
         runtime = self.env.get("RUNTIME_DIRECTORY")
         if runtime:
             with contextlib.suppress(OSError):

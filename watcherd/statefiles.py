@@ -22,24 +22,37 @@ log = structlog.get_logger(__name__)
 def token(cfg: Config) -> tuple[str, Path]:
     """The API token: from the config, else generated once into state_dir/token (0600)."""
     path = cfg.daemon.state_dir / "token"
+    kept = _read_token(path)
     if cfg.daemon.token:
         # Kept (0600) in the private state dir too, so the CLI and the SDK find it by
-        # config.json's token_file, as they do for a generated token.
-        write_private(path, cfg.daemon.token + "\n", 0o600)
+        # config.json's token_file, as they do for a generated token. Written only when it
+        # changed: a start on a full disk must not fail on it (the config has the token).
+        if kept != cfg.daemon.token:
+            try:
+                write_private(path, cfg.daemon.token + "\n", 0o600)
+            except OSError as exc:
+                log.warning("token_file_not_written", path=str(path), error=os_error(exc))
         return cfg.daemon.token, path
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd) as f:
-            text = f.read().strip()
-        if text:
-            return text, path
-    except FileNotFoundError:
-        pass
-    except OSError as exc:  # ELOOP: a symlink was planted there; never read through it
-        log.warning("token_file_replaced", path=str(path), error=os_error(exc))
+    if kept:
+        return kept, path
     tok = secrets.token_urlsafe(32)
     write_private(path, tok + "\n", 0o600)
     return tok, path
+
+
+def _read_token(path: Path) -> str | None:
+    """The kept token, its file's mode made 0600 if it was not (never through a symlink)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            if os.fstat(fd).st_mode & 0o777 != 0o600:
+                os.fchmod(fd, 0o600)
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a symlink was planted there; never read through it
+        log.warning("token_file_replaced", path=str(path), error=os_error(exc))
+        return None
 
 
 def os_error(exc: OSError) -> str:
