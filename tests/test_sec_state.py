@@ -373,3 +373,53 @@ def test_a_configured_token_kept_unchanged_needs_no_write(tmp_path: Path) -> Non
     path.write_text(f'[daemon]\nstate_dir = "{state}"\n')
     with pytest.raises(OSError):
         statefiles.token(load(path, {}))
+
+
+def test_sec_20_a_missing_state_db_beside_an_earlier_runs_lock_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    d = DaemonProc(tmp_path, HOUR.format(state_dir=state))
+    d.state_dir = state
+    try:
+        d.start()
+        assert d.stop() == 0
+        for name in ("state.db", "state.db-wal", "state.db-shm"):
+            (state / name).unlink(missing_ok=True)
+        d.start(wait_ready=False)
+        assert d.proc is not None
+        assert d.proc.wait(30) == 1
+        errors = d.events("state_unavailable")
+        assert errors and "is missing but watcherd has run here before" in errors[-1]["error"]
+        assert not (state / "state.db").exists()  # nothing was started afresh
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_writes_stop_when_state_db_is_deleted_or_replaced_under_the_daemon(
+    tmp_path: Path, how: str
+) -> None:
+    """Writes into a state.db no longer at its path would be lost at the next start: they
+    fail (retried with backoff, /readyz 503 by the engine's rule) until it is back."""
+    from datetime import UTC, datetime
+
+    from watcherd.core.errors import StateError
+    from watcherd.state.sqlite.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "state")
+    db = tmp_path / "state" / "state.db"
+    when = datetime(2026, 11, 25, tzinfo=UTC)
+    try:
+        await store.prune(when)  # a write: fine
+        aside = tmp_path / "aside.db"
+        if how == "deleted":
+            os.rename(db, aside)
+        else:
+            aside.write_bytes(db.read_bytes())
+            os.replace(aside, db)
+        with pytest.raises(StateError, match=f"was {how} while watcherd ran"):
+            await store.prune(when)
+        if how == "deleted":
+            os.rename(aside, db)  # put back: writes go on
+            await store.prune(when)
+    finally:
+        await store.close()

@@ -80,7 +80,7 @@ def test_lock_of_a_killed_daemon_does_not_block_the_next(tmp_path: Path) -> None
         d.kill()
         assert (state / "lock").exists()
         d.start()
-        wait_until(lambda: (state / "lock").read_text().strip() == str(d.proc.pid))  # type: ignore[union-attr]
+        wait_until(lambda: (state / "lock").read_text().splitlines()[0] == str(d.proc.pid))  # type: ignore[union-attr]
         assert d.stop() == 0
     finally:
         d.close()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from watcherd.core.errors import AlreadyRunning, StateError
-from watcherd.state.sqlite.schema import check_file, migrate
+from watcherd.state.sqlite.schema import OPENED, check_file, migrate
 
 __all__ = ["Database", "Tx"]
 
@@ -48,6 +48,7 @@ class Database:
         self._reader_conns: list[Conn] = []
         self._pending: collections.deque[Any] = collections.deque()
         self._drain_scheduled = False
+        self._file: tuple[int, int] | None = None  # (device, inode) of the state.db opened
         try:
             if not read_only:
                 _private_dir(state_dir)
@@ -55,6 +56,10 @@ class Database:
                 if lock:
                     self._take_lock()
             self._conn = self._writer.submit(self._open_writer).result()
+            if not read_only:
+                self._file = _file_id(self.path)
+                if self._lock_fd is not None:  # a later start misses it if it is gone
+                    os.write(self._lock_fd, OPENED)
         except sqlite3.Error as exc:
             self._shutdown()
             raise StateError(f"cannot open state database {self.path}: {exc}") from exc
@@ -177,6 +182,10 @@ class Database:
         if not items:
             return
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        if (gone := self._replaced()) is not None:
+            results = [(item[3], None, StateError(gone)) for item in items]
+            self._answer(items, results)
+            return
         group = len(items) > 1
         if group:
             try:
@@ -202,11 +211,40 @@ class Database:
                         self._conn.execute("ROLLBACK")
                 err = StateError(f"state database: {exc}")
                 results = [(f, None, err) for f, _, _ in results]
+        self._answer(items, results)
+
+    @staticmethod
+    def _answer(items: list[Any], results: list[Any]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for (_, _, _, _, loop), result in zip(items, results, strict=True):
             by_loop.setdefault(loop, []).append(result)
         for loop, answers in by_loop.items():
             loop.call_soon_threadsafe(_deliver, answers)
+
+    def _replaced(self) -> str | None:
+        """Why no write may go on: state.db was deleted or replaced under the daemon (its
+        writes would go to a file no start reads, and be lost). One stat per group commit."""
+        if self._file is None:
+            return None
+        try:
+            now = _file_id(self.path)
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError:  # cannot tell: SQLite says what is wrong, if anything
+            return None
+        else:
+            if now == self._file:
+                return None
+            what = "replaced"
+        return (
+            f"state database {self.path} was {what} while watcherd ran: its writes are stopped "
+            "(they would be lost); put it back, or restore it from a backup, and restart"
+        )
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _private_dir(state_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -88,17 +89,27 @@ RESTORE_HINT = (
 )
 
 
+OPENED = b"state.db opened\n"  # the lock file's second line once a start opened state.db
+
+
 def check_file(path: Path) -> None:
     """Refuse a state file that lost its content: an empty state.db beside a WAL or the lock
-    file of an earlier run would otherwise start fresh and forget every API schedule and
+    file of an earlier run, or a missing one where an earlier start opened it (its lock file
+    says so: `OPENED`), would otherwise start fresh and forget every API schedule and
     snapshot (SPEC §9)."""
+    lock = path.with_name("lock")
     try:
         size = path.stat().st_size
     except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            if OPENED in lock.read_bytes():
+                raise StateError(
+                    f"state database {path} is missing but watcherd has run here before; "
+                    + RESTORE_HINT
+                ) from None
         return
     if size == 0:
         wal = path.with_name(path.name + "-wal")
-        lock = path.with_name("lock")
         if (wal.exists() and wal.stat().st_size > 0) or lock.exists():
             raise StateError(
                 f"state database {path} is empty but watcherd has run here before; " + RESTORE_HINT
