@@ -369,10 +369,16 @@ def test_an_unreadable_state_db_is_a_warning(
     state = cfg.daemon.state_dir
     state.mkdir(parents=True, exist_ok=True)
     (state / "state.db").write_bytes(junk)
+    (state / "lock").write_bytes(b"1\nstate.db opened\n")  # a start has run here
     assert cfg.path is not None
     assert main(["check-config", "--config", str(cfg.path), "--json"]) == 0
     warnings = json.loads(capsys.readouterr().out)["warnings"]
-    if not junk:  # an empty file is an empty database: nothing stored, nothing to say
+    if not junk:  # emptied after a run here (the lock says so): `run` refuses it, so is this
+        (w,) = [w for w in warnings if w["key_path"] == "daemon.state_dir"]
+        assert "is empty but watcherd has run here before" in w["message"]
+        (state / "lock").unlink()  # never ran here: an empty file is an empty database
+        assert main(["check-config", "--config", str(cfg.path), "--json"]) == 0
+        warnings = json.loads(capsys.readouterr().out)["warnings"]
         assert all(w["key_path"] != "daemon.state_dir" for w in warnings)
         return
     (w,) = [w for w in warnings if w["key_path"] == "daemon.state_dir"]

@@ -207,3 +207,17 @@ async def test_a_retried_runs_output_is_kept_while_it_backs_off_and_over_a_resta
         "out-2",
         "out-4",
     ]
+    assert "watcherd: attempt 3: interrupted by shutdown" in log  # each attempt's end shown
+
+
+async def test_a_log_limit_of_0_keeps_no_output_through_retries(tmp_path: Path) -> None:
+    pipeline = (
+        'log_limit = "0B"\n'
+        'retry = { attempts = 2, max_delay = "1s" }\n'
+        "retry_exit_codes = [75]\n"
+        'steps = [["sh", "-c", "echo noise; exit 75"]]'
+    )
+    async with running_engine(tmp_path, _config(pipeline), _clock()) as h:
+        rid = str((await h.manager.trigger_schedule("s"))["id"])
+        await _past_backoffs(h, lambda: h.runs()[0].status is RunStatus.FAILED)
+        assert await h.manager.get_run_log(rid) == b""

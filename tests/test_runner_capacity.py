@@ -23,39 +23,61 @@ def _capacity(size: int) -> tuple[Capacity, list[int]]:
 
 
 async def test_a_lent_slot_is_free_for_a_queued_run_and_taken_back_in_order() -> None:
-    cap, woken = _capacity(1)
+    cap, woken = _capacity(2)
     cap.take("a")
+    cap.take("b")
     assert cap.free == 0
     cap.lend("a")  # a backs off
     assert cap.free == 1 and woken
-    cap.take("b")  # a queued run takes the slot
+    cap.take("c")  # a queued run takes the slot
+    cap.lend("b")  # b backs off too
+    cap.take("d")
     back_a = asyncio.create_task(cap.take_back("a"))
-    cap.lend("c")  # not holding a slot: nothing to lend
-    back_c = asyncio.create_task(cap.take_back("c"))
+    back_b = asyncio.create_task(cap.take_back("b"))
     await asyncio.sleep(0)
-    assert not back_a.done() and not back_c.done()
-    assert cap.free == 0  # a queued run may not jump ahead of the runs waiting for a slot
-    cap.release("b")
-    await asyncio.sleep(0)
-    assert back_a.done() and not back_c.done()  # the first backoff to end goes first
-    cap.release("a")
-    await asyncio.sleep(0)
-    assert back_c.done()
-    woken.clear()
+    assert not back_a.done() and not back_b.done()
+    assert cap.free == 0
     cap.release("c")
+    assert cap.free == 0  # a queued run may not jump ahead of the runs waiting for a slot
+    await asyncio.sleep(0)
+    assert back_a.done() and not back_b.done()  # the first backoff to end goes first
+    cap.release("d")
+    await asyncio.sleep(0)
+    assert back_b.done()
+    woken.clear()
+    cap.release("a")
     assert cap.free == 1 and woken
 
 
-async def test_a_run_cancelled_while_waiting_for_its_slot_gives_its_place_up() -> None:
+async def test_at_most_size_runs_lend_their_slot_at_once() -> None:
+    """A flood of failing runs never makes more than twice `size` Running: beyond `size`
+    lent slots, a run backing off keeps its own (and takes it back at once)."""
     cap, _ = _capacity(1)
     cap.take("a")
-    cap.take("b")  # over a size lowered by a reload: it runs on
-    cap.size = 1
+    cap.lend("a")
+    cap.take("b")
+    cap.lend("b")  # a lent already: b keeps its slot
+    assert cap.free == 0
+    async with asyncio.timeout(1):
+        await cap.take_back("b")
+    cap.release("b")
+    assert cap.free == 1
+    async with asyncio.timeout(1):
+        await cap.take_back("a")
+    assert cap.free == 0
+
+
+async def test_a_run_cancelled_while_waiting_for_its_slot_gives_its_place_up() -> None:
+    cap, _ = _capacity(2)
+    cap.take("a")
+    cap.take("b")
+    cap.size = 1  # lowered by a reload: both run on
     cap.lend("a")
     waiting = asyncio.create_task(cap.take_back("a"))
     await asyncio.sleep(0)
     waiting.cancel()
     cap.release("b")  # grants nothing to a cancelled waiter
+    assert cap.free == 1
     with pytest.raises(asyncio.CancelledError):
         await waiting
     cap.release("a")

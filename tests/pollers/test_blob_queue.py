@@ -361,7 +361,7 @@ async def test_a_malformed_event_does_not_hide_its_siblings(env: Env) -> None:
         finally:
             await poison.delete_queue()
     assert [g["reason"] for g in got] == [
-        "unparseable: event 1: eventType is a number, not a string (its other 2 delivered)"
+        "unparseable: event 1: eventType is a number, not a string (its other 2 handled)"
     ]
     assert json.loads(got[0]["message"]) == doc
 

@@ -153,10 +153,15 @@ def _read_stored(cfg: object) -> tuple[dict[str, StoredSchedule], str | None]:
     state DB could not be read (None: read, or there is no state yet)."""
     from watcherd.core.errors import WatcherdError
     from watcherd.core.models import Config
+    from watcherd.state.sqlite.schema import check_file
     from watcherd.state.sqlite.store import SqliteStore, load_schedules
 
     assert isinstance(cfg, Config)
     db = cfg.daemon.state_dir / "state.db"
+    try:
+        check_file(db)  # emptied or missing where a start opened one: `run` refuses it
+    except WatcherdError as exc:
+        return {}, str(exc)
     try:
         if db.stat().st_size == 0:  # an empty file is initialized by a start, like none
             return {}, None

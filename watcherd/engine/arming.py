@@ -214,8 +214,11 @@ class Arming:
         schedules, checking the rest took longer than committing 1,500 missed runs).
         The due batches' cursors move in the book and their runs go to the runner once all
         of them are recorded (at start-up the runner does not run yet: doing it between two
-        commits only delayed the second). (Computing the next batch while one commits was
-        tried: the GIL makes both slower, 0.2 → 0.28 s at 10k schedules.)"""
+        commits only delayed the second); the others' (rarely any: a stored next slot that no
+        longer holds) once all of theirs are. Arming follows the pass; a reader meanwhile (the
+        API, when a replica gains schedules after start-up) sees the cursors of a moment ago.
+        (Computing the next batch while one commits was tried: the GIL makes both slower,
+        0.2 → 0.28 s at 10k schedules.)"""
         now = self.clock.now()
         rows = self.book.rows
         due: list[str] = []

@@ -142,14 +142,13 @@ class Execution:
         try:
             async with asyncio.timeout(timeout.total_seconds() if timeout else None):
                 if self.attempt > 1:  # re-queued or retried: the output of its attempts so far
-                    self._earlier = await self.store.run_log(self.run_.id) or b""
+                    self._earlier = _closed(await self.store.run_log(self.run_.id), self.attempt)
                 outcome = await self._attempts()
         except TimeoutError:
             text = format_duration(timeout) if timeout else "?"
             error = f"timeout after {text}"
             self._record_cut(error)
-            kept = self._with_earlier(await self._partial_log())
-            outcome = Outcome(status=RunStatus.FAILED, error=error, log=kept)
+            outcome = Outcome(status=RunStatus.FAILED, error=error, log=await self._cut_log(error))
         except asyncio.CancelledError:
             with contextlib.suppress(StateError):  # the next start re-queues it anyway
                 await asyncio.shield(self._interrupted())
@@ -159,8 +158,9 @@ class Execution:
             return [], []
         except Exception as exc:  # a dispatcher bug must not take the daemon down
             log.exception("dispatch_crashed")
-            outcome = Outcome(status=RunStatus.FAILED, error=f"internal error: {exc!r}")
-            self._record_cut(redactor_for(self.plan.secrets)(outcome.error or ""))
+            error = redactor_for(self.plan.secrets)(f"internal error: {exc!r}")
+            self._record_cut(error)
+            outcome = Outcome(status=RunStatus.FAILED, error=error, log=await self._cut_log(error))
         try:
             return await self._finish(outcome)
         except ClaimLost:  # another replica runs it again: this outcome is not recorded
@@ -206,7 +206,7 @@ class Execution:
                     )
                 )
                 if failed is not None and failed.log:
-                    self._keep(failed.log + f"watcherd: attempt {self.attempt}: {error}\n".encode())
+                    self._keep(failed.log + self._ending(error))
                 if self.attempt >= self.plan.pipeline.retry.attempts:
                     return Outcome(
                         status=RunStatus.FAILED,
@@ -277,11 +277,22 @@ class Execution:
         """Add a failed attempt's output to what the run's log keeps."""
         self._earlier = self._with_earlier(output)
 
+    def _ending(self, why: str) -> bytes:
+        """The line that ends an attempt's output in the log when it did not succeed."""
+        return f"watcherd: attempt {self.attempt}: {why}\n".encode()
+
+    async def _cut_log(self, why: str) -> bytes:
+        """The log of a run whose attempt was cut short: the earlier attempts' output, this
+        one's so far, and why it stopped."""
+        return self._with_earlier(await self._partial_log() + self._ending(why))
+
     def _with_earlier(self, output: bytes) -> bytes:
         """The earlier attempts' output, then `output`: the last `log_limit` bytes of it."""
         joined = self._earlier + output
         limit = getattr(self.plan.pipeline.target, "log_limit", None)
-        return joined[-limit:] if limit is not None and len(joined) > limit else joined
+        if limit is None or len(joined) <= limit:
+            return joined
+        return joined[len(joined) - limit :]  # (not [-limit:]: a limit of 0 keeps nothing)
 
     async def _move(self, to: RunStatus, **fields: Any) -> tuple[bool, list[str]]:
         return await self._persist(
@@ -301,8 +312,8 @@ class Execution:
         if self.abandoned:  # re-queued elsewhere while this replica was paused
             log.error("run_claim_lost", reason="this replica was declared dead meanwhile")
             return
-        kept = self._with_earlier(await self._partial_log())
-        output: dict[str, Any] = {"log": kept} if kept else {}  # else the stored log stays
+        why = "canceled" if self.canceled else "interrupted by shutdown"
+        output: dict[str, Any] = {"log": await self._cut_log(why)}
         if self.canceled:
             self._record_cut("canceled")
             await self.store.transition_run(
@@ -351,9 +362,9 @@ class Execution:
             error=outcome.error,
             exit_code=outcome.exit_code,
             remote_id=outcome.remote_id,
-            log=outcome.log,
             attempts=self.attempts,
             next_attempt_at=None,
+            **({"log": outcome.log} if outcome.log else {}),  # else the stored log stays
         )
         self.metrics.runs.labels(status=outcome.status.value, pipeline=run.pipeline_id).inc()
         log.info(
@@ -373,3 +384,18 @@ def _record(attempt: int, start: datetime, end: datetime, **fields: object) -> d
     }
     rec.update({k: v for k, v in fields.items() if v not in (None, [])})
     return rec
+
+
+def _closed(stored: bytes | None, attempt: int) -> bytes:
+    """A re-attempted run's stored log, its last attempt's end marked if nothing did (a crash
+    mid-attempt, or `runs retry` of a finished run)."""
+    if not stored:
+        return b""
+    last = stored.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    if last.startswith(b"watcherd: attempt "):
+        return stored
+    return (
+        stored
+        + (b"" if stored.endswith(b"\n") else b"\n")
+        + (f"watcherd: attempt {attempt - 1}: ended\n".encode())
+    )

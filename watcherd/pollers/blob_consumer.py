@@ -342,7 +342,7 @@ class Consumer:
         if not failures and not waiting:
             self._count_outcomes(events, hits, unmatched, outcome)
             if bad:  # kept for the operator, once its well-formed siblings are delivered
-                why = f"unparseable: {'; '.join(bad)} (its other {len(events)} delivered)"
+                why = f"unparseable: {'; '.join(bad)} (its other {len(events)} handled)"
                 await self._poison(held, why)
             else:
                 await self._delete(held)
