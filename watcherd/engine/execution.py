@@ -3,8 +3,9 @@
 It tries the dispatcher, backs off on retryable failures (the run stays Running with
 `next_attempt_at`; the runner lends its slot meanwhile), bounds the whole run by the
 pipeline's `timeout`, and records the end: Completed/Failed/Submitted, Canceled, or Queued
-again when the daemon stops. Every write out
-of Running carries this replica's claim (SPEC §12): refused, the outcome is not recorded and
+again when the daemon stops. The run's log keeps every attempt's output, each attempt that
+did not succeed ended by a `watcherd: attempt N: <why>` line. Every write out of Running
+carries this replica's claim (SPEC §12): refused, the outcome is not recorded and
 `run_claim_lost` is logged — another replica runs it again.
 """
 
@@ -93,6 +94,7 @@ class Execution:
         self.backoff = backoff or clock.sleep
         self.replan = replan
         self._earlier = b""  # the output of this run's failed attempts, kept with its log
+        self._loaded = False  # `_earlier` holds the stored log of a re-attempted run
         self.attempt = run.attempt  # the attempt this replica holds the claim at
         self.attempts: list[dict[str, object]] = [dict(a) for a in run.attempts]
         self.canceled = False  # set before the task is cancelled by `runs cancel`
@@ -141,8 +143,7 @@ class Execution:
         timeout = self.plan.pipeline.timeout
         try:
             async with asyncio.timeout(timeout.total_seconds() if timeout else None):
-                if self.attempt > 1:  # re-queued or retried: the output of its attempts so far
-                    self._earlier = _closed(await self.store.run_log(self.run_.id), self.attempt)
+                await self._load_earlier()
                 outcome = await self._attempts()
         except TimeoutError:
             text = format_duration(timeout) if timeout else "?"
@@ -273,6 +274,12 @@ class Execution:
             self.plan, self.dispatcher = got
         return None
 
+    async def _load_earlier(self) -> None:
+        """A re-queued or retried run: its log so far comes before this attempt's output."""
+        if self.attempt > 1 and not self._loaded:
+            self._earlier = _closed(await self.store.run_log(self.run_.id), self.attempt)
+            self._loaded = True
+
     def _keep(self, output: bytes) -> None:
         """Add a failed attempt's output to what the run's log keeps."""
         self._earlier = self._with_earlier(output)
@@ -283,7 +290,9 @@ class Execution:
 
     async def _cut_log(self, why: str) -> bytes:
         """The log of a run whose attempt was cut short: the earlier attempts' output, this
-        one's so far, and why it stopped."""
+        one's so far, and why it stopped (the stored log read first if it was not yet: a
+        cancel during the claim, a timeout during that read)."""
+        await self._load_earlier()
         return self._with_earlier(await self._partial_log() + self._ending(why))
 
     def _with_earlier(self, output: bytes) -> bytes:
