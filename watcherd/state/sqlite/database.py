@@ -238,7 +238,8 @@ class Database:
             what = "replaced"
         return (
             f"state database {self.path} was {what} while watcherd ran: its writes are stopped "
-            "(they would be lost); put it back, or restore it from a backup, and restart"
+            "(they would be lost); move that very file back (writes resume), or restore it "
+            "from a backup and restart"
         )
 
 
