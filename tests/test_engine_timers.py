@@ -228,6 +228,29 @@ async def test_a_restart_arms_from_the_stored_next_slots_and_recomputes_stale_on
         assert {sid: a.due for sid, a in h.engine.timers.armed.items()} == after_fire
 
 
+def _spy_catch_up(
+    monkeypatch: pytest.MonkeyPatch, batch: int
+) -> tuple[list[set[str]], list[tuple[int, list[str]]]]:
+    """Record the catch-up's commits (schedules of each) and its hand-overs to the runner
+    ((commits made by then, schedules of the runs)), with batches of `batch` schedules."""
+    commits: list[set[str]] = []
+    handed: list[tuple[int, list[str]]] = []
+    record, enqueue = arming.Arming._record, Runner.enqueue_new
+
+    async def spy(self: arming.Arming, batches: list[Any], now: datetime) -> Any:
+        commits.append({b.schedule_id for b in batches})
+        return await record(self, batches, now)
+
+    def spy_enqueue(self: Runner, runs: list[Any], inserted: list[str], now: datetime) -> None:
+        handed.append((len(commits), [r.schedule_id for r in runs]))
+        enqueue(self, runs, inserted, now)
+
+    monkeypatch.setattr(arming.Arming, "_record", spy)
+    monkeypatch.setattr(Runner, "enqueue_new", spy_enqueue)
+    monkeypatch.setattr(arming, "CATCH_UP_BATCH", batch)
+    return commits, handed
+
+
 @pytest.mark.parametrize("batch", [1, 500])
 async def test_catch_up_commits_the_due_schedules_first_and_trusts_no_stale_stored_slot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
@@ -254,28 +277,14 @@ async def test_catch_up_commits_the_due_schedules_first_and_trusts_no_stale_stor
                 (ids["s1"],),
             )
         )
-    commits: list[set[str]] = []
-    handed: list[tuple[int, set[str]]] = []  # (commits made then, schedules of the runs)
-    record, enqueue = arming.Arming._record, Runner.enqueue_new
-
-    async def spy(self: arming.Arming, batches: list[Any], now: datetime) -> Any:
-        commits.append({b.schedule_id for b in batches})
-        return await record(self, batches, now)
-
-    def spy_enqueue(self: Runner, runs: list[Any], inserted: list[str], now: datetime) -> None:
-        handed.append((len(commits), {r.schedule_id for r in runs}))
-        enqueue(self, runs, inserted, now)
-
-    monkeypatch.setattr(arming.Arming, "_record", spy)
-    monkeypatch.setattr(Runner, "enqueue_new", spy_enqueue)
-    monkeypatch.setattr(arming, "CATCH_UP_BATCH", batch)
+    commits, handed = _spy_catch_up(monkeypatch, batch)
     clock.advance(minutes=6)  # 10:05:30: s2's 10:00 slot passed unseen; s0's next is 10:10
     async with running_engine(tmp_path, text, clock) as h:
         await eventually(lambda: len(h.slots()) == 4)
         assert commits == [{ids["s2"]}, {ids["s1"]}]  # s2: last in the file, first caught up
         # The due schedule's runs go to the runner once its commit is made, before the others
         # are checked; nothing is handed over between two commits of due schedules.
-        assert handed[:2] == [(1, {ids["s2"]}), (2, {ids["s1"]})]
+        assert [(n, set(sids)) for n, sids in handed[:2]] == [(1, {ids["s2"]}), (2, {ids["s1"]})]
         assert h.slots("s2") == [_z(2026, 11, 25, 10, 0, 0)]
         assert h.slots("s1") == [_z(2026, 11, 25, h, 10, 0) for h in (7, 8, 9)]
         assert h.slots("s0") == []
@@ -296,21 +305,7 @@ async def test_catch_up_hands_the_due_runs_over_once_all_their_commits_are_made(
     async with running_engine(tmp_path, text, clock) as h:
         await eventually(lambda: _hinted_rows(h) == 3)
         ids = {h.engine.schedule(f"s{i}").id for i in range(3)}
-    commits: list[set[str]] = []
-    handed: list[tuple[int, list[str]]] = []
-    record, enqueue = arming.Arming._record, Runner.enqueue_new
-
-    async def spy(self: arming.Arming, batches: list[Any], now: datetime) -> Any:
-        commits.append({b.schedule_id for b in batches})
-        return await record(self, batches, now)
-
-    def spy_enqueue(self: Runner, runs: list[Any], inserted: list[str], now: datetime) -> None:
-        handed.append((len(commits), [r.schedule_id for r in runs]))
-        enqueue(self, runs, inserted, now)
-
-    monkeypatch.setattr(arming.Arming, "_record", spy)
-    monkeypatch.setattr(Runner, "enqueue_new", spy_enqueue)
-    monkeypatch.setattr(arming, "CATCH_UP_BATCH", 1)
+    commits, handed = _spy_catch_up(monkeypatch, 1)
     clock.advance(hours=2)  # 11:59:30: each missed its 10:0i and 11:0i slots
     async with running_engine(tmp_path, text, clock) as h:
         await eventually(lambda: len(h.slots()) == 6)
