@@ -41,6 +41,15 @@ def _hang(marker: Path) -> str:
     return f'steps = [["sh", "-c", "touch {marker}; exec sleep 1000"]]'
 
 
+def _retrying(script: str, attempts: int, extra: str = "") -> str:
+    """A pipeline running `sh -c script`, whose exit 75 is retried up to `attempts` times."""
+    return (
+        f'{extra}retry = {{ attempts = {attempts}, max_delay = "1s" }}\n'
+        "retry_exit_codes = [75]\n"
+        f'steps = [["sh", "-c", "{script}"]]'
+    )
+
+
 def _stamped(attempt: dict[str, Any]) -> None:
     start = datetime.fromisoformat(str(attempt["start"]).replace("Z", "+00:00"))
     end = datetime.fromisoformat(str(attempt["end"]).replace("Z", "+00:00"))
@@ -84,11 +93,7 @@ async def test_a_canceled_running_run_keeps_its_attempt(tmp_path: Path) -> None:
 async def test_a_run_canceled_after_a_retry_keeps_both_attempts(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     script = f"if [ -e {first} ]; then touch {second}; exec sleep 1000; fi; touch {first}; exit 75"
-    pipeline = (
-        'retry = { attempts = 3, max_delay = "1s" }\n'
-        "retry_exit_codes = [75]\n"
-        f'steps = [["sh", "-c", "{script}"]]'
-    )
+    pipeline = _retrying(script, 3)
     async with running_engine(tmp_path, _config(pipeline), _clock()) as h:
         rid = str((await h.manager.trigger_schedule("s"))["id"])
         await eventually(lambda: h.runs() and h.runs()[0].attempt == 2, WAIT)
@@ -133,11 +138,7 @@ async def _past_backoffs(h: Harness, done: Any) -> None:
 async def test_a_run_failing_through_its_retries_keeps_each_attempts_output_and_codes(
     tmp_path: Path,
 ) -> None:
-    pipeline = (
-        'retry = { attempts = 3, max_delay = "1s" }\n'
-        "retry_exit_codes = [75]\n"
-        'steps = [["sh", "-c", "echo attempt $WATCHERD_ATTEMPT says hello; exit 75"]]'
-    )
+    pipeline = _retrying("echo attempt $WATCHERD_ATTEMPT says hello; exit 75", 3)
     async with running_engine(tmp_path, _config(pipeline), _clock()) as h:
         rid = str((await h.manager.trigger_schedule("s"))["id"])
         await _past_backoffs(h, lambda: h.runs()[0].status is RunStatus.FAILED)
@@ -160,11 +161,7 @@ async def test_the_next_attempt_dispatches_the_pipeline_as_reloaded_and_clears_n
     from tests.engine_helpers import load_config
 
     started = tmp_path / "second"
-    broken = (
-        'retry = { attempts = 5, max_delay = "1s" }\n'
-        "retry_exit_codes = [75]\n"
-        'steps = [["sh", "-c", "exit 75"]]'
-    )
+    broken = _retrying("exit 75", 5)
     fixed = broken.replace("exit 75", f"touch {started}; exec sleep 1000")
     async with running_engine(tmp_path, _config(broken), _clock()) as h:
         rid = str((await h.manager.trigger_schedule("s"))["id"])
@@ -184,11 +181,7 @@ async def test_a_retried_runs_output_is_kept_while_it_backs_off_and_over_a_resta
     re-queued by a shutdown during its backoff keeps it too, and its next attempts add to it."""
     gate = tmp_path / "fixed"
     script = f"echo out-$WATCHERD_ATTEMPT; [ -e {gate} ] && exit 0; exit 75"
-    pipeline = (
-        'retry = { attempts = 9, max_delay = "1s" }\n'
-        "retry_exit_codes = [75]\n"
-        f'steps = [["sh", "-c", "{script}"]]'
-    )
+    pipeline = _retrying(script, 9)
     text = _config(pipeline, shutdown="100ms")
     async with running_engine(tmp_path, text, _clock()) as h:
         rid = str((await h.manager.trigger_schedule("s"))["id"])
@@ -211,12 +204,7 @@ async def test_a_retried_runs_output_is_kept_while_it_backs_off_and_over_a_resta
 
 
 async def test_a_log_limit_of_0_keeps_no_output_through_retries(tmp_path: Path) -> None:
-    pipeline = (
-        'log_limit = "0B"\n'
-        'retry = { attempts = 2, max_delay = "1s" }\n'
-        "retry_exit_codes = [75]\n"
-        'steps = [["sh", "-c", "echo noise; exit 75"]]'
-    )
+    pipeline = _retrying("echo noise; exit 75", 2, 'log_limit = "0B"\n')
     async with running_engine(tmp_path, _config(pipeline), _clock()) as h:
         rid = str((await h.manager.trigger_schedule("s"))["id"])
         await _past_backoffs(h, lambda: h.runs()[0].status is RunStatus.FAILED)

@@ -173,20 +173,33 @@ def test_sec_17_an_existing_token_file_gets_mode_0600(tmp_path: Path) -> None:
         d.close()
 
 
-def test_sec_20_an_emptied_state_db_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["emptied", "missing"])
+def test_sec_20_an_emptied_or_missing_state_db_is_refused(tmp_path: Path, how: str) -> None:
+    """e.g. a botched copy, a full disk, a `rm` in the wrong directory: the next start stops
+    with a message instead of starting afresh."""
     state = tmp_path / "state"
     d = DaemonProc(tmp_path, HOUR.format(state_dir=state))
     d.state_dir = state
     try:
         d.start()
         assert d.stop() == 0
-        (state / "state.db").write_bytes(b"")  # e.g. a botched copy or a full disk
+        if how == "emptied":
+            (state / "state.db").write_bytes(b"")
+        else:
+            for name in ("state.db", "state.db-wal", "state.db-shm"):
+                (state / name).unlink(missing_ok=True)
         d.start(wait_ready=False)
         assert d.proc is not None
         assert d.proc.wait(30) == 1
         errors = d.events("state_unavailable")
-        assert errors and "restore" in errors[-1]["error"], d.logs()
-        assert (state / "state.db").stat().st_size == 0  # nothing was started afresh
+        assert (
+            errors
+            and f"is {'empty' if how == 'emptied' else how} but watcherd has run here"
+            in errors[-1]["error"]
+        ), d.logs()
+        assert "restore" in errors[-1]["error"]
+        db = state / "state.db"  # nothing was started afresh
+        assert (db.stat().st_size == 0) if how == "emptied" else not db.exists()
     finally:
         d.close()
 
@@ -373,25 +386,6 @@ def test_a_configured_token_kept_unchanged_needs_no_write(tmp_path: Path) -> Non
     path.write_text(f'[daemon]\nstate_dir = "{state}"\n')
     with pytest.raises(OSError):
         statefiles.token(load(path, {}))
-
-
-def test_sec_20_a_missing_state_db_beside_an_earlier_runs_lock_is_refused(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    d = DaemonProc(tmp_path, HOUR.format(state_dir=state))
-    d.state_dir = state
-    try:
-        d.start()
-        assert d.stop() == 0
-        for name in ("state.db", "state.db-wal", "state.db-shm"):
-            (state / name).unlink(missing_ok=True)
-        d.start(wait_ready=False)
-        assert d.proc is not None
-        assert d.proc.wait(30) == 1
-        errors = d.events("state_unavailable")
-        assert errors and "is missing but watcherd has run here before" in errors[-1]["error"]
-        assert not (state / "state.db").exists()  # nothing was started afresh
-    finally:
-        d.close()
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])

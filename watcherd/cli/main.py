@@ -162,10 +162,7 @@ def _read_stored(cfg: object) -> tuple[dict[str, StoredSchedule], str | None]:
         check_file(db)  # emptied or missing where a start opened one: `run` refuses it
     except WatcherdError as exc:
         return {}, str(exc)
-    try:
-        if db.stat().st_size == 0:  # an empty file is initialized by a start, like none
-            return {}, None
-    except FileNotFoundError:  # no state yet
+    if not db.exists() or db.stat().st_size == 0:  # no state yet (a start initializes it)
         return {}, None
     try:
         store = SqliteStore(cfg.daemon.state_dir, read_only=True, lock=False)
